@@ -1,0 +1,48 @@
+#!/usr/bin/env node
+import { ConfigError, helpText, loadConfig } from './config.js';
+import { createLogger } from './log.js';
+import { SeqgateServer } from './server/websocket-server.js';
+
+/** Command-line entry: options from flags and environment, signals for an orderly stop. */
+async function main(): Promise<void> {
+  const argv = process.argv.slice(2);
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(helpText() + '\n');
+    return;
+  }
+  let config;
+  try {
+    config = loadConfig(argv, process.env);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`seqgate: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+  const log = createLogger(config.logLevel, config.logFormat);
+  let server: SeqgateServer;
+  try {
+    server = await SeqgateServer.start(config, { logger: log });
+  } catch (err) {
+    log.fatal({ err }, 'seqgate failed to start');
+    process.exit(1);
+  }
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'shutting down: committing and answering what was received');
+    server.close().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        log.fatal({ err }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+void main();

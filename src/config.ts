@@ -1,0 +1,164 @@
+/**
+ * Every server option, with its default and unit. Each option can be set by a flag
+ * (`--ack-cap-per-stream 500`) or an environment variable (`SEQGATE_ACK_CAP_PER_STREAM=500`);
+ * a flag wins over the environment. README.md's option table is checked against this list.
+ */
+
+type Kind = 'string' | 'integer' | 'boolean' | 'enum';
+
+interface OptionSpec<T> {
+  readonly kind: Kind;
+  readonly default: T;
+  readonly unit?: string;
+  readonly values?: readonly string[];
+  readonly min?: number;
+  readonly doc: string;
+}
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+export const OPTIONS = {
+  host: { kind: 'string', default: '127.0.0.1', doc: 'Interface to bind. Use 0.0.0.0 to listen on all interfaces.' },
+  port: { kind: 'integer', default: 8787, min: 0, doc: 'TCP port for WebSocket and HTTP (0 picks a free port).' },
+  dbPath: { kind: 'string', default: './data/seqgate.db', doc: 'SQLite database file; its folder is created if missing.' },
+  synchronous: {
+    kind: 'enum',
+    default: 'full',
+    values: ['full', 'normal'],
+    doc: 'full: every acked put survives power loss. normal: survives a process crash, not power loss.',
+  },
+  contiguous: { kind: 'boolean', default: false, doc: 'Refuse gaps: each seq must be head + 1 (1 in a new epoch).' },
+  ackRetentionSeconds: { kind: 'integer', default: 86_400, min: 0, unit: 's', doc: 'Acks are kept at least this long after commit.' },
+  ackCapPerStream: { kind: 'integer', default: 1000, min: 1, unit: 'acks', doc: 'Most acks kept per stream; the oldest go first.' },
+  pruneIntervalMs: { kind: 'integer', default: 10_000, min: 10, unit: 'ms', doc: 'Pause between pruning passes.' },
+  pruneBatchRows: { kind: 'integer', default: 500, min: 1, unit: 'rows', doc: 'Acks pruned per step; the event loop runs between steps.' },
+  maxBatchPuts: { kind: 'integer', default: 2000, min: 1, unit: 'puts', doc: 'Most puts committed in one transaction.' },
+  maxFrameBytes: { kind: 'integer', default: 1 * MiB, min: 1024, unit: 'bytes', doc: 'Largest WebSocket message (ws maxPayload).' },
+  maxPutsPerFrame: { kind: 'integer', default: 1000, min: 1, unit: 'puts', doc: 'Most puts in one put message.' },
+  maxStateBytes: { kind: 'integer', default: 64 * KiB, min: 16, unit: 'bytes', doc: 'Largest state, measured in canonical msgpack.' },
+  maxStateDepth: { kind: 'integer', default: 32, min: 1, unit: 'levels', doc: 'Deepest nesting of arrays and maps in a state.' },
+  maxKeyBytes: { kind: 'integer', default: 256, min: 1, unit: 'bytes', doc: 'Longest document key (UTF-8).' },
+  maxStreamBytes: { kind: 'integer', default: 256, min: 1, unit: 'bytes', doc: 'Longest stream name (UTF-8).' },
+  maxIdBytes: { kind: 'integer', default: 128, min: 1, unit: 'bytes', doc: 'Longest string correlation id (UTF-8).' },
+  maxHelloStreams: { kind: 'integer', default: 1000, min: 0, unit: 'streams', doc: 'Most streams one hello may ask heads for.' },
+  maxConnections: { kind: 'integer', default: 20_000, min: 1, unit: 'connections', doc: 'Connections beyond this are closed with 1013.' },
+  connectionInFlightBytes: {
+    kind: 'integer', default: 4 * MiB, min: 1024, unit: 'bytes',
+    doc: 'Frame bytes of unanswered puts per connection before the server stops reading from it.',
+  },
+  outboundHighWaterBytes: {
+    kind: 'integer', default: 1 * MiB, min: 1024, unit: 'bytes',
+    doc: 'Unsent result bytes per connection before the server stops reading from it.',
+  },
+  slowConsumerTimeoutMs: {
+    kind: 'integer', default: 10_000, min: 10, unit: 'ms',
+    doc: 'A connection held paused by unread results this long is closed with 1008.',
+  },
+  heartbeatIntervalMs: {
+    kind: 'integer', default: 30_000, min: 10, unit: 'ms',
+    doc: 'Ping sweep period; a connection silent for two sweeps is dropped.',
+  },
+  logLevel: {
+    kind: 'enum', default: 'info', values: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
+    doc: 'pino log level.',
+  },
+  logFormat: {
+    kind: 'enum', default: 'auto', values: ['auto', 'pretty', 'json'],
+    doc: 'auto: pretty on a terminal, JSON lines otherwise.',
+  },
+} as const satisfies Record<string, OptionSpec<unknown>>;
+
+type Specs = typeof OPTIONS;
+type ValueOf<S> = S extends { kind: 'integer' } ? number
+  : S extends { kind: 'boolean' } ? boolean
+  : S extends { kind: 'enum'; values: readonly (infer V)[] } ? V
+  : string;
+
+export type Config = { -readonly [K in keyof Specs]: ValueOf<Specs[K]> };
+
+export function defaultConfig(): Config {
+  const out: Record<string, unknown> = {};
+  for (const [name, spec] of Object.entries(OPTIONS)) out[name] = spec.default;
+  return out as Config;
+}
+
+export function flagName(option: string): string {
+  return '--' + option.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
+}
+
+export function envName(option: string): string {
+  return 'SEQGATE_' + option.replace(/[A-Z]/g, (c) => '_' + c).toUpperCase();
+}
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+}
+
+function parseValue(name: string, spec: OptionSpec<unknown>, raw: string, source: string): unknown {
+  switch (spec.kind) {
+    case 'integer': {
+      if (!/^-?\d+$/.test(raw)) throw new ConfigError(`${source}: expected an integer, got "${raw}"`);
+      const n = Number(raw);
+      if (!Number.isSafeInteger(n) || (spec.min !== undefined && n < spec.min)) {
+        throw new ConfigError(`${source}: must be an integer >= ${spec.min ?? 0}, got ${raw}`);
+      }
+      return n;
+    }
+    case 'boolean':
+      if (['1', 'true', 'yes', 'on', ''].includes(raw)) return true;
+      if (['0', 'false', 'no', 'off'].includes(raw)) return false;
+      throw new ConfigError(`${source}: expected true or false, got "${raw}"`);
+    case 'enum':
+      if (!spec.values!.includes(raw)) throw new ConfigError(`${source}: expected one of ${spec.values!.join(', ')}, got "${raw}"`);
+      return raw;
+    default:
+      if (raw === '') throw new ConfigError(`${source}: must not be empty`);
+      return raw;
+  }
+}
+
+/** Reads options from argv flags and the environment over the defaults; throws ConfigError. */
+export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Config {
+  const config: Record<string, unknown> = defaultConfig();
+  const byFlag = new Map<string, string>();
+  for (const name of Object.keys(OPTIONS)) byFlag.set(flagName(name), name);
+
+  for (const [name, spec] of Object.entries(OPTIONS) as Array<[string, OptionSpec<unknown>]>) {
+    const raw = env[envName(name)];
+    if (raw !== undefined) config[name] = parseValue(name, spec, raw, envName(name));
+  }
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    const eq = arg.indexOf('=');
+    const flag = eq === -1 ? arg : arg.slice(0, eq);
+    const negated = flag.startsWith('--no-') ? byFlag.get('--' + flag.slice(5)) : undefined;
+    const name = byFlag.get(flag) ?? negated;
+    if (name === undefined) throw new ConfigError(`unknown option ${flag} (see --help)`);
+    const spec = (OPTIONS as Record<string, OptionSpec<unknown>>)[name]!;
+    let raw: string;
+    if (negated !== undefined) {
+      if (spec.kind !== 'boolean') throw new ConfigError(`${flag}: not a boolean option`);
+      raw = 'false';
+    } else if (eq !== -1) raw = arg.slice(eq + 1);
+    else if (spec.kind === 'boolean' && (argv[i + 1] === undefined || argv[i + 1]!.startsWith('--'))) raw = 'true';
+    else {
+      const next = argv[++i];
+      if (next === undefined) throw new ConfigError(`${flag}: missing value`);
+      raw = next;
+    }
+    config[name] = parseValue(name, spec, raw, flag);
+  }
+  return config as Config;
+}
+
+export function helpText(): string {
+  const lines = ['Usage: seqgate [options]', '', 'Options (flag, environment variable, default):'];
+  for (const [name, spec] of Object.entries(OPTIONS) as Array<[string, OptionSpec<unknown>]>) {
+    const values = spec.values ? ` (${spec.values.join('|')})` : '';
+    const unit = spec.unit ? ` ${spec.unit}` : '';
+    lines.push(`  ${flagName(name)}${values}  [${envName(name)}]  default: ${String(spec.default)}${unit}`);
+    lines.push(`      ${spec.doc}`);
+  }
+  return lines.join('\n');
+}

@@ -1,0 +1,77 @@
+import { Packr, Unpackr } from 'msgpackr';
+import { SeqgateError } from '../errors.js';
+import { scanJsonDepth, scanMsgpack } from './frame-scanner.js';
+
+/**
+ * Frames on the wire. Binary frames carry msgpack (the default subprotocol); text frames carry
+ * the same messages as JSON under the JSON subprotocol. Every incoming frame is scanned for
+ * structure and depth before it is decoded.
+ */
+
+export const PROTOCOL_VERSION = 1;
+export const SUBPROTOCOL_MSGPACK = 'seqgate.v1';
+export const SUBPROTOCOL_JSON = 'seqgate.v1.json';
+export type WireFormat = 'msgpack' | 'json';
+
+/** Levels a put message adds above a state: message map, puts array, put map. */
+export const ENVELOPE_DEPTH = 3;
+
+// One explicitly configured unpacker: no records or structured clone (CVE-2023-52079 came through
+// those), maps as Map so that integer keys survive, int64 beyond 2^53 as BigInt.
+const unpackr = new Unpackr({
+  useRecords: false,
+  structuredClone: false,
+  mapsAsObjects: false,
+  // 'auto' (numbers up to 2^53, BigInt beyond) is implemented but missing from msgpackr's types.
+  int64AsType: 'auto' as 'bigint',
+  moreTypes: false,
+});
+
+const packr = new Packr({ useRecords: false, structuredClone: false, moreTypes: false });
+
+/** Decodes one frame into a plain value; throws SeqgateError with a message-scope code. */
+export function decodeFrame(data: Buffer, isBinary: boolean, format: WireFormat, maxDepth: number): unknown {
+  if (format === 'msgpack') {
+    if (!isBinary) throw new SeqgateError('WRONG_FRAME_TYPE', 'text frame on a msgpack connection; send binary frames');
+    const fault = scanMsgpack(data, maxDepth);
+    if (fault?.fault === 'too_deep') throw new SeqgateError('TOO_DEEP', `frame nests deeper than ${maxDepth} levels`, { limit: maxDepth });
+    if (fault) throw new SeqgateError('MALFORMED_FRAME', `undecodable msgpack: ${fault.reason}`);
+    try {
+      return unpackr.unpack(data);
+    } catch (err) {
+      throw new SeqgateError('MALFORMED_FRAME', `undecodable msgpack: ${(err as Error).message}`, {}, { cause: err });
+    }
+  }
+  if (isBinary) throw new SeqgateError('WRONG_FRAME_TYPE', 'binary frame on a JSON connection; send text frames');
+  const text = data.toString('utf8');
+  const fault = scanJsonDepth(text, maxDepth);
+  if (fault) throw new SeqgateError('TOO_DEEP', `frame nests deeper than ${maxDepth} levels`, { limit: maxDepth });
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new SeqgateError('MALFORMED_FRAME', `undecodable JSON: ${(err as Error).message}`, {}, { cause: err });
+  }
+}
+
+/** Encodes an outgoing message. Outgoing messages hold only JSON-compatible values. */
+export function encodeMessage(message: object, format: WireFormat): Buffer | string {
+  return format === 'msgpack' ? packr.pack(message) : JSON.stringify(message);
+}
+
+/** Reads a field of a decoded map, whichever form the decoder produced. */
+export function field(map: unknown, name: string): unknown {
+  if (map instanceof Map) return map.get(name);
+  if (typeof map === 'object' && map !== null && !Array.isArray(map) && !(map instanceof Uint8Array)) {
+    return Object.hasOwn(map, name) ? (map as Record<string, unknown>)[name] : undefined;
+  }
+  return undefined;
+}
+
+export function isMap(v: unknown): boolean {
+  if (v instanceof Map) return true;
+  return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array);
+}
+
+export function fieldNames(map: unknown): unknown[] {
+  return map instanceof Map ? [...map.keys()] : Object.keys(map as object);
+}

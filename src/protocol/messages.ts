@@ -1,0 +1,241 @@
+import { ERRORS, SeqgateError } from '../errors.js';
+import type { Ack, Put, PutResult, StreamHead } from '../store/store.js';
+import { CanonicalError, canonicalEncode, putFingerprint } from './canonical.js';
+import { field, fieldNames, isMap } from './codec.js';
+
+/**
+ * The messages of PROTOCOL.md: what a decoded frame must look like, and the shapes the server
+ * sends back. Validation here is the gate's first row: a put that breaks a shape or a limit is
+ * answered `invalid` without reaching the store.
+ */
+
+export interface Limits {
+  readonly maxFrameBytes: number;
+  readonly maxPutsPerFrame: number;
+  readonly maxStateBytes: number;
+  readonly maxStateDepth: number;
+  readonly maxKeyBytes: number;
+  readonly maxStreamBytes: number;
+  readonly maxIdBytes: number;
+  readonly maxHelloStreams: number;
+}
+
+export type CorrelationId = string | number | null;
+
+export type ParsedPut =
+  | { readonly ok: true; readonly id: CorrelationId; readonly put: Put }
+  | { readonly ok: false; readonly id: CorrelationId; readonly result: WireResult };
+
+export type IncomingMessage =
+  | { readonly type: 'hello'; readonly streams: readonly string[] }
+  | { readonly type: 'put'; readonly puts: readonly ParsedPut[] }
+  | { readonly type: 'ping'; readonly nonce: unknown };
+
+export interface WireError {
+  readonly code: string;
+  readonly message: string;
+  readonly retryable: boolean;
+  readonly [detail: string]: unknown;
+}
+
+export type WireResult =
+  | { readonly id: CorrelationId; readonly outcome: Ack['outcome']; readonly replay: boolean; readonly ack: WireAck }
+  | { readonly id: CorrelationId; readonly outcome: string; readonly error: WireError };
+
+/** The ack exactly as sent; field order is fixed so that a replay encodes to the same bytes. */
+export interface WireAck {
+  readonly stream: string;
+  readonly epoch: number;
+  readonly seq: number;
+  readonly key: string;
+  readonly version: number;
+  readonly deleted: boolean;
+  readonly ifVersion?: number;
+  readonly committedAt: number;
+}
+
+const PUT_FIELDS = new Set(['id', 'stream', 'epoch', 'seq', 'key', 'state', 'delete', 'ifVersion']);
+// Names may not hold C0 controls or DEL: they end up in logs, metrics and file-like paths.
+const CONTROL = /[\u0000-\u001f\u007f]/;
+
+class Invalid extends Error {
+  constructor(
+    readonly code: 'INVALID_FIELD' | 'LIMIT_EXCEEDED',
+    readonly field: string,
+    readonly limit: string | undefined,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+function name(value: unknown, fieldName: string, maxBytes: number, limitName: string): string {
+  if (typeof value !== 'string') throw new Invalid('INVALID_FIELD', fieldName, undefined, `${fieldName} must be a string`);
+  if (value.length === 0) throw new Invalid('INVALID_FIELD', fieldName, undefined, `${fieldName} must not be empty`);
+  if (Buffer.byteLength(value, 'utf8') > maxBytes) {
+    throw new Invalid('LIMIT_EXCEEDED', fieldName, limitName, `${fieldName} exceeds ${maxBytes} UTF-8 bytes`);
+  }
+  if (CONTROL.test(value)) throw new Invalid('INVALID_FIELD', fieldName, undefined, `${fieldName} must not contain control characters`);
+  return value;
+}
+
+function integer(value: unknown, fieldName: string, min: number): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) {
+    throw new Invalid('INVALID_FIELD', fieldName, undefined, `${fieldName} must be a safe integer >= ${min}`);
+  }
+  return value;
+}
+
+function correlationId(value: unknown, limits: Limits): CorrelationId {
+  if (typeof value === 'string' && Buffer.byteLength(value, 'utf8') <= limits.maxIdBytes) return value;
+  if (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) return value;
+  return null;
+}
+
+export function parsePut(raw: unknown, limits: Limits, tenant: string): ParsedPut {
+  const id = correlationId(field(raw, 'id'), limits);
+  try {
+    if (!isMap(raw)) throw new Invalid('INVALID_FIELD', 'put', undefined, 'each put must be a map');
+    const rawId = field(raw, 'id');
+    if (id === null) {
+      if (typeof rawId === 'string') throw new Invalid('LIMIT_EXCEEDED', 'id', 'maxIdBytes', `id exceeds ${limits.maxIdBytes} UTF-8 bytes`);
+      throw new Invalid('INVALID_FIELD', 'id', undefined, 'id must be a string or a safe integer >= 0');
+    }
+    for (const f of fieldNames(raw)) {
+      if (typeof f !== 'string' || !PUT_FIELDS.has(f)) throw new Invalid('INVALID_FIELD', String(f), undefined, `unknown field ${String(f)}`);
+    }
+    const stream = name(field(raw, 'stream'), 'stream', limits.maxStreamBytes, 'maxStreamBytes');
+    const epoch = integer(field(raw, 'epoch'), 'epoch', 0);
+    const seq = integer(field(raw, 'seq'), 'seq', 1);
+    const key = name(field(raw, 'key'), 'key', limits.maxKeyBytes, 'maxKeyBytes');
+    const del = field(raw, 'delete');
+    if (del !== undefined && typeof del !== 'boolean') throw new Invalid('INVALID_FIELD', 'delete', undefined, 'delete must be a boolean');
+    const hasState = raw instanceof Map ? raw.has('state') : Object.hasOwn(raw as object, 'state');
+    if (del === true && hasState) throw new Invalid('INVALID_FIELD', 'state', undefined, 'a put carries either state or delete: true, not both');
+    if (del !== true && !hasState) throw new Invalid('INVALID_FIELD', 'state', undefined, 'state is required unless delete is true');
+    const rawIfVersion = field(raw, 'ifVersion');
+    const ifVersion = rawIfVersion === undefined || rawIfVersion === null ? null : integer(rawIfVersion, 'ifVersion', 0);
+
+    let state: Buffer | null = null;
+    if (del !== true) {
+      try {
+        state = canonicalEncode(field(raw, 'state'), {
+          maxBytes: limits.maxStateBytes,
+          maxDepth: limits.maxStateDepth,
+          bytesLimitName: 'maxStateBytes',
+          depthLimitName: 'maxStateDepth',
+        }, 'state');
+      } catch (err) {
+        if (err instanceof CanonicalError) {
+          throw new Invalid(err.kind === 'limit' ? 'LIMIT_EXCEEDED' : 'INVALID_FIELD', 'state', err.limit, err.message);
+        }
+        throw err;
+      }
+    }
+    const put: Put = { tenant, stream, epoch, seq, key, state, ifVersion, fingerprint: putFingerprint(key, state, ifVersion) };
+    return { ok: true, id, put };
+  } catch (err) {
+    if (!(err instanceof Invalid)) throw err;
+    const error: WireError = {
+      code: err.code,
+      message: err.message,
+      retryable: false,
+      field: err.field,
+      ...(err.limit !== undefined ? { limit: err.limit, max: limits[err.limit as keyof Limits] } : {}),
+    };
+    return { ok: false, id, result: { id, outcome: 'invalid', error } };
+  }
+}
+
+/** Parses a decoded frame; throws SeqgateError with a message-scope code. */
+export function parseMessage(value: unknown, limits: Limits, tenant: string): IncomingMessage {
+  if (!isMap(value)) throw new SeqgateError('INVALID_MESSAGE', 'a message must be a map', { field: 'type' });
+  const type = field(value, 'type');
+  if (typeof type !== 'string') throw new SeqgateError('INVALID_MESSAGE', 'type must be a string', { field: 'type' });
+  switch (type) {
+    case 'put': {
+      const puts = field(value, 'puts');
+      if (!Array.isArray(puts)) throw new SeqgateError('INVALID_MESSAGE', 'puts must be an array', { field: 'puts' });
+      if (puts.length > limits.maxPutsPerFrame) {
+        throw new SeqgateError('TOO_MANY_PUTS', `${puts.length} puts exceed maxPutsPerFrame ${limits.maxPutsPerFrame}`, {
+          limit: 'maxPutsPerFrame', max: limits.maxPutsPerFrame,
+        });
+      }
+      return { type, puts: puts.map((p) => parsePut(p, limits, tenant)) };
+    }
+    case 'hello': {
+      const protocol = field(value, 'protocol');
+      if (protocol !== undefined && protocol !== 1) {
+        throw new SeqgateError('UNSUPPORTED_VERSION', `protocol ${String(protocol)} is not supported; this server speaks 1`, { supported: [1] });
+      }
+      const streams = field(value, 'streams') ?? [];
+      if (!Array.isArray(streams)) throw new SeqgateError('INVALID_MESSAGE', 'streams must be an array of stream names', { field: 'streams' });
+      if (streams.length > limits.maxHelloStreams) {
+        throw new SeqgateError('TOO_MANY_STREAMS', `${streams.length} streams exceed maxHelloStreams ${limits.maxHelloStreams}`, {
+          limit: 'maxHelloStreams', max: limits.maxHelloStreams,
+        });
+      }
+      const names: string[] = [];
+      for (const s of streams) {
+        try {
+          names.push(name(s, 'streams', limits.maxStreamBytes, 'maxStreamBytes'));
+        } catch (err) {
+          throw new SeqgateError('INVALID_MESSAGE', (err as Error).message, { field: 'streams' });
+        }
+      }
+      return { type, streams: names };
+    }
+    case 'ping':
+      return { type, nonce: field(value, 'nonce') ?? null };
+    default:
+      throw new SeqgateError('UNKNOWN_TYPE', `unknown message type "${type.slice(0, 64)}"`, { field: 'type' });
+  }
+}
+
+export function wireAck(ack: Ack): WireAck {
+  return {
+    stream: ack.stream,
+    epoch: ack.epoch,
+    seq: ack.seq,
+    key: ack.key,
+    version: ack.version,
+    deleted: ack.deleted,
+    ...(ack.ifVersion !== undefined ? { ifVersion: ack.ifVersion } : {}),
+    committedAt: ack.committedAt,
+  };
+}
+
+export function wireResult(id: CorrelationId, result: PutResult): WireResult {
+  if (result.kind === 'ack') return { id, outcome: result.ack.outcome, replay: result.replay, ack: wireAck(result.ack) };
+  const { retryable } = ERRORS[result.code];
+  switch (result.outcome) {
+    case 'sequence_reused':
+      return { id, outcome: result.outcome, error: { code: result.code, message: 'seq already used by a put with a different payload', retryable } };
+    case 'fenced':
+      return { id, outcome: result.outcome, error: { code: result.code, message: `epoch is fenced; the stream is at epoch ${result.epoch}`, retryable, epoch: result.epoch } };
+    case 'stale':
+    case 'expired':
+      return {
+        id, outcome: result.outcome,
+        error: {
+          code: result.code,
+          message: result.outcome === 'stale' ? 'seq is at or below the head and was never applied' : 'seq is at or below the pruned-through mark',
+          retryable,
+          head: { epoch: result.head.epoch, seq: result.head.seq },
+          prunedThrough: result.head.prunedThrough,
+        },
+      };
+    case 'gap':
+      return { id, outcome: result.outcome, error: { code: result.code, message: `expected seq ${result.expected.seq}`, retryable, expected: result.expected } };
+    case 'error':
+      return { id, outcome: result.outcome, error: { code: result.code, message: result.message, retryable } };
+  }
+}
+
+export function errorMessage(err: SeqgateError): object {
+  return { type: 'error', code: err.code, message: err.message, retryable: err.retryable, ...err.details };
+}
+
+export function headsForWire(heads: readonly StreamHead[]): object[] {
+  return heads.map((h) => ({ stream: h.stream, epoch: h.epoch, seq: h.seq, prunedThrough: h.prunedThrough }));
+}

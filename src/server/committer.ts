@@ -1,0 +1,99 @@
+import type { Put, PutResult, Store } from '../store/store.js';
+
+/**
+ * Group commit. Puts that arrive within one event-loop turn, from any connection, are committed
+ * in one store batch; batches run one at a time in arrival order, so two puts of one stream (or
+ * two streams writing one key) behave exactly as if sent one by one.
+ */
+
+interface Submission {
+  readonly puts: readonly Put[];
+  readonly resolve: (results: PutResult[]) => void;
+}
+
+export interface BatchInfo {
+  readonly puts: number;
+  readonly submissions: number;
+  readonly durationMs: number;
+}
+
+export class Committer {
+  private queue: Submission[] = [];
+  private running = false;
+  private scheduled = false;
+  private idleWaiters: Array<() => void> = [];
+
+  constructor(
+    private readonly store: Store,
+    private readonly maxBatchPuts: number,
+    private readonly onBatch?: (info: BatchInfo) => void,
+  ) {}
+
+  /** Resolves after the batch holding these puts has committed (or failed as a whole). */
+  submit(puts: readonly Put[]): Promise<PutResult[]> {
+    return new Promise((resolve) => {
+      this.queue.push({ puts, resolve });
+      this.schedule();
+    });
+  }
+
+  /** Resolves once everything submitted before this call has committed. */
+  barrier(): Promise<void> {
+    return this.submit([]).then(() => undefined);
+  }
+
+  /** Resolves when the queue is empty and no batch is running. */
+  idle(): Promise<void> {
+    if (!this.running && this.queue.length === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  get queuedPuts(): number {
+    let n = 0;
+    for (const s of this.queue) n += s.puts.length;
+    return n;
+  }
+
+  private schedule(): void {
+    if (this.running || this.scheduled) return;
+    this.scheduled = true;
+    // setImmediate runs after the I/O phase, so every frame read in this turn joins the batch.
+    setImmediate(() => {
+      this.scheduled = false;
+      void this.run();
+    });
+  }
+
+  private async run(): Promise<void> {
+    if (this.running) return;
+    this.running = true;
+    const taken: Submission[] = [];
+    let size = 0;
+    while (this.queue.length > 0) {
+      const next = this.queue[0]!;
+      if (taken.length > 0 && size + next.puts.length > this.maxBatchPuts) break;
+      taken.push(this.queue.shift()!);
+      size += next.puts.length;
+    }
+    const batch: Put[] = [];
+    for (const s of taken) for (const p of s.puts) batch.push(p);
+    const started = performance.now();
+    let results: PutResult[];
+    try {
+      results = batch.length > 0 ? await this.store.apply(batch) : [];
+    } catch (err) {
+      // A store should answer failures itself; one that throws still consumes nothing.
+      const message = `batch not committed: ${(err as Error).message}`;
+      results = batch.map(() => ({ kind: 'rejected', outcome: 'error', code: 'STORAGE_UNAVAILABLE', message }));
+    }
+    this.onBatch?.({ puts: batch.length, submissions: taken.length, durationMs: performance.now() - started });
+    let offset = 0;
+    for (const s of taken) {
+      s.resolve(results.slice(offset, offset + s.puts.length));
+      offset += s.puts.length;
+    }
+    this.running = false;
+    if (this.queue.length > 0) this.schedule();
+    else for (const w of this.idleWaiters.splice(0)) w();
+  }
+}

@@ -1,0 +1,216 @@
+import { createServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { WebSocketServer, type WebSocket } from 'ws';
+import { defaultConfig, type Config } from '../config.js';
+import { ERRORS } from '../errors.js';
+import { createLogger, type Logger } from '../log.js';
+import { PROTOCOL_VERSION, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK } from '../protocol/codec.js';
+import type { Limits } from '../protocol/messages.js';
+import { Pruner } from '../store/pruner.js';
+import { SqliteStore } from '../store/sqlite-store.js';
+import { DEFAULT_TENANT, type Store } from '../store/store.js';
+import { SEQGATE_VERSION } from '../version.js';
+import { Committer, type BatchInfo } from './committer.js';
+import { Connection, type InFlightBudget } from './connection.js';
+
+/**
+ * Where a put enters: the HTTP server that accepts WebSocket upgrades, the set of connections,
+ * the heartbeat sweep and an orderly shutdown. Puts go from each Connection to the shared
+ * Committer, which hands batches to the Store.
+ */
+
+export interface StartOptions {
+  /** A store to use instead of opening SQLite at config.dbPath (tests wrap stores this way). */
+  readonly store?: Store;
+  readonly logger?: Logger;
+  /** Called after every committed (or failed) batch. */
+  readonly onBatch?: (info: BatchInfo) => void;
+  /** Server-wide budget of unanswered frame bytes before every connection stops reading. */
+  readonly maxInFlightBytes?: number;
+}
+
+export class SeqgateServer {
+  private readonly connections = new Set<Connection>();
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private closing: Promise<void> | undefined;
+
+  private constructor(
+    readonly config: Config,
+    readonly store: Store,
+    readonly log: Logger,
+    private readonly http: HttpServer,
+    private readonly wss: WebSocketServer,
+    private readonly committer: Committer,
+    private readonly pruner: Pruner,
+  ) {}
+
+  static async start(overrides: Partial<Config> = {}, options: StartOptions = {}): Promise<SeqgateServer> {
+    const config: Config = { ...defaultConfig(), ...overrides };
+    const log = options.logger ?? createLogger(config.logLevel, config.logFormat);
+    const store = options.store ?? new SqliteStore({
+      path: config.dbPath,
+      synchronous: config.synchronous,
+      contiguous: config.contiguous,
+      ackCapPerStream: config.ackCapPerStream,
+    });
+    const committer = new Committer(store, config.maxBatchPuts, options.onBatch);
+    const pruner = new Pruner(store, {
+      retentionMs: config.ackRetentionSeconds * 1000,
+      intervalMs: config.pruneIntervalMs,
+      batchRows: config.pruneBatchRows,
+    }, log);
+
+    const http = createServer(handleHttp);
+    const wss = new WebSocketServer({
+      noServer: true,
+      maxPayload: config.maxFrameBytes,
+      perMessageDeflate: false,
+      handleProtocols: (protocols) => {
+        if (protocols.has(SUBPROTOCOL_JSON)) return SUBPROTOCOL_JSON;
+        if (protocols.has(SUBPROTOCOL_MSGPACK)) return SUBPROTOCOL_MSGPACK;
+        return false;
+      },
+    });
+    const server = new SeqgateServer(config, store, log, http, wss, committer, pruner);
+    server.attach(options.maxInFlightBytes ?? 256 * 1024 * 1024);
+
+    await new Promise<void>((resolve, reject) => {
+      http.once('error', reject);
+      http.listen(config.port, config.host, () => {
+        http.off('error', reject);
+        resolve();
+      });
+    });
+    pruner.start();
+    log.info({
+      url: server.url, db: config.dbPath, synchronous: config.synchronous, contiguous: config.contiguous,
+      incarnation: store.incarnation,
+    }, 'seqgate listening');
+    return server;
+  }
+
+  get port(): number {
+    return (this.http.address() as AddressInfo).port;
+  }
+
+  get url(): string {
+    const host = this.config.host.includes(':') ? `[${this.config.host}]` : this.config.host;
+    return `ws://${host}:${this.port}`;
+  }
+
+  get limits(): Limits {
+    const c = this.config;
+    return {
+      maxFrameBytes: c.maxFrameBytes,
+      maxPutsPerFrame: c.maxPutsPerFrame,
+      maxStateBytes: c.maxStateBytes,
+      maxStateDepth: c.maxStateDepth,
+      maxKeyBytes: c.maxKeyBytes,
+      maxStreamBytes: c.maxStreamBytes,
+      maxIdBytes: c.maxIdBytes,
+      maxHelloStreams: c.maxHelloStreams,
+    };
+  }
+
+  /** Runs one pruning pass now; returns how many acks went. */
+  pruneNow(): Promise<number> {
+    return this.pruner.runPass();
+  }
+
+  private attach(maxInFlightBytes: number): void {
+    const limits = this.limits;
+    const budget: InFlightBudget = { bytes: 0, maxBytes: maxInFlightBytes, waiting: new Set() };
+    const welcome = {
+      type: 'welcome',
+      protocol: PROTOCOL_VERSION,
+      server: `seqgate/${SEQGATE_VERSION}`,
+      incarnation: this.store.incarnation,
+      contiguous: this.config.contiguous,
+      limits,
+    };
+    const context = {
+      store: this.store,
+      committer: this.committer,
+      limits,
+      flow: this.config,
+      budget,
+      tenant: DEFAULT_TENANT,
+      log: this.log,
+      welcome: () => welcome,
+      onClose: (conn: Connection) => this.connections.delete(conn),
+    };
+
+    this.http.on('upgrade', (req, socket, head) => {
+      if (this.closing) {
+        socket.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\r\n');
+        return;
+      }
+      this.wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
+        if (this.connections.size >= this.config.maxConnections) {
+          ws.close(ERRORS.TOO_MANY_CONNECTIONS.closeCode, 'TOO_MANY_CONNECTIONS');
+          return;
+        }
+        const format = ws.protocol === SUBPROTOCOL_JSON ? 'json' : 'msgpack';
+        this.connections.add(new Connection(ws, format, context));
+      });
+    });
+
+    // One timer for every connection: each sweep pings, and drops whoever missed the last ping.
+    this.sweepTimer = setInterval(() => {
+      for (const conn of this.connections) {
+        if (conn.isPaused) continue;
+        if (!conn.alive) {
+          this.log.debug('dropping connection that missed a heartbeat');
+          conn.ws.terminate();
+          continue;
+        }
+        conn.alive = false;
+        conn.ws.ping();
+      }
+    }, this.config.heartbeatIntervalMs);
+  }
+
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  /**
+   * Orderly shutdown: stop accepting, stop reading, commit and answer every put already read,
+   * close each socket with 1001, close the store.
+   */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      clearInterval(this.sweepTimer);
+      const stopped = new Promise<void>((resolve) => this.http.close(() => resolve()));
+      for (const conn of this.connections) conn.stop();
+      await this.pruner.stop();
+      await this.committer.idle();
+      const deadline = Date.now() + 5000;
+      while ([...this.connections].some((c) => !c.settled) && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+      const closed = [...this.connections].map((conn) => new Promise<void>((resolve) => {
+        conn.ws.once('close', () => resolve());
+        conn.close(ERRORS.GOING_AWAY.closeCode, 'GOING_AWAY');
+      }));
+      await Promise.race([Promise.all(closed), new Promise((resolve) => setTimeout(resolve, 2000))]);
+      for (const conn of this.connections) conn.ws.terminate();
+      this.wss.close();
+      await this.store.close();
+      this.http.closeAllConnections();
+      await stopped;
+      this.log.info('seqgate stopped');
+    })();
+    return this.closing;
+  }
+}
+
+function handleHttp(req: IncomingMessage, res: ServerResponse): void {
+  if (req.method === 'GET' && req.url === '/healthz') {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end('{"status":"ok"}');
+    return;
+  }
+  res.writeHead(426, { 'content-type': 'text/plain; charset=utf-8', upgrade: 'websocket' });
+  res.end(`seqgate speaks WebSocket here (subprotocols ${SUBPROTOCOL_MSGPACK}, ${SUBPROTOCOL_JSON}); see protocol/PROTOCOL.md\n`);
+}

@@ -1,0 +1,79 @@
+import { randomUUID } from 'node:crypto';
+import type Database from 'better-sqlite3';
+
+/**
+ * On-disk schema, versioned by `PRAGMA user_version`. Each migration moves the file one version
+ * forward inside one transaction; a file from a newer seqgate is refused rather than guessed at.
+ * Changing a released migration is forbidden: add a new one.
+ */
+const MIGRATIONS: ReadonlyArray<(db: Database.Database) => void> = [
+  (db) => {
+    db.exec(`
+      CREATE TABLE meta (
+        name  TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+      ) WITHOUT ROWID;
+
+      -- Heads are never deleted: a stream's mark only moves forward, so an old seq cannot apply twice.
+      CREATE TABLE streams (
+        id             INTEGER PRIMARY KEY,
+        tenant         TEXT    NOT NULL,
+        name           TEXT    NOT NULL,
+        epoch          INTEGER NOT NULL,
+        seq            INTEGER NOT NULL,
+        pruned_through INTEGER NOT NULL DEFAULT 0,
+        ack_count      INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (tenant, name)
+      );
+
+      -- A deleted document keeps its row (state NULL) so that its version never restarts.
+      CREATE TABLE documents (
+        tenant     TEXT    NOT NULL,
+        key        TEXT    NOT NULL,
+        version    INTEGER NOT NULL,
+        deleted    INTEGER NOT NULL,
+        state      BLOB,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant, key)
+      ) WITHOUT ROWID;
+
+      -- outcome: 0 applied, 1 version_conflict
+      CREATE TABLE acks (
+        stream_id    INTEGER NOT NULL,
+        epoch        INTEGER NOT NULL,
+        seq          INTEGER NOT NULL,
+        fingerprint  BLOB    NOT NULL,
+        outcome      INTEGER NOT NULL,
+        key          TEXT    NOT NULL,
+        version      INTEGER NOT NULL,
+        deleted      INTEGER NOT NULL,
+        if_version   INTEGER,
+        committed_at INTEGER NOT NULL,
+        PRIMARY KEY (stream_id, epoch, seq)
+      ) WITHOUT ROWID;
+      CREATE INDEX acks_by_commit_time ON acks (committed_at);
+    `);
+    const insert = db.prepare('INSERT INTO meta (name, value) VALUES (?, ?)');
+    insert.run('incarnation', randomUUID());
+    insert.run('created_at', new Date().toISOString());
+  },
+];
+
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+/** Brings the file to SCHEMA_VERSION; returns the version it found. */
+export function migrate(db: Database.Database): number {
+  const found = db.pragma('user_version', { simple: true }) as number;
+  if (found > SCHEMA_VERSION) {
+    throw new Error(
+      `database schema version ${found} is newer than this seqgate understands (${SCHEMA_VERSION}); refusing to open it`,
+    );
+  }
+  for (let v = found; v < SCHEMA_VERSION; v++) {
+    db.transaction(() => {
+      MIGRATIONS[v]!(db);
+      db.pragma(`user_version = ${v + 1}`);
+    }).immediate();
+  }
+  return found;
+}

@@ -1,0 +1,247 @@
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import Database from 'better-sqlite3';
+import { decide, type DocumentMeta, type StoredAck } from '../gate.js';
+import { migrate } from './sqlite-schema.js';
+import type { Ack, Head, Put, PutResult, Store, StreamHead } from './store.js';
+
+export interface SqliteStoreOptions {
+  /** File path, or ':memory:' for tests. */
+  readonly path: string;
+  /** 'full' survives power loss; 'normal' survives process crashes only. */
+  readonly synchronous: 'full' | 'normal';
+  readonly contiguous: boolean;
+  readonly ackCapPerStream: number;
+  /** Clock for commit times; tests pin it. */
+  readonly now?: () => number;
+}
+
+interface StreamRow {
+  id: number;
+  epoch: number;
+  seq: number;
+  pruned_through: number;
+  ack_count: number;
+}
+
+interface AckRow {
+  fingerprint: Buffer;
+  outcome: number;
+  key: string;
+  version: number;
+  deleted: number;
+  if_version: number | null;
+  committed_at: number;
+}
+
+/** A stream's state while a batch runs; written back once at the end of the batch. */
+interface StreamState {
+  id: number | null;
+  readonly tenant: string;
+  readonly name: string;
+  epoch: number;
+  seq: number;
+  prunedThrough: number;
+  ackCount: number;
+  dirty: boolean;
+}
+
+const OUTCOME_CODES = { applied: 0, version_conflict: 1 } as const;
+
+export class SqliteStore implements Store {
+  readonly incarnation: string;
+  /** The schema version found on open, before migrating (0: new file). */
+  readonly openedSchemaVersion: number;
+  private readonly db: Database.Database;
+  private readonly now: () => number;
+  private readonly stmt;
+  private readonly runBatch: (batch: readonly Put[]) => PutResult[];
+  private readonly runPrune: (olderThan: number, maxRows: number) => { pruned: number; done: boolean };
+  private pruneCursor: [number, number, number, number] = [-1, -1, -1, -1];
+
+  constructor(private readonly options: SqliteStoreOptions) {
+    if (options.path !== ':memory:') mkdirSync(dirname(options.path), { recursive: true });
+    this.db = new Database(options.path);
+    this.now = options.now ?? Date.now;
+    // better-sqlite3 defaults WAL to synchronous=NORMAL, so FULL must be explicit.
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma(`synchronous = ${options.synchronous === 'full' ? 'FULL' : 'NORMAL'}`);
+    this.db.pragma('busy_timeout = 5000');
+    this.openedSchemaVersion = migrate(this.db);
+    this.incarnation = (this.db.prepare("SELECT value FROM meta WHERE name = 'incarnation'").get() as { value: string }).value;
+
+    const db = this.db;
+    this.stmt = {
+      getStream: db.prepare<[string, string], StreamRow>(
+        'SELECT id, epoch, seq, pruned_through, ack_count FROM streams WHERE tenant = ? AND name = ?'),
+      insertStream: db.prepare<[string, string, number, number], { id: number }>(
+        'INSERT INTO streams (tenant, name, epoch, seq) VALUES (?, ?, ?, ?) RETURNING id'),
+      updateStream: db.prepare<[number, number, number, number, number]>(
+        'UPDATE streams SET epoch = ?, seq = ?, pruned_through = ?, ack_count = ? WHERE id = ?'),
+      getAck: db.prepare<[number, number, number], AckRow>(
+        'SELECT fingerprint, outcome, key, version, deleted, if_version, committed_at FROM acks WHERE stream_id = ? AND epoch = ? AND seq = ?'),
+      insertAck: db.prepare<[number, number, number, Buffer, number, string, number, number, number | null, number]>(
+        'INSERT INTO acks (stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)'),
+      oldestAck: db.prepare<[number], { epoch: number; seq: number }>(
+        'SELECT epoch, seq FROM acks WHERE stream_id = ? ORDER BY epoch, seq LIMIT 1'),
+      deleteAck: db.prepare<[number, number, number]>(
+        'DELETE FROM acks WHERE stream_id = ? AND epoch = ? AND seq = ?'),
+      getDoc: db.prepare<[string, string], { version: number; deleted: number }>(
+        'SELECT version, deleted FROM documents WHERE tenant = ? AND key = ?'),
+      upsertDoc: db.prepare<[string, string, number, number, Buffer | null, number]>(
+        `INSERT INTO documents (tenant, key, version, deleted, state, updated_at) VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (tenant, key) DO UPDATE SET version = excluded.version, deleted = excluded.deleted,
+           state = excluded.state, updated_at = excluded.updated_at`),
+      pruneCandidates: db.prepare<[number, number, number, number, number, number], {
+        stream_id: number; epoch: number; seq: number; committed_at: number; head_epoch: number; head_seq: number;
+      }>(
+        `SELECT a.stream_id, a.epoch, a.seq, a.committed_at, s.epoch AS head_epoch, s.seq AS head_seq
+           FROM acks AS a INDEXED BY acks_by_commit_time JOIN streams AS s ON s.id = a.stream_id
+          WHERE a.committed_at < ? AND (a.committed_at, a.stream_id, a.epoch, a.seq) > (?, ?, ?, ?)
+          ORDER BY a.committed_at, a.stream_id, a.epoch, a.seq LIMIT ?`),
+      notePruned: db.prepare<[number, number, number]>(
+        `UPDATE streams SET ack_count = ack_count - 1,
+           pruned_through = CASE WHEN epoch = ?1 AND ?2 > pruned_through THEN ?2 ELSE pruned_through END
+         WHERE id = ?3`),
+    };
+
+    this.runBatch = this.db.transaction((batch: readonly Put[]) => this.applyInTransaction(batch)).immediate;
+    this.runPrune = this.db.transaction((olderThan: number, maxRows: number) => this.pruneInTransaction(olderThan, maxRows)).immediate;
+  }
+
+  async apply(batch: readonly Put[]): Promise<PutResult[]> {
+    try {
+      return this.runBatch(batch);
+    } catch (err) {
+      // The transaction rolled back: nothing of the batch was applied or consumed.
+      const message = `batch not committed: ${(err as Error).message}`;
+      return batch.map(() => ({ kind: 'rejected', outcome: 'error', code: 'STORAGE_UNAVAILABLE', message }));
+    }
+  }
+
+  private applyInTransaction(batch: readonly Put[]): PutResult[] {
+    const now = this.now();
+    const streams = new Map<string, StreamState>();
+    const results: PutResult[] = [];
+
+    for (const put of batch) {
+      const streamKey = put.tenant + '\u0000' + put.stream;
+      let s = streams.get(streamKey);
+      if (s === undefined) {
+        const row = this.stmt.getStream.get(put.tenant, put.stream);
+        s = row
+          ? { id: row.id, tenant: put.tenant, name: put.stream, epoch: row.epoch, seq: row.seq, prunedThrough: row.pruned_through, ackCount: row.ack_count, dirty: false }
+          : { id: null, tenant: put.tenant, name: put.stream, epoch: 0, seq: 0, prunedThrough: 0, ackCount: 0, dirty: false };
+        streams.set(streamKey, s);
+      }
+      const state = s;
+      const decision = decide(put, {
+        head: { epoch: state.epoch, seq: state.seq, prunedThrough: state.prunedThrough },
+        storedAck: () => (state.id === null ? undefined : this.readAck(state.id, put)),
+        document: () => this.readDocument(put.tenant, put.key),
+        contiguous: this.options.contiguous,
+        now,
+      });
+
+      if (decision.kind === 'replay') {
+        results.push({ kind: 'ack', ack: decision.ack, replay: true });
+        continue;
+      }
+      if (decision.kind === 'reject') {
+        results.push({ kind: 'rejected', ...decision.rejection });
+        continue;
+      }
+
+      const { ack, write } = decision;
+      if (write !== null) {
+        this.stmt.upsertDoc.run(put.tenant, put.key, write.version, write.deleted ? 1 : 0, write.state, now);
+      }
+      if (state.id === null) {
+        state.id = this.stmt.insertStream.get(put.tenant, put.stream, put.epoch, put.seq)!.id;
+      }
+      if (put.epoch !== state.epoch) state.prunedThrough = 0;
+      state.epoch = put.epoch;
+      state.seq = put.seq;
+      state.dirty = true;
+      this.stmt.insertAck.run(
+        state.id, put.epoch, put.seq, put.fingerprint, OUTCOME_CODES[ack.outcome], ack.key, ack.version,
+        ack.deleted ? 1 : 0, ack.ifVersion ?? null, ack.committedAt,
+      );
+      state.ackCount++;
+      if (state.ackCount > this.options.ackCapPerStream) this.evictOldestAck(state);
+      results.push({ kind: 'ack', ack, replay: false });
+    }
+
+    for (const s of streams.values()) {
+      if (s.dirty) this.stmt.updateStream.run(s.epoch, s.seq, s.prunedThrough, s.ackCount, s.id!);
+    }
+    return results;
+  }
+
+  /** The cap never evicts the newest ack: it is the head's, and the cap is at least 1. */
+  private evictOldestAck(s: StreamState): void {
+    const oldest = this.stmt.oldestAck.get(s.id!);
+    if (oldest === undefined) return;
+    this.stmt.deleteAck.run(s.id!, oldest.epoch, oldest.seq);
+    s.ackCount--;
+    if (oldest.epoch === s.epoch && oldest.seq > s.prunedThrough) s.prunedThrough = oldest.seq;
+  }
+
+  private readAck(streamId: number, put: Put): StoredAck | undefined {
+    const row = this.stmt.getAck.get(streamId, put.epoch, put.seq);
+    if (row === undefined) return undefined;
+    const ack: Ack = {
+      outcome: row.outcome === OUTCOME_CODES.applied ? 'applied' : 'version_conflict',
+      stream: put.stream,
+      epoch: put.epoch,
+      seq: put.seq,
+      key: row.key,
+      version: row.version,
+      deleted: row.deleted === 1,
+      ...(row.if_version !== null ? { ifVersion: row.if_version } : {}),
+      committedAt: row.committed_at,
+    };
+    return { fingerprint: row.fingerprint, ack };
+  }
+
+  private readDocument(tenant: string, key: string): DocumentMeta | undefined {
+    const row = this.stmt.getDoc.get(tenant, key);
+    return row === undefined ? undefined : { version: row.version, deleted: row.deleted === 1 };
+  }
+
+  async heads(tenant: string, streams: readonly string[]): Promise<StreamHead[]> {
+    return streams.map((stream) => {
+      const row = this.stmt.getStream.get(tenant, stream);
+      const head: Head = row ? { epoch: row.epoch, seq: row.seq, prunedThrough: row.pruned_through } : { epoch: 0, seq: 0, prunedThrough: 0 };
+      return { stream, ...head };
+    });
+  }
+
+  async prune(olderThan: number, maxRows: number): Promise<{ pruned: number; done: boolean }> {
+    return this.runPrune(olderThan, maxRows);
+  }
+
+  private pruneInTransaction(olderThan: number, maxRows: number): { pruned: number; done: boolean } {
+    const rows = this.stmt.pruneCandidates.all(olderThan, ...this.pruneCursor, maxRows);
+    let pruned = 0;
+    for (const r of rows) {
+      if (r.epoch === r.head_epoch && r.seq === r.head_seq) continue; // a stream's latest ack stays
+      this.stmt.deleteAck.run(r.stream_id, r.epoch, r.seq);
+      this.stmt.notePruned.run(r.epoch, r.seq, r.stream_id);
+      pruned++;
+    }
+    const done = rows.length < maxRows;
+    const last = rows[rows.length - 1];
+    this.pruneCursor = done || last === undefined ? [-1, -1, -1, -1] : [last.committed_at, last.stream_id, last.epoch, last.seq];
+    return { pruned, done };
+  }
+
+  /** For tests and operational tooling inside this package: the underlying connection. */
+  get database(): Database.Database {
+    return this.db;
+  }
+
+  async close(): Promise<void> {
+    if (this.db.open) this.db.close();
+  }
+}
