@@ -99,10 +99,10 @@ export class SqliteStore implements Store {
            FROM acks AS a INDEXED BY acks_by_commit_time JOIN streams AS s ON s.id = a.stream_id
           WHERE a.committed_at < ? AND (a.committed_at, a.stream_id, a.epoch, a.seq) > (?, ?, ?, ?)
           ORDER BY a.committed_at, a.stream_id, a.epoch, a.seq LIMIT ?`),
-      notePruned: db.prepare<[number, number, number]>(
+      notePruned: db.prepare<[{ epoch: number; seq: number; id: number }]>(
         `UPDATE streams SET ack_count = ack_count - 1,
-           pruned_through = CASE WHEN epoch = ?1 AND ?2 > pruned_through THEN ?2 ELSE pruned_through END
-         WHERE id = ?3`),
+           pruned_through = CASE WHEN epoch = @epoch AND @seq > pruned_through THEN @seq ELSE pruned_through END
+         WHERE id = @id`),
     };
 
     this.runBatch = this.db.transaction((batch: readonly Put[]) => this.applyInTransaction(batch)).immediate;
@@ -227,7 +227,7 @@ export class SqliteStore implements Store {
     for (const r of rows) {
       if (r.epoch === r.head_epoch && r.seq === r.head_seq) continue; // a stream's latest ack stays
       this.stmt.deleteAck.run(r.stream_id, r.epoch, r.seq);
-      this.stmt.notePruned.run(r.epoch, r.seq, r.stream_id);
+      this.stmt.notePruned.run({ epoch: r.epoch, seq: r.seq, id: r.stream_id });
       pruned++;
     }
     const done = rows.length < maxRows;

@@ -1,0 +1,272 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { canonicalEncode, putFingerprint } from '../src/protocol/canonical.js';
+import { SqliteStore } from '../src/store/sqlite-store.js';
+import type { Put, PutResult, Store } from '../src/store/store.js';
+import { ReferenceModel } from './support/reference-model.js';
+
+/**
+ * One contract, every store: the SQLite store and the in-memory reference model of the spec must
+ * give the same result for every put. A future PostgreSQL store joins the `stores` list.
+ */
+
+const LIMITS = { maxBytes: 65536, maxDepth: 32, bytesLimitName: 'maxStateBytes', depthLimitName: 'maxStateDepth' };
+
+interface PutSpec {
+  stream?: string;
+  epoch?: number;
+  seq: number;
+  key?: string;
+  state?: unknown;
+  delete?: boolean;
+  ifVersion?: number | null;
+  tenant?: string;
+}
+
+function mk(spec: PutSpec): Put {
+  const key = spec.key ?? 'doc';
+  const state = spec.delete ? null : canonicalEncode(spec.state ?? { v: spec.seq }, LIMITS, 'state');
+  const ifVersion = spec.ifVersion ?? null;
+  return {
+    tenant: spec.tenant ?? 'default',
+    stream: spec.stream ?? 's',
+    epoch: spec.epoch ?? 1,
+    seq: spec.seq,
+    key,
+    state,
+    ifVersion,
+    fingerprint: putFingerprint(key, state, ifVersion),
+  };
+}
+
+interface StoreOptions { contiguous?: boolean; ackCapPerStream?: number }
+interface Harness { store: Store; clock: { now: number }; fail(): void; heal(): void }
+
+const stores: Array<[string, (o: StoreOptions) => Harness]> = [
+  ['SqliteStore', (o) => {
+    const clock = { now: 1_000_000 };
+    const store = new SqliteStore({
+      path: ':memory:', synchronous: 'full', contiguous: o.contiguous ?? false,
+      ackCapPerStream: o.ackCapPerStream ?? 1000, now: () => clock.now,
+    });
+    // A real storage fault: the connection refuses writes (SQLITE_READONLY) inside the transaction.
+    const fail = () => { store.database.pragma('query_only = ON'); };
+    const heal = () => { store.database.pragma('query_only = OFF'); };
+    return { store, clock, fail, heal };
+  }],
+  ['ReferenceModel', (o) => {
+    const clock = { now: 1_000_000 };
+    const options = { contiguous: o.contiguous ?? false, ackCapPerStream: o.ackCapPerStream ?? 1000, now: () => clock.now, failNext: false };
+    return { store: new ReferenceModel(options), clock, fail: () => { options.failNext = true; }, heal: () => { options.failNext = false; } };
+  }],
+];
+
+function outcomes(results: PutResult[]): string[] {
+  return results.map((r) => (r.kind === 'ack' ? (r.replay ? `${r.ack.outcome}*` : r.ack.outcome) : r.outcome));
+}
+
+async function run(store: Store, ...specs: PutSpec[]): Promise<PutResult[]> {
+  return store.apply(specs.map(mk));
+}
+
+describe.each(stores)('%s store contract', (_name, make) => {
+  it('applies a first put and acks stream, epoch, seq, key, version 1 and commit time', async () => {
+    const { store } = make({});
+    const [r] = await run(store, { seq: 1 });
+    expect(r).toEqual({
+      kind: 'ack', replay: false,
+      ack: { outcome: 'applied', stream: 's', epoch: 1, seq: 1, key: 'doc', version: 1, deleted: false, committedAt: 1_000_000 },
+    });
+    expect(await store.heads('default', ['s', 'other'])).toEqual([
+      { stream: 's', epoch: 1, seq: 1, prunedThrough: 0 },
+      { stream: 'other', epoch: 0, seq: 0, prunedThrough: 0 },
+    ]);
+  });
+
+  it('replays the stored ack for a retry with the same payload, even after later puts', async () => {
+    const { store, clock } = make({});
+    const [first] = await run(store, { seq: 1 });
+    clock.now += 5000;
+    await run(store, { seq: 2 }, { seq: 3 });
+    const [again] = await run(store, { seq: 1 });
+    expect(again).toEqual({ ...first, replay: true });
+  });
+
+  it('answers sequence_reused when a stored seq comes back with a different payload, changing nothing', async () => {
+    const { store } = make({});
+    await run(store, { seq: 1, state: 'a' });
+    expect(outcomes(await run(store, { seq: 1, state: 'b' }))).toEqual(['sequence_reused']);
+    expect(outcomes(await run(store, { seq: 1, state: 'a', ifVersion: 7 }))).toEqual(['sequence_reused']);
+    expect((await store.heads('default', ['s']))[0]!.seq).toBe(1);
+  });
+
+  it('decides dedup before fencing, so a retry from an old epoch still gets its ack', async () => {
+    const { store } = make({});
+    await run(store, { epoch: 1, seq: 1 });
+    await run(store, { epoch: 2, seq: 1 });
+    expect(outcomes(await run(store, { epoch: 1, seq: 1 }))).toEqual(['applied*']);
+    const [fenced] = await run(store, { epoch: 1, seq: 2 });
+    expect(fenced).toMatchObject({ outcome: 'fenced', epoch: 2 });
+  });
+
+  it('decides dedup before ifVersion, so a retry of a successful conditional write is not a conflict', async () => {
+    const { store } = make({});
+    await run(store, { seq: 1, ifVersion: 0 });
+    expect(outcomes(await run(store, { seq: 1, ifVersion: 0 }))).toEqual(['applied*']);
+  });
+
+  it('answers stale with the head for a skipped seq at or below the head', async () => {
+    const { store } = make({});
+    await run(store, { seq: 1 }, { seq: 5 });
+    const [r] = await run(store, { seq: 3 });
+    expect(r).toMatchObject({ outcome: 'stale', head: { epoch: 1, seq: 5, prunedThrough: 0 } });
+  });
+
+  it('answers expired for a seq whose ack was evicted by the per-stream cap', async () => {
+    const { store } = make({ ackCapPerStream: 2 });
+    await run(store, { seq: 1 }, { seq: 2 }, { seq: 3 }, { seq: 4 });
+    expect(outcomes(await run(store, { seq: 1 }, { seq: 2 }, { seq: 3 }, { seq: 4 })))
+      .toEqual(['expired', 'expired', 'applied*', 'applied*']);
+    expect((await store.heads('default', ['s']))[0]).toMatchObject({ seq: 4, prunedThrough: 2 });
+  });
+
+  it('prunes acks older than the window but never a stream\'s latest ack, and never its head', async () => {
+    const { store, clock } = make({});
+    await run(store, { stream: 'busy', seq: 1 }, { stream: 'busy', seq: 2 }, { stream: 'quiet', seq: 1 });
+    clock.now += 10_000;
+    await run(store, { stream: 'busy', seq: 3 });
+    let total = 0;
+    for (;;) {
+      const { pruned, done } = await store.prune(clock.now - 5_000, 1);
+      total += pruned;
+      if (done) break;
+    }
+    expect(total).toBe(2);
+    expect(outcomes(await run(store, { stream: 'busy', seq: 1 }, { stream: 'busy', seq: 3 }, { stream: 'quiet', seq: 1 })))
+      .toEqual(['expired', 'applied*', 'applied*']);
+    expect(outcomes(await run(store, { stream: 'busy', seq: 2 }))).toEqual(['expired']);
+  });
+
+  it('fences a lower epoch and lets a higher epoch take over the stream', async () => {
+    const { store } = make({});
+    await run(store, { epoch: 3, seq: 10 });
+    expect(outcomes(await run(store, { epoch: 2, seq: 11 }, { epoch: 4, seq: 1 }, { epoch: 3, seq: 11 })))
+      .toEqual(['fenced', 'applied', 'fenced']);
+    expect((await store.heads('default', ['s']))[0]).toMatchObject({ epoch: 4, seq: 1 });
+  });
+
+  it('in contiguous mode answers gap with the expected seq, and requires seq 1 in a new epoch', async () => {
+    const { store } = make({ contiguous: true });
+    const r = await run(store, { seq: 1 }, { seq: 3 }, { seq: 2 }, { epoch: 2, seq: 2 }, { epoch: 2, seq: 1 });
+    expect(outcomes(r)).toEqual(['applied', 'gap', 'applied', 'gap', 'applied']);
+    expect(r[1]).toMatchObject({ expected: { epoch: 1, seq: 2 } });
+    expect(r[3]).toMatchObject({ expected: { epoch: 2, seq: 1 } });
+  });
+
+  it('allows gaps by default and then answers the skipped seqs stale', async () => {
+    const { store } = make({});
+    expect(outcomes(await run(store, { seq: 1 }, { seq: 10 }, { seq: 5 }))).toEqual(['applied', 'applied', 'stale']);
+  });
+
+  it('stores a version conflict as the seq\'s answer and replays it', async () => {
+    const { store } = make({});
+    await run(store, { seq: 1 });
+    const [c] = await run(store, { seq: 2, ifVersion: 5 });
+    expect(c).toMatchObject({ kind: 'ack', replay: false, ack: { outcome: 'version_conflict', version: 1, deleted: false, ifVersion: 5 } });
+    expect(await run(store, { seq: 2, ifVersion: 5 })).toEqual([{ ...c, replay: true }]);
+    expect((await store.heads('default', ['s']))[0]!.seq).toBe(2);
+  });
+
+  it('treats ifVersion 0 as "must not exist", which a deleted document satisfies', async () => {
+    const { store } = make({});
+    const r = await run(store,
+      { seq: 1, ifVersion: 0 }, { seq: 2, ifVersion: 0 }, { seq: 3, delete: true },
+      { seq: 4, ifVersion: 2 }, { seq: 5, ifVersion: 0 });
+    expect(outcomes(r)).toEqual(['applied', 'version_conflict', 'applied', 'version_conflict', 'applied']);
+    expect(r[4]).toMatchObject({ ack: { version: 3, deleted: false } });
+  });
+
+  it('never restarts versions: delete bumps, re-create continues, a repeated delete changes nothing', async () => {
+    const { store } = make({});
+    const r = await run(store, { seq: 1 }, { seq: 2 }, { seq: 3, delete: true }, { seq: 4, delete: true }, { seq: 5 }, { seq: 6, key: 'never', delete: true });
+    expect(r.map((x) => (x.kind === 'ack' ? [x.ack.version, x.ack.deleted] : null))).toEqual([
+      [1, false], [2, false], [3, true], [3, true], [4, false], [0, true],
+    ]);
+  });
+
+  it('behaves within one batch exactly as if the puts were sent one by one', async () => {
+    const a = make({});
+    const b = make({});
+    const specs: PutSpec[] = [
+      { stream: 'x', seq: 1, key: 'shared' }, { stream: 'y', seq: 1, key: 'shared', ifVersion: 1 },
+      { stream: 'x', seq: 1 , key: 'shared' }, { stream: 'x', seq: 2, key: 'shared', ifVersion: 1 },
+      { stream: 'x', seq: 2, key: 'other' }, { stream: 'y', seq: 0 + 1, key: 'shared', ifVersion: 1 },
+    ];
+    const together = await a.store.apply(specs.map(mk));
+    const oneByOne: PutResult[] = [];
+    for (const s of specs) oneByOne.push(...(await b.store.apply([mk(s)])));
+    expect(together).toEqual(oneByOne);
+    expect(outcomes(together)).toEqual(['applied', 'applied', 'applied*', 'version_conflict', 'sequence_reused', 'applied*']);
+  });
+
+  it('fails a whole batch with a retryable error on a storage fault, consuming nothing', async () => {
+    const { store, fail, heal } = make({});
+    await run(store, { seq: 1 });
+    fail();
+    const failed = await run(store, { seq: 2 }, { stream: 'new', seq: 1 });
+    expect(failed.map((r) => (r.kind === 'rejected' ? r.code : r.kind))).toEqual(['STORAGE_UNAVAILABLE', 'STORAGE_UNAVAILABLE']);
+    expect(await store.heads('default', ['s', 'new'])).toEqual([
+      { stream: 's', epoch: 1, seq: 1, prunedThrough: 0 },
+      { stream: 'new', epoch: 0, seq: 0, prunedThrough: 0 },
+    ]);
+    heal();
+    expect(outcomes(await run(store, { seq: 2 }, { stream: 'new', seq: 1 }))).toEqual(['applied', 'applied']);
+  });
+
+  it('keeps tenants apart: the same stream and key names never collide', async () => {
+    const { store } = make({});
+    expect(outcomes(await run(store, { tenant: 't1', seq: 1 }, { tenant: 't2', seq: 1, state: 'different' })))
+      .toEqual(['applied', 'applied']);
+    const [r] = await run(store, { tenant: 't2', seq: 2 });
+    expect(r).toMatchObject({ ack: { version: 2 } });
+  });
+});
+
+describe('SqliteStore against the reference model', () => {
+  it('gives the same result for every put of random sequences of puts, retries, prunes and epochs', async () => {
+    const putArb = fc.record({
+      stream: fc.constantFrom('a', 'b'),
+      epoch: fc.integer({ min: 0, max: 3 }),
+      seq: fc.integer({ min: 1, max: 8 }),
+      key: fc.constantFrom('k1', 'k2'),
+      state: fc.constantFrom(1, 2, 'x'),
+      delete: fc.boolean(),
+      ifVersion: fc.option(fc.integer({ min: 0, max: 4 }), { nil: null }),
+    });
+    const stepArb = fc.oneof(
+      fc.record({ kind: fc.constant('batch' as const), puts: fc.array(putArb, { minLength: 1, maxLength: 6 }) }),
+      fc.record({ kind: fc.constant('tick' as const), ms: fc.integer({ min: 1, max: 2000 }) }),
+      fc.record({ kind: fc.constant('prune' as const), windowMs: fc.integer({ min: 0, max: 3000 }) }),
+    );
+    await fc.assert(
+      fc.asyncProperty(fc.array(stepArb, { minLength: 1, maxLength: 25 }), fc.boolean(), fc.integer({ min: 1, max: 4 }), async (steps, contiguous, cap) => {
+        const sides = stores.map(([, make]) => make({ contiguous, ackCapPerStream: cap }));
+        for (const step of steps) {
+          const answers: unknown[] = [];
+          for (const side of sides) {
+            if (step.kind === 'batch') answers.push(await side.store.apply(step.puts.map((p) => mk({ ...p, delete: p.delete }))));
+            else if (step.kind === 'tick') side.clock.now += step.ms;
+            else {
+              let done = false;
+              while (!done) done = (await side.store.prune(side.clock.now - step.windowMs, 3)).done;
+            }
+          }
+          if (step.kind === 'batch') expect(answers[0]).toEqual(answers[1]);
+        }
+        const streams = ['a', 'b'];
+        expect(await sides[0]!.store.heads('default', streams)).toEqual(await sides[1]!.store.heads('default', streams));
+      }),
+      { numRuns: 300 },
+    );
+  });
+});

@@ -1,0 +1,134 @@
+import type { Ack, Put, PutResult, Store, StreamHead } from '../../src/store/store.js';
+
+/**
+ * An in-memory model of PROTOCOL.md's gate, written from the spec's table and deliberately not
+ * sharing code with src/gate.ts, so that the contract suite compares two readings of the spec.
+ * It favours obviousness over speed: every rule is a line here.
+ */
+
+interface ModelStream {
+  epoch: number;
+  seq: number;
+  prunedThrough: number;
+  acks: Array<{ epoch: number; seq: number; fingerprint: string; ack: Ack }>;
+}
+
+interface ModelDoc {
+  version: number;
+  deleted: boolean;
+  state: Buffer | null;
+}
+
+export interface ReferenceOptions {
+  readonly contiguous: boolean;
+  readonly ackCapPerStream: number;
+  readonly now: () => number;
+  /** Makes the next apply fail as a whole, as a storage fault would. */
+  failNext?: boolean;
+}
+
+export class ReferenceModel implements Store {
+  readonly incarnation = 'reference-model';
+  readonly streams = new Map<string, ModelStream>();
+  readonly docs = new Map<string, ModelDoc>();
+
+  constructor(readonly options: ReferenceOptions) {}
+
+  async apply(batch: readonly Put[]): Promise<PutResult[]> {
+    if (this.options.failNext) {
+      this.options.failNext = false;
+      return batch.map(() => ({ kind: 'rejected', outcome: 'error', code: 'STORAGE_UNAVAILABLE', message: 'injected' }));
+    }
+    const now = this.options.now();
+    return batch.map((p) => this.applyOne(p, now));
+  }
+
+  private applyOne(p: Put, now: number): PutResult {
+    const sid = `${p.tenant}/${p.stream}`;
+    const s = this.streams.get(sid) ?? { epoch: 0, seq: 0, prunedThrough: 0, acks: [] };
+    const fp = p.fingerprint.toString('hex');
+
+    // Row 2: a stored ack for (stream, epoch, seq) decides before anything else.
+    const stored = s.acks.find((a) => a.epoch === p.epoch && a.seq === p.seq);
+    if (stored) {
+      return stored.fingerprint === fp
+        ? { kind: 'ack', ack: stored.ack, replay: true }
+        : { kind: 'rejected', outcome: 'sequence_reused', code: 'SEQUENCE_REUSED' };
+    }
+    const head = { epoch: s.epoch, seq: s.seq, prunedThrough: s.prunedThrough };
+    // Row 3
+    if (p.epoch < s.epoch) return { kind: 'rejected', outcome: 'fenced', code: 'FENCED', epoch: s.epoch };
+    // Row 4
+    if (p.epoch === s.epoch && p.seq <= s.seq) {
+      return p.seq <= s.prunedThrough
+        ? { kind: 'rejected', outcome: 'expired', code: 'EXPIRED', head }
+        : { kind: 'rejected', outcome: 'stale', code: 'STALE', head };
+    }
+    // Row 5
+    if (this.options.contiguous) {
+      const expected = p.epoch === s.epoch ? s.seq + 1 : 1;
+      if (p.seq !== expected) return { kind: 'rejected', outcome: 'gap', code: 'GAP', expected: { epoch: p.epoch, seq: expected } };
+    }
+    // Row 6
+    if (p.epoch > s.epoch) {
+      s.epoch = p.epoch;
+      s.prunedThrough = 0;
+    }
+    // Rows 7 and 8: both consume the seq.
+    const did = `${p.tenant}/${p.key}`;
+    const doc = this.docs.get(did);
+    const exists = doc !== undefined && !doc.deleted;
+    const version = doc?.version ?? 0;
+    let ack: Ack;
+    if (p.ifVersion !== null && !(p.ifVersion === 0 ? !exists : exists && version === p.ifVersion)) {
+      ack = { outcome: 'version_conflict', stream: p.stream, epoch: p.epoch, seq: p.seq, key: p.key, version, deleted: !exists, ifVersion: p.ifVersion, committedAt: now };
+    } else if (p.state === null) {
+      if (exists) this.docs.set(did, { version: version + 1, deleted: true, state: null });
+      const v = exists ? version + 1 : version;
+      ack = { outcome: 'applied', stream: p.stream, epoch: p.epoch, seq: p.seq, key: p.key, version: v, deleted: true, committedAt: now };
+    } else {
+      this.docs.set(did, { version: version + 1, deleted: false, state: p.state });
+      ack = { outcome: 'applied', stream: p.stream, epoch: p.epoch, seq: p.seq, key: p.key, version: version + 1, deleted: false, committedAt: now };
+    }
+    s.seq = p.seq;
+    s.acks.push({ epoch: p.epoch, seq: p.seq, fingerprint: fp, ack });
+    // Cap: the oldest acks go first; the newest (the head's) always stays.
+    while (s.acks.length > this.options.ackCapPerStream) this.dropAck(s, 0);
+    this.streams.set(sid, s);
+    return { kind: 'ack', ack, replay: false };
+  }
+
+  private dropAck(s: ModelStream, index: number): void {
+    const [gone] = s.acks.splice(index, 1);
+    if (gone && gone.epoch === s.epoch && gone.seq > s.prunedThrough) s.prunedThrough = gone.seq;
+  }
+
+  async heads(tenant: string, streams: readonly string[]): Promise<StreamHead[]> {
+    return streams.map((stream) => {
+      const s = this.streams.get(`${tenant}/${stream}`);
+      return { stream, epoch: s?.epoch ?? 0, seq: s?.seq ?? 0, prunedThrough: s?.prunedThrough ?? 0 };
+    });
+  }
+
+  async prune(olderThan: number): Promise<{ pruned: number; done: boolean }> {
+    let pruned = 0;
+    for (const s of this.streams.values()) {
+      for (let i = s.acks.length - 1; i >= 0; i--) {
+        const a = s.acks[i]!;
+        const isLatest = a.epoch === s.epoch && a.seq === s.seq;
+        if (!isLatest && a.ack.committedAt < olderThan) {
+          this.dropAck(s, i);
+          pruned++;
+        }
+      }
+    }
+    return { pruned, done: true };
+  }
+
+  /** The stored state of a document, for comparisons with other stores. */
+  document(tenant: string, key: string): ModelDoc | undefined {
+    return this.docs.get(`${tenant}/${key}`);
+  }
+
+  async close(): Promise<void> {}
+}
