@@ -76,6 +76,7 @@ export class Connection {
   }
 
   private receive(data: Buffer, isBinary: boolean): void {
+    if (this.stoppedForGood) return;
     this.alive = true;
     let message;
     try {
@@ -224,7 +225,12 @@ export class Connection {
     setTimeout(() => this.ws.terminate(), 1000).unref();
   }
 
+  /**
+   * Closes with `code`. A stopped connection resumes reading only so the close handshake can
+   * complete; frames that arrive after stop() are dropped unanswered, and the client resends them.
+   */
   close(code: number, reason: string): void {
+    if (this.stoppedForGood) this.ws.resume();
     this.ws.close(code, reason);
   }
 

@@ -174,6 +174,11 @@ export class SeqgateServer {
     return this.connections.size;
   }
 
+  /** Puts received and waiting for a batch (not counting the batch being committed). */
+  get queuedPuts(): number {
+    return this.committer.queuedPuts;
+  }
+
   /**
    * Orderly shutdown: stop accepting, stop reading, commit and answer every put already read,
    * close each socket with 1001, close the store.
