@@ -139,3 +139,23 @@ describe('storage faults', () => {
     expect((await b.waitResults(2))[1]).toMatchObject({ outcome: 'applied', replay: false, ack: { seq: 1 } });
   });
 });
+
+describe('ack retention', () => {
+  it('prunes acks past the retention window in the background and answers their retries expired', async () => {
+    const p = await startTestServer({ ackRetentionSeconds: 0, pruneIntervalMs: 20 });
+    try {
+      const c = await TestClient.connect(p.url);
+      const puts = [1, 2, 3].map((seq) => put({ stream: 'r', seq }));
+      c.send({ type: 'put', puts });
+      await c.waitResults(3);
+      await new Promise((resolve) => setTimeout(resolve, 150));
+      c.send({ type: 'put', puts });
+      const results = await c.waitResults(6);
+      expect(results.slice(3).map((r: Msg) => r.outcome)).toEqual(['expired', 'expired', 'applied']);
+      expect(results[5]).toMatchObject({ replay: true });
+      expect(results[3].error).toMatchObject({ code: 'EXPIRED', head: { epoch: 1, seq: 3 }, prunedThrough: 2 });
+    } finally {
+      await p.stop();
+    }
+  });
+});
