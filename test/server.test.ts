@@ -3,7 +3,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SqliteStore } from '../src/store/sqlite-store.js';
-import type { Put, PutResult, Store, StreamHead } from '../src/store/store.js';
+import { isDocWrite, type DocResult, type Put, type PutResult, type Store, type StreamHead, type Write } from '../src/store/store.js';
 import { put, startTestServer, TestClient, type Msg, type TestServer } from './support/test-client.js';
 
 let t: TestServer;
@@ -49,13 +49,18 @@ class HeldStore implements Store {
   get incarnation(): string { return this.inner.incarnation; }
   hold(): void { this.held = new Promise((resolve) => { this.release = resolve; }); }
   open(): void { this.release?.(); }
-  async apply(batch: readonly Put[]): Promise<PutResult[]> {
-    this.batches.push([...batch]);
+  apply(batch: readonly Put[]): Promise<PutResult[]>;
+  apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>>;
+  async apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>> {
+    this.batches.push(batch.filter((w): w is Put => !isDocWrite(w)));
     await this.held;
     return this.inner.apply(batch);
   }
   heads(tenant: string, streams: readonly string[]): Promise<StreamHead[]> { return this.inner.heads(tenant, streams); }
+  document(tenant: string, key: string) { return this.inner.document(tenant, key); }
+  ready() { return this.inner.ready(); }
   prune(olderThan: number, maxRows: number) { return this.inner.prune(olderThan, maxRows); }
+  pruneIdempotency(olderThan: number, maxRows: number) { return this.inner.pruneIdempotency(olderThan, maxRows); }
   close(): Promise<void> { return this.inner.close(); }
 }
 

@@ -223,6 +223,47 @@ describe.each(stores)('%s store contract', (_name, make) => {
     expect(outcomes(await run(store, { seq: 2 }, { stream: 'new', seq: 1 }))).toEqual(['applied', 'applied']);
   });
 
+  it('replaces a document without a stream, leaves it unchanged when the same state comes again, and checks ifVersion', async () => {
+    const { store } = make({});
+    const st = (v: unknown) => canonicalEncode(v, LIMITS, 'state');
+    const r = await store.apply([
+      { op: 'replace', tenant: 'default', key: 'd', state: st({ a: 1 }), ifVersion: 0 },
+      { op: 'replace', tenant: 'default', key: 'd', state: st({ a: 1 }), ifVersion: null },
+      { op: 'replace', tenant: 'default', key: 'd', state: st({ a: 2 }), ifVersion: 5 },
+      { op: 'replace', tenant: 'default', key: 'd', state: st({ a: 2 }), ifVersion: 1 },
+      { op: 'replace', tenant: 'default', key: 'd', state: null, ifVersion: null },
+      { op: 'replace', tenant: 'default', key: 'd', state: null, ifVersion: null },
+    ]);
+    expect(r.map((x) => ('version' in x ? [x.kind, x.version, x.deleted, 'changed' in x ? x.changed : '-'] : x.kind))).toEqual([
+      ['written', 1, false, true], ['written', 1, false, false], ['precondition_failed', 1, false, '-'],
+      ['written', 2, false, true], ['written', 3, true, true], ['written', 3, true, false],
+    ]);
+    expect(await store.document('default', 'd')).toMatchObject({ version: 3, deleted: true, state: null });
+    const [viaPut] = await run(store, { seq: 1, key: 'd', state: { a: 3 } });
+    expect(viaPut).toMatchObject({ ack: { version: 4 } });
+    expect((await store.document('default', 'd'))!.state).toEqual(st({ a: 3 }));
+  });
+
+  it('creates once per Idempotency-Key: a retry gets the first answer, a different payload is refused', async () => {
+    const { store, clock } = make({});
+    const st = canonicalEncode({ hello: 'world' }, LIMITS, 'state');
+    const create = (key: string, fingerprint: Buffer, idempotencyKey = 'k-1', tenant = 'default') =>
+      ({ op: 'create' as const, tenant, scope: 'POST /v1/docs', idempotencyKey, fingerprint, key, state: st });
+    const [first] = await store.apply([create('doc-a', Buffer.alloc(16, 1))]);
+    clock.now += 1000;
+    const [again, other, elsewhere] = await store.apply([
+      create('doc-b', Buffer.alloc(16, 1)), create('doc-c', Buffer.alloc(16, 2)), create('doc-d', Buffer.alloc(16, 1), 'k-1', 'other'),
+    ]);
+    expect(first).toEqual({ kind: 'created', key: 'doc-a', version: 1, deleted: false, createdAt: 1_000_000, replay: false });
+    expect(again).toEqual({ ...first, replay: true });
+    expect(other).toEqual({ kind: 'idempotency_key_reused' });
+    expect(elsewhere).toMatchObject({ kind: 'created', key: 'doc-d', replay: false });
+    expect(await store.document('default', 'doc-b')).toBeUndefined();
+    expect(await store.pruneIdempotency(1_000_001, 100)).toBe(1);
+    const [afterPrune] = await store.apply([create('doc-e', Buffer.alloc(16, 2))]);
+    expect(afterPrune).toMatchObject({ kind: 'created', key: 'doc-e', replay: false });
+  });
+
   it('keeps tenants apart: the same stream and key names never collide', async () => {
     const { store } = make({});
     expect(outcomes(await run(store, { tenant: 't1', seq: 1 }, { tenant: 't2', seq: 1, state: 'different' })))

@@ -57,6 +57,22 @@ const MIGRATIONS: ReadonlyArray<(db: Database.Database) => void> = [
     insert.run('incarnation', randomUUID());
     insert.run('created_at', new Date().toISOString());
   },
+  (db) => {
+    // The stored answer of an Idempotency-Key create; a retry renders the same response from it.
+    db.exec(`
+      CREATE TABLE idempotency (
+        tenant      TEXT    NOT NULL,
+        scope       TEXT    NOT NULL,
+        key         TEXT    NOT NULL,
+        fingerprint BLOB    NOT NULL,
+        doc_key     TEXT    NOT NULL,
+        version     INTEGER NOT NULL,
+        created_at  INTEGER NOT NULL,
+        PRIMARY KEY (tenant, scope, key)
+      ) WITHOUT ROWID;
+      CREATE INDEX idempotency_by_time ON idempotency (created_at);
+    `);
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -3,7 +3,10 @@ import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { decide, type DocumentMeta, type StoredAck } from '../gate.js';
 import { migrate } from './sqlite-schema.js';
-import type { Ack, Head, Put, PutResult, Store, StreamHead } from './store.js';
+import {
+  isDocWrite, type Ack, type DocResult, type DocWrite, type Head, type Put, type PutResult, type Store,
+  type StoredDocument, type StreamHead, type Write,
+} from './store.js';
 
 export interface SqliteStoreOptions {
   /** File path, or ':memory:' for tests. */
@@ -48,6 +51,8 @@ interface StreamState {
 
 const OUTCOME_CODES = { applied: 0, version_conflict: 1 } as const;
 
+class ProbeDone extends Error {}
+
 export class SqliteStore implements Store {
   readonly incarnation: string;
   /** The schema version found on open, before migrating (0: new file). */
@@ -55,7 +60,7 @@ export class SqliteStore implements Store {
   private readonly db: Database.Database;
   private readonly now: () => number;
   private readonly stmt;
-  private readonly runBatch: (batch: readonly Put[]) => PutResult[];
+  private readonly runBatch: (batch: readonly Write[]) => Array<PutResult | DocResult>;
   private readonly runPrune: (olderThan: number, maxRows: number) => { pruned: number; done: boolean };
   private pruneCursor: [number, number, number, number] = [-1, -1, -1, -1];
 
@@ -92,6 +97,16 @@ export class SqliteStore implements Store {
         `INSERT INTO documents (tenant, key, version, deleted, state, updated_at) VALUES (?, ?, ?, ?, ?, ?)
          ON CONFLICT (tenant, key) DO UPDATE SET version = excluded.version, deleted = excluded.deleted,
            state = excluded.state, updated_at = excluded.updated_at`),
+      getDocFull: db.prepare<[string, string], { version: number; deleted: number; state: Buffer | null; updated_at: number }>(
+        'SELECT version, deleted, state, updated_at FROM documents WHERE tenant = ? AND key = ?'),
+      getIdempotency: db.prepare<[string, string, string], { fingerprint: Buffer; doc_key: string; version: number; created_at: number }>(
+        'SELECT fingerprint, doc_key, version, created_at FROM idempotency WHERE tenant = ? AND scope = ? AND key = ?'),
+      insertIdempotency: db.prepare<[string, string, string, Buffer, string, number, number]>(
+        'INSERT INTO idempotency (tenant, scope, key, fingerprint, doc_key, version, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)'),
+      pruneIdempotency: db.prepare<[number, number]>(
+        `DELETE FROM idempotency WHERE (tenant, scope, key) IN
+           (SELECT tenant, scope, key FROM idempotency INDEXED BY idempotency_by_time WHERE created_at < ? LIMIT ?)`),
+      touchMeta: db.prepare("UPDATE meta SET value = value WHERE name = 'incarnation'"),
       pruneCandidates: db.prepare<[number, number, number, number, number, number], {
         stream_id: number; epoch: number; seq: number; committed_at: number; head_epoch: number; head_seq: number;
       }>(
@@ -105,11 +120,13 @@ export class SqliteStore implements Store {
          WHERE id = @id`),
     };
 
-    this.runBatch = this.db.transaction((batch: readonly Put[]) => this.applyInTransaction(batch)).immediate;
+    this.runBatch = this.db.transaction((batch: readonly Write[]) => this.applyInTransaction(batch)).immediate;
     this.runPrune = this.db.transaction((olderThan: number, maxRows: number) => this.pruneInTransaction(olderThan, maxRows)).immediate;
   }
 
-  async apply(batch: readonly Put[]): Promise<PutResult[]> {
+  apply(batch: readonly Put[]): Promise<PutResult[]>;
+  apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>>;
+  async apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>> {
     try {
       return this.runBatch(batch);
     } catch (err) {
@@ -119,12 +136,16 @@ export class SqliteStore implements Store {
     }
   }
 
-  private applyInTransaction(batch: readonly Put[]): PutResult[] {
+  private applyInTransaction(batch: readonly Write[]): Array<PutResult | DocResult> {
     const now = this.now();
     const streams = new Map<string, StreamState>();
-    const results: PutResult[] = [];
+    const results: Array<PutResult | DocResult> = [];
 
     for (const put of batch) {
+      if (isDocWrite(put)) {
+        results.push(this.writeDocument(put, now));
+        continue;
+      }
       const streamKey = put.tenant + '\u0000' + put.stream;
       let s = streams.get(streamKey);
       if (s === undefined) {
@@ -178,6 +199,33 @@ export class SqliteStore implements Store {
     return results;
   }
 
+  private writeDocument(w: DocWrite, now: number): DocResult {
+    if (w.op === 'create') {
+      const prior = this.stmt.getIdempotency.get(w.tenant, w.scope, w.idempotencyKey);
+      if (prior !== undefined) {
+        if (!prior.fingerprint.equals(w.fingerprint)) return { kind: 'idempotency_key_reused' };
+        return { kind: 'created', key: prior.doc_key, version: prior.version, deleted: false, createdAt: prior.created_at, replay: true };
+      }
+      this.stmt.upsertDoc.run(w.tenant, w.key, 1, 0, w.state, now);
+      this.stmt.insertIdempotency.run(w.tenant, w.scope, w.idempotencyKey, w.fingerprint, w.key, 1, now);
+      return { kind: 'created', key: w.key, version: 1, deleted: false, createdAt: now, replay: false };
+    }
+    const doc = this.stmt.getDocFull.get(w.tenant, w.key);
+    const exists = doc !== undefined && doc.deleted === 0;
+    const version = doc?.version ?? 0;
+    if (w.ifVersion !== null && !(w.ifVersion === 0 ? !exists : exists && version === w.ifVersion)) {
+      return { kind: 'precondition_failed', key: w.key, version, deleted: !exists };
+    }
+    // Natural idempotence: writing the state a document already has, or deleting what is gone,
+    // changes nothing, so a repeated request leaves the version where it was.
+    const unchanged = w.state === null ? !exists : exists && doc!.state !== null && doc!.state.equals(w.state);
+    if (unchanged) {
+      return { kind: 'written', key: w.key, version, deleted: !exists, changed: false, updatedAt: doc?.updated_at ?? now };
+    }
+    this.stmt.upsertDoc.run(w.tenant, w.key, version + 1, w.state === null ? 1 : 0, w.state, now);
+    return { kind: 'written', key: w.key, version: version + 1, deleted: w.state === null, changed: true, updatedAt: now };
+  }
+
   /** The cap never evicts the newest ack: it is the head's, and the cap is at least 1. */
   private evictOldestAck(s: StreamState): void {
     const oldest = this.stmt.oldestAck.get(s.id!);
@@ -215,6 +263,29 @@ export class SqliteStore implements Store {
       const head: Head = row ? { epoch: row.epoch, seq: row.seq, prunedThrough: row.pruned_through } : { epoch: 0, seq: 0, prunedThrough: 0 };
       return { stream, ...head };
     });
+  }
+
+  async document(tenant: string, key: string): Promise<StoredDocument | undefined> {
+    const row = this.stmt.getDocFull.get(tenant, key);
+    if (row === undefined) return undefined;
+    return { key, version: row.version, deleted: row.deleted === 1, state: row.state, updatedAt: row.updated_at };
+  }
+
+  async ready(): Promise<void> {
+    // A real write that is rolled back: proves the file accepts writes right now.
+    const probe = this.db.transaction(() => {
+      this.stmt.touchMeta.run();
+      throw new ProbeDone();
+    });
+    try {
+      probe.immediate();
+    } catch (err) {
+      if (!(err instanceof ProbeDone)) throw err;
+    }
+  }
+
+  async pruneIdempotency(olderThan: number, maxRows: number): Promise<number> {
+    return this.stmt.pruneIdempotency.run(olderThan, maxRows).changes;
   }
 
   async prune(olderThan: number, maxRows: number): Promise<{ pruned: number; done: boolean }> {

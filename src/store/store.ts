@@ -63,11 +63,73 @@ export interface StreamHead extends Head {
   readonly stream: string;
 }
 
+/**
+ * Document writes that need no stream: the HTTP API's natural-idempotence routes and its
+ * Idempotency-Key create. They share the batch (and so the transaction and ordering) with puts.
+ */
+export type DocWrite =
+  /** PUT or DELETE /v1/docs/{key}: replace (state) or delete (null), optionally conditional. */
+  | {
+    readonly op: 'replace';
+    readonly tenant: string;
+    readonly key: string;
+    readonly state: Buffer | null;
+    /** 0: must not exist; N: must exist at version N; null: unconditional. */
+    readonly ifVersion: number | null;
+  }
+  /** POST /v1/docs with an Idempotency-Key: create a document under a server-generated key. */
+  | {
+    readonly op: 'create';
+    readonly tenant: string;
+    /** Method and path the key is scoped to, e.g. "POST /v1/docs". */
+    readonly scope: string;
+    readonly idempotencyKey: string;
+    /** Fingerprint of the request payload; a different one under the same key is refused. */
+    readonly fingerprint: Buffer;
+    /** The key to create; a replay answers with the key the first request created. */
+    readonly key: string;
+    readonly state: Buffer;
+  };
+
+export interface DocumentVersion {
+  readonly key: string;
+  readonly version: number;
+  readonly deleted: boolean;
+}
+
+export type DocResult =
+  /** replace: `changed` is false when the write changed nothing (same state, or deleting nothing). */
+  | ({ readonly kind: 'written'; readonly changed: boolean; readonly updatedAt: number } & DocumentVersion)
+  | ({ readonly kind: 'precondition_failed' } & DocumentVersion)
+  | ({ readonly kind: 'created'; readonly createdAt: number; readonly replay: boolean } & DocumentVersion)
+  | { readonly kind: 'idempotency_key_reused' }
+  | { readonly kind: 'rejected'; readonly outcome: 'error'; readonly code: 'STORAGE_UNAVAILABLE'; readonly message: string };
+
+export type Write = Put | DocWrite;
+
+export interface StoredDocument extends DocumentVersion {
+  /** Canonical msgpack of the state; null when deleted. */
+  readonly state: Buffer | null;
+  readonly updatedAt: number;
+}
+
+export function isDocWrite(w: Write): w is DocWrite {
+  return 'op' in w;
+}
+
 export interface Store {
   /** Random id created with the database; it changes when the database is replaced. */
   readonly incarnation: string;
-  /** Runs the gate over the batch in one transaction; one result per put, in order. */
+  /**
+   * Runs the batch in one transaction, in order: puts through the gate, document writes directly.
+   * One result per write, in order; a storage failure fails every write and changes nothing.
+   */
   apply(batch: readonly Put[]): Promise<PutResult[]>;
+  apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>>;
+  /** A document as stored, or undefined if it was never written. */
+  document(tenant: string, key: string): Promise<StoredDocument | undefined>;
+  /** Resolves when the store can commit a write; rejects with the reason otherwise. */
+  ready(): Promise<void>;
   /** Current heads; a stream never written has epoch 0, seq 0. */
   heads(tenant: string, streams: readonly string[]): Promise<StreamHead[]>;
   /**
@@ -76,5 +138,7 @@ export interface Store {
    * latest. `done` is true when the step reached the end of the pass.
    */
   prune(olderThan: number, maxRows: number): Promise<{ pruned: number; done: boolean }>;
+  /** Deletes up to `maxRows` idempotency records created before `olderThan`; returns how many went. */
+  pruneIdempotency(olderThan: number, maxRows: number): Promise<number>;
   close(): Promise<void>;
 }

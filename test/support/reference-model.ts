@@ -1,4 +1,7 @@
-import type { Ack, Put, PutResult, Store, StreamHead } from '../../src/store/store.js';
+import {
+  isDocWrite, type Ack, type DocResult, type DocWrite, type Put, type PutResult, type Store, type StoredDocument,
+  type StreamHead, type Write,
+} from '../../src/store/store.js';
 
 /**
  * An in-memory model of PROTOCOL.md's gate, written from the spec's table and deliberately not
@@ -17,6 +20,7 @@ interface ModelDoc {
   version: number;
   deleted: boolean;
   state: Buffer | null;
+  updatedAt: number;
 }
 
 export interface ReferenceOptions {
@@ -34,13 +38,42 @@ export class ReferenceModel implements Store {
 
   constructor(readonly options: ReferenceOptions) {}
 
-  async apply(batch: readonly Put[]): Promise<PutResult[]> {
+  readonly idempotency = new Map<string, { fingerprint: string; key: string; createdAt: number }>();
+
+  apply(batch: readonly Put[]): Promise<PutResult[]>;
+  apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>>;
+  async apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>> {
     if (this.options.failNext) {
       this.options.failNext = false;
       return batch.map(() => ({ kind: 'rejected', outcome: 'error', code: 'STORAGE_UNAVAILABLE', message: 'injected' }));
     }
     const now = this.options.now();
-    return batch.map((p) => this.applyOne(p, now));
+    return batch.map((w) => (isDocWrite(w) ? this.writeDoc(w, now) : this.applyOne(w, now)));
+  }
+
+  private writeDoc(w: DocWrite, now: number): DocResult {
+    if (w.op === 'create') {
+      const id = `${w.tenant}|${w.scope}|${w.idempotencyKey}`;
+      const prior = this.idempotency.get(id);
+      if (prior) {
+        if (prior.fingerprint !== w.fingerprint.toString('hex')) return { kind: 'idempotency_key_reused' };
+        return { kind: 'created', key: prior.key, version: 1, deleted: false, createdAt: prior.createdAt, replay: true };
+      }
+      this.docs.set(`${w.tenant}/${w.key}`, { version: 1, deleted: false, state: w.state, updatedAt: now });
+      this.idempotency.set(id, { fingerprint: w.fingerprint.toString('hex'), key: w.key, createdAt: now });
+      return { kind: 'created', key: w.key, version: 1, deleted: false, createdAt: now, replay: false };
+    }
+    const did = `${w.tenant}/${w.key}`;
+    const doc = this.docs.get(did);
+    const exists = doc !== undefined && !doc.deleted;
+    const version = doc?.version ?? 0;
+    if (w.ifVersion !== null && !(w.ifVersion === 0 ? !exists : exists && version === w.ifVersion)) {
+      return { kind: 'precondition_failed', key: w.key, version, deleted: !exists };
+    }
+    const same = w.state === null ? !exists : exists && doc.state !== null && doc.state.equals(w.state);
+    if (same) return { kind: 'written', key: w.key, version, deleted: !exists, changed: false, updatedAt: doc?.updatedAt ?? now };
+    this.docs.set(did, { version: version + 1, deleted: w.state === null, state: w.state, updatedAt: now });
+    return { kind: 'written', key: w.key, version: version + 1, deleted: w.state === null, changed: true, updatedAt: now };
   }
 
   private applyOne(p: Put, now: number): PutResult {
@@ -83,11 +116,11 @@ export class ReferenceModel implements Store {
     if (p.ifVersion !== null && !(p.ifVersion === 0 ? !exists : exists && version === p.ifVersion)) {
       ack = { outcome: 'version_conflict', stream: p.stream, epoch: p.epoch, seq: p.seq, key: p.key, version, deleted: !exists, ifVersion: p.ifVersion, committedAt: now };
     } else if (p.state === null) {
-      if (exists) this.docs.set(did, { version: version + 1, deleted: true, state: null });
+      if (exists) this.docs.set(did, { version: version + 1, deleted: true, state: null, updatedAt: now });
       const v = exists ? version + 1 : version;
       ack = { outcome: 'applied', stream: p.stream, epoch: p.epoch, seq: p.seq, key: p.key, version: v, deleted: true, committedAt: now };
     } else {
-      this.docs.set(did, { version: version + 1, deleted: false, state: p.state });
+      this.docs.set(did, { version: version + 1, deleted: false, state: p.state, updatedAt: now });
       ack = { outcome: 'applied', stream: p.stream, epoch: p.epoch, seq: p.seq, key: p.key, version: version + 1, deleted: false, committedAt: now };
     }
     s.seq = p.seq;
@@ -125,9 +158,22 @@ export class ReferenceModel implements Store {
     return { pruned, done: true };
   }
 
-  /** The stored state of a document, for comparisons with other stores. */
-  document(tenant: string, key: string): ModelDoc | undefined {
-    return this.docs.get(`${tenant}/${key}`);
+  async document(tenant: string, key: string): Promise<StoredDocument | undefined> {
+    const d = this.docs.get(`${tenant}/${key}`);
+    return d && { key, version: d.version, deleted: d.deleted, state: d.state, updatedAt: d.updatedAt };
+  }
+
+  async ready(): Promise<void> {}
+
+  async pruneIdempotency(olderThan: number): Promise<number> {
+    let n = 0;
+    for (const [id, rec] of this.idempotency) {
+      if (rec.createdAt < olderThan) {
+        this.idempotency.delete(id);
+        n++;
+      }
+    }
+    return n;
   }
 
   async close(): Promise<void> {}
