@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { ConfigError, helpText, loadConfig } from './config.js';
 import { createLogger } from './log.js';
+import { AuthConfigError } from './server/auth.js';
 import { SeqgateServer } from './server/websocket-server.js';
 
 /** Command-line entry: options from flags and environment, signals for an orderly stop. */
@@ -25,6 +26,10 @@ async function main(): Promise<void> {
   try {
     server = await SeqgateServer.start(config, { logger: log });
   } catch (err) {
+    if (err instanceof ConfigError || err instanceof AuthConfigError) {
+      process.stderr.write(`seqgate: ${err.message}\n`);
+      process.exit(2);
+    }
     log.fatal({ err }, 'seqgate failed to start');
     process.exit(1);
   }
@@ -43,6 +48,7 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGHUP', () => server.reloadTokens());
 }
 
 void main();

@@ -59,6 +59,18 @@ export const OPTIONS = {
     kind: 'integer', default: 30_000, min: 10, unit: 'ms',
     doc: 'Ping sweep period; a connection silent for two sweeps is dropped.',
   },
+  tokensFile: {
+    kind: 'string', default: '',
+    doc: 'JSON file of tokens, tenants and grants (see protocol/HTTP.md). Reloaded on SIGHUP and on change.',
+  },
+  tokens: { kind: 'string', default: '', doc: 'The same JSON inline, typically from the environment. Adds to tokensFile.' },
+  allowInsecureOpen: {
+    kind: 'boolean', default: false,
+    doc: 'Allow running without tokens on a non-loopback interface. Without it such a start is refused.',
+  },
+  idempotencyRetentionSeconds: {
+    kind: 'integer', default: 86_400, min: 0, unit: 's', doc: 'Idempotency-Key records are kept at least this long.',
+  },
   logLevel: {
     kind: 'enum', default: 'info', values: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
     doc: 'pino log level.',

@@ -2,12 +2,14 @@
  * The one registry of every error code seqgate can send. PROTOCOL.md lists exactly these codes;
  * test/protocol-registry.test.ts fails when the two drift apart.
  *
- * Three scopes:
- * - `put`: answers one put inside a `results` message; nothing was applied.
+ * Four scopes:
+ * - `put`: answers one put inside a `results` message (or an HTTP put); nothing was applied.
  * - `message`: answers a whole incoming frame inside an `error` message; no put of it was processed.
  * - `close`: the server closes the WebSocket with `closeCode`.
+ * - `http`: an HTTP API answer only.
+ * `status` is the HTTP status the code is answered with on the HTTP API.
  */
-export type ErrorScope = 'put' | 'message' | 'close';
+export type ErrorScope = 'put' | 'message' | 'close' | 'http';
 
 export interface ErrorSpec {
   readonly scope: ErrorScope;
@@ -15,6 +17,8 @@ export interface ErrorSpec {
   readonly retryable: boolean;
   /** WebSocket close code, for scope `close`. */
   readonly closeCode?: number;
+  /** HTTP status on the HTTP API. */
+  readonly status?: number;
   readonly summary: string;
 }
 
@@ -22,46 +26,55 @@ export const ERRORS = {
   SEQUENCE_REUSED: {
     scope: 'put',
     retryable: false,
+    status: 422,
     summary: 'An ack is stored for this (stream, epoch, seq) but the payload fingerprint differs.',
   },
   FENCED: {
     scope: 'put',
     retryable: false,
+    status: 409,
     summary: "The put's epoch is below the stream's epoch; `epoch` gives the current one.",
   },
   STALE: {
     scope: 'put',
     retryable: false,
+    status: 409,
     summary: 'Same epoch, seq at or below the head and never applied (a later seq skipped past it).',
   },
   EXPIRED: {
     scope: 'put',
     retryable: false,
+    status: 409,
     summary: 'Same epoch, seq at or below the pruned-through mark: its ack, if any, was pruned.',
   },
   GAP: {
     scope: 'put',
     retryable: false,
+    status: 409,
     summary: 'Contiguous mode only: seq is not the next one; `expected` gives it.',
   },
   INVALID_FIELD: {
     scope: 'put',
     retryable: false,
+    status: 400,
     summary: 'A field of the put is missing or has the wrong type or form; `field` names it.',
   },
   LIMIT_EXCEEDED: {
     scope: 'put',
     retryable: false,
+    status: 400,
     summary: 'A field of the put exceeds a limit; `field` and `limit` name them.',
   },
   STORAGE_UNAVAILABLE: {
     scope: 'put',
     retryable: true,
+    status: 503,
     summary: 'The batch holding this put failed to commit; nothing of it was applied or consumed.',
   },
   MALFORMED_FRAME: {
     scope: 'message',
     retryable: false,
+    status: 400,
     summary: 'The frame is not exactly one valid msgpack (or JSON) value, or uses an extension type.',
   },
   WRONG_FRAME_TYPE: {
@@ -72,11 +85,13 @@ export const ERRORS = {
   TOO_DEEP: {
     scope: 'message',
     retryable: false,
+    status: 400,
     summary: 'The frame nests arrays and maps deeper than the limit.',
   },
   INVALID_MESSAGE: {
     scope: 'message',
     retryable: false,
+    status: 400,
     summary: 'The frame decodes but is not a message of the documented shape; `field` names the fault.',
   },
   UNKNOWN_TYPE: {
@@ -98,6 +113,85 @@ export const ERRORS = {
     scope: 'message',
     retryable: false,
     summary: 'The hello asks for a protocol version this server does not speak.',
+  },
+  FORBIDDEN: {
+    scope: 'put',
+    retryable: false,
+    status: 403,
+    summary: "The token's grant does not cover this stream or document (or, in a hello, this stream).",
+  },
+  IDEMPOTENCY_KEY_REQUIRED: {
+    scope: 'http',
+    retryable: false,
+    status: 400,
+    summary: 'POST /v1/docs needs an Idempotency-Key header (1 to 255 visible ASCII characters).',
+  },
+  IDEMPOTENCY_KEY_REUSED: {
+    scope: 'http',
+    retryable: false,
+    status: 422,
+    summary: 'The Idempotency-Key was used before with a different payload.',
+  },
+  IDEMPOTENCY_KEY_IN_FLIGHT: {
+    scope: 'http',
+    retryable: true,
+    status: 409,
+    summary: 'A request with this Idempotency-Key is still being processed; retry after it finishes.',
+  },
+  PRECONDITION_FAILED: {
+    scope: 'http',
+    retryable: false,
+    status: 412,
+    summary: 'If-Match or If-None-Match did not hold; the body gives the current version.',
+  },
+  NOT_FOUND: {
+    scope: 'http',
+    retryable: false,
+    status: 404,
+    summary: 'No such route, or no such document (a deleted document answers with its version).',
+  },
+  METHOD_NOT_ALLOWED: {
+    scope: 'http',
+    retryable: false,
+    status: 405,
+    summary: 'The route exists but not for this method; the Allow header lists the methods.',
+  },
+  UNSUPPORTED_MEDIA_TYPE: {
+    scope: 'http',
+    retryable: false,
+    status: 415,
+    summary: 'The body must be application/json or application/msgpack.',
+  },
+  PAYLOAD_TOO_LARGE: {
+    scope: 'http',
+    retryable: false,
+    status: 413,
+    summary: 'The request body exceeds `limits.maxFrameBytes`.',
+  },
+  INVALID_BODY: {
+    scope: 'http',
+    retryable: false,
+    status: 400,
+    summary: 'The body does not decode, or is not of the documented shape; `field` names the fault.',
+  },
+  NOT_READY: {
+    scope: 'http',
+    retryable: true,
+    status: 503,
+    summary: '/readyz: the database does not accept writes right now.',
+  },
+  UNAUTHORIZED: {
+    scope: 'close',
+    retryable: false,
+    closeCode: 4401,
+    status: 401,
+    summary: 'No valid token: HTTP 401, a refused upgrade, or a WebSocket closed after a hello without one.',
+  },
+  TOKEN_REVOKED: {
+    scope: 'close',
+    retryable: false,
+    closeCode: 4403,
+    summary: "The connection's token was revoked or its grant changed by a token reload.",
   },
   GOING_AWAY: {
     scope: 'close',

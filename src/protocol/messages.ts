@@ -27,7 +27,7 @@ export type ParsedPut =
   | { readonly ok: false; readonly id: CorrelationId; readonly result: WireResult };
 
 export type IncomingMessage =
-  | { readonly type: 'hello'; readonly streams: readonly string[] }
+  | { readonly type: 'hello'; readonly streams: readonly string[]; readonly token: string | undefined }
   | { readonly type: 'put'; readonly puts: readonly ParsedPut[] }
   | { readonly type: 'ping'; readonly nonce: unknown };
 
@@ -69,6 +69,16 @@ class Invalid extends Error {
   }
 }
 
+/** Checks a stream or document name; returns an error message or null. */
+export function nameProblem(value: string, fieldName: string, maxBytes: number): string | null {
+  try {
+    name(value, fieldName, maxBytes, '');
+    return null;
+  } catch (err) {
+    return (err as Error).message;
+  }
+}
+
 function name(value: unknown, fieldName: string, maxBytes: number, limitName: string): string {
   if (typeof value !== 'string') throw new Invalid('INVALID_FIELD', fieldName, undefined, `${fieldName} must be a string`);
   if (value.length === 0) throw new Invalid('INVALID_FIELD', fieldName, undefined, `${fieldName} must not be empty`);
@@ -92,19 +102,30 @@ function correlationId(value: unknown, limits: Limits): CorrelationId {
   return null;
 }
 
-export function parsePut(raw: unknown, limits: Limits, tenant: string): ParsedPut {
+export interface PutContext {
+  /** HTTP puts name the stream in the path; a body that names another one is invalid. */
+  readonly stream?: string;
+  /** HTTP puts need no correlation id: the response answers the request. */
+  readonly idOptional?: boolean;
+}
+
+export function parsePut(raw: unknown, limits: Limits, tenant: string, context: PutContext = {}): ParsedPut {
   const id = correlationId(field(raw, 'id'), limits);
   try {
     if (!isMap(raw)) throw new Invalid('INVALID_FIELD', 'put', undefined, 'each put must be a map');
     const rawId = field(raw, 'id');
-    if (id === null) {
+    if (id === null && !(context.idOptional && rawId === undefined)) {
       if (typeof rawId === 'string') throw new Invalid('LIMIT_EXCEEDED', 'id', 'maxIdBytes', `id exceeds ${limits.maxIdBytes} UTF-8 bytes`);
       throw new Invalid('INVALID_FIELD', 'id', undefined, 'id must be a string or a safe integer >= 0');
     }
     for (const f of fieldNames(raw)) {
       if (typeof f !== 'string' || !PUT_FIELDS.has(f)) throw new Invalid('INVALID_FIELD', String(f), undefined, `unknown field ${String(f)}`);
     }
-    const stream = name(field(raw, 'stream'), 'stream', limits.maxStreamBytes, 'maxStreamBytes');
+    const rawStream = field(raw, 'stream');
+    if (context.stream !== undefined && rawStream !== undefined && rawStream !== context.stream) {
+      throw new Invalid('INVALID_FIELD', 'stream', undefined, 'stream in the body differs from the stream in the path');
+    }
+    const stream = name(context.stream ?? rawStream, 'stream', limits.maxStreamBytes, 'maxStreamBytes');
     const epoch = integer(field(raw, 'epoch'), 'epoch', 0);
     const seq = integer(field(raw, 'seq'), 'seq', 1);
     const key = name(field(raw, 'key'), 'key', limits.maxKeyBytes, 'maxKeyBytes');
@@ -183,7 +204,9 @@ export function parseMessage(value: unknown, limits: Limits, tenant: string): In
           throw new SeqgateError('INVALID_MESSAGE', (err as Error).message, { field: 'streams' });
         }
       }
-      return { type, streams: names };
+      const token = field(value, 'token');
+      if (token !== undefined && typeof token !== 'string') throw new SeqgateError('INVALID_MESSAGE', 'token must be a string', { field: 'token' });
+      return { type, streams: names, token };
     }
     case 'ping':
       return { type, nonce: field(value, 'nonce') ?? null };

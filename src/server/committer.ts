@@ -1,4 +1,4 @@
-import type { Put, PutResult, Store } from '../store/store.js';
+import type { DocResult, Put, PutResult, Store, Write } from '../store/store.js';
 
 /**
  * Group commit. Puts that arrive within one event-loop turn, from any connection, are committed
@@ -7,8 +7,8 @@ import type { Put, PutResult, Store } from '../store/store.js';
  */
 
 interface Submission {
-  readonly puts: readonly Put[];
-  readonly resolve: (results: PutResult[]) => void;
+  readonly puts: readonly Write[];
+  readonly resolve: (results: Array<PutResult | DocResult>) => void;
 }
 
 export interface BatchInfo {
@@ -20,6 +20,7 @@ export interface BatchInfo {
 export class Committer {
   private queue: Submission[] = [];
   private running = false;
+  private runningSize = 0;
   private scheduled = false;
   private idleWaiters: Array<() => void> = [];
 
@@ -30,7 +31,9 @@ export class Committer {
   ) {}
 
   /** Resolves after the batch holding these puts has committed (or failed as a whole). */
-  submit(puts: readonly Put[]): Promise<PutResult[]> {
+  submit(puts: readonly Put[]): Promise<PutResult[]>;
+  submit(writes: readonly Write[]): Promise<Array<PutResult | DocResult>>;
+  submit(puts: readonly Write[]): Promise<Array<PutResult | DocResult>> {
     return new Promise((resolve) => {
       this.queue.push({ puts, resolve });
       this.schedule();
@@ -46,6 +49,11 @@ export class Committer {
   idle(): Promise<void> {
     if (!this.running && this.queue.length === 0) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** Writes received and not yet committed: queued plus the batch being committed. */
+  get inFlight(): number {
+    return this.queuedPuts + this.runningSize;
   }
 
   get queuedPuts(): number {
@@ -75,10 +83,11 @@ export class Committer {
       taken.push(this.queue.shift()!);
       size += next.puts.length;
     }
-    const batch: Put[] = [];
+    const batch: Write[] = [];
     for (const s of taken) for (const p of s.puts) batch.push(p);
+    this.runningSize = batch.length;
     const started = performance.now();
-    let results: PutResult[];
+    let results: Array<PutResult | DocResult>;
     try {
       results = batch.length > 0 ? await this.store.apply(batch) : [];
     } catch (err) {
@@ -93,6 +102,7 @@ export class Committer {
       offset += s.puts.length;
     }
     this.running = false;
+    this.runningSize = 0;
     if (this.queue.length > 0) this.schedule();
     else for (const w of this.idleWaiters.splice(0)) w();
   }

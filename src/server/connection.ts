@@ -6,7 +6,9 @@ import {
   errorMessage, headsForWire, parseMessage, wireResult, type Limits, type WireResult,
 } from '../protocol/messages.js';
 import type { Put, Store } from '../store/store.js';
+import { mayReadStream, mayWrite, type Authenticator, type Principal } from './auth.js';
 import type { Committer } from './committer.js';
+import type { Metrics } from './metrics.js';
 
 /**
  * One client connection: frames in, answers out in the order of the frames that caused them.
@@ -34,7 +36,8 @@ export interface ConnectionContext {
   readonly limits: Limits;
   readonly flow: FlowLimits;
   readonly budget: InFlightBudget;
-  readonly tenant: string;
+  readonly auth: Authenticator;
+  readonly metrics: Metrics;
   readonly log: Logger;
   readonly welcome: () => object;
   readonly onClose: (conn: Connection) => void;
@@ -58,6 +61,8 @@ export class Connection {
     readonly ws: WebSocket,
     readonly format: WireFormat,
     private readonly ctx: ConnectionContext,
+    /** Known from the upgrade request, or learnt from the first hello's token (browsers). */
+    private principalOrNone: Principal | undefined,
   ) {
     ws.on('message', (data: Buffer, isBinary: boolean) => this.receive(data, isBinary));
     ws.on('pong', () => { this.alive = true; });
@@ -81,14 +86,18 @@ export class Connection {
     let message;
     try {
       const value = decodeFrame(data, isBinary, this.format, this.ctx.limits.maxStateDepth + ENVELOPE_DEPTH);
-      message = parseMessage(value, this.ctx.limits, this.ctx.tenant);
+      message = parseMessage(value, this.ctx.limits, this.principalOrNone?.tenant ?? '');
+      if (this.principalOrNone === undefined) this.authenticate(message);
     } catch (err) {
       if (!(err instanceof SeqgateError)) throw err;
       this.ctx.log.debug({ code: err.code }, 'rejected frame');
+      this.ctx.metrics.rejectedFrames.inc({ code: err.code });
       this.outbox.push({ kind: 'message', message: errorMessage(err) });
       this.flush();
+      if (err.code === 'UNAUTHORIZED') this.close(ERRORS.UNAUTHORIZED.closeCode, 'UNAUTHORIZED');
       return;
     }
+    const principal = this.principalOrNone!;
 
     switch (message.type) {
       case 'ping':
@@ -96,11 +105,17 @@ export class Connection {
         this.send({ type: 'pong', nonce: message.nonce });
         return;
       case 'hello': {
+        const denied = message.streams.find((stream) => !mayReadStream(principal, stream));
+        if (denied !== undefined) {
+          this.outbox.push({ kind: 'message', message: errorMessage(new SeqgateError('FORBIDDEN', `token may not read stream ${denied}`, { stream: denied })) });
+          this.flush();
+          return;
+        }
         const entry: Entry = { kind: 'message', message: undefined };
         this.outbox.push(entry);
         // Heads are read after every earlier put has committed, so they include this client's own.
         void this.ctx.committer.barrier()
-          .then(() => this.ctx.store.heads(this.ctx.tenant, message.streams))
+          .then(() => this.ctx.store.heads(principal.tenant, message.streams))
           .then((heads) => { entry.message = { ...this.ctx.welcome(), heads: headsForWire(heads) }; })
           .catch((err: Error) => {
             entry.message = { type: 'error', code: 'STORAGE_UNAVAILABLE', message: `heads unavailable: ${err.message}`, retryable: true };
@@ -114,7 +129,9 @@ export class Connection {
         const slots: number[] = [];
         const ids: Array<string | number | null> = [];
         for (const parsed of message.puts) {
-          if (parsed.ok) {
+          if (parsed.ok && !mayWrite(principal, parsed.put.stream, parsed.put.key)) {
+            results.push({ id: parsed.id, outcome: 'forbidden', error: { code: 'FORBIDDEN', message: 'token may not write this stream or document', retryable: false } });
+          } else if (parsed.ok) {
             slots.push(results.length);
             ids.push(parsed.id);
             valid.push(parsed.put);
@@ -126,12 +143,14 @@ export class Connection {
         const entry: Entry = { kind: 'results', results, pending: valid.length, bytes: data.length };
         this.outbox.push(entry);
         if (valid.length === 0) {
+          for (const r of results) this.ctx.metrics.countOutcome(r!.outcome, false, 'ws');
           this.flush();
           return;
         }
         this.addInFlight(data.length);
         void this.ctx.committer.submit(valid).then((stored) => {
           for (let i = 0; i < stored.length; i++) results[slots[i]!] = wireResult(ids[i]!, stored[i]!);
+          for (const r of results) this.ctx.metrics.countOutcome(r!.outcome, 'replay' in r! && r.replay, 'ws');
           entry.pending = 0;
           this.addInFlight(-data.length);
           this.flush();
@@ -139,6 +158,21 @@ export class Connection {
         return;
       }
     }
+  }
+
+  /** Before authentication only a hello carrying a valid token (or a ping) is accepted. */
+  private authenticate(message: { type: string; token?: string | undefined }): void {
+    if (message.type === 'ping') return;
+    const principal = message.type === 'hello' ? this.ctx.auth.authenticate(message.token) : undefined;
+    if (principal === undefined) {
+      throw new SeqgateError('UNAUTHORIZED', 'send a hello with a valid token (or a bearer token on the upgrade) first');
+    }
+    this.principalOrNone = principal;
+  }
+
+  /** The token this connection authenticated with, if any yet. */
+  get principal(): Principal | undefined {
+    return this.principalOrNone;
   }
 
   /** Sends every answer at the front of the outbox that is ready; results coalesce into one frame. */

@@ -1,17 +1,21 @@
-import { createServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
+import { watch, type FSWatcher } from 'node:fs';
+import { createServer, type Server as HttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { defaultConfig, type Config } from '../config.js';
+import { ConfigError, defaultConfig, type Config } from '../config.js';
 import { ERRORS } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
 import { PROTOCOL_VERSION, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK } from '../protocol/codec.js';
 import type { Limits } from '../protocol/messages.js';
 import { Pruner } from '../store/pruner.js';
 import { SqliteStore } from '../store/sqlite-store.js';
-import { DEFAULT_TENANT, type Store } from '../store/store.js';
+import type { Store } from '../store/store.js';
 import { SEQGATE_VERSION } from '../version.js';
+import { Authenticator, bearerToken, isLoopbackHost } from './auth.js';
 import { Committer, type BatchInfo } from './committer.js';
 import { Connection, type InFlightBudget } from './connection.js';
+import { createHttpHandler } from './http-api.js';
+import { Metrics } from './metrics.js';
 
 /**
  * Where a put enters: the HTTP server that accepts WebSocket upgrades, the set of connections,
@@ -32,12 +36,16 @@ export interface StartOptions {
 export class SeqgateServer {
   private readonly connections = new Set<Connection>();
   private sweepTimer: NodeJS.Timeout | undefined;
+  private idempotencyTimer: NodeJS.Timeout | undefined;
+  private tokenWatcher: FSWatcher | undefined;
   private closing: Promise<void> | undefined;
 
   private constructor(
     readonly config: Config,
     readonly store: Store,
     readonly log: Logger,
+    readonly metrics: Metrics,
+    private readonly auth: Authenticator,
     private readonly http: HttpServer,
     private readonly wss: WebSocketServer,
     private readonly committer: Committer,
@@ -47,20 +55,33 @@ export class SeqgateServer {
   static async start(overrides: Partial<Config> = {}, options: StartOptions = {}): Promise<SeqgateServer> {
     const config: Config = { ...defaultConfig(), ...overrides };
     const log = options.logger ?? createLogger(config.logLevel, config.logFormat);
+    const auth = new Authenticator(config.tokensFile, config.tokens);
+    if (!auth.enabled && !isLoopbackHost(config.host) && !config.allowInsecureOpen) {
+      throw new ConfigError(
+        `refusing to listen on ${config.host} without tokens: configure --tokens-file (or SEQGATE_TOKENS), ` +
+        'bind a loopback address, or set --allow-insecure-open',
+      );
+    }
     const store = options.store ?? new SqliteStore({
       path: config.dbPath,
       synchronous: config.synchronous,
       contiguous: config.contiguous,
       ackCapPerStream: config.ackCapPerStream,
     });
-    const committer = new Committer(store, config.maxBatchPuts, options.onBatch);
+    let committer: Committer | undefined;
+    const metrics = new Metrics({ connections: () => server.connectionCount, putsInFlight: () => committer?.inFlight ?? 0 });
+    committer = new Committer(store, config.maxBatchPuts, (info) => {
+      metrics.observeBatch(info);
+      options.onBatch?.(info);
+    });
     const pruner = new Pruner(store, {
       retentionMs: config.ackRetentionSeconds * 1000,
       intervalMs: config.pruneIntervalMs,
       batchRows: config.pruneBatchRows,
+      onPruned: (n) => metrics.prunedAcks.inc(n),
     }, log);
 
-    const http = createServer(handleHttp);
+    const http = createServer();
     const wss = new WebSocketServer({
       noServer: true,
       maxPayload: config.maxFrameBytes,
@@ -71,7 +92,8 @@ export class SeqgateServer {
         return false;
       },
     });
-    const server = new SeqgateServer(config, store, log, http, wss, committer, pruner);
+    const server: SeqgateServer = new SeqgateServer(config, store, log, metrics, auth, http, wss, committer, pruner);
+    http.on('request', createHttpHandler({ store, committer, limits: server.limits, auth, metrics, log }));
     server.attach(options.maxInFlightBytes ?? 256 * 1024 * 1024);
 
     await new Promise<void>((resolve, reject) => {
@@ -82,9 +104,11 @@ export class SeqgateServer {
       });
     });
     pruner.start();
+    server.startIdempotencyPruning();
+    server.watchTokens();
     log.info({
       url: server.url, db: config.dbPath, synchronous: config.synchronous, contiguous: config.contiguous,
-      incarnation: store.incarnation,
+      incarnation: store.incarnation, auth: auth.enabled ? 'tokens' : 'open',
     }, 'seqgate listening');
     return server;
   }
@@ -134,7 +158,8 @@ export class SeqgateServer {
       limits,
       flow: this.config,
       budget,
-      tenant: DEFAULT_TENANT,
+      auth: this.auth,
+      metrics: this.metrics,
       log: this.log,
       welcome: () => welcome,
       onClose: (conn: Connection) => this.connections.delete(conn),
@@ -145,13 +170,23 @@ export class SeqgateServer {
         socket.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\r\n');
         return;
       }
+      // Browsers cannot set headers on a WebSocket: they may pass ?token= or send it in the hello.
+      const url = new URL(req.url ?? '/', 'http://local');
+      const token = bearerToken(req.headers.authorization) ?? url.searchParams.get('token') ?? undefined;
+      let principal = this.auth.authenticate(token);
+      if (token !== undefined && principal === undefined) {
+        this.log.info({ remote: req.socket.remoteAddress }, 'refused upgrade with an invalid token');
+        socket.end('HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm="seqgate"\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+        return;
+      }
+      if (token === undefined && this.auth.enabled) principal = undefined;
       this.wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
         if (this.connections.size >= this.config.maxConnections) {
           ws.close(ERRORS.TOO_MANY_CONNECTIONS.closeCode, 'TOO_MANY_CONNECTIONS');
           return;
         }
         const format = ws.protocol === SUBPROTOCOL_JSON ? 'json' : 'msgpack';
-        this.connections.add(new Connection(ws, format, context));
+        this.connections.add(new Connection(ws, format, context, principal));
       });
     });
 
@@ -174,6 +209,53 @@ export class SeqgateServer {
     return this.connections.size;
   }
 
+  /**
+   * Re-reads the tokens (SIGHUP or a change of the tokens file) and closes every connection whose
+   * token is gone or whose grant changed. On a bad file the old tokens stay in force.
+   */
+  reloadTokens(): void {
+    try {
+      this.auth.reload();
+    } catch (err) {
+      this.log.error({ err }, 'token reload failed; keeping the previous tokens');
+      return;
+    }
+    let closed = 0;
+    for (const conn of this.connections) {
+      const p = conn.principal;
+      if (p !== undefined && !this.auth.isCurrent(p)) {
+        conn.close(ERRORS.TOKEN_REVOKED.closeCode, 'TOKEN_REVOKED');
+        closed++;
+      }
+    }
+    this.log.info({ closed }, 'tokens reloaded');
+  }
+
+  private watchTokens(): void {
+    if (this.config.tokensFile === '') return;
+    let debounce: NodeJS.Timeout | undefined;
+    try {
+      this.tokenWatcher = watch(this.config.tokensFile, () => {
+        clearTimeout(debounce);
+        debounce = setTimeout(() => this.reloadTokens(), 100);
+      });
+    } catch (err) {
+      this.log.warn({ err }, 'cannot watch the tokens file; reload with SIGHUP');
+    }
+  }
+
+  private startIdempotencyPruning(): void {
+    const retentionMs = this.config.idempotencyRetentionSeconds * 1000;
+    const step = async (): Promise<void> => {
+      while ((await this.store.pruneIdempotency(Date.now() - retentionMs, this.config.pruneBatchRows)) === this.config.pruneBatchRows) {
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+    };
+    this.idempotencyTimer = setInterval(() => {
+      step().catch((err: Error) => this.log.warn({ err }, 'idempotency pruning failed; will retry'));
+    }, this.config.pruneIntervalMs);
+  }
+
   /** Puts received and waiting for a batch (not counting the batch being committed). */
   get queuedPuts(): number {
     return this.committer.queuedPuts;
@@ -186,6 +268,8 @@ export class SeqgateServer {
   close(): Promise<void> {
     this.closing ??= (async () => {
       clearInterval(this.sweepTimer);
+      clearInterval(this.idempotencyTimer);
+      this.tokenWatcher?.close();
       const stopped = new Promise<void>((resolve) => this.http.close(() => resolve()));
       for (const conn of this.connections) conn.stop();
       await this.pruner.stop();
@@ -208,14 +292,4 @@ export class SeqgateServer {
     })();
     return this.closing;
   }
-}
-
-function handleHttp(req: IncomingMessage, res: ServerResponse): void {
-  if (req.method === 'GET' && req.url === '/healthz') {
-    res.writeHead(200, { 'content-type': 'application/json' });
-    res.end('{"status":"ok"}');
-    return;
-  }
-  res.writeHead(426, { 'content-type': 'text/plain; charset=utf-8', upgrade: 'websocket' });
-  res.end(`seqgate speaks WebSocket here (subprotocols ${SUBPROTOCOL_MSGPACK}, ${SUBPROTOCOL_JSON}); see protocol/PROTOCOL.md\n`);
 }

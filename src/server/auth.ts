@@ -1,0 +1,172 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { DEFAULT_TENANT } from '../store/store.js';
+
+/**
+ * Tokens and what they grant. A token maps to one tenant and to the stream and document name
+ * prefixes it may write and read. Tokens are compared in constant time (every configured token is
+ * compared, whatever matches) and never logged: logs carry a short hash, the token id.
+ *
+ * Token file (JSON), also accepted inline in SEQGATE_TOKENS:
+ *   { "tokens": [ { "token": "...", "tenant": "acme",
+ *                   "write": { "streams": ["dev-"], "documents": ["dev-"] },
+ *                   "read":  { "streams": [""], "documents": [""] } } ] }
+ * A missing `write` or `read` grants every name of the tenant ("" is a prefix of every name).
+ */
+
+export interface Access {
+  readonly streams: readonly string[];
+  readonly documents: readonly string[];
+}
+
+export interface Principal {
+  readonly tenant: string;
+  /** Short hash of the token, safe to log; "open" when the server runs without tokens. */
+  readonly tokenId: string;
+  readonly write: Access;
+  readonly read: Access;
+}
+
+const EVERYTHING: Access = { streams: [''], documents: [''] };
+export const OPEN_PRINCIPAL: Principal = { tenant: DEFAULT_TENANT, tokenId: 'open', write: EVERYTHING, read: EVERYTHING };
+export const MIN_TOKEN_LENGTH = 16;
+
+interface Entry {
+  readonly digest: Buffer;
+  readonly principal: Principal;
+}
+
+export class AuthConfigError extends Error {
+  override readonly name = 'AuthConfigError';
+}
+
+function digest(token: string): Buffer {
+  return createHash('sha256').update(token, 'utf8').digest();
+}
+
+function prefixes(value: unknown, where: string): readonly string[] {
+  if (value === undefined) return [''];
+  if (!Array.isArray(value) || !value.every((p) => typeof p === 'string')) {
+    throw new AuthConfigError(`${where} must be an array of name prefixes`);
+  }
+  return value;
+}
+
+function access(value: unknown, where: string): Access {
+  if (value === undefined) return EVERYTHING;
+  if (typeof value !== 'object' || value === null) throw new AuthConfigError(`${where} must be an object`);
+  const v = value as Record<string, unknown>;
+  return { streams: prefixes(v.streams, `${where}.streams`), documents: prefixes(v.documents, `${where}.documents`) };
+}
+
+export function parseTokens(text: string, source: string): Entry[] {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (err) {
+    throw new AuthConfigError(`${source}: not valid JSON (${(err as Error).message})`);
+  }
+  const list = (doc as { tokens?: unknown })?.tokens;
+  if (!Array.isArray(list)) throw new AuthConfigError(`${source}: expected {"tokens": [...]}`);
+  return list.map((raw, i) => {
+    const where = `${source}: tokens[${i}]`;
+    const t = raw as Record<string, unknown>;
+    if (typeof t.token !== 'string' || t.token.length < MIN_TOKEN_LENGTH) {
+      throw new AuthConfigError(`${where}.token must be a string of at least ${MIN_TOKEN_LENGTH} characters`);
+    }
+    if (typeof t.tenant !== 'string' || t.tenant.length === 0) throw new AuthConfigError(`${where}.tenant must be a non-empty string`);
+    const d = digest(t.token);
+    return {
+      digest: d,
+      principal: {
+        tenant: t.tenant,
+        tokenId: d.subarray(0, 6).toString('hex'),
+        write: access(t.write, `${where}.write`),
+        read: access(t.read, `${where}.read`),
+      },
+    };
+  });
+}
+
+export class Authenticator {
+  private entries: Entry[];
+
+  constructor(
+    private readonly tokensFile: string,
+    private readonly inlineTokens: string,
+  ) {
+    this.entries = this.load();
+  }
+
+  /** False when no token is configured: the server runs open, as the default tenant. */
+  get enabled(): boolean {
+    return this.entries.length > 0;
+  }
+
+  private load(): Entry[] {
+    const entries: Entry[] = [];
+    if (this.inlineTokens !== '') entries.push(...parseTokens(this.inlineTokens, 'SEQGATE_TOKENS'));
+    if (this.tokensFile !== '') {
+      let text: string;
+      try {
+        text = readFileSync(this.tokensFile, 'utf8');
+      } catch (err) {
+        throw new AuthConfigError(`${this.tokensFile}: cannot read (${(err as Error).message})`);
+      }
+      entries.push(...parseTokens(text, this.tokensFile));
+    }
+    return entries;
+  }
+
+  /** The principal for a presented token, or undefined. Without tokens configured, everyone is open. */
+  authenticate(token: string | undefined): Principal | undefined {
+    if (!this.enabled) return OPEN_PRINCIPAL;
+    if (token === undefined) return undefined;
+    const presented = digest(token);
+    let found: Principal | undefined;
+    for (const e of this.entries) {
+      // Compare against every entry so the time taken does not depend on which one matches.
+      if (timingSafeEqual(presented, e.digest)) found = e.principal;
+    }
+    return found;
+  }
+
+  /** Re-reads the tokens; on an error the old set stays in force and the error is thrown. */
+  reload(): void {
+    this.entries = this.load();
+  }
+
+  /** True while `tokenId` is still configured with an unchanged grant. */
+  isCurrent(principal: Principal): boolean {
+    if (principal === OPEN_PRINCIPAL) return !this.enabled;
+    return this.entries.some((e) => e.principal.tokenId === principal.tokenId && sameGrant(e.principal, principal));
+  }
+}
+
+function sameGrant(a: Principal, b: Principal): boolean {
+  return JSON.stringify([a.tenant, a.write, a.read]) === JSON.stringify([b.tenant, b.write, b.read]);
+}
+
+export function mayWrite(p: Principal, stream: string | null, key: string): boolean {
+  return (stream === null || p.write.streams.some((s) => stream.startsWith(s))) && p.write.documents.some((d) => key.startsWith(d));
+}
+
+export function mayReadStream(p: Principal, stream: string): boolean {
+  return p.read.streams.some((s) => stream.startsWith(s));
+}
+
+export function mayReadDocument(p: Principal, key: string): boolean {
+  return p.read.documents.some((d) => key.startsWith(d));
+}
+
+/** Accepts "Bearer <token>" (case-insensitive scheme). */
+export function bearerToken(header: string | undefined): string | undefined {
+  if (header === undefined) return undefined;
+  const m = /^Bearer\s+(\S+)\s*$/i.exec(header);
+  return m?.[1];
+}
+
+/** 127.0.0.0/8, ::1 and localhost: the only binds allowed without tokens unless explicitly insecure. */
+export function isLoopbackHost(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
+}

@@ -1,0 +1,341 @@
+import { createHash, randomUUID } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Logger } from 'pino';
+import { Unpackr } from 'msgpackr';
+import { ERRORS, SeqgateError, type ErrorCode, type ErrorSpec } from '../errors.js';
+import { CanonicalError, canonicalEncode } from '../protocol/canonical.js';
+import { decodeFrame, encodeMessage, ENVELOPE_DEPTH, type WireFormat } from '../protocol/codec.js';
+import { nameProblem, parsePut, wireResult, type Limits, type WireResult } from '../protocol/messages.js';
+import type { DocResult, Store } from '../store/store.js';
+import { bearerToken, mayReadDocument, mayReadStream, mayWrite, type Authenticator, type Principal } from './auth.js';
+import type { Committer } from './committer.js';
+import type { Metrics } from './metrics.js';
+
+/**
+ * The HTTP API, on the same port as the WebSocket. Puts go through the same validation, gate,
+ * fingerprint and stored acks as WebSocket puts, so a put sent over one transport and retried
+ * over the other is recognised. protocol/HTTP.md documents every route and status.
+ */
+
+export interface HttpContext {
+  readonly store: Store;
+  readonly committer: Committer;
+  readonly limits: Limits;
+  readonly auth: Authenticator;
+  readonly metrics: Metrics;
+  readonly log: Logger;
+}
+
+const CREATE_SCOPE = 'POST /v1/docs';
+const IDEMPOTENCY_KEY = /^[\x20-\x7e]{1,255}$/;
+const stateReader = new Unpackr({ useRecords: false, mapsAsObjects: false, int64AsType: 'auto' as 'bigint' });
+
+class HttpError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly details: Record<string, unknown> = {},
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+  }
+}
+
+interface Reply {
+  status: number;
+  body: unknown;
+  headers?: Record<string, string>;
+  /** Pre-encoded body (a stored state), sent as is. */
+  raw?: { bytes: Buffer | string; contentType: string };
+}
+
+export function createHttpHandler(ctx: HttpContext): (req: IncomingMessage, res: ServerResponse) => void {
+  const inFlightKeys = new Set<string>();
+
+  const handle = async (req: IncomingMessage, route: string, parts: string[], format: WireFormat): Promise<Reply> => {
+    const method = req.method ?? 'GET';
+    if (route === 'healthz') return { status: 200, body: { status: 'ok' } };
+    if (route === 'readyz') {
+      try {
+        await ctx.store.ready();
+        return { status: 200, body: { status: 'ready' } };
+      } catch (err) {
+        throw new HttpError('NOT_READY', `database does not accept writes: ${(err as Error).message}`);
+      }
+    }
+    if (route === 'metrics') {
+      return { status: 200, body: null, raw: { bytes: await ctx.metrics.registry.metrics(), contentType: ctx.metrics.registry.contentType } };
+    }
+
+    const principal = ctx.auth.authenticate(bearerToken(req.headers.authorization));
+    if (principal === undefined) {
+      throw new HttpError('UNAUTHORIZED', 'a valid bearer token is required', {}, { 'www-authenticate': 'Bearer realm="seqgate"' });
+    }
+
+    switch (route) {
+      case 'stream-puts': {
+        allow(method, ['POST']);
+        const stream = segment(parts[2]!, 'stream', ctx.limits.maxStreamBytes);
+        const body = await readBody(req, ctx.limits);
+        const parsed = parsePut(body, ctx.limits, principal.tenant, { stream, idOptional: true });
+        let result: WireResult;
+        if (!parsed.ok) result = parsed.result;
+        else if (!mayWrite(principal, parsed.put.stream, parsed.put.key)) result = forbidden(parsed.id);
+        else result = wireResult(parsed.id, (await ctx.committer.submit([parsed.put]))[0]!);
+        ctx.metrics.countOutcome(result.outcome, 'replay' in result && result.replay, 'http');
+        return putReply(result);
+      }
+      case 'stream': {
+        allow(method, ['GET']);
+        const stream = segment(parts[2]!, 'stream', ctx.limits.maxStreamBytes);
+        if (!mayReadStream(principal, stream)) throw new HttpError('FORBIDDEN', `token may not read stream ${stream}`);
+        const [head] = await ctx.store.heads(principal.tenant, [stream]);
+        return { status: 200, body: head };
+      }
+      case 'docs': {
+        allow(method, ['POST']);
+        return create(req, principal);
+      }
+      case 'doc': {
+        allow(method, ['GET', 'PUT', 'DELETE']);
+        const key = segment(parts[2]!, 'key', ctx.limits.maxKeyBytes);
+        if (method === 'GET') return read(principal, key, format);
+        if (!mayWrite(principal, null, key)) throw new HttpError('FORBIDDEN', `token may not write document ${key}`);
+        const ifVersion = precondition(req);
+        const state = method === 'PUT' ? canonicalState(await readBody(req, ctx.limits), ctx.limits) : null;
+        const [r] = await ctx.committer.submit([{ op: 'replace', tenant: principal.tenant, key, state, ifVersion }]);
+        return docReply(r as DocResult);
+      }
+      default:
+        throw new HttpError('NOT_FOUND', 'no such route');
+    }
+  };
+
+  const create = async (req: IncomingMessage, principal: Principal): Promise<Reply> => {
+    const idempotencyKey = req.headers['idempotency-key'];
+    if (typeof idempotencyKey !== 'string') throw new HttpError('IDEMPOTENCY_KEY_REQUIRED', 'POST /v1/docs needs an Idempotency-Key header');
+    if (!IDEMPOTENCY_KEY.test(idempotencyKey)) {
+      throw new HttpError('IDEMPOTENCY_KEY_REQUIRED', 'Idempotency-Key must be 1 to 255 printable ASCII characters');
+    }
+    const state = canonicalState(await readBody(req, ctx.limits), ctx.limits);
+    const key = randomUUID();
+    if (!mayWrite(principal, null, key)) throw new HttpError('FORBIDDEN', 'token may not create documents with generated keys');
+    const fingerprint = createHash('sha256').update(CREATE_SCOPE).update(state).digest().subarray(0, 16);
+    const slot = `${principal.tenant}\u0000${CREATE_SCOPE}\u0000${idempotencyKey}`;
+    // Held in memory only, never on disk: a request that dies with the process cannot wedge its key.
+    if (inFlightKeys.has(slot)) throw new HttpError('IDEMPOTENCY_KEY_IN_FLIGHT', 'a request with this Idempotency-Key is in progress');
+    inFlightKeys.add(slot);
+    try {
+      const [r] = await ctx.committer.submit([{
+        op: 'create', tenant: principal.tenant, scope: CREATE_SCOPE, idempotencyKey, fingerprint, key, state,
+      }]);
+      return docReply(r as DocResult);
+    } finally {
+      inFlightKeys.delete(slot);
+    }
+  };
+
+  const read = async (principal: Principal, key: string, format: WireFormat): Promise<Reply> => {
+    if (!mayReadDocument(principal, key)) throw new HttpError('FORBIDDEN', `token may not read document ${key}`);
+    const doc = await ctx.store.document(principal.tenant, key);
+    if (doc === undefined || doc.deleted || doc.state === null) {
+      throw new HttpError('NOT_FOUND', 'no such document', doc ? { version: doc.version, deleted: true } : {});
+    }
+    const headers = { etag: `"${doc.version}"`, 'seqgate-version': String(doc.version) };
+    if (format === 'msgpack') return { status: 200, body: null, headers, raw: { bytes: doc.state, contentType: 'application/msgpack' } };
+    const json = stateToJson(stateReader.unpack(doc.state));
+    if (json === undefined) {
+      return { status: 406, body: { error: { code: 'UNSUPPORTED_MEDIA_TYPE', message: 'the state holds binary data: ask for application/msgpack', retryable: false } } };
+    }
+    return { status: 200, body: null, headers, raw: { bytes: json, contentType: 'application/json' } };
+  };
+
+  return (req, res) => {
+    const url = new URL(req.url ?? '/', 'http://local');
+    const parts = url.pathname.split('/').slice(1);
+    const route = routeOf(parts);
+    const format = responseFormat(req);
+    const started = handle(req, route, parts, format).catch((err: unknown) => errorReply(err, ctx.log));
+    void started.then((reply) => {
+      ctx.metrics.httpRequests.inc({ route, status: String(reply.status) });
+      send(res, reply, format);
+    });
+  };
+}
+
+function routeOf(parts: string[]): string {
+  const [a, b, c, d] = parts;
+  if (parts.length === 1 && (a === 'healthz' || a === 'readyz' || a === 'metrics')) return a;
+  if (a !== 'v1') return 'unknown';
+  if (b === 'streams' && c && parts.length === 4 && d === 'puts') return 'stream-puts';
+  if (b === 'streams' && c && parts.length === 3) return 'stream';
+  if (b === 'docs' && parts.length === 2) return 'docs';
+  if (b === 'docs' && c && parts.length === 3) return 'doc';
+  return 'unknown';
+}
+
+function allow(method: string, methods: string[]): void {
+  if (!methods.includes(method)) {
+    throw new HttpError('METHOD_NOT_ALLOWED', `use ${methods.join(' or ')}`, {}, { allow: methods.join(', ') });
+  }
+}
+
+function segment(raw: string, field: string, maxBytes: number): string {
+  let value: string;
+  try {
+    value = decodeURIComponent(raw);
+  } catch {
+    throw new HttpError('INVALID_BODY', `${field} in the path is not valid percent-encoding`, { field });
+  }
+  const problem = nameProblem(value, field, maxBytes);
+  if (problem !== null) throw new HttpError('INVALID_BODY', problem, { field });
+  return value;
+}
+
+/** If-Match: "N" → the document must be at version N; If-None-Match: * → it must not exist. */
+function precondition(req: IncomingMessage): number | null {
+  const ifMatch = req.headers['if-match'];
+  const ifNoneMatch = req.headers['if-none-match'];
+  if (ifNoneMatch !== undefined) {
+    if (ifNoneMatch.trim() !== '*') throw new HttpError('INVALID_BODY', 'If-None-Match supports only *', { field: 'If-None-Match' });
+    return 0;
+  }
+  if (ifMatch === undefined) return null;
+  const m = /^\s*(?:W\/)?"?(\d{1,15})"?\s*$/.exec(ifMatch);
+  if (!m) throw new HttpError('INVALID_BODY', 'If-Match must be a version ETag such as "3"', { field: 'If-Match' });
+  return Number(m[1]);
+}
+
+function requestFormat(req: IncomingMessage): WireFormat {
+  const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+  if (type === 'application/json') return 'json';
+  if (type === 'application/msgpack' || type === 'application/x-msgpack' || type === 'application/vnd.msgpack') return 'msgpack';
+  throw new HttpError('UNSUPPORTED_MEDIA_TYPE', 'Content-Type must be application/json or application/msgpack');
+}
+
+function responseFormat(req: IncomingMessage): WireFormat {
+  const accept = req.headers.accept ?? '';
+  if (/application\/(x-|vnd\.)?msgpack/.test(accept)) return 'msgpack';
+  if (accept.includes('application/json')) return 'json';
+  const type = req.headers['content-type'] ?? '';
+  return /msgpack/.test(type) ? 'msgpack' : 'json';
+}
+
+async function readBody(req: IncomingMessage, limits: Limits): Promise<unknown> {
+  const format = requestFormat(req);
+  const declared = Number(req.headers['content-length'] ?? 0);
+  if (declared > limits.maxFrameBytes) throw new HttpError('PAYLOAD_TOO_LARGE', `body exceeds ${limits.maxFrameBytes} bytes`, { max: limits.maxFrameBytes });
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > limits.maxFrameBytes) throw new HttpError('PAYLOAD_TOO_LARGE', `body exceeds ${limits.maxFrameBytes} bytes`, { max: limits.maxFrameBytes });
+    chunks.push(chunk as Buffer);
+  }
+  try {
+    return decodeFrame(Buffer.concat(chunks), format === 'msgpack', format, limits.maxStateDepth + ENVELOPE_DEPTH);
+  } catch (err) {
+    if (err instanceof SeqgateError) throw new HttpError('INVALID_BODY', err.message, { cause: err.code });
+    throw err;
+  }
+}
+
+function canonicalState(value: unknown, limits: Limits): Buffer {
+  try {
+    return canonicalEncode(value, { maxBytes: limits.maxStateBytes, maxDepth: limits.maxStateDepth, bytesLimitName: 'maxStateBytes', depthLimitName: 'maxStateDepth' }, 'state');
+  } catch (err) {
+    if (err instanceof CanonicalError) {
+      const code = err.kind === 'limit' ? 'PAYLOAD_TOO_LARGE' : 'INVALID_BODY';
+      throw new HttpError(code, err.message, { field: 'state', ...(err.limit ? { limit: err.limit } : {}) });
+    }
+    throw err;
+  }
+}
+
+function forbidden(id: WireResult['id']): WireResult {
+  return { id, outcome: 'forbidden', error: { code: 'FORBIDDEN', message: 'token may not write this stream or document', retryable: false } };
+}
+
+/** Status follows the outcome: 200 applied, 412 version conflict, the registry's status otherwise. */
+function putReply(result: WireResult): Reply {
+  if ('ack' in result) {
+    return {
+      status: result.outcome === 'applied' ? 200 : 412,
+      body: result,
+      headers: result.replay ? { 'idempotent-replayed': 'true' } : {},
+    };
+  }
+  const spec: ErrorSpec = ERRORS[result.error.code as ErrorCode];
+  const headers: Record<string, string> = spec.retryable ? { 'retry-after': '1' } : {};
+  return { status: spec.status ?? 400, body: result, headers };
+}
+
+function docReply(r: DocResult): Reply {
+  switch (r.kind) {
+    case 'written':
+      return { status: 200, body: { key: r.key, version: r.version, deleted: r.deleted, changed: r.changed }, headers: { etag: `"${r.version}"` } };
+    case 'precondition_failed':
+      throw new HttpError('PRECONDITION_FAILED', `document is at version ${r.version}${r.deleted ? ' (deleted)' : ''}`, { version: r.version, deleted: r.deleted });
+    case 'created':
+      return {
+        status: 201,
+        body: { key: r.key, version: r.version, createdAt: r.createdAt },
+        headers: { location: `/v1/docs/${encodeURIComponent(r.key)}`, etag: `"${r.version}"`, ...(r.replay ? { 'idempotent-replayed': 'true' } : {}) },
+      };
+    case 'idempotency_key_reused':
+      throw new HttpError('IDEMPOTENCY_KEY_REUSED', 'this Idempotency-Key was used with a different payload');
+    case 'rejected':
+      throw new HttpError('STORAGE_UNAVAILABLE', r.message, {}, { 'retry-after': '1' });
+  }
+}
+
+function errorReply(err: unknown, log: Logger): Reply {
+  if (err instanceof HttpError) {
+    const spec: ErrorSpec = ERRORS[err.code];
+    return {
+      status: spec.status ?? 400,
+      body: { error: { code: err.code, message: err.message, retryable: spec.retryable, ...err.details } },
+      headers: err.headers,
+    };
+  }
+  log.error({ err }, 'HTTP request failed');
+  return { status: 500, body: { error: { code: 'STORAGE_UNAVAILABLE', message: 'internal error', retryable: true } } };
+}
+
+function send(res: ServerResponse, reply: Reply, format: WireFormat): void {
+  if (res.headersSent || res.destroyed) return;
+  let bytes: Buffer | string;
+  let contentType: string;
+  if (reply.raw) {
+    bytes = reply.raw.bytes;
+    contentType = reply.raw.contentType;
+  } else {
+    bytes = encodeMessage(reply.body as object, format);
+    contentType = format === 'msgpack' ? 'application/msgpack' : 'application/json';
+  }
+  res.writeHead(reply.status, { 'content-type': contentType, 'cache-control': 'no-store', ...reply.headers });
+  res.end(bytes);
+}
+
+/** JSON text of a stored state; integers beyond 2^53 keep their digits; undefined if it holds binary. */
+function stateToJson(value: unknown): string | undefined {
+  if (value === null || typeof value === 'boolean' || typeof value === 'number' || typeof value === 'string') {
+    return JSON.stringify(value);
+  }
+  if (typeof value === 'bigint') return value.toString();
+  if (value instanceof Uint8Array) return undefined;
+  if (Array.isArray(value)) {
+    const items = value.map(stateToJson);
+    return items.includes(undefined) ? undefined : `[${items.join(',')}]`;
+  }
+  if (value instanceof Map) {
+    const out: string[] = [];
+    for (const [k, v] of value) {
+      const text = stateToJson(v);
+      if (text === undefined) return undefined;
+      out.push(`${JSON.stringify(String(k))}:${text}`);
+    }
+    return `{${out.join(',')}}`;
+  }
+  return JSON.stringify(value);
+}
