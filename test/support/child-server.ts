@@ -55,6 +55,13 @@ export class ChildExitError extends Error {
   }
 }
 
+/** The test runner's environment minus SEQGATE_* settings: a developer's SEQGATE_TOKENS must not change what a test runs. */
+function inheritedEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [name, value] of Object.entries(process.env)) if (!name.startsWith('SEQGATE_')) env[name] = value;
+  return env;
+}
+
 function tail(text: string, max = 4000): string {
   return text.length <= max ? text : '…' + text.slice(-max);
 }
@@ -91,7 +98,7 @@ export class ChildServer {
     ];
     const child = spawn(process.execPath, args, {
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, ...this.options.env },
+      env: { ...inheritedEnv(), ...this.options.env },
     });
     const run: RunRecord = { args: args.slice(1), pid: child.pid ?? -1, stdout: '', stderr: '', exit: undefined };
     this.runs.push(run);
