@@ -1,0 +1,66 @@
+import { randomBytes } from 'node:crypto';
+import Database from 'better-sqlite3';
+import { SqliteStore } from '../../src/store/sqlite-store.js';
+import { DEFAULT_TENANT } from '../../src/store/store.js';
+import { KEYS_PER_STREAM } from './workload.js';
+
+/**
+ * Databases prepared before a server starts. The schema comes from seqgate itself (SqliteStore
+ * migrates the new file); rows are then written directly, because producing a million acks
+ * through the server would take most of the time budget.
+ */
+
+export interface SeedGroup {
+  readonly streamName: (index: number) => string;
+  readonly streams: number;
+  /** Acks per stream; the head sits at the last one (epoch 1, seq = acksPerStream). */
+  readonly acksPerStream: number;
+  /** committed_at of every seeded ack, ms since the Unix epoch. */
+  readonly committedAt: number;
+}
+
+export async function seedDatabase(path: string, groups: readonly SeedGroup[]): Promise<number> {
+  const store = new SqliteStore({ path, synchronous: 'full', contiguous: false, ackCapPerStream: 1000 });
+  await store.close();
+  const db = new Database(path);
+  try {
+    db.pragma('journal_mode = WAL');
+    // Seeding is preparation, not measurement: durability of the seed itself does not matter.
+    db.pragma('synchronous = OFF');
+    const insertStream = db.prepare<[string, string, number, number], { id: number }>(
+      'INSERT INTO streams (tenant, name, epoch, seq, pruned_through, ack_count) VALUES (?, ?, 1, ?, 0, ?) RETURNING id');
+    const insertAck = db.prepare<[number, number, Buffer, string, number, number]>(
+      `INSERT INTO acks (stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at)
+       VALUES (?, 1, ?, ?, 0, ?, ?, 0, NULL, ?)`);
+    const fingerprint = randomBytes(16);
+    let rows = 0;
+    db.transaction(() => {
+      for (const g of groups) {
+        for (let i = 0; i < g.streams; i++) {
+          const name = g.streamName(i);
+          const { id } = insertStream.get(DEFAULT_TENANT, name, g.acksPerStream, g.acksPerStream)!;
+          for (let seq = 1; seq <= g.acksPerStream; seq++) {
+            fingerprint.writeUInt32BE(seq, 0);
+            insertAck.run(id, seq, fingerprint, `${name}/k${seq % KEYS_PER_STREAM}`, Math.floor(seq / KEYS_PER_STREAM) + 1, g.committedAt);
+            rows++;
+          }
+        }
+      }
+    })();
+    return rows;
+  } finally {
+    db.close();
+  }
+}
+
+/** Acks committed before `before` (ms); readable while a server holds the file (WAL readers). */
+export function countAcksBefore(path: string, before: number): number {
+  const db = new Database(path, { readonly: true, fileMustExist: true });
+  try {
+    db.pragma('busy_timeout = 5000');
+    const row = db.prepare<[number], { n: number }>('SELECT count(*) AS n FROM acks WHERE committed_at < ?').get(before);
+    return row?.n ?? 0;
+  } finally {
+    db.close();
+  }
+}
