@@ -1,0 +1,1131 @@
+import { Emitter } from './emitter.js';
+import {
+  decodeMsgpack, encodePutJson, encodePutMsgpack, encodeState, JSON_FRAME_OVERHEAD, jsonPutFrame, msgpackMessage,
+  MSGPACK_FRAME_OVERHEAD, msgpackPutFrame, nameProblem, StateProblem, utf8Length,
+} from './encode.js';
+import {
+  ClientClosedError, ExpiredError, FencedError, ForbiddenError, GapError, InvalidPutError, OutboxError, ProtocolError,
+  SequenceReusedError, SeqgateClientError, ServerRollbackError, StaleError, TransientError, VersionConflictError,
+  WriterConflictError,
+} from './errors.js';
+import { MemoryOutbox, type Outbox, type OutboxEntry, type StreamRecord } from './outbox.js';
+import {
+  DEFAULT_LIMITS, type Ack, type ClientStats, type CloseReport, type ConnectionState, type EpochChange, type Head,
+  type Limits, type Position, type PutOptions, type PutRef, type PutResult, type PutSettlement, type RollbackInfo,
+  type RollbackPolicy, type StateChange, type WelcomeInfo,
+} from './types.js';
+
+/**
+ * The standard WebSocket API, as much of it as the client uses: browsers, React Native, and `ws`
+ * in Node (which has no global WebSocket before version 22).
+ */
+export interface WebSocketLike {
+  binaryType: string;
+  readonly protocol: string;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  onopen: ((event: any) => void) | null;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  onmessage: ((event: any) => void) | null;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  onclose: ((event: any) => void) | null;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  onerror: ((event: any) => void) | null;
+  send(data: string | ArrayBufferLike | ArrayBufferView): void;
+  close(code?: number, reason?: string): void;
+}
+
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+export interface ClientOptions {
+  /** Server URL, e.g. `ws://127.0.0.1:8787`. */
+  readonly url: string;
+  /** The stream this client writes; one writer per stream (a device id, an install id). */
+  readonly stream: string;
+  /** WebSocket constructor; defaults to `globalThis.WebSocket`. In Node 20 pass `ws`'s default export. */
+  readonly WebSocket?: WebSocketConstructor;
+  /** Defaults to a new MemoryOutbox. */
+  readonly outbox?: Outbox;
+  /** `msgpack` (default, subprotocol seqgate.v1) or `json` (seqgate.v1.json: states must be JSON values). */
+  readonly format?: 'msgpack' | 'json';
+  /** Sent in the hello, for servers that require tokens. */
+  readonly token?: string;
+  /** Most puts sent and not yet answered. Default 256. */
+  readonly window?: number;
+  /** A put unanswered this long means the connection is dead: reconnect and resend. Default 10 000. */
+  readonly putTimeoutMs?: number;
+  /** Socket open plus welcome must take less than this. Default 10 000. */
+  readonly connectTimeoutMs?: number;
+  /** Application-level ping period while connected. Default 15 000. */
+  readonly pingIntervalMs?: number;
+  /** A ping unanswered this long means the connection is dead. Default 10 000. */
+  readonly pongTimeoutMs?: number;
+  /** Reconnect backoff: doubles from initialDelayMs up to maxDelayMs, with jitter. Defaults 250 and 30 000. */
+  readonly reconnect?: { readonly initialDelayMs?: number; readonly maxDelayMs?: number };
+  /** What to do with unanswered puts when the server went back in time. Default `reject`. */
+  readonly onRollback?: RollbackPolicy;
+  /** Limits to check puts against before the first welcome; the welcome's limits replace them. */
+  readonly limits?: Partial<Limits>;
+  /** Monotonic clock in milliseconds. Default performance.now(). */
+  readonly now?: () => number;
+  /** Source of jitter in [0, 1). Default Math.random. */
+  readonly random?: () => number;
+}
+
+export interface ClientEvents {
+  /** Connection state changes. */
+  state: StateChange;
+  /** Every welcome (after the client has compared and, if needed, moved its epoch). */
+  welcome: WelcomeInfo;
+  /** The client's epoch changed; see EpochChange.reason. */
+  epoch: EpochChange;
+  /** The server went back in time; see RollbackInfo and the `onRollback` option. */
+  rollback: RollbackInfo;
+  /** Every settled put, including those recovered from a durable outbox. */
+  result: PutSettlement;
+  /** The server could not commit a put; the client resends it after a backoff. */
+  transientError: TransientError;
+  /** The client stopped writing for good; the error says why. */
+  stopped: SeqgateClientError;
+  /** Problems that belong to no put: outbox failures, undecodable frames. */
+  error: SeqgateClientError;
+}
+
+interface Waiter {
+  readonly resolve: (result: PutResult) => void;
+  readonly reject: (error: Error) => void;
+}
+
+type Status = 'new' | 'queued' | 'inflight' | 'settling';
+
+interface Live {
+  readonly pos: number;
+  epoch: number;
+  seq: number;
+  readonly key: string;
+  readonly state: Uint8Array | null;
+  readonly ifVersion: number | null;
+  readonly createdAt: number;
+  readonly checkpoint: { value: unknown } | undefined;
+  readonly waiter: Waiter | undefined;
+  readonly recovered: boolean;
+  status: Status;
+  appended: boolean;
+  sentBefore: boolean;
+  sentAt: number;
+  wire: Uint8Array | string | undefined;
+  wireBytes: number;
+}
+
+interface Conn {
+  readonly ws: WebSocketLike;
+  readonly openedAt: number;
+  welcomed: boolean;
+  /** Puts sent on this connection and not yet answered, by correlation id (= seq). */
+  readonly inflight: Map<number, Live>;
+  /** Put frames sent, oldest first, for matching an `error` message to its frame. */
+  frames: Live[][];
+  pingNonce: number;
+  pingSentAt: number;
+  nextPingAt: number;
+}
+
+const SUBPROTOCOLS = { msgpack: 'seqgate.v1', json: 'seqgate.v1.json' } as const;
+const CLOSE_UNAUTHORIZED = 4401;
+const CLOSE_TOKEN_REVOKED = 4403;
+
+function comparePositions(a: Position, b: Position): number {
+  return a.epoch !== b.epoch ? a.epoch - b.epoch : a.seq - b.seq;
+}
+
+function asRecord(v: unknown): Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : {};
+}
+
+function num(v: unknown, fallback = 0): number {
+  return typeof v === 'number' && Number.isFinite(v) ? v : fallback;
+}
+
+function defaultNow(): () => number {
+  const perf = (globalThis as { performance?: { now(): number } }).performance;
+  return perf !== undefined && typeof perf.now === 'function' ? () => perf.now() : () => Date.now();
+}
+
+/**
+ * A writer of one stream. See docs/CLIENT.md for the guarantees and the policies.
+ *
+ * Every change of the outbox runs through one serial queue (`run`): recording new puts, settling
+ * answered ones and re-numbering after a welcome never interleave, so the record in the outbox
+ * always matches the entries written with it.
+ */
+export class SeqgateClient extends Emitter<ClientEvents> {
+  readonly stream: string;
+  /** Resolves once the outbox is loaded (rejects with OutboxError if it cannot be). */
+  readonly ready: Promise<void>;
+
+  private readonly url: string;
+  private readonly WebSocketCtor: WebSocketConstructor;
+  private readonly outbox: Outbox;
+  private readonly format: 'msgpack' | 'json';
+  private readonly token: string | undefined;
+  private readonly window: number;
+  private readonly putTimeoutMs: number;
+  private readonly connectTimeoutMs: number;
+  private readonly pingIntervalMs: number;
+  private readonly pongTimeoutMs: number;
+  private readonly initialDelayMs: number;
+  private readonly maxDelayMs: number;
+  private readonly rollbackPolicy: RollbackPolicy;
+  private readonly now: () => number;
+  private readonly random: () => number;
+
+  private limits: Limits;
+  private contiguous = false;
+  private record: StreamRecord = { epoch: null, nextSeq: 1, lastAcked: null, incarnation: null, checkpoint: undefined };
+  private nextPos = 1;
+  private fresh: Live[] = [];
+  private entries: Live[] = [];
+  private toSettle: Array<{ entry: Live; result?: PutResult; error?: Error }> = [];
+  private appendScheduled = false;
+  private settleScheduled = false;
+  private io: Promise<void> = Promise.resolve();
+
+  private conn: Conn | null = null;
+  private currentState: ConnectionState = 'connecting';
+  private attempt = 0;
+  private reconnectAt = 0;
+  private pausedUntil = 0;
+  private transientAttempts = 0;
+  private needRebase = false;
+  private nonce = 0;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private timerAt = Infinity;
+
+  private stopError: SeqgateClientError | undefined;
+  private closing = false;
+  private closed = false;
+  private closePromise: Promise<CloseReport> | undefined;
+  private drainWaiters: Array<() => void> = [];
+
+  private readonly counters = { sent: 0, resent: 0, applied: 0, replayed: 0, rejected: 0, connections: 0, timeouts: 0 };
+
+  constructor(options: ClientOptions) {
+    super();
+    const streamProblem = nameProblem(options.stream, 'stream', options.limits?.maxStreamBytes ?? DEFAULT_LIMITS.maxStreamBytes);
+    if (streamProblem !== null) throw new TypeError(`seqgate client: ${streamProblem.message}`);
+    const Ctor = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (Ctor === undefined) throw new TypeError('seqgate client: no global WebSocket; pass one as options.WebSocket (in Node: the `ws` package)');
+    this.stream = options.stream;
+    this.url = options.url;
+    this.WebSocketCtor = Ctor;
+    this.outbox = options.outbox ?? new MemoryOutbox();
+    this.format = options.format ?? 'msgpack';
+    this.token = options.token;
+    this.window = Math.max(1, options.window ?? 256);
+    this.putTimeoutMs = options.putTimeoutMs ?? 10_000;
+    this.connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
+    this.pingIntervalMs = options.pingIntervalMs ?? 15_000;
+    this.pongTimeoutMs = options.pongTimeoutMs ?? 10_000;
+    this.initialDelayMs = options.reconnect?.initialDelayMs ?? 250;
+    this.maxDelayMs = options.reconnect?.maxDelayMs ?? 30_000;
+    this.rollbackPolicy = options.onRollback ?? 'reject';
+    this.now = options.now ?? defaultNow();
+    this.random = options.random ?? Math.random;
+    this.limits = { ...DEFAULT_LIMITS, ...options.limits };
+
+    this.ready = this.run(() => this.load());
+    this.ready.catch(() => undefined);
+  }
+
+  // ---- public API -------------------------------------------------------------------------
+
+  /**
+   * Writes `state` as the full state of document `key`. Resolves when the server has applied it
+   * (`replay: true` if an earlier send already had). Rejects with one error class per other
+   * outcome (see errors.ts). The put is in the outbox, with its seq, before its first send.
+   */
+  put(key: string, state: unknown, options: PutOptions = {}): Promise<PutResult> {
+    return this.submit(key, state, false, options);
+  }
+
+  /** Deletes document `key`; answered like put(). */
+  delete(key: string, options: PutOptions = {}): Promise<PutResult> {
+    return this.submit(key, undefined, true, options);
+  }
+
+  get state(): ConnectionState {
+    return this.currentState;
+  }
+
+  /** The epoch this client writes; null until its first welcome. */
+  get epoch(): number | null {
+    return this.record.epoch;
+  }
+
+  get nextSeq(): number {
+    return this.record.nextSeq;
+  }
+
+  /** The highest position the server acked to this client. */
+  get lastAcked(): Position | null {
+    return this.record.lastAcked;
+  }
+
+  /** The checkpoint of the last put recorded in the outbox (see PutOptions.checkpoint). */
+  get checkpoint(): unknown {
+    return this.record.checkpoint;
+  }
+
+  /** Puts accepted by put() and not yet settled. */
+  get pending(): number {
+    return this.fresh.length + this.entries.filter((e) => e.status !== 'settling').length;
+  }
+
+  get stats(): ClientStats {
+    return { ...this.counters };
+  }
+
+  /** Why the client stopped writing, if it did. */
+  get stoppedBecause(): SeqgateClientError | undefined {
+    return this.stopError;
+  }
+
+  /**
+   * Stops taking puts, waits up to `timeoutMs` (default 10 000) for every accepted put to be
+   * answered, then closes the socket. Puts still unanswered reject with ClientClosedError and are
+   * listed in the report; a durable outbox keeps them for the next client.
+   */
+  close(options: { timeoutMs?: number } = {}): Promise<CloseReport> {
+    this.closePromise ??= this.shutdown(options.timeoutMs ?? 10_000);
+    return this.closePromise;
+  }
+
+  // ---- recording puts ---------------------------------------------------------------------
+
+  private submit(key: string, state: unknown, isDelete: boolean, options: PutOptions): Promise<PutResult> {
+    const ref: PutRef = { stream: this.stream, epoch: this.record.epoch ?? 0, seq: 0, key };
+    if (this.closing) return Promise.reject(new ClientClosedError(false, { put: ref }));
+    if (this.stopError !== undefined) return Promise.reject(this.stoppedError(ref));
+
+    const keyProblem = nameProblem(key, 'key', this.limits.maxKeyBytes);
+    if (keyProblem !== null) {
+      return Promise.reject(new InvalidPutError(keyProblem.code, keyProblem.message, 'key',
+        keyProblem.code === 'LIMIT_EXCEEDED' ? 'maxKeyBytes' : undefined,
+        keyProblem.code === 'LIMIT_EXCEEDED' ? this.limits.maxKeyBytes : undefined, true, { put: ref }));
+    }
+    const ifVersion = options.ifVersion ?? null;
+    if (ifVersion !== null && !(Number.isSafeInteger(ifVersion) && ifVersion >= 0)) {
+      return Promise.reject(new InvalidPutError('INVALID_FIELD', 'ifVersion must be a safe integer >= 0', 'ifVersion', undefined, undefined, true, { put: ref }));
+    }
+    let encoded: Uint8Array | null = null;
+    if (!isDelete) {
+      try {
+        encoded = encodeState(state, this.limits, this.format === 'json');
+      } catch (err) {
+        if (!(err instanceof StateProblem)) throw err;
+        return Promise.reject(new InvalidPutError(err.code, err.message, 'state', err.limit,
+          err.limit === undefined ? undefined : this.limits[err.limit], true, { put: ref }));
+      }
+    }
+    if (options.checkpoint !== undefined) {
+      try {
+        JSON.stringify(options.checkpoint);
+      } catch (err) {
+        return Promise.reject(new InvalidPutError('INVALID_FIELD', 'checkpoint must be a JSON value', 'checkpoint', undefined, undefined, true, { put: ref, cause: err }));
+      }
+    }
+    const probe = encodePutMsgpack({ stream: this.stream, epoch: Number.MAX_SAFE_INTEGER, seq: Number.MAX_SAFE_INTEGER, key, state: encoded, ifVersion });
+    if (probe.length + MSGPACK_FRAME_OVERHEAD > this.limits.maxFrameBytes) {
+      return Promise.reject(new InvalidPutError('LIMIT_EXCEEDED', `the put exceeds maxFrameBytes ${this.limits.maxFrameBytes}`, 'state',
+        'maxFrameBytes', this.limits.maxFrameBytes, true, { put: ref }));
+    }
+
+    return new Promise<PutResult>((resolve, reject) => {
+      this.fresh.push({
+        pos: this.nextPos++,
+        epoch: 0,
+        seq: 0,
+        key,
+        state: encoded,
+        ifVersion,
+        createdAt: Date.now(),
+        checkpoint: options.checkpoint === undefined ? undefined : { value: options.checkpoint },
+        waiter: { resolve, reject },
+        recovered: false,
+        status: 'new',
+        appended: false,
+        sentBefore: false,
+        sentAt: 0,
+        wire: undefined,
+        wireBytes: 0,
+      });
+      this.scheduleAppend();
+    });
+  }
+
+  private run(op: () => Promise<void>): Promise<void> {
+    const p = this.io.then(op);
+    this.io = p.catch(() => undefined);
+    return p;
+  }
+
+  private async load(): Promise<void> {
+    let loaded;
+    try {
+      loaded = await this.outbox.load(this.stream);
+    } catch (err) {
+      const error = new OutboxError(`cannot load the outbox: ${(err as Error).message}`, { cause: err });
+      this.stop(error);
+      throw error;
+    }
+    if (loaded.record !== null) this.record = { ...loaded.record };
+    for (const e of loaded.entries) {
+      this.entries.push({
+        ...e,
+        checkpoint: undefined,
+        waiter: undefined,
+        recovered: true,
+        status: 'queued',
+        appended: true,
+        sentBefore: true,
+        sentAt: 0,
+        wire: undefined,
+        wireBytes: 0,
+      });
+      if (e.pos >= this.nextPos) this.nextPos = e.pos + 1;
+    }
+    // Positions handed out before the load finished must stay above the loaded ones.
+    for (const f of this.fresh) if (f.pos < this.nextPos) (f as { pos: number }).pos = this.nextPos++;
+    if (!this.closed && this.stopError === undefined) this.connect();
+  }
+
+  private scheduleAppend(): void {
+    if (this.appendScheduled) return;
+    this.appendScheduled = true;
+    void this.run(async () => {
+      this.appendScheduled = false;
+      const batch = this.fresh;
+      this.fresh = [];
+      if (batch.length === 0) return;
+      if (this.stopError !== undefined) {
+        for (const e of batch) e.waiter?.reject(this.stoppedError(this.refOf(e)));
+        return;
+      }
+      const before = this.record;
+      let nextSeq = before.nextSeq;
+      let checkpoint = before.checkpoint;
+      for (const e of batch) {
+        if (before.epoch !== null) {
+          e.epoch = before.epoch;
+          e.seq = nextSeq++;
+        }
+        if (e.checkpoint !== undefined) checkpoint = e.checkpoint.value;
+      }
+      const record: StreamRecord = { ...before, nextSeq, checkpoint };
+      try {
+        await this.outbox.append(this.stream, record, batch.map(toOutboxEntry));
+      } catch (err) {
+        for (const e of batch) {
+          e.waiter?.reject(new OutboxError(`the outbox could not record the put: ${(err as Error).message}`, { cause: err, put: this.refOf(e) }));
+        }
+        this.emit('error', new OutboxError(`outbox append failed: ${(err as Error).message}`, { cause: err }));
+        return;
+      }
+      this.record = record;
+      for (const e of batch) {
+        e.status = 'queued';
+        e.appended = true;
+        this.entries.push(e);
+      }
+      this.pump();
+    });
+  }
+
+  // ---- settling ---------------------------------------------------------------------------
+
+  private settle(entry: Live, outcome: { result?: PutResult; error?: Error }): void {
+    if (entry.status === 'settling') return;
+    entry.status = 'settling';
+    this.toSettle.push({ entry, ...outcome });
+    if (this.settleScheduled) return;
+    this.settleScheduled = true;
+    void this.run(async () => {
+      this.settleScheduled = false;
+      const batch = this.toSettle;
+      this.toSettle = [];
+      if (batch.length === 0) return;
+      const positions = batch.filter((b) => b.entry.appended).map((b) => b.entry.pos);
+      try {
+        if (positions.length > 0) await this.outbox.settle(this.stream, this.record, positions);
+      } catch (err) {
+        // The answers are real; the outbox will resend these puts after a restart and get replays.
+        this.emit('error', new OutboxError(`outbox settle failed: ${(err as Error).message}`, { cause: err }));
+      }
+      const done = new Set(batch.map((b) => b.entry));
+      this.entries = this.entries.filter((e) => !done.has(e));
+      for (const b of batch) this.deliver(b.entry, b.result, b.error);
+      this.checkDrain();
+    });
+  }
+
+  private deliver(entry: Live, result: PutResult | undefined, error: Error | undefined): void {
+    const put = this.refOf(entry);
+    if (result !== undefined) {
+      this.counters.applied++;
+      if (result.replay) this.counters.replayed++;
+      entry.waiter?.resolve(result);
+      this.emit('result', { put, recovered: entry.recovered, result });
+    } else {
+      this.counters.rejected++;
+      const err = error ?? new SeqgateClientError('PROTOCOL', 'no outcome');
+      entry.waiter?.reject(err);
+      this.emit('result', { put, recovered: entry.recovered, error: err });
+    }
+  }
+
+  private refOf(e: { epoch: number; seq: number; key: string }): PutRef {
+    return { stream: this.stream, epoch: e.epoch, seq: e.seq, key: e.key };
+  }
+
+  // ---- connection -------------------------------------------------------------------------
+
+  private setState(state: ConnectionState, error?: Error): void {
+    if (this.currentState === state) return;
+    const previous = this.currentState;
+    this.currentState = state;
+    this.emit('state', error === undefined ? { state, previous } : { state, previous, error });
+  }
+
+  private connect(): void {
+    this.reconnectAt = 0;
+    if (this.closed || this.stopError !== undefined || this.conn !== null) return;
+    this.setState('connecting');
+    let ws: WebSocketLike;
+    try {
+      ws = new this.WebSocketCtor(this.url, [SUBPROTOCOLS[this.format]]);
+      ws.binaryType = 'arraybuffer';
+    } catch (err) {
+      this.emit('error', new ProtocolError('CONNECT_FAILED', `cannot open a WebSocket to ${this.url}: ${(err as Error).message}`, true, { cause: err }));
+      this.setState('disconnected', err as Error);
+      this.scheduleReconnect(false);
+      return;
+    }
+    const conn: Conn = {
+      ws, openedAt: this.now(), welcomed: false, inflight: new Map(), frames: [], pingNonce: 0, pingSentAt: 0, nextPingAt: 0,
+    };
+    this.conn = conn;
+    this.counters.connections++;
+    ws.onopen = () => {
+      if (conn !== this.conn) return;
+      const hello: Record<string, string | number | readonly string[]> = { type: 'hello', protocol: 1, streams: [this.stream] };
+      if (this.token !== undefined) hello.token = this.token;
+      this.sendRaw(conn, this.format === 'msgpack' ? msgpackMessage(hello) : JSON.stringify(hello));
+    };
+    ws.onmessage = (event: { data: unknown }) => {
+      if (conn !== this.conn) return;
+      this.onMessage(conn, event.data);
+    };
+    ws.onclose = (event: { code?: number; reason?: string }) => {
+      if (conn !== this.conn) return;
+      this.conn = null;
+      const code = event.code ?? 1006;
+      const reason = event.reason ?? '';
+      if (code === CLOSE_UNAUTHORIZED || code === CLOSE_TOKEN_REVOKED) {
+        this.stop(new ProtocolError(code === CLOSE_UNAUTHORIZED ? 'UNAUTHORIZED' : 'TOKEN_REVOKED',
+          `the server closed the connection: ${reason || code}`, false));
+      }
+      this.afterDisconnect(conn, new ProtocolError('CONNECTION_CLOSED', `connection closed (${code}${reason ? ' ' + reason : ''})`, true), false);
+    };
+    ws.onerror = () => undefined; // a close event always follows
+    this.armWatchdog();
+  }
+
+  private sendRaw(conn: Conn, data: Uint8Array | string): boolean {
+    try {
+      conn.ws.send(data);
+      return true;
+    } catch (err) {
+      this.dropConnection(conn, new ProtocolError('SEND_FAILED', `send failed: ${(err as Error).message}`, true, { cause: err }), false);
+      return false;
+    }
+  }
+
+  /** Gives up on a connection now (dead or to be replaced); its unanswered puts go back to the queue. */
+  private dropConnection(conn: Conn, error: Error, immediate: boolean): void {
+    if (conn !== this.conn) return;
+    this.conn = null;
+    const ws = conn.ws as WebSocketLike & { terminate?: () => void };
+    ws.onmessage = null;
+    try {
+      // `ws` can drop a dead TCP connection at once; browsers only offer the close handshake.
+      if (typeof ws.terminate === 'function') ws.terminate();
+      else ws.close(4000, 'client gave up on this connection');
+    } catch {
+      // already closed
+    }
+    this.afterDisconnect(conn, error, immediate);
+  }
+
+  private afterDisconnect(conn: Conn, error: Error, immediate: boolean): void {
+    const unanswered = [...conn.inflight.values()];
+    conn.inflight.clear();
+    for (const e of unanswered) if (e.status === 'inflight') e.status = 'queued';
+    if (this.closed) return;
+    if (this.stopError !== undefined) {
+      for (const e of unanswered) if (e.status === 'queued') this.settle(e, { error: this.stoppedError(this.refOf(e)) });
+      this.checkDrain();
+      return;
+    }
+    this.setState('disconnected', error);
+    this.scheduleReconnect(immediate);
+  }
+
+  private scheduleReconnect(immediate: boolean): void {
+    const base = Math.min(this.maxDelayMs, this.initialDelayMs * 2 ** Math.min(this.attempt, 30));
+    this.attempt++;
+    // Equal jitter: never hammer (at least half the base), never in lockstep with other clients.
+    const delay = immediate ? 0 : base / 2 + (this.random() * base) / 2;
+    this.reconnectAt = this.now() + delay;
+    this.armWatchdog();
+  }
+
+  private onMessage(conn: Conn, data: unknown): void {
+    let msg: Record<string, unknown>;
+    try {
+      if (typeof data === 'string') msg = asRecord(JSON.parse(data));
+      else if (data instanceof ArrayBuffer) msg = asRecord(decodeMsgpack(new Uint8Array(data)));
+      else if (data instanceof Uint8Array) msg = asRecord(decodeMsgpack(data));
+      else throw new Error('unexpected frame data type');
+    } catch (err) {
+      const error = new ProtocolError('UNDECODABLE', `undecodable frame from the server: ${(err as Error).message}`, true, { cause: err });
+      this.emit('error', error);
+      this.dropConnection(conn, error, false);
+      return;
+    }
+    switch (msg.type) {
+      case 'welcome':
+        this.onWelcome(conn, msg);
+        break;
+      case 'results':
+        if (Array.isArray(msg.results)) this.onResults(conn, msg.results);
+        break;
+      case 'pong':
+        if (msg.nonce === conn.pingNonce) {
+          conn.pingSentAt = 0;
+          conn.nextPingAt = this.now() + this.pingIntervalMs;
+        }
+        break;
+      case 'error':
+        this.onErrorMessage(conn, msg);
+        break;
+      default:
+        // Unknown message types are ignored (PROTOCOL.md §14).
+        break;
+    }
+    this.armWatchdog();
+  }
+
+  private onWelcome(conn: Conn, msg: Record<string, unknown>): void {
+    if (conn.welcomed) return;
+    const heads = Array.isArray(msg.heads) ? msg.heads.map(asRecord) : [];
+    const h = heads.find((x) => x.stream === this.stream);
+    if (h === undefined || typeof msg.incarnation !== 'string') {
+      const error = new ProtocolError('PROTOCOL', 'welcome without this stream\'s head or without an incarnation', false);
+      this.emit('error', error);
+      this.dropConnection(conn, error, false);
+      return;
+    }
+    const head: Head = { stream: this.stream, epoch: num(h.epoch), seq: num(h.seq), prunedThrough: num(h.prunedThrough) };
+    const limits = asRecord(msg.limits);
+    const merged: Record<string, number> = { ...this.limits };
+    for (const name of Object.keys(DEFAULT_LIMITS)) if (typeof limits[name] === 'number') merged[name] = limits[name] as number;
+    this.limits = merged as unknown as Limits;
+    this.contiguous = msg.contiguous === true;
+    const incarnation = msg.incarnation;
+
+    void this.run(async () => {
+      if (conn !== this.conn || this.closed) return;
+      await this.reconcile(head, incarnation);
+      if (conn !== this.conn || this.closed) return;
+      conn.welcomed = true;
+      conn.nextPingAt = this.now() + this.pingIntervalMs;
+      this.attempt = 0;
+      this.emit('welcome', { server: String(msg.server ?? ''), incarnation, contiguous: this.contiguous, head, limits: this.limits });
+      if (this.stopError !== undefined) return;
+      this.setState('connected');
+      this.pump();
+    }).catch((err: unknown) => {
+      const error = err instanceof SeqgateClientError ? err : new OutboxError(`outbox write failed after a welcome: ${(err as Error).message}`, { cause: err });
+      this.emit('error', error);
+      this.dropConnection(conn, error, false);
+    });
+  }
+
+  /**
+   * Compares the welcome with what the outbox remembers, before anything is sent on the new
+   * connection: fixes the epoch of a new record, detects a server that went back in time, and
+   * re-numbers after a hole in contiguous mode.
+   */
+  private async reconcile(head: Head, incarnation: string): Promise<void> {
+    const r = this.record;
+    const open = this.entries.filter((e) => e.status !== 'settling');
+
+    let rollback: RollbackInfo['reason'] | null = null;
+    if (r.incarnation !== null && r.incarnation !== incarnation) rollback = 'incarnation';
+    else if (r.lastAcked !== null && comparePositions(head, r.lastAcked) < 0) rollback = 'head-behind';
+
+    if (rollback !== null) {
+      const policy = this.rollbackPolicy;
+      const epoch = policy === 'reject' ? Math.max(head.epoch, r.epoch ?? 0) + 1 : (r.epoch ?? head.epoch + 1);
+      const info: RollbackInfo = {
+        reason: rollback, stream: this.stream, previousIncarnation: r.incarnation, incarnation,
+        lastAcked: r.lastAcked, head: { epoch: head.epoch, seq: head.seq }, pending: open.length + this.fresh.length, policy, epoch,
+      };
+      if (policy === 'reject') {
+        const record: StreamRecord = { ...r, epoch, nextSeq: 1, lastAcked: null, incarnation };
+        await this.outbox.replace(this.stream, record, []);
+        this.record = record;
+        this.needRebase = false;
+        this.emit('rollback', info);
+        this.emit('epoch', { epoch, previous: r.epoch, reason: 'rollback', head });
+        for (const e of open) {
+          e.appended = false;
+          this.settle(e, { error: new ServerRollbackError(info, { put: this.refOf(e) }) });
+        }
+        // Puts recorded after this point get the new epoch; ones waiting in `fresh` too.
+        return;
+      }
+      // resend: the gate decides each put again; forget acks the server no longer has.
+      this.record = { ...r, lastAcked: null, incarnation };
+      await this.outbox.settle(this.stream, this.record, []);
+      this.emit('rollback', info);
+    }
+
+    const rec = this.record;
+    if (rec.epoch === null) {
+      // No record: a new stream, or this writer lost its counter. A fresh epoch above the
+      // server's fences any older writer of the stream (docs/CLIENT.md, "Counter loss").
+      const epoch = head.epoch + 1;
+      await this.renumber(open, epoch, { ...rec, incarnation });
+      this.emit('epoch', { epoch, previous: null, reason: head.seq > 0 || head.epoch > 0 ? 'counter-loss' : 'new-stream', head });
+      return;
+    }
+    if (this.needRebase) {
+      const epoch = Math.max(head.epoch, rec.epoch) + 1;
+      await this.renumber(open, epoch, { ...rec, incarnation });
+      this.needRebase = false;
+      this.emit('epoch', { epoch, previous: rec.epoch, reason: 'gap', head });
+      return;
+    }
+    if (rec.incarnation !== incarnation) {
+      const record = { ...rec, incarnation };
+      await this.outbox.settle(this.stream, record, []);
+      this.record = record;
+    }
+  }
+
+  /**
+   * Numbers `open` from seq 1 of `epoch`, in their order. The outbox is written first: a put must
+   * never go out under a number the outbox does not hold, or a restart could number it again.
+   */
+  private async renumber(open: Live[], epoch: number, base: StreamRecord): Promise<void> {
+    const record: StreamRecord = { ...base, epoch, nextSeq: open.length + 1 };
+    const stored = open.map((e, i) => ({ ...toOutboxEntry(e), epoch, seq: i + 1 }));
+    await this.outbox.replace(this.stream, record, stored);
+    this.record = record;
+    open.forEach((e, i) => {
+      e.epoch = epoch;
+      e.seq = i + 1;
+      e.wire = undefined;
+      if (e.status === 'inflight') e.status = 'queued';
+    });
+  }
+
+  // ---- sending ----------------------------------------------------------------------------
+
+  private wireOf(e: Live): Uint8Array | string {
+    if (e.wire !== undefined) return e.wire;
+    const p = { stream: this.stream, epoch: e.epoch, seq: e.seq, key: e.key, state: e.state, ifVersion: e.ifVersion };
+    if (this.format === 'msgpack') {
+      const bytes = encodePutMsgpack(p);
+      e.wire = bytes;
+      e.wireBytes = bytes.length;
+    } else {
+      const text = encodePutJson(p);
+      e.wire = text;
+      e.wireBytes = utf8Length(text) + 1;
+    }
+    return e.wire;
+  }
+
+  private pump(): void {
+    const conn = this.conn;
+    if (conn === null || !conn.welcomed || this.stopError !== undefined || this.closed) return;
+    if (this.pausedUntil > 0) {
+      if (this.now() < this.pausedUntil) return;
+      this.pausedUntil = 0;
+    }
+    let room = this.window - conn.inflight.size;
+    if (room <= 0) return;
+    const overhead = this.format === 'msgpack' ? MSGPACK_FRAME_OVERHEAD : JSON_FRAME_OVERHEAD;
+    let batch: Live[] = [];
+    let bytes = overhead;
+    for (const e of this.entries) {
+      if (room <= 0) break;
+      if (e.status !== 'queued' || e.seq === 0) continue;
+      if (this.format === 'json' && e.recovered && e.wire === undefined && !this.jsonSafe(e)) continue;
+      this.wireOf(e);
+      if (batch.length > 0 && (bytes + e.wireBytes > this.limits.maxFrameBytes || batch.length >= this.limits.maxPutsPerFrame)) {
+        if (!this.sendFrame(conn, batch)) return;
+        batch = [];
+        bytes = overhead;
+      }
+      batch.push(e);
+      bytes += e.wireBytes;
+      room--;
+    }
+    if (batch.length > 0) this.sendFrame(conn, batch);
+    this.armWatchdog();
+  }
+
+  /** A recovered put recorded under msgpack must survive the trip to JSON unchanged, or it is refused. */
+  private jsonSafe(e: Live): boolean {
+    if (e.state === null) return true;
+    try {
+      const again = encodeState(decodeMsgpack(e.state), { maxStateBytes: 2 ** 31, maxStateDepth: 1024 }, true);
+      if (again.length === e.state.length && again.every((b, i) => b === e.state![i])) return true;
+    } catch {
+      // refused below
+    }
+    this.settle(e, { error: new InvalidPutError('INVALID_FIELD', 'a put recorded as MessagePack cannot be sent as JSON unchanged', 'state', undefined, undefined, true, { put: this.refOf(e) }) });
+    this.noteHole();
+    return false;
+  }
+
+  private sendFrame(conn: Conn, batch: Live[]): boolean {
+    const frame = this.format === 'msgpack'
+      ? msgpackPutFrame(batch.map((e) => e.wire as Uint8Array))
+      : jsonPutFrame(batch.map((e) => e.wire as string));
+    if (!this.sendRaw(conn, frame)) return false;
+    const t = this.now();
+    for (const e of batch) {
+      e.status = 'inflight';
+      e.sentAt = t;
+      conn.inflight.set(e.seq, e);
+      this.counters.sent++;
+      if (e.sentBefore) this.counters.resent++;
+      e.sentBefore = true;
+    }
+    conn.frames.push(batch);
+    return true;
+  }
+
+  // ---- answers ----------------------------------------------------------------------------
+
+  private onResults(conn: Conn, results: unknown[]): void {
+    for (const raw of results) {
+      const r = asRecord(raw);
+      const entry = typeof r.id === 'number' ? conn.inflight.get(r.id) : undefined;
+      // A result for a put that is not in flight (a duplicated frame) changes nothing.
+      if (entry === undefined) continue;
+      conn.inflight.delete(r.id as number);
+      this.onResult(entry, r);
+    }
+    this.afterAnswers(conn);
+  }
+
+  private afterAnswers(conn: Conn): void {
+    while (conn.frames.length > 0 && conn.frames[0]!.every((e) => conn.inflight.get(e.seq) !== e)) conn.frames.shift();
+    if (conn !== this.conn) return;
+    if (this.stopError !== undefined) {
+      if (conn.inflight.size === 0) this.dropConnection(conn, this.stopError, false);
+      return;
+    }
+    if (this.needRebase) {
+      // Contiguous mode cannot pass the hole in this epoch: reconnect and re-number (reconcile).
+      this.dropConnection(conn, new ProtocolError('REBASE', 'moving to a new epoch past a hole', true), true);
+      return;
+    }
+    this.pump();
+  }
+
+  private onResult(entry: Live, r: Record<string, unknown>): void {
+    const put = this.refOf(entry);
+    const outcome = r.outcome;
+    if (outcome === 'applied' || outcome === 'version_conflict') {
+      const ack = asRecord(r.ack) as unknown as Ack;
+      const replay = r.replay === true;
+      const position = { epoch: entry.epoch, seq: entry.seq };
+      const last = this.record.lastAcked;
+      if (last === null || comparePositions(position, last) > 0) this.record = { ...this.record, lastAcked: position };
+      this.transientAttempts = 0;
+      if (outcome === 'applied') this.settle(entry, { result: { outcome: 'applied', replay, ack } });
+      else this.settle(entry, { error: new VersionConflictError(ack, replay, { put }) });
+      return;
+    }
+    const error = asRecord(r.error);
+    const code = typeof error.code === 'string' ? error.code : 'UNKNOWN';
+    const message = typeof error.message === 'string' ? error.message : String(outcome);
+    switch (outcome) {
+      case 'fenced': {
+        const fenced = new FencedError(num(error.epoch), { put });
+        this.settle(entry, { error: fenced });
+        this.stop(fenced);
+        return;
+      }
+      case 'stale': {
+        const h = asRecord(error.head);
+        const head = { epoch: num(h.epoch), seq: num(h.seq) };
+        const last = this.record.lastAcked;
+        const ownSkip = last !== null && last.epoch === entry.epoch && last.seq > entry.seq;
+        const stale = new StaleError(head, num(error.prunedThrough), ownSkip, { put });
+        this.settle(entry, { error: stale });
+        if (!ownSkip) {
+          this.stop(new WriterConflictError(
+            `another writer moved stream ${this.stream} to ${head.epoch}:${head.seq} in this client's epoch ${entry.epoch}; this client stops writing`,
+            { cause: stale }));
+        }
+        return;
+      }
+      case 'sequence_reused': {
+        const reused = new SequenceReusedError({ put });
+        this.settle(entry, { error: reused });
+        this.stop(new WriterConflictError(
+          `position ${entry.epoch}:${entry.seq} of stream ${this.stream} was consumed by another payload; this client stops writing`,
+          { cause: reused }));
+        return;
+      }
+      case 'expired': {
+        const h = asRecord(error.head);
+        this.settle(entry, { error: new ExpiredError({ epoch: num(h.epoch), seq: num(h.seq) }, num(error.prunedThrough), { put }) });
+        return;
+      }
+      case 'gap': {
+        const x = asRecord(error.expected);
+        const expected = { epoch: num(x.epoch), seq: num(x.seq) };
+        if (expected.epoch === entry.epoch && expected.seq < entry.seq) {
+          // A lower seq is missing: either one of ours still on its way (wait and resend in
+          // order) or one we will never send (a hole: re-number in a new epoch).
+          const ours = this.entries.some((e) => e.status !== 'settling' && e.epoch === expected.epoch && e.seq === expected.seq);
+          if (!ours) this.needRebase = true;
+          entry.status = 'queued';
+          return;
+        }
+        this.settle(entry, { error: new GapError(expected, { put }) });
+        this.noteHole();
+        return;
+      }
+      case 'invalid': {
+        const field = typeof error.field === 'string' ? error.field : 'put';
+        const limit = typeof error.limit === 'string' ? error.limit : undefined;
+        const max = typeof error.max === 'number' ? error.max : undefined;
+        this.settle(entry, { error: new InvalidPutError(code === 'LIMIT_EXCEEDED' ? 'LIMIT_EXCEEDED' : 'INVALID_FIELD', message, field, limit, max, false, { put }) });
+        this.noteHole();
+        return;
+      }
+      case 'forbidden': {
+        this.settle(entry, { error: new ForbiddenError(message, { put }) });
+        this.noteHole();
+        return;
+      }
+      default: {
+        if (error.retryable === true) {
+          this.retryLater(entry, new TransientError(code, message, { put }));
+          return;
+        }
+        // An outcome this client does not know: consumed nothing, not retryable (PROTOCOL.md §14).
+        this.settle(entry, { error: new ProtocolError(code, message, false, { put }) });
+        this.noteHole();
+      }
+    }
+  }
+
+  /** A put refused without consuming its seq leaves a hole, which contiguous mode never passes. */
+  private noteHole(): void {
+    if (this.contiguous) this.needRebase = true;
+  }
+
+  private retryLater(entry: Live, error: TransientError): void {
+    entry.status = 'queued';
+    const base = Math.min(this.maxDelayMs, this.initialDelayMs * 2 ** Math.min(this.transientAttempts, 30));
+    this.transientAttempts++;
+    this.pausedUntil = Math.max(this.pausedUntil, this.now() + base / 2 + (this.random() * base) / 2);
+    this.emit('transientError', error);
+    this.armWatchdog();
+  }
+
+  private onErrorMessage(conn: Conn, msg: Record<string, unknown>): void {
+    const code = typeof msg.code === 'string' ? msg.code : 'UNKNOWN';
+    const message = typeof msg.message === 'string' ? msg.message : code;
+    const retryable = msg.retryable === true;
+    if (!conn.welcomed) {
+      // The answer to our hello.
+      if (retryable) {
+        this.dropConnection(conn, new ProtocolError(code, message, true), false);
+        return;
+      }
+      const error = code === 'FORBIDDEN' ? new ForbiddenError(`the server refused the hello: ${message}`) : new ProtocolError(code, `the server refused the hello: ${message}`, false);
+      this.stop(error);
+      this.dropConnection(conn, error, false);
+      return;
+    }
+    // The answer to the oldest put frame not yet answered, refused as a whole.
+    const frame = conn.frames.find((f) => f.some((e) => conn.inflight.get(e.seq) === e));
+    if (frame === undefined) return;
+    for (const e of frame) conn.inflight.delete(e.seq);
+    if (code === 'TOO_MANY_PUTS' && typeof msg.max === 'number' && msg.max > 0) {
+      this.limits = { ...this.limits, maxPutsPerFrame: msg.max };
+      for (const e of frame) e.status = 'queued';
+    } else if (retryable) {
+      for (const e of frame) this.retryLater(e, new TransientError(code, message, { put: this.refOf(e) }));
+    } else {
+      for (const e of frame) this.settle(e, { error: new ProtocolError(code, message, false, { put: this.refOf(e) }) });
+      this.noteHole();
+    }
+    this.afterAnswers(conn);
+  }
+
+  // ---- stopping ---------------------------------------------------------------------------
+
+  /** Stops writing for good. Puts in flight still get their own answers; the rest reject. */
+  private stop(error: SeqgateClientError): void {
+    if (this.stopError !== undefined) return;
+    this.stopError = error;
+    for (const e of this.entries) if (e.status === 'queued') this.settle(e, { error: this.stoppedError(this.refOf(e)) });
+    const fresh = this.fresh;
+    this.fresh = [];
+    for (const e of fresh) e.waiter?.reject(this.stoppedError(this.refOf(e)));
+    this.reconnectAt = 0;
+    if (!this.closed) this.setState('stopped', error);
+    this.emit('stopped', error);
+    this.checkDrain();
+  }
+
+  /** The error for a put refused because the client stopped; `cause` is why it stopped. */
+  private stoppedError(put: PutRef): SeqgateClientError {
+    const why = this.stopError!;
+    if (why instanceof FencedError) {
+      return new FencedError(why.epoch, { cause: why, put, message: `client stopped: fenced by a writer at epoch ${why.epoch}` });
+    }
+    if (why instanceof WriterConflictError) return new WriterConflictError(why.message, { cause: why.cause ?? why, put });
+    if (why instanceof ForbiddenError) return new ForbiddenError(why.message, { cause: why, put });
+    if (why instanceof OutboxError) return new OutboxError(why.message, { cause: why, put });
+    return new ProtocolError(why.code, `client stopped: ${why.message}`, false, { cause: why, put });
+  }
+
+  // ---- timers -----------------------------------------------------------------------------
+
+  /** One timer for every deadline: reconnect, connect, put and pong timeouts, ping, retry pause. */
+  private armWatchdog(): void {
+    if (this.closed) return;
+    let at = Infinity;
+    const conn = this.conn;
+    if (conn === null) {
+      if (this.reconnectAt > 0) at = this.reconnectAt;
+    } else if (!conn.welcomed) {
+      at = conn.openedAt + this.connectTimeoutMs;
+    } else {
+      const oldest = conn.inflight.values().next();
+      if (!oldest.done) at = Math.min(at, oldest.value.sentAt + this.putTimeoutMs);
+      at = Math.min(at, conn.pingSentAt > 0 ? conn.pingSentAt + this.pongTimeoutMs : conn.nextPingAt);
+      if (this.pausedUntil > 0) at = Math.min(at, this.pausedUntil);
+    }
+    if (at === this.timerAt && this.timer !== undefined) return;
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+    this.timerAt = at;
+    if (at === Infinity) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.timerAt = Infinity;
+      this.watchdog();
+    }, Math.max(0, Math.ceil(at - this.now())));
+  }
+
+  private watchdog(): void {
+    if (this.closed) return;
+    const t = this.now();
+    const conn = this.conn;
+    if (conn === null) {
+      if (this.reconnectAt > 0 && t >= this.reconnectAt) this.connect();
+    } else if (!conn.welcomed) {
+      if (t - conn.openedAt >= this.connectTimeoutMs) this.timedOut(conn, 'no welcome within connectTimeoutMs');
+    } else {
+      const oldest = conn.inflight.values().next();
+      if (!oldest.done && t - oldest.value.sentAt >= this.putTimeoutMs) {
+        this.timedOut(conn, `put ${oldest.value.epoch}:${oldest.value.seq} unanswered for putTimeoutMs`);
+      } else if (conn.pingSentAt > 0 && t - conn.pingSentAt >= this.pongTimeoutMs) {
+        this.timedOut(conn, 'no pong within pongTimeoutMs');
+      } else {
+        if (conn.pingSentAt === 0 && t >= conn.nextPingAt) {
+          conn.pingNonce = ++this.nonce;
+          conn.pingSentAt = t;
+          const ping = { type: 'ping', nonce: conn.pingNonce };
+          this.sendRaw(conn, this.format === 'msgpack' ? msgpackMessage(ping) : JSON.stringify(ping));
+        }
+        if (this.pausedUntil > 0 && t >= this.pausedUntil) this.pump();
+      }
+    }
+    this.armWatchdog();
+  }
+
+  private timedOut(conn: Conn, why: string): void {
+    this.counters.timeouts++;
+    this.dropConnection(conn, new ProtocolError('TIMEOUT', `connection considered dead: ${why}`, true), false);
+  }
+
+  // ---- closing ----------------------------------------------------------------------------
+
+  private checkDrain(): void {
+    if (this.drainWaiters.length === 0 || !this.drained()) return;
+    for (const w of this.drainWaiters.splice(0)) w();
+  }
+
+  private drained(): boolean {
+    if (this.fresh.length > 0 || this.appendScheduled) return false;
+    return this.entries.length === 0;
+  }
+
+  private async shutdown(timeoutMs: number): Promise<CloseReport> {
+    this.closing = true;
+    await this.ready.catch(() => undefined);
+    if (!this.drained()) {
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, timeoutMs);
+        this.drainWaiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+    this.closed = true;
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+    const conn = this.conn;
+    this.conn = null;
+    if (conn !== null) {
+      conn.ws.onmessage = null;
+      try {
+        conn.ws.close(1000, 'client closed');
+      } catch {
+        // already closed
+      }
+    }
+    // Recordings and settlements already queued still run; whatever is unanswered after them is left.
+    await this.io;
+    const left: Live[] = [...this.fresh, ...this.entries.filter((e) => e.status !== 'settling')];
+    this.fresh = [];
+    for (const e of left) {
+      this.counters.rejected++;
+      const error = new ClientClosedError(this.outbox.durable && e.appended, { put: this.refOf(e) });
+      e.waiter?.reject(error);
+      this.emit('result', { put: this.refOf(e), recovered: e.recovered, error });
+    }
+    this.entries = [];
+    this.setState('closed');
+    return { drained: left.length === 0, left: left.map((e) => this.refOf(e)) };
+  }
+}
+
+function toOutboxEntry(e: Live): OutboxEntry {
+  return { pos: e.pos, epoch: e.epoch, seq: e.seq, key: e.key, state: e.state, ifVersion: e.ifVersion, createdAt: e.createdAt };
+}
