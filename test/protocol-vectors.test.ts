@@ -371,3 +371,44 @@ describe('server vectors', () => {
     expect(withResults.filter((n) => !(n in rebuilt)).sort()).toEqual(['results-coalesced', 'results-forbidden']);
   });
 });
+
+// PROTOCOL.md's appendix lists behaviour the reference server has but a careful spec would not
+// promise. These tests pin each item, so that fixing one in src/ points at the appendix entry to drop.
+describe('reference server quirks listed in the PROTOCOL.md appendix', () => {
+  const state = (hex: string): string => canonicalEncode(decodeMsgpack(hex), unbounded, 'state').toString('hex');
+
+  it('1: replaces invalid UTF-8 in a string with U+FFFD instead of refusing it', () => {
+    expect(decodeMsgpack('a3ff6162')).toBe('\ufffdab');
+  });
+
+  it('2: keeps the last of repeated map keys, also when they collide only after normalisation', () => {
+    expect(state('82a16101a16102')).toBe('81a16102');
+    expect(state('8201a178cb3ff0000000000000a179')).toBe('8101a179');
+  });
+
+  it('3: refuses integer state keys of magnitude exactly 2^53 and accepts their neighbours', () => {
+    expect(() => state('81cf002000000000000001')).toThrow(CanonicalError);
+    expect(() => state('81d3ffe000000000000001')).toThrow(CanonicalError);
+    expect(state('81cf002000000000000101')).toBe('81cf002000000000000101');
+    expect(state('81cf001fffffffffffff01')).toBe('81cf001fffffffffffff01');
+  });
+
+  it('4 and 5: a state one level too deep exceeds the frame limit first, which reports a number as limit', () => {
+    const deep = { type: 'put', puts: [{ id: 1, stream: 's', epoch: 1, seq: 1, key: 'k', state: JSON.parse('['.repeat(limits.maxStateDepth + 1) + ']'.repeat(limits.maxStateDepth + 1)) }] };
+    let caught: unknown;
+    try {
+      decodeJson(JSON.stringify(deep));
+    } catch (err) {
+      caught = err;
+    }
+    expect(caught).toBeInstanceOf(SeqgateError);
+    expect((caught as SeqgateError).code).toBe('TOO_DEEP');
+    expect((caught as SeqgateError).details.limit).toBe(frameDepth);
+  });
+
+  it('8: ignores unknown message-level fields but refuses unknown put fields', () => {
+    const message = parseMessage(decodeJson('{"type":"put","extra":1,"puts":[{"id":1,"stream":"s","epoch":1,"seq":1,"key":"k","state":1,"extra":1}]}'), limits, DEFAULT_TENANT);
+    if (message.type !== 'put') throw new Error('not a put');
+    expect(message.puts[0]).toMatchObject({ ok: false, result: { outcome: 'invalid', error: { field: 'extra' } } });
+  });
+});
