@@ -9,6 +9,7 @@ import { CanonicalError, canonicalEncode, putFingerprint } from '../src/protocol
 import { decodeFrame, encodeMessage, ENVELOPE_DEPTH } from '../src/protocol/codec.js';
 import { errorMessage, parseMessage, parsePut, wireResult, type Limits } from '../src/protocol/messages.js';
 import { DEFAULT_TENANT, type Head, type Put, type PutResult } from '../src/store/store.js';
+import { encodePutJson, encodePutMsgpack, encodeState, jsonPutFrame, msgpackPutFrame, StateProblem } from '../src/client/encode.js';
 
 /**
  * protocol/vectors/ against the server's own code: client frames through the server's decoder and
@@ -410,5 +411,50 @@ describe('reference server quirks listed in the PROTOCOL.md appendix', () => {
     const message = parseMessage(decodeJson('{"type":"put","extra":1,"puts":[{"id":1,"stream":"s","epoch":1,"seq":1,"key":"k","state":1,"extra":1}]}'), limits, DEFAULT_TENANT);
     if (message.type !== 'put') throw new Error('not a put');
     expect(message.puts[0]).toMatchObject({ ok: false, result: { outcome: 'invalid', error: { field: 'extra' } } });
+  });
+});
+
+// The client SDK carries its own canonical encoder (it runs in browsers, without the server's
+// code); a retry it sends must fingerprint exactly as the server computes it.
+describe('the client SDK encoder against the vectors', () => {
+  const sdkLimits = { maxStateBytes: 1 << 30, maxStateDepth: 64 };
+  const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
+
+  it.each(valueVectors.filter((v) => v.canonical !== null).map((v) => [v.name, v] as const))(
+    '%s: the SDK writes the documented canonical bytes',
+    (_name, v) => {
+      expect(hex(encodeState(fromMeaning(v.decoded), sdkLimits, false))).toBe(v.canonical);
+      if (v.json !== null) expect(hex(encodeState(JSON.parse(v.json), sdkLimits, true))).toBe(v.canonical);
+    },
+  );
+
+  it.each(valueVectors.filter((v) => v.canonical === null).map((v) => [v.name, v] as const))(
+    '%s: the SDK refuses the state as the server does',
+    (_name, v) => {
+      let caught: unknown;
+      try {
+        encodeState(fromMeaning(v.decoded), sdkLimits, false);
+      } catch (err) {
+        caught = err;
+      }
+      expect(caught).toBeInstanceOf(StateProblem);
+      expect((caught as StateProblem).code).toBe(v.rejected);
+    },
+  );
+
+  it.each(putVectors.map((v) => [v.name, v] as const))('%s: a put the SDK frames gets the documented fingerprint from the server', (_name, v) => {
+    const p = (v.decoded as { puts: Array<Record<string, unknown>> }).puts[0]!;
+    const wire = {
+      stream: p.stream as string, epoch: p.epoch as number, seq: p.seq as number, key: p.key as string,
+      state: p.delete === true ? null : encodeState(fromMeaning(p.state), sdkLimits, false),
+      ifVersion: (p.ifVersion as number | undefined) ?? null,
+    };
+    const frames: Array<() => unknown> = [() => decodeFrame(Buffer.from(msgpackPutFrame([encodePutMsgpack(wire)])), true, 'msgpack', frameDepth)];
+    if (v.json !== null) frames.push(() => decodeJson(jsonPutFrame([encodePutJson(wire)])));
+    for (const frame of frames) {
+      const message = parseMessage(frame(), limits, DEFAULT_TENANT);
+      if (message.type !== 'put' || !message.puts[0]?.ok) throw new Error(`refused: ${JSON.stringify(message)}`);
+      expect(message.puts[0].put.fingerprint.toString('hex')).toBe(v.fingerprint);
+    }
   });
 });
