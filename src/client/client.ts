@@ -186,6 +186,8 @@ export class SeqgateClient extends Emitter<ClientEvents> {
   private entries: Live[] = [];
   private toSettle: Array<{ entry: Live; result?: PutResult; error?: Error }> = [];
   private appendScheduled = false;
+  /** Recordings scheduled or running; the client is not drained while one is. */
+  private appending = 0;
   private settleScheduled = false;
   private io: Promise<void> = Promise.resolve();
 
@@ -401,43 +403,50 @@ export class SeqgateClient extends Emitter<ClientEvents> {
   private scheduleAppend(): void {
     if (this.appendScheduled) return;
     this.appendScheduled = true;
-    void this.run(async () => {
-      this.appendScheduled = false;
-      const batch = this.fresh;
-      this.fresh = [];
-      if (batch.length === 0) return;
-      if (this.stopError !== undefined) {
-        for (const e of batch) e.waiter?.reject(this.stoppedError(this.refOf(e)));
-        return;
+    this.appending++;
+    void this.run(() => this.recordFresh().finally(() => {
+      this.appending--;
+      this.checkDrain();
+    }));
+  }
+
+  /** Records the puts put() accepted since the last recording, numbering them if the epoch is known. */
+  private async recordFresh(): Promise<void> {
+    this.appendScheduled = false;
+    const batch = this.fresh;
+    this.fresh = [];
+    if (batch.length === 0) return;
+    if (this.stopError !== undefined) {
+      for (const e of batch) e.waiter?.reject(this.stoppedError(this.refOf(e)));
+      return;
+    }
+    const before = this.record;
+    let nextSeq = before.nextSeq;
+    let checkpoint = before.checkpoint;
+    for (const e of batch) {
+      if (before.epoch !== null) {
+        e.epoch = before.epoch;
+        e.seq = nextSeq++;
       }
-      const before = this.record;
-      let nextSeq = before.nextSeq;
-      let checkpoint = before.checkpoint;
+      if (e.checkpoint !== undefined) checkpoint = e.checkpoint.value;
+    }
+    const record: StreamRecord = { ...before, nextSeq, checkpoint };
+    try {
+      await this.outbox.append(this.stream, record, batch.map(toOutboxEntry));
+    } catch (err) {
       for (const e of batch) {
-        if (before.epoch !== null) {
-          e.epoch = before.epoch;
-          e.seq = nextSeq++;
-        }
-        if (e.checkpoint !== undefined) checkpoint = e.checkpoint.value;
+        e.waiter?.reject(new OutboxError(`the outbox could not record the put: ${(err as Error).message}`, { cause: err, put: this.refOf(e) }));
       }
-      const record: StreamRecord = { ...before, nextSeq, checkpoint };
-      try {
-        await this.outbox.append(this.stream, record, batch.map(toOutboxEntry));
-      } catch (err) {
-        for (const e of batch) {
-          e.waiter?.reject(new OutboxError(`the outbox could not record the put: ${(err as Error).message}`, { cause: err, put: this.refOf(e) }));
-        }
-        this.emit('error', new OutboxError(`outbox append failed: ${(err as Error).message}`, { cause: err }));
-        return;
-      }
-      this.record = record;
-      for (const e of batch) {
-        e.status = 'queued';
-        e.appended = true;
-        this.entries.push(e);
-      }
-      this.pump();
-    });
+      this.emit('error', new OutboxError(`outbox append failed: ${(err as Error).message}`, { cause: err }));
+      return;
+    }
+    this.record = record;
+    for (const e of batch) {
+      e.status = 'queued';
+      e.appended = true;
+      this.entries.push(e);
+    }
+    this.pump();
   }
 
   // ---- settling ---------------------------------------------------------------------------
@@ -1081,7 +1090,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
   }
 
   private drained(): boolean {
-    if (this.fresh.length > 0 || this.appendScheduled) return false;
+    if (this.fresh.length > 0 || this.appending > 0) return false;
     return this.entries.length === 0;
   }
 

@@ -1,0 +1,46 @@
+import WebSocket from 'ws';
+import { SeqgateClient, type ClientOptions } from '../../src/client/index.js';
+
+/** A client on `url` writing `stream`, with `ws` as its WebSocket and short test timeouts. */
+export function newClient(url: string, stream: string, options: Partial<ClientOptions> = {}): SeqgateClient {
+  return new SeqgateClient({
+    url,
+    stream,
+    WebSocket,
+    putTimeoutMs: 5000,
+    connectTimeoutMs: 5000,
+    reconnect: { initialDelayMs: 20, maxDelayMs: 500 },
+    ...options,
+  });
+}
+
+export async function waitUntil(predicate: () => boolean, timeoutMs = 10_000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+/** Settles a promise into a value to assert on, without an unhandled rejection in between. */
+export async function outcome<T>(p: Promise<T>): Promise<{ ok: true; value: T } | { ok: false; error: Error }> {
+  try {
+    return { ok: true, value: await p };
+  } catch (error) {
+    return { ok: false, error: error as Error };
+  }
+}
+
+class Resolved extends Error {}
+
+/** The error `p` rejects with; throws if it resolves instead. */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export async function failure(p: Promise<unknown>): Promise<any> {
+  let value: unknown;
+  try {
+    value = await p;
+  } catch (error) {
+    return error;
+  }
+  throw new Resolved(`expected a rejection, got ${JSON.stringify(value)}`);
+}
