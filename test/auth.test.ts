@@ -371,6 +371,23 @@ describe('token reload', () => {
     expect(await closedWithin(b, 2000)).toEqual({ code: 4403, reason: 'TOKEN_REVOKED' });
   });
 
+  it('locks everyone out, rather than opening the server, when a reload leaves no token at all', async () => {
+    const file = tokensFile(tokensJson(alpha));
+    const t = await serve({ tokensFile: file.path });
+    const a = await TestClient.connect(t.url, 'msgpack', withBearer(ALPHA));
+    writeFileSync(file.path, tokensJson());
+    t.server.reloadTokens();
+    expect(await a.closed).toEqual({ code: 4403, reason: 'TOKEN_REVOKED' });
+    expect((await call(t, 'GET', '/v1/streams/s', ALPHA)).status).toBe(401);
+    const anonymous = await call(t, 'POST', '/v1/streams/s/puts', undefined, aPut);
+    expect(anonymous.status).toBe(401);
+    expect(await upgradeStatus(t.url)).toBe(101);
+    const c = await TestClient.connect(t.url);
+    c.send({ type: 'put', puts: [put({ stream: 'anon' })] });
+    expect(await c.closed).toEqual({ code: 4401, reason: 'UNAUTHORIZED' });
+    expect(c.results()).toEqual([]);
+  });
+
   it('keeps the previous tokens and connections when the new tokens file is bad', async () => {
     const file = tokensFile(tokensJson(alpha));
     const t = await serve({ tokensFile: file.path });

@@ -478,6 +478,21 @@ describe('documents: PUT, GET, DELETE /v1/docs/{key}', () => {
     expect(Buffer.from(mp.body.blob)).toEqual(Buffer.from([1, 2, 3]));
   });
 
+  it('answers 406 to a JSON read of a state JSON cannot carry (NaN, infinities, integer map keys) rather than altering it', async () => {
+    const states: Array<[string, unknown]> = [
+      ['nan', { x: Number.NaN }],
+      ['inf', [Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY]],
+      ['intkey', new Map<unknown, unknown>([[1, 'int'], ['1', 'string']])],
+    ];
+    for (const [key, state] of states) {
+      expect((await call(t, 'PUT', `/v1/docs/${key}`, { raw: { body: packr.pack(state), contentType: 'application/msgpack' } })).status).toBe(200);
+      const mp = await call(t, 'GET', `/v1/docs/${key}`, { accept: 'application/msgpack' });
+      expect(mp.status, key).toBe(200);
+      const json = await call(t, 'GET', `/v1/docs/${key}`);
+      expect.soft(json.status, `${key}: served as ${json.text}`).toBe(406);
+    }
+  });
+
   it('answers 415 to a PUT without a JSON or msgpack Content-Type and 413 to a state over maxStateBytes', async () => {
     const noType = await call(t, 'PUT', '/v1/docs/m', { raw: { body: '1', contentType: 'text/plain' } });
     expect(noType.status).toBe(415);
@@ -570,7 +585,7 @@ describe('POST /v1/docs with Idempotency-Key', () => {
     expect(countRows(t.dbPath, 'SELECT COUNT(*) AS n FROM documents')).toBe(1);
   });
 
-  it('answers 400 or 415 to a bad body before looking at the key, so the key stays free', async () => {
+  it('answers 400 or 415 to a bad body and leaves its Idempotency-Key unused', async () => {
     expect((await create(t, 'body', undefined, { raw: { body: 'nope', contentType: 'application/json' } })).status).toBe(400);
     expect((await create(t, 'body', undefined, { raw: { body: '1', contentType: 'text/csv' } })).status).toBe(415);
     const ok = await create(t, 'body', { fine: true });
