@@ -35,6 +35,8 @@ const { values: args } = parseArgs({
     'idle-connections': { type: 'string' },
     'out-dir': { type: 'string' },
     'work-dir': { type: 'string' },
+    'server-node-args': { type: 'string' },
+    list: { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
   },
 });
@@ -51,6 +53,8 @@ if (args.help) {
   --idle-connections N    idle connections scenario (default 10000, quick 1000)
   --out-dir DIR           where RESULTS.md and throughput.svg go (default bench/)
   --work-dir DIR          databases and seeds (default bench/.work; must be a real disk, not tmpfs)
+  --server-node-args=ARGS node flags for every server process (note the =), e.g. --server-node-args="--cpu-prof --cpu-prof-dir=bench/.work/prof"
+  --list                  print the cell ids of the plan and exit
 `);
   process.exit(0);
 }
@@ -66,8 +70,8 @@ const num = (v: string | undefined, fallback: number): number => {
 const opts = {
   generators: Math.max(1, Math.floor(num(args.generators, 1))),
   warmupMs: num(args['warmup-ms'], quick ? 1000 : 3000),
-  measureMs: num(args['measure-ms'], quick ? 2500 : 8000),
-  openMeasureMs: num(args['open-measure-ms'], quick ? 4000 : 15000),
+  measureMs: num(args['measure-ms'], quick ? 2000 : 8000),
+  openMeasureMs: num(args['open-measure-ms'], quick ? 3500 : 15000),
   drainMs: num(args['drain-ms'], quick ? 1000 : 2000),
   backlog: Math.floor(num(args.backlog, quick ? 100_000 : 1_000_000)),
   idleConnections: Math.floor(num(args['idle-connections'], quick ? 1000 : 10_000)),
@@ -75,7 +79,15 @@ const opts = {
   outDir: args['out-dir'] ?? join(root, 'bench'),
   workDir: args['work-dir'] ?? join(root, 'bench', '.work'),
   only: args.only === undefined ? undefined : new RegExp(args.only),
+  serverNodeArgs: (args['server-node-args'] ?? '').split(/\s+/).filter(Boolean),
 };
+
+if (args.list) {
+  for (const cell of plan({ quick, backlog: opts.backlog, idleConnections: opts.idleConnections })) {
+    if (opts.only === undefined || opts.only.test(cell.id)) process.stdout.write(`${cell.id}\n`);
+  }
+  process.exit(0);
+}
 
 const DIST = join(root, 'dist');
 const SCRIPTS: Record<Arm | 'generator', string> = {
@@ -95,12 +107,14 @@ const RETENTION_MS = 86_400_000;
 const startedAt = new Date();
 const log = (line: string): void => { process.stdout.write(`[bench ${((Date.now() - startedAt.getTime()) / 1000).toFixed(0).padStart(4)}s] ${line}\n`); };
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+/** A timeout for Promise.race that does not keep the process alive once everything else is done. */
+const deadline = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms).unref());
 
 function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   return Promise.race([
     promise.finally(() => clearTimeout(timer)),
-    new Promise<T>((_, reject) => { timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms); }),
+    new Promise<T>((_, reject) => { timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms).unref(); }),
   ]);
 }
 
@@ -120,7 +134,7 @@ interface ServerProc {
 
 async function startServer(arm: Arm, dbPath: string | undefined, extra: readonly string[], logLevel: string): Promise<ServerProc> {
   const argv = ['--port', '0', '--log-format', 'json', '--log-level', logLevel, ...(dbPath ? ['--db-path', dbPath] : []), ...extra];
-  const child = spawn(process.execPath, [SCRIPTS[arm], ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...opts.serverNodeArgs, SCRIPTS[arm], ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
   const tail: string[] = [];
   const pruneEvents: PruneEvent[] = [];
   const keep = (line: string): void => {
@@ -150,11 +164,11 @@ async function startServer(arm: Arm, dbPath: string | undefined, extra: readonly
     async stop() {
       if (exited) return child.exitCode;
       child.kill('SIGTERM');
-      const code = await Promise.race([exit, sleep(20_000).then(() => 'timeout' as const)]);
+      const code = await Promise.race([exit, deadline(20_000).then(() => 'timeout' as const)]);
       if (code !== 'timeout') return code;
       log(`server ${arm} ignored SIGTERM for 20 s; killing it`);
       child.kill('SIGKILL');
-      return Promise.race([exit, sleep(5000).then(() => null)]);
+      return Promise.race([exit, deadline(5000).then(() => null)]);
     },
   };
 }
@@ -198,10 +212,10 @@ function startGenerator(config: GeneratorConfig): GeneratorProc {
     send,
     async close() {
       send({ type: 'close' });
-      const done = await Promise.race([exit.then(() => true), sleep(8000).then(() => false)]);
+      const done = await Promise.race([exit.then(() => true), deadline(8000).then(() => false)]);
       if (!done) {
         child.kill('SIGKILL');
-        await Promise.race([exit, sleep(3000)]);
+        await Promise.race([exit, deadline(3000)]);
       }
     },
   };
@@ -241,7 +255,7 @@ async function seedFile(loadStreams: number, backlog: number): Promise<string> {
 // ---------------------------------------------------------------------------------------------
 // One cell
 
-const peak = { b: undefined as number | undefined };
+const peak = { b: undefined as number | undefined, cell: undefined as string | undefined };
 
 function split(total: number, parts: number): number[] {
   const base = Math.floor(total / parts);
@@ -372,8 +386,14 @@ async function runCell(cell: Cell): Promise<CellResult> {
       ...(firstError ? { note: `first connect error: ${firstError}` } : {}),
     };
   } finally {
+    const closing = performance.now();
     await Promise.all(generators.map((g) => g.close()));
+    const stopping = performance.now();
     const code = await server.stop();
+    const stopped = performance.now();
+    if (stopped - closing > 5000) {
+      log(`  slow teardown: generators closed in ${((stopping - closing) / 1000).toFixed(1)} s, server stopped in ${((stopped - stopping) / 1000).toFixed(1)} s`);
+    }
     if (code !== 0 && code !== null) log(`server ${cell.arm} exited with ${code}; last lines:\n${server.tail.slice(-10).join('\n')}`);
     const events = [...server.pruneEvents];
     let backlogLeft: number | undefined;
@@ -447,7 +467,10 @@ async function main(): Promise<void> {
       log(`  ${Math.round(result.ackedPerSec!)} acked/s, p50 ${(h.percentile(50) / 1000).toFixed(2)} ms, p99 ${(h.percentile(99) / 1000).toFixed(2)} ms, `
         + `server ${result.serverCpuCores!.toFixed(2)} cores, gen ${result.genCpuCores!.toFixed(2)} cores, errors ${result.errors}`
         + `${result.errors ? ` ${JSON.stringify(result.errorKinds)}` : ''}`);
-      if (cell.arm === 'b' && cell.mode === 'closed' && cell.sweep) peak.b = Math.max(peak.b ?? 0, result.ackedPerSec!);
+      if (cell.arm === 'b' && cell.mode === 'closed' && cell.sweep && result.ackedPerSec! > (peak.b ?? 0)) {
+        peak.b = result.ackedPerSec!;
+        peak.cell = cell.id;
+      }
     }
   }
   rmSync(seedsDir, { recursive: true, force: true });
@@ -460,7 +483,7 @@ async function main(): Promise<void> {
     command: `node ${relative(root, process.argv[1]!)}${process.argv.length > 2 ? ' ' + process.argv.slice(2).join(' ') : ''}`,
     ...(npmArgs ? { npmCommand: npmArgs } : {}),
     machine,
-    settings: { ...opts, only: opts.only?.source, peakB: peak.b },
+    settings: { ...opts, only: opts.only?.source, peakB: peak.b, peakCell: peak.cell },
     cells: results,
     micro,
   };
