@@ -162,6 +162,12 @@ export const ERRORS = {
     status: 415,
     summary: 'The body must be application/json or application/msgpack.',
   },
+  NOT_ACCEPTABLE: {
+    scope: 'http',
+    retryable: false,
+    status: 406,
+    summary: 'JSON cannot carry this state faithfully (binary, NaN or infinity, integer map keys); ask for msgpack.',
+  },
   PAYLOAD_TOO_LARGE: {
     scope: 'http',
     retryable: false,

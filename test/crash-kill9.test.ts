@@ -36,7 +36,7 @@ const DOCS_PER_STREAM = 3;
 const EPOCH = 1;
 
 const packr = new Packr({ useRecords: false });
-const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true });
+const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: 'auto' as 'bigint' });
 
 /** Seeded so a failure's put payloads can be reproduced; the timing of kills cannot be. */
 function mulberry32(seed: number): () => number {

@@ -472,7 +472,7 @@ describe('documents: PUT, GET, DELETE /v1/docs/{key}', () => {
     await call(t, 'PUT', '/v1/docs/bin', { msgpack: { blob: Buffer.from([1, 2, 3]) } });
     const json = await call(t, 'GET', '/v1/docs/bin');
     expect(json.status).toBe(406);
-    expect(json.body.error).toMatchObject({ code: 'UNSUPPORTED_MEDIA_TYPE', retryable: false });
+    expect(json.body.error).toMatchObject({ code: 'NOT_ACCEPTABLE', retryable: false });
     const mp = await call(t, 'GET', '/v1/docs/bin', { accept: 'application/msgpack' });
     expect(mp.status).toBe(200);
     expect(Buffer.from(mp.body.blob)).toEqual(Buffer.from([1, 2, 3]));

@@ -133,7 +133,7 @@ export function helloFrame(streams: readonly string[]): Buffer {
 }
 
 /** Client-side decoder: plain objects are cheapest to read, and the generator trusts the server. */
-export const clientUnpackr = new Unpackr({ useRecords: false, mapsAsObjects: true });
+export const clientUnpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: 'auto' as 'bigint' });
 
 /** Small fast PRNG so that duplicate choices repeat from run to run. */
 export function mulberry32(seed: number): () => number {

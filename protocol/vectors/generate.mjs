@@ -117,7 +117,7 @@ function canonical(v) {
   if (Buffer.isBuffer(v)) return Buffer.concat([header(v.length, 0, -1, 0xc4, 0xc5, 0xc6), v]);
   if (Array.isArray(v)) return Buffer.concat([header(v.length, 0x90, 15, null, 0xdc, 0xdd), ...v.map(canonical)]);
   const keyed = [...v.entries()].map(([k, x]) => {
-    const isInt = (typeof k === 'number' && Number.isSafeInteger(k)) || typeof k === 'bigint';
+    const isInt = (typeof k === 'number' && Number.isInteger(k) && Math.abs(k) <= 2 ** 53) || typeof k === 'bigint';
     if (typeof k !== 'string' && !isInt) throw new Error('map key is not a string or an integer');
     return [canonical(k), canonical(x)];
   });
@@ -349,8 +349,15 @@ const canonicalPuts = [
 // ---- server frames: encoded as the server encodes them ----
 
 const serverPackr = new Packr({ useRecords: false, structuredClone: false, moreTypes: false });
+// The server writes integers beyond 32 bits as int64/uint64, never float64 (see PROTOCOL.md).
+function widen(v) {
+  if (typeof v === 'number') return Number.isInteger(v) && (v > 0xffffffff || v < -0x80000000) ? BigInt(v) : v;
+  if (Array.isArray(v)) return v.map(widen);
+  if (v !== null && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, widen(x)]));
+  return v;
+}
 function serverVector(name, message, notes) {
-  return { name, direction: 'server', hex: serverPackr.pack(message).toString('hex'), json: JSON.stringify(message), decoded: message, notes };
+  return { name, direction: 'server', hex: serverPackr.pack(widen(message)).toString('hex'), json: JSON.stringify(message), decoded: message, notes };
 }
 
 const committedAt = 1764270000000;
@@ -364,7 +371,7 @@ const serverMessages = [
     heads: [{ stream: 'sensor-1', epoch: 1, seq: 42, prunedThrough: 0 }, { stream: 'sensor-2', epoch: 0, seq: 0, prunedThrough: 0 }],
   }, 'Answer to hello-with-streams: sensor-2 was never written (epoch 0, seq 0). The next put of sensor-1 in epoch 1 uses seq 43.'),
   serverVector('results-applied', { type: 'results', results: [{ id: 1, outcome: 'applied', replay: false, ack: ack({}) }] },
-    'committedAt is milliseconds since the Unix epoch; the reference server encodes integers above 2^32-1 as float64 (cb), so a decoder must accept integral floats.'),
+    'committedAt is milliseconds since the Unix epoch, an integer: above 2^32-1 the server writes it as int64 (d3) or uint64 (cf), never as a float. JavaScript msgpackr users: int64AsType "auto" keeps it a number.'),
   serverVector('results-applied-replay', { type: 'results', results: [{ id: 1, outcome: 'applied', replay: true, ack: ack({}) }] },
     'A retry of put-single: the stored ack, byte for byte, with replay:true. The id is the retry\'s own id.'),
   serverVector('results-applied-delete', { type: 'results', results: [{ id: 2, outcome: 'applied', replay: false, ack: ack({ seq: 4, key: 'room/hall', version: 2, deleted: true }) }] },
@@ -410,8 +417,8 @@ const serverMessages = [
     'Answer to frame-extension-type; no put of the frame was processed.'),
   serverVector('error-wrong-frame-type', { type: 'error', code: 'WRONG_FRAME_TYPE', message: 'text frame on a msgpack connection; send binary frames', retryable: false },
     'A text frame on a seqgate.v1 connection.'),
-  serverVector('error-too-deep', { type: 'error', code: 'TOO_DEEP', message: 'frame nests deeper than 35 levels', retryable: false, limit: 35 },
-    'The frame limit is maxStateDepth + 3. Unlike put errors, limit is the number here, not a limit name.'),
+  serverVector('error-too-deep', { type: 'error', code: 'TOO_DEEP', message: 'frame nests deeper than 35 levels', retryable: false, limit: 'maxStateDepth', max: 32 },
+    'The frame limit is maxStateDepth + 3 (the put envelope adds three levels); limit names the welcome.limits field, max its value.'),
   serverVector('error-invalid-message', { type: 'error', code: 'INVALID_MESSAGE', message: 'puts must be an array', retryable: false, field: 'puts' },
     'A put message whose puts is not an array.'),
   serverVector('error-unknown-type', { type: 'error', code: 'UNKNOWN_TYPE', message: 'unknown message type "subscribe"', retryable: false, field: 'type' },

@@ -305,7 +305,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
 
   private submit(key: string, state: unknown, isDelete: boolean, options: PutOptions): Promise<PutResult> {
     const ref: PutRef = { stream: this.stream, epoch: this.record.epoch ?? 0, seq: 0, key };
-    if (this.closing) return Promise.reject(new ClientClosedError(false, { put: ref }));
+    if (this.closing) return Promise.reject(new ClientClosedError(false, { put: ref, message: 'the client is closed or closing; the put was not recorded' }));
     if (this.stopError !== undefined) return Promise.reject(this.stoppedError(ref));
 
     const keyProblem = nameProblem(key, 'key', this.limits.maxKeyBytes);
@@ -687,7 +687,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
       const epoch = policy === 'reject' ? Math.max(head.epoch, r.epoch ?? 0) + 1 : (r.epoch ?? head.epoch + 1);
       const info: RollbackInfo = {
         reason: rollback, stream: this.stream, previousIncarnation: r.incarnation, incarnation,
-        lastAcked: r.lastAcked, head: { epoch: head.epoch, seq: head.seq }, pending: open.length + this.fresh.length, policy, epoch,
+        lastAcked: r.lastAcked, head: { epoch: head.epoch, seq: head.seq }, pending: open.length, policy, epoch,
       };
       if (policy === 'reject') {
         const record: StreamRecord = { ...r, epoch, nextSeq: 1, lastAcked: null, incarnation };

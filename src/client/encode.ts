@@ -339,7 +339,7 @@ export function msgpackMessage(message: Record<string, string | number | readonl
 }
 
 // The server sends only maps, strings, numbers, booleans and nil; plain objects are enough.
-const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true });
+const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: 'auto' as 'bigint' });
 
 export function decodeMsgpack(data: Uint8Array): unknown {
   return unpackr.unpack(data);

@@ -150,8 +150,8 @@ export class ServerRollbackError extends SeqgateClientError {
  */
 export class ClientClosedError extends SeqgateClientError {
   override readonly name = 'ClientClosedError';
-  constructor(readonly keptInOutbox: boolean, options: { cause?: unknown; put?: PutRef } = {}) {
-    super('CLOSED', keptInOutbox
+  constructor(readonly keptInOutbox: boolean, options: { cause?: unknown; put?: PutRef; message?: string } = {}) {
+    super('CLOSED', options.message !== undefined ? options.message : keptInOutbox
       ? `client closed before an answer; the put stays in the outbox for the next client${where(options.put)}`
       : `client closed before an answer; the put is dropped${where(options.put)}`, options);
   }

@@ -163,7 +163,7 @@ function write(w: Writer, v: unknown, depth: number, limits: CanonicalLimits, pa
 
   const keyed: Array<{ key: Buffer; value: unknown }> = [];
   for (const [k, value] of entries) {
-    if (typeof k !== 'string' && !(typeof k === 'number' && Number.isSafeInteger(k)) && typeof k !== 'bigint') {
+    if (typeof k !== 'string' && !(typeof k === 'number' && Number.isInteger(k) && Math.abs(k) <= 2 ** 53) && typeof k !== 'bigint') {
       throw new CanonicalError('type', path, undefined, `${path} has a map key that is not a string or an integer`);
     }
     const kw = new Writer(16, limits.maxBytes, path, limits.bytesLimitName);

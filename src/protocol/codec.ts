@@ -34,7 +34,7 @@ export function decodeFrame(data: Buffer, isBinary: boolean, format: WireFormat,
   if (format === 'msgpack') {
     if (!isBinary) throw new SeqgateError('WRONG_FRAME_TYPE', 'text frame on a msgpack connection; send binary frames');
     const fault = scanMsgpack(data, maxDepth);
-    if (fault?.fault === 'too_deep') throw new SeqgateError('TOO_DEEP', `frame nests deeper than ${maxDepth} levels`, { limit: maxDepth });
+    if (fault?.fault === 'too_deep') throw new SeqgateError('TOO_DEEP', `frame nests deeper than ${maxDepth} levels`, { limit: 'maxStateDepth', max: maxDepth - ENVELOPE_DEPTH });
     if (fault) throw new SeqgateError('MALFORMED_FRAME', `undecodable msgpack: ${fault.reason}`);
     try {
       return unpackr.unpack(data);
@@ -45,7 +45,7 @@ export function decodeFrame(data: Buffer, isBinary: boolean, format: WireFormat,
   if (isBinary) throw new SeqgateError('WRONG_FRAME_TYPE', 'binary frame on a JSON connection; send text frames');
   const text = data.toString('utf8');
   const fault = scanJsonDepth(text, maxDepth);
-  if (fault) throw new SeqgateError('TOO_DEEP', `frame nests deeper than ${maxDepth} levels`, { limit: maxDepth });
+  if (fault) throw new SeqgateError('TOO_DEEP', `frame nests deeper than ${maxDepth} levels`, { limit: 'maxStateDepth', max: maxDepth - ENVELOPE_DEPTH });
   try {
     return JSON.parse(text);
   } catch (err) {
@@ -55,7 +55,34 @@ export function decodeFrame(data: Buffer, isBinary: boolean, format: WireFormat,
 
 /** Encodes an outgoing message. Outgoing messages hold only JSON-compatible values. */
 export function encodeMessage(message: object, format: WireFormat): Buffer | string {
-  return format === 'msgpack' ? packr.pack(message) : JSON.stringify(message);
+  return format === 'msgpack' ? packr.pack(widenIntegers(message)) : JSON.stringify(message);
+}
+
+/**
+ * msgpackr writes integers beyond 32 bits (commit times, large seqs) as float64; typed decoders in
+ * other languages expect an int there. BigInt makes msgpackr write int64/uint64 instead.
+ * Only the containers on the way to such a number are copied.
+ */
+function widenIntegers<T>(value: T): T {
+  if (typeof value === 'number') {
+    return (Number.isInteger(value) && (value > 0xffffffff || value < -0x80000000) ? BigInt(value) : value) as T;
+  }
+  if (typeof value !== 'object' || value === null || value instanceof Uint8Array) return value;
+  if (Array.isArray(value)) {
+    let out: unknown[] | undefined;
+    for (let i = 0; i < value.length; i++) {
+      const w = widenIntegers(value[i]);
+      if (w !== value[i]) (out ??= value.slice())[i] = w;
+    }
+    return (out ?? value) as T;
+  }
+  let out: Record<string, unknown> | undefined;
+  for (const k in value) {
+    const v = (value as Record<string, unknown>)[k];
+    const w = widenIntegers(v);
+    if (w !== v) (out ??= { ...(value as Record<string, unknown>) })[k] = w;
+  }
+  return (out ?? value) as T;
 }
 
 /** Reads a field of a decoded map, whichever form the decoder produced. */

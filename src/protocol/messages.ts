@@ -187,7 +187,7 @@ export function parseMessage(value: unknown, limits: Limits, tenant: string): In
     case 'hello': {
       const protocol = field(value, 'protocol');
       if (protocol !== undefined && protocol !== 1) {
-        throw new SeqgateError('UNSUPPORTED_VERSION', `protocol ${String(protocol)} is not supported; this server speaks 1`, { supported: [1] });
+        throw new SeqgateError('UNSUPPORTED_VERSION', `protocol ${typeof protocol === 'number' ? protocol : `of type ${typeof protocol}`} is not supported; this server speaks 1`, { supported: [1] });
       }
       const streams = field(value, 'streams') ?? [];
       if (!Array.isArray(streams)) throw new SeqgateError('INVALID_MESSAGE', 'streams must be an array of stream names', { field: 'streams' });

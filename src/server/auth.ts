@@ -64,7 +64,9 @@ export function parseTokens(text: string, source: string): Entry[] {
   try {
     doc = JSON.parse(text);
   } catch (err) {
-    throw new AuthConfigError(`${source}: not valid JSON (${(err as Error).message})`);
+    // JSON.parse quotes the text around the fault, which may be a token: report only where it is.
+    const at = /position (\d+)/.exec((err as Error).message)?.[1];
+    throw new AuthConfigError(`${source}: not valid JSON${at !== undefined ? ` (at character ${at})` : ''}`);
   }
   const list = (doc as { tokens?: unknown })?.tokens;
   if (!Array.isArray(list)) throw new AuthConfigError(`${source}: expected {"tokens": [...]}`);
@@ -90,17 +92,18 @@ export function parseTokens(text: string, source: string): Entry[] {
 
 export class Authenticator {
   private entries: Entry[];
+  /**
+   * Fixed at start: open only when neither a tokens file nor inline tokens are configured. A
+   * reload that leaves no token locks everyone out; it never opens the server.
+   */
+  readonly enabled: boolean;
 
   constructor(
     private readonly tokensFile: string,
     private readonly inlineTokens: string,
   ) {
+    this.enabled = tokensFile !== '' || inlineTokens !== '';
     this.entries = this.load();
-  }
-
-  /** False when no token is configured: the server runs open, as the default tenant. */
-  get enabled(): boolean {
-    return this.entries.length > 0;
   }
 
   private load(): Entry[] {

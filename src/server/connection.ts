@@ -88,8 +88,10 @@ export class Connection {
       const value = decodeFrame(data, isBinary, this.format, this.ctx.limits.maxStateDepth + ENVELOPE_DEPTH);
       message = parseMessage(value, this.ctx.limits, this.principalOrNone?.tenant ?? '');
       if (this.principalOrNone === undefined) this.authenticate(message);
-    } catch (err) {
-      if (!(err instanceof SeqgateError)) throw err;
+    } catch (caught) {
+      // A bug in validation must cost this frame, never the process and everyone else's puts.
+      const err = caught instanceof SeqgateError ? caught : new SeqgateError('INVALID_MESSAGE', 'the message could not be processed');
+      if (!(caught instanceof SeqgateError)) this.ctx.log.error({ err: caught }, 'unexpected error while reading a frame');
       this.ctx.log.debug({ code: err.code }, 'rejected frame');
       this.ctx.metrics.rejectedFrames.inc({ code: err.code });
       this.outbox.push({ kind: 'message', message: errorMessage(err) });

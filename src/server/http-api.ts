@@ -123,7 +123,9 @@ export function createHttpHandler(ctx: HttpContext): (req: IncomingMessage, res:
     const fingerprint = createHash('sha256').update(CREATE_SCOPE).update(state).digest().subarray(0, 16);
     const slot = `${principal.tenant}\u0000${CREATE_SCOPE}\u0000${idempotencyKey}`;
     // Held in memory only, never on disk: a request that dies with the process cannot wedge its key.
-    if (inFlightKeys.has(slot)) throw new HttpError('IDEMPOTENCY_KEY_IN_FLIGHT', 'a request with this Idempotency-Key is in progress');
+    if (inFlightKeys.has(slot)) {
+      throw new HttpError('IDEMPOTENCY_KEY_IN_FLIGHT', 'a request with this Idempotency-Key is in progress', {}, { 'retry-after': '1' });
+    }
     inFlightKeys.add(slot);
     try {
       const [r] = await ctx.committer.submit([{
@@ -145,7 +147,7 @@ export function createHttpHandler(ctx: HttpContext): (req: IncomingMessage, res:
     if (format === 'msgpack') return { status: 200, body: null, headers, raw: { bytes: doc.state, contentType: 'application/msgpack' } };
     const json = stateToJson(stateReader.unpack(doc.state));
     if (json === undefined) {
-      return { status: 406, body: { error: { code: 'UNSUPPORTED_MEDIA_TYPE', message: 'the state holds binary data: ask for application/msgpack', retryable: false } } };
+      throw new HttpError('NOT_ACCEPTABLE', 'JSON cannot carry this state (binary, NaN or infinity, or integer map keys): ask for application/msgpack');
     }
     return { status: 200, body: null, headers, raw: { bytes: json, contentType: 'application/json' } };
   };
@@ -317,8 +319,12 @@ function send(res: ServerResponse, reply: Reply, format: WireFormat): void {
   res.end(bytes);
 }
 
-/** JSON text of a stored state; integers beyond 2^53 keep their digits; undefined if it holds binary. */
+/**
+ * JSON text of a stored state; integers beyond 2^53 keep their digits. Undefined when JSON cannot
+ * carry the state faithfully (binary, NaN or infinities, integer map keys): never altered silently.
+ */
 function stateToJson(value: unknown): string | undefined {
+  if (typeof value === 'number' && !Number.isFinite(value)) return undefined;
   if (value === null || typeof value === 'boolean' || typeof value === 'number' || typeof value === 'string') {
     return JSON.stringify(value);
   }
@@ -332,8 +338,8 @@ function stateToJson(value: unknown): string | undefined {
     const out: string[] = [];
     for (const [k, v] of value) {
       const text = stateToJson(v);
-      if (text === undefined) return undefined;
-      out.push(`${JSON.stringify(String(k))}:${text}`);
+      if (text === undefined || typeof k !== 'string') return undefined;
+      out.push(`${JSON.stringify(k)}:${text}`);
     }
     return `{${out.join(',')}}`;
   }

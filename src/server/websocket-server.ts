@@ -1,6 +1,7 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { createServer, type Server as HttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { basename, dirname, resolve } from 'node:path';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ConfigError, defaultConfig, type Config } from '../config.js';
 import { ERRORS } from '../errors.js';
@@ -86,9 +87,9 @@ export class SeqgateServer {
       noServer: true,
       maxPayload: config.maxFrameBytes,
       perMessageDeflate: false,
+      // The first subprotocol the client offers that this server speaks wins (RFC 6455 4.2.2).
       handleProtocols: (protocols) => {
-        if (protocols.has(SUBPROTOCOL_JSON)) return SUBPROTOCOL_JSON;
-        if (protocols.has(SUBPROTOCOL_MSGPACK)) return SUBPROTOCOL_MSGPACK;
+        for (const p of protocols) if (p === SUBPROTOCOL_JSON || p === SUBPROTOCOL_MSGPACK) return p;
         return false;
       },
     });
@@ -234,8 +235,12 @@ export class SeqgateServer {
   private watchTokens(): void {
     if (this.config.tokensFile === '') return;
     let debounce: NodeJS.Timeout | undefined;
+    // Watch the folder, not the file: tools replace files by renaming a new one over the old,
+    // after which a watch on the old file would hear nothing more.
+    const file = basename(this.config.tokensFile);
     try {
-      this.tokenWatcher = watch(this.config.tokensFile, () => {
+      this.tokenWatcher = watch(dirname(resolve(this.config.tokensFile)), (_event, name) => {
+        if (name !== null && name !== file) return;
         clearTimeout(debounce);
         debounce = setTimeout(() => this.reloadTokens(), 100);
       });

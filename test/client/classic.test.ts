@@ -5,7 +5,7 @@ import { FaultProxy } from '../support/fault-proxy.js';
 import { startTestServer, type TestServer } from '../support/test-client.js';
 import { newClient } from './helpers.js';
 
-const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true });
+const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: 'auto' as 'bigint' });
 let t: TestServer | undefined;
 let proxy: FaultProxy | undefined;
 afterEach(async () => {
