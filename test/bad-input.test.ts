@@ -177,6 +177,7 @@ const FIELD_CASES: FieldCase[] = [
   { name: 'delete: false without state', over: { state: OMIT, delete: false }, code: 'INVALID_FIELD', field: 'state' },
   { name: 'delete a string', over: { state: OMIT, delete: 'yes' }, code: 'INVALID_FIELD', field: 'delete' },
   { name: 'delete a number', over: { state: OMIT, delete: 1 }, code: 'INVALID_FIELD', field: 'delete' },
+  { name: 'delete nil', over: { state: OMIT, delete: null }, code: 'INVALID_FIELD', field: 'delete' },
   { name: 'state with a boolean map key', over: { state: new Map([[true, 1]]) }, code: 'INVALID_FIELD', field: 'state', msgpackOnly: true },
   { name: 'state with a float map key', over: { state: new Map([[1.5, 1]]) }, code: 'INVALID_FIELD', field: 'state', msgpackOnly: true },
 
@@ -213,6 +214,13 @@ describe('a put with a bad field', () => {
     c.send({ type: 'put', puts: [p] });
     const [r] = await c.waitResults(1);
     expect(r).toMatchObject({ id: 'i'.repeat(128), outcome: 'applied' });
+  });
+
+  it('accepts an empty string id and echoes it', async () => {
+    const c = await connect();
+    c.send({ type: 'put', puts: [put({ id: '', stream: 'empty-id', seq: 1 })] });
+    const [r] = await c.waitResults(1);
+    expect(r).toMatchObject({ id: '', outcome: 'applied' });
   });
 
   it('accepts a state of exactly maxStateBytes in canonical form', async () => {
@@ -345,7 +353,7 @@ describe('a frame that is not a valid message', () => {
       let state: unknown = 1;
       for (let i = 0; i < 33; i++) state = [state];
       const answer = await answerWithoutEffect(format, (c) => c.send({ type: 'put', puts: [put({ state })] }));
-      expect(answer).toMatchObject(messageError('TOO_DEEP'));
+      expect(answer).toEqual(messageError('TOO_DEEP', { limit: 'maxStateDepth', max: 32 }));
     });
 
     it(`over ${format}: a frame nested a hundred thousand levels gets TOO_DEEP`, async () => {
@@ -353,7 +361,7 @@ describe('a frame that is not a valid message', () => {
         ? Buffer.concat([hex('82'), packr.pack('type'), packr.pack('put'), packr.pack('puts'), Buffer.alloc(100_000, 0x91), hex('c0')])
         : '{"type":"put","puts":' + '['.repeat(100_000) + ']'.repeat(100_000) + '}';
       const answer = await answerWithoutEffect(format, (c) => c.sendRaw(frame));
-      expect(answer).toMatchObject(messageError('TOO_DEEP'));
+      expect(answer).toEqual(messageError('TOO_DEEP', { limit: 'maxStateDepth', max: 32 }));
     });
   }
 
@@ -449,7 +457,7 @@ describe('a frame over maxFrameBytes', () => {
     const other = await connect();
     c.sendRaw(frameOfSize(4097, { stream: 'huge', seq: 1 }), true);
     const closed = await c.closed;
-    expect(closed.code).toBe(1009);
+    expect(closed).toEqual({ code: 1009, reason: '' });
     expect(c.messages).toEqual([]);
     expect(snapshot(t.dbPath)).toEqual(EMPTY);
 

@@ -1,5 +1,7 @@
 import { once } from 'node:events';
+import { Writable } from 'node:stream';
 import { Packr } from 'msgpackr';
+import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { SqliteStore } from '../src/store/sqlite-store.js';
@@ -138,6 +140,55 @@ describe('heartbeat sweep', () => {
     }
     // Once it falls silent it is dropped like any other.
     expect(await Promise.race([chatty.closed, sleep(3000).then(() => 'still open')])).toBe(1006);
+  });
+});
+
+describe('heartbeat sweep and backpressure', () => {
+  it('leaves a connection paused by backpressure to the slow-consumer rule instead of dropping it', async () => {
+    const warnings: string[] = [];
+    const logger = pino({ level: 'warn' }, new Writable({
+      write(chunk: Buffer, _encoding, callback) {
+        for (const line of chunk.toString('utf8').split('\n')) if (line) warnings.push((JSON.parse(line) as { msg: string }).msg);
+        callback();
+      },
+    }));
+    t = await startTestServer({
+      heartbeatIntervalMs: HEARTBEAT_MS,
+      outboundHighWaterBytes: 16_384,
+      connectionInFlightBytes: 65_536,
+      slowConsumerTimeoutMs: 10 * HEARTBEAT_MS,
+      maxIdBytes: 8192,
+    }, { logger });
+    // Never reads, so never answers a ping either; it only sends.
+    const ws = new WebSocket(t.url, 'seqgate.v1');
+    sockets.push(ws);
+    ws.on('error', () => undefined);
+    const closed = new Promise<number>((resolve) => ws.on('close', (code) => resolve(code)));
+    await once(ws, 'open');
+    ws.pause();
+    const id = 'i'.repeat(4000);
+    let seq = 0;
+    let sending = true;
+    const sender = (async () => {
+      while (sending && ws.readyState === WebSocket.OPEN) {
+        while (ws.bufferedAmount < 8 * 1024 * 1024) {
+          seq++;
+          ws.send(packr.pack({ type: 'put', puts: [{ id: `${seq}-${id}`, stream: 'paused', epoch: 1, seq, key: 'd', state: { seq } }] }));
+        }
+        await sleep(2);
+      }
+    })();
+    try {
+      // Silent for many sweeps once the server stops reading from it, yet not dropped: the
+      // slow-consumer rule closes it, with 1008 rather than the heartbeat's 1006.
+      await until(() => warnings.some((m) => /slow consumer/i.test(m)), 'the server closes the slow consumer', 15_000);
+      expect(ws.readyState).toBe(WebSocket.OPEN);
+      ws.resume();
+      expect(await closed).toBe(1008);
+    } finally {
+      sending = false;
+      await sender;
+    }
   });
 });
 
