@@ -112,9 +112,36 @@ function writeHeader(w: Writer, len: number, fix: number, fixMax: number, op8: n
 }
 
 function writeString(w: Writer, s: string): void {
-  const bytes = Buffer.from(s, 'utf8');
-  writeHeader(w, bytes.length, 0xa0, 31, 0xd9, 0xda, 0xdb);
-  w.bytes(bytes);
+  const n = Buffer.byteLength(s, 'utf8');
+  writeHeader(w, n, 0xa0, 31, 0xd9, 0xda, 0xdb);
+  w.ensure(n);
+  if (n === s.length && n < 64) {
+    // Short ASCII: a plain loop beats the native call's fixed cost.
+    const buf = w.buf;
+    for (let i = 0, p = w.pos; i < n; i++, p++) buf[p] = s.charCodeAt(i);
+  } else {
+    w.buf.write(s, w.pos, n, 'utf8');
+  }
+  w.pos += n;
+}
+
+/**
+ * A string whose UTF-16 code units are the canonical bytes of a map key (each unit < 256), so
+ * that comparing two of them with < orders keys exactly as comparing their encoded bytes would.
+ * ASCII string keys, the common case, need no buffer at all.
+ */
+function keySortString(k: string | number | bigint, limits: CanonicalLimits, path: string): string {
+  if (typeof k === 'string' && Buffer.byteLength(k, 'utf8') === k.length) {
+    const n = k.length;
+    if (n <= 31) return String.fromCharCode(0xa0 | n) + k;
+    if (n <= 0xff) return String.fromCharCode(0xd9, n) + k;
+    if (n <= 0xffff) return String.fromCharCode(0xda, n >> 8, n & 0xff) + k;
+    return String.fromCharCode(0xdb, (n >>> 24) & 0xff, (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff) + k;
+  }
+  const kw = new Writer(16, limits.maxBytes, path, limits.bytesLimitName);
+  if (typeof k === 'string') writeString(kw, k);
+  else writeInt(kw, k);
+  return kw.result().toString('latin1');
 }
 
 function isPlainObject(v: object): v is Record<string, unknown> {
@@ -156,36 +183,52 @@ function write(w: Writer, v: unknown, depth: number, limits: CanonicalLimits, pa
     for (let i = 0; i < v.length; i++) write(w, v[i], depth + 1, limits, path);
     return;
   }
-  let entries: Array<[unknown, unknown]>;
-  if (v instanceof Map) entries = [...v.entries()];
-  else if (isPlainObject(v)) entries = Object.entries(v);
-  else throw new CanonicalError('type', path, undefined, `${path} holds an unsupported object`);
-
-  const keyed: Array<{ key: Buffer; value: unknown }> = [];
-  for (const [k, value] of entries) {
+  let entries: Map<unknown, unknown> | Record<string, unknown>;
+  let size: number;
+  if (v instanceof Map) {
+    entries = v;
+    size = v.size;
+  } else if (isPlainObject(v)) {
+    entries = v;
+    size = -1;
+  } else {
+    throw new CanonicalError('type', path, undefined, `${path} holds an unsupported object`);
+  }
+  const keyed: Array<{ sort: string; key: string | number | bigint; value: unknown }> = size >= 0 ? new Array(size) : [];
+  let sorted = true;
+  let i = 0;
+  const each = (k: unknown, value: unknown): void => {
     if (typeof k !== 'string' && !(typeof k === 'number' && Number.isInteger(k) && Math.abs(k) <= 2 ** 53) && typeof k !== 'bigint') {
       throw new CanonicalError('type', path, undefined, `${path} has a map key that is not a string or an integer`);
     }
-    const kw = new Writer(16, limits.maxBytes, path, limits.bytesLimitName);
-    write(kw, k, depth + 1, limits, path);
-    keyed.push({ key: kw.result(), value });
-  }
-  keyed.sort((a, b) => Buffer.compare(a.key, b.key));
-  for (let i = 1; i < keyed.length; i++) {
-    if (keyed[i - 1]!.key.equals(keyed[i]!.key)) {
-      throw new CanonicalError('type', path, undefined, `${path} has a duplicate map key`);
+    if (typeof k === 'bigint' && (k < INT64_MIN || k > UINT64_MAX)) {
+      throw new CanonicalError('type', path, undefined, `${path} has a map key outside int64/uint64`);
+    }
+    const sort = keySortString(k, limits, path);
+    if (i > 0 && !(keyed[i - 1]!.sort < sort)) sorted = false;
+    keyed[i++] = { sort, key: k, value };
+  };
+  if (entries instanceof Map) for (const [k, value] of entries) each(k, value);
+  else for (const k in entries) if (Object.hasOwn(entries, k)) each(k, entries[k]);
+  if (!sorted) {
+    keyed.sort((a, b) => (a.sort < b.sort ? -1 : a.sort > b.sort ? 1 : 0));
+    for (let i = 1; i < keyed.length; i++) {
+      if (keyed[i - 1]!.sort === keyed[i]!.sort) {
+        throw new CanonicalError('type', path, undefined, `${path} has a duplicate map key`);
+      }
     }
   }
   writeHeader(w, keyed.length, 0x80, 15, null, 0xde, 0xdf);
   for (const { key, value } of keyed) {
-    w.bytes(key);
+    if (typeof key === 'string') writeString(w, key);
+    else writeInt(w, key);
     write(w, value, depth + 1, limits, path);
   }
 }
 
 /** Canonical msgpack bytes of `value`; throws CanonicalError naming `path` and the limit. */
 export function canonicalEncode(value: unknown, limits: CanonicalLimits, path: string): Buffer {
-  const w = new Writer(256, limits.maxBytes, path, limits.bytesLimitName);
+  const w = new Writer(1024, limits.maxBytes, path, limits.bytesLimitName);
   write(w, value, 0, limits, path);
   return Buffer.from(w.result());
 }

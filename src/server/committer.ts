@@ -75,14 +75,16 @@ export class Committer {
   private async run(): Promise<void> {
     if (this.running) return;
     this.running = true;
-    const taken: Submission[] = [];
+    // One splice per batch: shift() per submission is quadratic when thousands are queued.
+    let count = 0;
     let size = 0;
-    while (this.queue.length > 0) {
-      const next = this.queue[0]!;
-      if (taken.length > 0 && size + next.puts.length > this.maxBatchPuts) break;
-      taken.push(this.queue.shift()!);
+    while (count < this.queue.length) {
+      const next = this.queue[count]!;
+      if (count > 0 && size + next.puts.length > this.maxBatchPuts) break;
       size += next.puts.length;
+      count++;
     }
+    const taken = this.queue.splice(0, count);
     const batch: Write[] = [];
     for (const s of taken) for (const p of s.puts) batch.push(p);
     this.runningSize = batch.length;
