@@ -47,11 +47,23 @@ interface StreamState {
   prunedThrough: number;
   ackCount: number;
   dirty: boolean;
+  /**
+   * Cap eviction within a batch: the oldest acks, read once, and the last one evicted so far.
+   * Evicted acks are deleted with one statement when the batch ends; until then readAck treats
+   * everything at or below `evictedThrough` as gone, exactly as if it had been deleted at once.
+   */
+  oldest: Array<{ epoch: number; seq: number }>;
+  evictedThrough: { epoch: number; seq: number } | null;
 }
 
 const OUTCOME_CODES = { applied: 0, version_conflict: 1 } as const;
 
 class ProbeDone extends Error {}
+
+function isEvicted(s: StreamState, put: Put): boolean {
+  const e = s.evictedThrough;
+  return e !== null && (put.epoch < e.epoch || (put.epoch === e.epoch && put.seq <= e.seq));
+}
 
 export class SqliteStore implements Store {
   readonly incarnation: string;
@@ -87,8 +99,10 @@ export class SqliteStore implements Store {
         'SELECT fingerprint, outcome, key, version, deleted, if_version, committed_at FROM acks WHERE stream_id = ? AND epoch = ? AND seq = ?'),
       insertAck: db.prepare<[number, number, number, Buffer, number, string, number, number, number | null, number]>(
         'INSERT INTO acks (stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)'),
-      oldestAck: db.prepare<[number], { epoch: number; seq: number }>(
-        'SELECT epoch, seq FROM acks WHERE stream_id = ? ORDER BY epoch, seq LIMIT 1'),
+      oldestAcks: db.prepare<[number, number, number, number], { epoch: number; seq: number }>(
+        'SELECT epoch, seq FROM acks WHERE stream_id = ? AND (epoch, seq) > (?, ?) ORDER BY epoch, seq LIMIT ?'),
+      deleteAcksThrough: db.prepare<[number, number, number]>(
+        'DELETE FROM acks WHERE stream_id = ? AND (epoch, seq) <= (?, ?)'),
       deleteAck: db.prepare<[number, number, number]>(
         'DELETE FROM acks WHERE stream_id = ? AND epoch = ? AND seq = ?'),
       getDoc: db.prepare<[string, string], { version: number; deleted: number }>(
@@ -151,14 +165,14 @@ export class SqliteStore implements Store {
       if (s === undefined) {
         const row = this.stmt.getStream.get(put.tenant, put.stream);
         s = row
-          ? { id: row.id, tenant: put.tenant, name: put.stream, epoch: row.epoch, seq: row.seq, prunedThrough: row.pruned_through, ackCount: row.ack_count, dirty: false }
-          : { id: null, tenant: put.tenant, name: put.stream, epoch: 0, seq: 0, prunedThrough: 0, ackCount: 0, dirty: false };
+          ? { id: row.id, tenant: put.tenant, name: put.stream, epoch: row.epoch, seq: row.seq, prunedThrough: row.pruned_through, ackCount: row.ack_count, dirty: false, oldest: [], evictedThrough: null }
+          : { id: null, tenant: put.tenant, name: put.stream, epoch: 0, seq: 0, prunedThrough: 0, ackCount: 0, dirty: false, oldest: [], evictedThrough: null };
         streams.set(streamKey, s);
       }
       const state = s;
       const decision = decide(put, {
         head: { epoch: state.epoch, seq: state.seq, prunedThrough: state.prunedThrough },
-        storedAck: () => (state.id === null ? undefined : this.readAck(state.id, put)),
+        storedAck: () => (state.id === null || isEvicted(state, put) ? undefined : this.readAck(state.id, put)),
         document: () => this.readDocument(put.tenant, put.key),
         contiguous: this.options.contiguous,
         now,
@@ -194,7 +208,9 @@ export class SqliteStore implements Store {
     }
 
     for (const s of streams.values()) {
-      if (s.dirty) this.stmt.updateStream.run(s.epoch, s.seq, s.prunedThrough, s.ackCount, s.id!);
+      if (!s.dirty) continue;
+      if (s.evictedThrough !== null) this.stmt.deleteAcksThrough.run(s.id!, s.evictedThrough.epoch, s.evictedThrough.seq);
+      this.stmt.updateStream.run(s.epoch, s.seq, s.prunedThrough, s.ackCount, s.id!);
     }
     return results;
   }
@@ -228,9 +244,13 @@ export class SqliteStore implements Store {
 
   /** The cap never evicts the newest ack: it is the head's, and the cap is at least 1. */
   private evictOldestAck(s: StreamState): void {
-    const oldest = this.stmt.oldestAck.get(s.id!);
+    if (s.oldest.length === 0) {
+      const after = s.evictedThrough ?? { epoch: -1, seq: -1 };
+      s.oldest = this.stmt.oldestAcks.all(s.id!, after.epoch, after.seq, 64).reverse();
+    }
+    const oldest = s.oldest.pop();
     if (oldest === undefined) return;
-    this.stmt.deleteAck.run(s.id!, oldest.epoch, oldest.seq);
+    s.evictedThrough = oldest;
     s.ackCount--;
     if (oldest.epoch === s.epoch && oldest.seq > s.prunedThrough) s.prunedThrough = oldest.seq;
   }
