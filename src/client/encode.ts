@@ -338,7 +338,9 @@ export function msgpackMessage(message: Record<string, string | number | readonl
   return w.result();
 }
 
-// The server sends only maps, strings, numbers, booleans and nil; plain objects are enough.
+// The server sends only maps, strings, numbers, booleans and nil; plain objects are enough. It
+// writes integers beyond 32 bits (committedAt) as int64/uint64: 'auto' reads them as numbers up to
+// 2^53 and as BigInt beyond ('auto' is implemented but missing from msgpackr's types).
 const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: 'auto' as 'bigint' });
 
 export function decodeMsgpack(data: Uint8Array): unknown {

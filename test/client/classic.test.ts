@@ -30,7 +30,7 @@ it('sends the same put 10 times under network timeouts: exactly one write, and t
     }
     return undefined;
   };
-  const c = newClient(proxy.url, 'classic', { putTimeoutMs: 400, pingIntervalMs: 60_000 });
+  const c = newClient(proxy.url, 'classic', { putTimeoutMs: 600, pingIntervalMs: 60_000 });
 
   const result = await c.put('doc', { reading: 42, unit: 'kPa' });
 
