@@ -2,6 +2,7 @@
 import { ConfigError, helpText, loadConfig } from './config.js';
 import { createLogger } from './log.js';
 import { AuthConfigError } from './server/auth.js';
+import { DatabaseUnusableError } from './store/sqlite-schema.js';
 import { SeqgateServer } from './server/websocket-server.js';
 
 /** Command-line entry: options from flags and environment, signals for an orderly stop. */
@@ -30,6 +31,11 @@ async function main(): Promise<void> {
       process.stderr.write(`seqgate: ${err.message}\n`);
       process.exit(2);
     }
+    if (err instanceof DatabaseUnusableError) {
+      process.stderr.write(`seqgate: refusing to serve the database: ${err.message}\n`);
+      process.exit(3);
+    }
+    process.stderr.write(`seqgate: failed to start: ${(err as Error).message}\n`);
     log.fatal({ err }, 'seqgate failed to start');
     process.exit(1);
   }

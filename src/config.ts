@@ -28,6 +28,14 @@ export const OPTIONS = {
     values: ['full', 'normal'],
     doc: 'full: every acked put survives power loss. normal: survives a process crash, not power loss.',
   },
+  startupCheck: {
+    kind: 'enum', default: 'quick', values: ['quick', 'full', 'off'],
+    doc: 'Integrity check of the database file at start; a damaged file is refused (exit 3). full is slow on large files.',
+  },
+  maxDbPages: {
+    kind: 'integer', default: 0, min: 0, unit: 'pages',
+    doc: 'Cap on the database size in SQLite pages (4096 bytes); 0 means none. At the cap puts fail retryably.',
+  },
   contiguous: { kind: 'boolean', default: false, doc: 'Refuse gaps: each seq must be head + 1 (1 in a new epoch).' },
   ackRetentionSeconds: { kind: 'integer', default: 86_400, min: 0, unit: 's', doc: 'Acks are kept at least this long after commit.' },
   ackCapPerStream: { kind: 'integer', default: 1000, min: 1, unit: 'acks', doc: 'Most acks kept per stream; the oldest go first.' },

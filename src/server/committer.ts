@@ -1,3 +1,4 @@
+import { reach } from '../crash-points.js';
 import type { DocResult, Put, PutResult, Store, Write } from '../store/store.js';
 
 /**
@@ -97,6 +98,7 @@ export class Committer {
       const message = `batch not committed: ${(err as Error).message}`;
       results = batch.map(() => ({ kind: 'rejected', outcome: 'error', code: 'STORAGE_UNAVAILABLE', message }));
     }
+    if (batch.length > 0) reach('after-commit');
     this.onBatch?.({ puts: batch.length, submissions: taken.length, durationMs: performance.now() - started });
     let offset = 0;
     for (const s of taken) {

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import type WebSocket from 'ws';
+import { reach } from '../crash-points.js';
 import { ERRORS, SeqgateError } from '../errors.js';
 import { decodeFrame, encodeMessage, ENVELOPE_DEPTH, type WireFormat } from '../protocol/codec.js';
 import {
@@ -195,13 +196,16 @@ export class Connection {
       }
       this.outbox.shift();
     }
-    if (batch.length > 0) this.send({ type: 'results', results: batch });
+    if (batch.length > 0) this.send({ type: 'results', results: batch }, () => reach('after-ack'));
     this.updateFlow();
   }
 
-  private send(message: object): void {
+  private send(message: object, sent?: () => void): void {
     if (this.closed) return;
-    this.ws.send(encodeMessage(message, this.format), () => this.updateFlow());
+    this.ws.send(encodeMessage(message, this.format), () => {
+      sent?.();
+      this.updateFlow();
+    });
   }
 
   private addInFlight(bytes: number): void {

@@ -68,6 +68,8 @@ export class SeqgateServer {
       synchronous: config.synchronous,
       contiguous: config.contiguous,
       ackCapPerStream: config.ackCapPerStream,
+      startupCheck: config.startupCheck,
+      maxPages: config.maxDbPages,
     });
     let committer: Committer | undefined;
     const metrics = new Metrics({ connections: () => server.connectionCount, putsInFlight: () => committer?.inFlight ?? 0 });

@@ -77,11 +77,15 @@ const MIGRATIONS: ReadonlyArray<(db: Database.Database) => void> = [
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
+export class DatabaseUnusableError extends Error {
+  override readonly name = 'DatabaseUnusableError';
+}
+
 /** Brings the file to SCHEMA_VERSION; returns the version it found. */
 export function migrate(db: Database.Database): number {
   const found = db.pragma('user_version', { simple: true }) as number;
   if (found > SCHEMA_VERSION) {
-    throw new Error(
+    throw new DatabaseUnusableError(
       `database schema version ${found} is newer than this seqgate understands (${SCHEMA_VERSION}); refusing to open it`,
     );
   }

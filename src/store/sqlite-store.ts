@@ -2,7 +2,10 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { decide, type DocumentMeta, type StoredAck } from '../gate.js';
-import { migrate } from './sqlite-schema.js';
+import { reach } from '../crash-points.js';
+import { DatabaseUnusableError, migrate } from './sqlite-schema.js';
+
+export { DatabaseUnusableError };
 import {
   isDocWrite, type Ack, type DocResult, type DocWrite, type Head, type Put, type PutResult, type Store,
   type StoredDocument, type StreamHead, type Write,
@@ -15,6 +18,10 @@ export interface SqliteStoreOptions {
   readonly synchronous: 'full' | 'normal';
   readonly contiguous: boolean;
   readonly ackCapPerStream: number;
+  /** Integrity check at open: 'quick' (default), 'full' (slow on large files) or 'off'. */
+  readonly startupCheck?: 'quick' | 'full' | 'off';
+  /** Upper bound on the file size in pages (0: none); a full database fails batches retryably. */
+  readonly maxPages?: number;
   /** Clock for commit times; tests pin it. */
   readonly now?: () => number;
 }
@@ -80,10 +87,17 @@ export class SqliteStore implements Store {
     if (options.path !== ':memory:') mkdirSync(dirname(options.path), { recursive: true });
     this.db = new Database(options.path);
     this.now = options.now ?? Date.now;
+    try {
+      this.checkIntegrity(options.startupCheck ?? 'quick');
+    } catch (err) {
+      this.db.close();
+      throw err;
+    }
     // better-sqlite3 defaults WAL to synchronous=NORMAL, so FULL must be explicit.
     this.db.pragma('journal_mode = WAL');
     this.db.pragma(`synchronous = ${options.synchronous === 'full' ? 'FULL' : 'NORMAL'}`);
     this.db.pragma('busy_timeout = 5000');
+    if (options.maxPages) this.db.pragma(`max_page_count = ${options.maxPages}`);
     this.openedSchemaVersion = migrate(this.db);
     this.incarnation = (this.db.prepare("SELECT value FROM meta WHERE name = 'incarnation'").get() as { value: string }).value;
 
@@ -136,6 +150,21 @@ export class SqliteStore implements Store {
 
     this.runBatch = this.db.transaction((batch: readonly Write[]) => this.applyInTransaction(batch)).immediate;
     this.runPrune = this.db.transaction((olderThan: number, maxRows: number) => this.pruneInTransaction(olderThan, maxRows)).immediate;
+  }
+
+  /** Refuses to serve a damaged file: better down with a clear message than acking into it. */
+  private checkIntegrity(mode: 'quick' | 'full' | 'off'): void {
+    if (mode === 'off') return;
+    let rows: Array<Record<string, unknown>>;
+    try {
+      rows = this.db.pragma(mode === 'quick' ? 'quick_check' : 'integrity_check') as Array<Record<string, unknown>>;
+    } catch (err) {
+      throw new DatabaseUnusableError(`${this.options.path} cannot be read as a SQLite database: ${(err as Error).message}`, { cause: err });
+    }
+    const problems = rows.map((r) => String(Object.values(r)[0])).filter((v) => v !== 'ok');
+    if (problems.length > 0) {
+      throw new DatabaseUnusableError(`${this.options.path} is corrupt (${mode}_check): ${problems.slice(0, 5).join('; ')}`);
+    }
   }
 
   apply(batch: readonly Put[]): Promise<PutResult[]>;
@@ -212,6 +241,7 @@ export class SqliteStore implements Store {
       if (s.evictedThrough !== null) this.stmt.deleteAcksThrough.run(s.id!, s.evictedThrough.epoch, s.evictedThrough.seq);
       this.stmt.updateStream.run(s.epoch, s.seq, s.prunedThrough, s.ackCount, s.id!);
     }
+    reach('before-commit');
     return results;
   }
 
