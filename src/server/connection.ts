@@ -260,6 +260,8 @@ export class Connection {
     this.slowTimer = undefined;
     if (this.ws.bufferedAmount <= this.ctx.flow.outboundHighWaterBytes / 2) return;
     this.ctx.log.warn({ bufferedBytes: this.ws.bufferedAmount }, 'closing slow consumer');
+    // Nothing read after this decision is processed: its answers could never be delivered.
+    this.stoppedForGood = true;
     this.ws.close(ERRORS.SLOW_CONSUMER.closeCode, 'SLOW_CONSUMER');
     // A client that does not read will not answer the close handshake either.
     setTimeout(() => this.ws.terminate(), 1000).unref();
