@@ -601,9 +601,11 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     let msg: Record<string, unknown>;
     try {
       if (typeof data === 'string') msg = asRecord(JSON.parse(data));
-      else if (data instanceof ArrayBuffer) msg = asRecord(decodeMsgpack(new Uint8Array(data)));
-      else if (data instanceof Uint8Array) msg = asRecord(decodeMsgpack(data));
-      else throw new Error('unexpected frame data type');
+      else if (ArrayBuffer.isView(data)) msg = asRecord(decodeMsgpack(new Uint8Array(data.buffer, data.byteOffset, data.byteLength)));
+      // instanceof fails for an ArrayBuffer from another realm (some React Native and test setups).
+      else if (data instanceof ArrayBuffer || Object.prototype.toString.call(data) === '[object ArrayBuffer]') {
+        msg = asRecord(decodeMsgpack(new Uint8Array(data as ArrayBuffer)));
+      } else throw new Error('unexpected frame data type');
     } catch (err) {
       const error = new ProtocolError('UNDECODABLE', `undecodable frame from the server: ${(err as Error).message}`, true, { cause: err });
       this.emit('error', error);

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
-  ClientClosedError, ExpiredError, FencedError, InvalidPutError, MemoryOutbox, SequenceReusedError, StaleError,
+  ClientClosedError, ExpiredError, FencedError, ForbiddenError, InvalidPutError, MemoryOutbox, SequenceReusedError, StaleError,
   VersionConflictError, WriterConflictError, type EpochChange, type PutResult, type SeqgateClient, type TransientError,
 } from '../../src/client/index.js';
 import { SqliteStore } from '../../src/store/sqlite-store.js';
@@ -37,6 +37,31 @@ async function rawPut(url: string, fields: Record<string, unknown>): Promise<Rec
   const [result] = await raw.waitResults(1);
   await raw.close();
   return result;
+}
+
+/**
+ * A store whose first batch fails after a pause, so that a later put (sent meanwhile, in its own
+ * frame) lands in the next batch and commits while the first is being refused.
+ */
+function storeFailingFirstBatch(dir: string, contiguous: boolean): Store {
+  const inner = new SqliteStore({ path: join(dir, 'db.sqlite'), synchronous: 'normal', contiguous, ackCapPerStream: 1000 });
+  let first = true;
+  return new Proxy(inner, {
+    get(target, prop, receiver) {
+      if (prop === 'apply') {
+        return async (batch: readonly unknown[]) => {
+          if (first) {
+            first = false;
+            await new Promise((resolve) => setTimeout(resolve, 100));
+            return batch.map(() => ({ kind: 'rejected', outcome: 'error', code: 'STORAGE_UNAVAILABLE', message: 'injected' }));
+          }
+          return target.apply(batch as never);
+        };
+      }
+      const v = Reflect.get(target, prop, receiver);
+      return typeof v === 'function' ? v.bind(target) : v;
+    },
+  }) as Store;
 }
 
 describe('client outcomes against a real server', () => {
@@ -179,6 +204,54 @@ describe('client outcomes against a real server', () => {
     expect(r).toMatchObject({ outcome: 'applied', replay: false, ack: { seq: 1, version: 1 } });
     expect(transient.map((e) => e.code)).toEqual(['STORAGE_UNAVAILABLE', 'STORAGE_UNAVAILABLE']);
     expect(c.stats.sent).toBe(3);
+  });
+
+  it('reports a put overtaken by its own later put after a transient error as StaleError with ownSkip, and keeps writing', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'seqgate-client-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const t = await server({}, { store: storeFailingFirstBatch(dir, false) });
+    const c = client(t.url, 'dev-skip');
+    await c.ready;
+    const first = failure(c.put('a', 1));
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    const second = c.put('b', 2);
+    expect((await second).ack).toMatchObject({ seq: 2, version: 1 });
+    const err = await first;
+    expect(err).toBeInstanceOf(StaleError);
+    expect(err.ownSkip).toBe(true);
+    expect(err.head).toEqual({ epoch: 1, seq: 2 });
+    expect(c.state).toBe('connected');
+    expect((await c.put('c', 3)).ack.seq).toBe(3);
+  });
+
+  it('in contiguous mode, a put after a transient error waits for the failed one and both apply in order', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'seqgate-client-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const t = await server({ contiguous: true }, { store: storeFailingFirstBatch(dir, true) });
+    const c = client(t.url, 'dev-cskip');
+    await c.ready;
+    const first = c.put('a', 1);
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    const second = c.put('b', 2);
+    const [r1, r2] = await Promise.all([first, second]);
+    expect([r1.ack.seq, r2.ack.seq]).toEqual([1, 2]);
+    expect(c.stats.sent).toBe(4);
+  });
+
+  it('sends its token in the hello; a put the token may not write is ForbiddenError, a bad token stops the client', async () => {
+    const token = 'tok-0123456789abcdef';
+    const tokens = JSON.stringify({ tokens: [{ token, tenant: 'default', write: { streams: ['dev-'], documents: ['dev-'] } }] });
+    const t = await server({ tokens });
+    const c = client(t.url, 'dev-auth', { token });
+    expect((await c.put('dev-doc', 1)).ack.seq).toBe(1);
+    const forbidden = await failure(c.put('other-doc', 2));
+    expect(forbidden).toBeInstanceOf(ForbiddenError);
+    expect((await c.put('dev-doc', 3)).ack.seq).toBe(3);
+
+    const intruder = client(t.url, 'dev-auth', { token: 'wrong-token-0123456789' });
+    const refused = await failure(intruder.put('dev-doc', 4));
+    expect(refused.code).toBe('UNAUTHORIZED');
+    expect(intruder.state).toBe('stopped');
   });
 
   it('in contiguous mode, steps over a hole it left by moving to a new epoch', async () => {
