@@ -335,8 +335,12 @@ export class SeqgateClient extends Emitter<ClientEvents> {
         return Promise.reject(new InvalidPutError('INVALID_FIELD', 'checkpoint must be a JSON value', 'checkpoint', undefined, undefined, true, { put: ref, cause: err }));
       }
     }
-    const probe = encodePutMsgpack({ stream: this.stream, epoch: Number.MAX_SAFE_INTEGER, seq: Number.MAX_SAFE_INTEGER, key, state: encoded, ifVersion });
-    if (probe.length + MSGPACK_FRAME_OVERHEAD > this.limits.maxFrameBytes) {
+    // A put that cannot fit in a frame alone would close the connection (1009) on every resend.
+    const widest = { stream: this.stream, epoch: Number.MAX_SAFE_INTEGER, seq: Number.MAX_SAFE_INTEGER, key, state: encoded, ifVersion };
+    const size = this.format === 'msgpack'
+      ? encodePutMsgpack(widest).length + MSGPACK_FRAME_OVERHEAD
+      : utf8Length(encodePutJson(widest)) + JSON_FRAME_OVERHEAD;
+    if (size > this.limits.maxFrameBytes) {
       return Promise.reject(new InvalidPutError('LIMIT_EXCEEDED', `the put exceeds maxFrameBytes ${this.limits.maxFrameBytes}`, 'state',
         'maxFrameBytes', this.limits.maxFrameBytes, true, { put: ref }));
     }

@@ -107,6 +107,18 @@ describe('client outcomes against a real server', () => {
     expect(await failure(c.put('k', 'y'.repeat(200)))).toMatchObject({ name: 'InvalidPutError', code: 'LIMIT_EXCEEDED', max: 100, local: true });
   });
 
+  it('refuses a put that could not fit in a frame on its own, in either encoding', async () => {
+    const t = await server({ maxFrameBytes: 2048 });
+    const c = client(t.url, 'dev-frame');
+    await c.put('k', 'small');
+    expect(await failure(c.put('k', 'z'.repeat(3000)))).toMatchObject({ code: 'LIMIT_EXCEEDED', limit: 'maxFrameBytes', local: true });
+    // 1500 control characters: 1503 bytes as MessagePack, six times that as JSON escapes.
+    const j = client(t.url, 'dev-frame-json', { format: 'json' });
+    await j.put('k', 'small');
+    expect(await failure(j.put('k', '\u0001'.repeat(1500)))).toMatchObject({ limit: 'maxFrameBytes', local: true });
+    expect((await c.put('k', '\u0001'.repeat(1500))).ack.seq).toBe(2);
+  });
+
   it('rejects a put whose ifVersion does not match with VersionConflictError carrying the stored ack', async () => {
     const t = await server();
     const c = client(t.url, 'dev-vc');
