@@ -1,5 +1,5 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,7 +17,10 @@ import { startTestServer, type TestServer } from '../support/test-client.js';
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const TSC = join(ROOT, 'node_modules/.bin/tsc');
 const BUILD_CONFIG = join(ROOT, 'test/client/fixtures/tsconfig.device.json');
-const DEVICE = join(ROOT, 'node_modules/.cache/seqgate-client-test/examples/device-simulator.js');
+// Compiled per run into its own folder under node_modules (so that `ws` and `msgpackr` resolve),
+// so that parallel runs never load each other's half-written files.
+let build = '';
+const device = (): string => join(build, 'examples/device-simulator.js');
 
 const COUNT = 600;
 const KEYS = 5;
@@ -34,7 +37,7 @@ class Device {
 
   constructor(url: string, outbox: string) {
     this.child = spawn(process.execPath, [
-      DEVICE, '--url', url, '--stream', STREAM, '--count', String(COUNT), '--rate', '300', '--keys', String(KEYS),
+      device(), '--url', url, '--stream', STREAM, '--count', String(COUNT), '--rate', '300', '--keys', String(KEYS),
       '--outbox', outbox, '--output', 'json',
     ], { stdio: ['ignore', 'pipe', 'pipe'] });
     let buf = '';
@@ -84,7 +87,9 @@ let t: TestServer;
 let proxy: FaultProxy;
 let dir: string;
 beforeAll(async () => {
-  execFileSync(TSC, ['-p', BUILD_CONFIG], { stdio: 'inherit' });
+  mkdirSync(join(ROOT, 'node_modules/.cache'), { recursive: true });
+  build = mkdtempSync(join(ROOT, 'node_modules/.cache/seqgate-device-'));
+  execFileSync(TSC, ['-p', BUILD_CONFIG, '--outDir', build], { stdio: 'inherit' });
   t = await startTestServer({ ackCapPerStream: 10_000 });
   // Delay keeps a few dozen readings unanswered at any moment, so each kill leaves some behind.
   proxy = await FaultProxy.start(t.url, { delayMs: { min: 10, max: 30 } });
@@ -94,6 +99,7 @@ afterAll(async () => {
   await proxy?.close();
   await t?.stop();
   rmSync(dir, { recursive: true, force: true });
+  if (build !== '') rmSync(build, { recursive: true, force: true });
 });
 
 it('a device killed with SIGKILL mid-stream and restarted on its SQLite outbox finishes without loss or duplicates', async () => {
