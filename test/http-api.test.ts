@@ -7,8 +7,8 @@ import Database from 'better-sqlite3';
 import { Packr, Unpackr } from 'msgpackr';
 import type { Config } from '../src/config.js';
 import { SqliteStore } from '../src/store/sqlite-store.js';
-import type { DocResult, Put, PutResult, Store, StreamHead, Write } from '../src/store/store.js';
 import { put, startTestServer, TestClient, type Msg, type TestServer } from './support/test-client.js';
+import { HeldStore } from './support/held-store.js';
 
 /**
  * The HTTP API (protocol/HTTP.md): every status it can answer, provoked and checked, and the
@@ -67,36 +67,6 @@ async function call(t: TestServer, method: string, path: string, o: CallOptions 
   return { status: res.status, headers: res.headers, bytes, text, body: parsed };
 }
 
-/** Holds batches until released and can make reads fail, so tests can catch requests mid-flight. */
-class HeldStore implements Store {
-  writes = 0;
-  failReads = false;
-  private release: (() => void) | undefined;
-  private held: Promise<void> = Promise.resolve();
-  constructor(readonly inner: SqliteStore) {}
-  get incarnation(): string { return this.inner.incarnation; }
-  hold(): void { this.held = new Promise((resolve) => { this.release = resolve; }); }
-  open(): void { this.release?.(); }
-  apply(batch: readonly Put[]): Promise<PutResult[]>;
-  apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>>;
-  async apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>> {
-    this.writes += batch.length;
-    await this.held;
-    return this.inner.apply(batch);
-  }
-  heads(tenant: string, streams: readonly string[]): Promise<StreamHead[]> {
-    if (this.failReads) return Promise.reject(new Error('injected read failure'));
-    return this.inner.heads(tenant, streams);
-  }
-  document(tenant: string, key: string) {
-    if (this.failReads) return Promise.reject(new Error('injected read failure'));
-    return this.inner.document(tenant, key);
-  }
-  ready() { return this.inner.ready(); }
-  prune(olderThan: number, maxRows: number) { return this.inner.prune(olderThan, maxRows); }
-  pruneIdempotency(olderThan: number, maxRows: number) { return this.inner.pruneIdempotency(olderThan, maxRows); }
-  close(): Promise<void> { return this.inner.close(); }
-}
 
 /** The held store lives in a folder of its own; the caller removes it. */
 async function startHeld(overrides: Partial<Config> = {}): Promise<{ t: TestServer; held: HeldStore; dbPath: string }> {

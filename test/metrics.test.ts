@@ -3,8 +3,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SqliteStore } from '../src/store/sqlite-store.js';
-import type { DocResult, Put, PutResult, Store, StreamHead, Write } from '../src/store/store.js';
 import { put, startTestServer, TestClient, type Msg, type TestServer } from './support/test-client.js';
+import { HeldStore } from './support/held-store.js';
 
 /**
  * /metrics (protocol/HTTP.md, "Metrics"): each put outcome moves its own counter by exactly one,
@@ -250,7 +250,7 @@ describe('batches, connections, pruning, event loop', () => {
       const c = await TestClient.connect(t.url);
       c.send({ type: 'put', puts: [put({ stream: 'f', seq: 1 }), put({ stream: 'f', seq: 2 })] });
       const deadline = Date.now() + 5000;
-      while (held.batches === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 5));
+      while (held.batches.length === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 5));
       c.send({ type: 'put', puts: [put({ stream: 'f', seq: 3 })] });
       while (t.server.queuedPuts === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 5));
       expect((await scrape(t)).get('seqgate_puts_in_flight')).toBe(3);
@@ -313,26 +313,3 @@ describe('batches, connections, pruning, event loop', () => {
   });
 });
 
-/** Holds batches until released, so a test can look at the server with writes in flight. */
-class HeldStore implements Store {
-  batches = 0;
-  private release: (() => void) | undefined;
-  private held: Promise<void> = Promise.resolve();
-  constructor(readonly inner: SqliteStore) {}
-  get incarnation(): string { return this.inner.incarnation; }
-  hold(): void { this.held = new Promise((resolve) => { this.release = resolve; }); }
-  open(): void { this.release?.(); }
-  apply(batch: readonly Put[]): Promise<PutResult[]>;
-  apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>>;
-  async apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>> {
-    this.batches++;
-    await this.held;
-    return this.inner.apply(batch);
-  }
-  heads(tenant: string, streams: readonly string[]): Promise<StreamHead[]> { return this.inner.heads(tenant, streams); }
-  document(tenant: string, key: string) { return this.inner.document(tenant, key); }
-  ready() { return this.inner.ready(); }
-  prune(olderThan: number, maxRows: number) { return this.inner.prune(olderThan, maxRows); }
-  pruneIdempotency(olderThan: number, maxRows: number) { return this.inner.pruneIdempotency(olderThan, maxRows); }
-  close(): Promise<void> { return this.inner.close(); }
-}

@@ -3,8 +3,8 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SqliteStore } from '../src/store/sqlite-store.js';
-import { isDocWrite, type DocResult, type Put, type PutResult, type Store, type StreamHead, type Write } from '../src/store/store.js';
 import { put, startTestServer, TestClient, type Msg, type TestServer } from './support/test-client.js';
+import { HeldStore } from './support/held-store.js';
 
 let t: TestServer;
 beforeEach(async () => { t = await startTestServer(); });
@@ -40,29 +40,6 @@ describe('WebSocket ingestion', () => {
   });
 });
 
-/** Holds every batch until released, so that tests can line puts up behind one. */
-class HeldStore implements Store {
-  readonly batches: Put[][] = [];
-  private release: (() => void) | undefined;
-  private held: Promise<void> = Promise.resolve();
-  constructor(readonly inner: SqliteStore) {}
-  get incarnation(): string { return this.inner.incarnation; }
-  hold(): void { this.held = new Promise((resolve) => { this.release = resolve; }); }
-  open(): void { this.release?.(); }
-  apply(batch: readonly Put[]): Promise<PutResult[]>;
-  apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>>;
-  async apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>> {
-    this.batches.push(batch.filter((w): w is Put => !isDocWrite(w)));
-    await this.held;
-    return this.inner.apply(batch);
-  }
-  heads(tenant: string, streams: readonly string[]): Promise<StreamHead[]> { return this.inner.heads(tenant, streams); }
-  document(tenant: string, key: string) { return this.inner.document(tenant, key); }
-  ready() { return this.inner.ready(); }
-  prune(olderThan: number, maxRows: number) { return this.inner.prune(olderThan, maxRows); }
-  pruneIdempotency(olderThan: number, maxRows: number) { return this.inner.pruneIdempotency(olderThan, maxRows); }
-  close(): Promise<void> { return this.inner.close(); }
-}
 
 async function until(condition: () => boolean, timeoutMs = 5000): Promise<void> {
   const deadline = Date.now() + timeoutMs;

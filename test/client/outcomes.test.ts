@@ -11,7 +11,7 @@ import type { Store } from '../../src/store/store.js';
 import { withDb } from '../support/db-checker.js';
 import { FaultProxy } from '../support/fault-proxy.js';
 import { startTestServer, TestClient, type TestServer } from '../support/test-client.js';
-import { failure, newClient, outcome, waitUntil } from './helpers.js';
+import { failure, newClient, waitUntil } from './helpers.js';
 
 const cleanups: Array<() => Promise<unknown> | unknown> = [];
 afterEach(async () => {
