@@ -57,6 +57,7 @@ export class Connection {
   private slowTimer: NodeJS.Timeout | undefined;
   private closed = false;
   private stoppedForGood = false;
+  private flushScheduled = false;
 
   constructor(
     readonly ws: WebSocket,
@@ -156,7 +157,7 @@ export class Connection {
           for (const r of results) this.ctx.metrics.countOutcome(r!.outcome, 'replay' in r! && r.replay, 'ws');
           entry.pending = 0;
           this.addInFlight(-data.length);
-          this.flush();
+          this.scheduleFlush();
         });
         return;
       }
@@ -176,6 +177,19 @@ export class Connection {
   /** The token this connection authenticated with, if any yet. */
   get principal(): Principal | undefined {
     return this.principalOrNone;
+  }
+
+  /**
+   * A batch resolves every submission in one go, each in its own microtask; flushing once after
+   * all of them puts a connection's answers from one batch into one frame (one syscall).
+   */
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    queueMicrotask(() => {
+      this.flushScheduled = false;
+      this.flush();
+    });
   }
 
   /** Sends every answer at the front of the outbox that is ready; results coalesce into one frame. */
