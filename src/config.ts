@@ -40,7 +40,7 @@ export const OPTIONS = {
   ackRetentionSeconds: { kind: 'integer', default: 86_400, min: 0, unit: 's', doc: 'Acks are kept at least this long after commit.' },
   ackCapPerStream: { kind: 'integer', default: 1000, min: 1, unit: 'acks', doc: 'Most acks kept per stream; the oldest go first.' },
   pruneIntervalMs: { kind: 'integer', default: 10_000, min: 10, unit: 'ms', doc: 'Pause between pruning passes.' },
-  pruneBatchRows: { kind: 'integer', default: 500, min: 1, unit: 'rows', doc: 'Acks pruned per step; the event loop runs between steps.' },
+  pruneBatchRows: { kind: 'integer', default: 200, min: 1, unit: 'rows', doc: 'Acks pruned per step; the event loop runs between steps.' },
   maxBatchPuts: { kind: 'integer', default: 2000, min: 1, unit: 'puts', doc: 'Most puts committed in one transaction.' },
   maxFrameBytes: { kind: 'integer', default: 1 * MiB, min: 1024, unit: 'bytes', doc: 'Largest WebSocket message (ws maxPayload).' },
   maxPutsPerFrame: { kind: 'integer', default: 1000, min: 1, unit: 'puts', doc: 'Most puts in one put message.' },
