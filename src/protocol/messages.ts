@@ -255,6 +255,11 @@ export function wireResult(id: CorrelationId, result: PutResult): WireResult {
   }
 }
 
+/** The answer to a put the token's grant does not cover; nothing was consumed. */
+export function forbiddenResult(id: CorrelationId): WireResult {
+  return { id, outcome: 'forbidden', error: { code: 'FORBIDDEN', message: 'token may not write this stream or document', retryable: false } };
+}
+
 export function errorMessage(err: SeqgateError): object {
   return { type: 'error', code: err.code, message: err.message, retryable: err.retryable, ...err.details };
 }

@@ -4,7 +4,7 @@ import { reach } from '../crash-points.js';
 import { ERRORS, SeqgateError } from '../errors.js';
 import { decodeFrame, encodeMessage, ENVELOPE_DEPTH, type WireFormat } from '../protocol/codec.js';
 import {
-  errorMessage, headsForWire, parseMessage, wireResult, type Limits, type WireResult,
+  errorMessage, forbiddenResult, headsForWire, parseMessage, wireResult, type Limits, type WireResult,
 } from '../protocol/messages.js';
 import type { Put, Store } from '../store/store.js';
 import { mayReadStream, mayWrite, type Authenticator, type Principal } from './auth.js';
@@ -134,7 +134,7 @@ export class Connection {
         const ids: Array<string | number | null> = [];
         for (const parsed of message.puts) {
           if (parsed.ok && !mayWrite(principal, parsed.put.stream, parsed.put.key)) {
-            results.push({ id: parsed.id, outcome: 'forbidden', error: { code: 'FORBIDDEN', message: 'token may not write this stream or document', retryable: false } });
+            results.push(forbiddenResult(parsed.id));
           } else if (parsed.ok) {
             slots.push(results.length);
             ids.push(parsed.id);

@@ -5,7 +5,7 @@ import { Unpackr } from 'msgpackr';
 import { ERRORS, SeqgateError, type ErrorCode, type ErrorSpec } from '../errors.js';
 import { CanonicalError, canonicalEncode } from '../protocol/canonical.js';
 import { decodeFrame, encodeMessage, ENVELOPE_DEPTH, type WireFormat } from '../protocol/codec.js';
-import { nameProblem, parsePut, wireResult, type Limits, type WireResult } from '../protocol/messages.js';
+import { forbiddenResult, nameProblem, parsePut, wireResult, type Limits, type WireResult } from '../protocol/messages.js';
 import type { DocResult, Store } from '../store/store.js';
 import { bearerToken, mayReadDocument, mayReadStream, mayWrite, type Authenticator, type Principal } from './auth.js';
 import type { Committer } from './committer.js';
@@ -80,7 +80,7 @@ export function createHttpHandler(ctx: HttpContext): (req: IncomingMessage, res:
         const parsed = parsePut(body, ctx.limits, principal.tenant, { stream, idOptional: true });
         let result: WireResult;
         if (!parsed.ok) result = parsed.result;
-        else if (!mayWrite(principal, parsed.put.stream, parsed.put.key)) result = forbidden(parsed.id);
+        else if (!mayWrite(principal, parsed.put.stream, parsed.put.key)) result = forbiddenResult(parsed.id);
         else result = wireResult(parsed.id, (await ctx.committer.submit([parsed.put]))[0]!);
         ctx.metrics.countOutcome(result.outcome, 'replay' in result && result.replay, 'http');
         return putReply(result);
@@ -252,10 +252,6 @@ function canonicalState(value: unknown, limits: Limits): Buffer {
     }
     throw err;
   }
-}
-
-function forbidden(id: WireResult['id']): WireResult {
-  return { id, outcome: 'forbidden', error: { code: 'FORBIDDEN', message: 'token may not write this stream or document', retryable: false } };
 }
 
 /** Status follows the outcome: 200 applied, 412 version conflict, the registry's status otherwise. */
