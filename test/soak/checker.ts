@@ -196,7 +196,12 @@ function receivedAck(rec: PutRecord): object {
 /** After a SIGKILL, before the restart: every stream's head on disk is at or past every seq already acked. */
 export function checkAfterKill(path: string, books: readonly StreamBook[]): string[] {
   const problems: string[] = [];
-  const checker = new DbChecker(path);
+  let checker: DbChecker;
+  try {
+    checker = new DbChecker(path);
+  } catch (err) {
+    return [`the database file cannot be read after the kill: ${(err as Error).message}`];
+  }
   try {
     for (const book of books) {
       if (book.maxOk === 0) continue;

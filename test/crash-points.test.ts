@@ -1,0 +1,340 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { ChildServer, tempDb, type TempDb } from './support/child-server.js';
+import { withDb, type DbAck } from './support/db-checker.js';
+import { TestClient, type Msg } from './support/test-client.js';
+
+/**
+ * Deterministic crash points (src/crash-points.ts): the real server is started with
+ * SEQGATE_TEST_CRASH_AT=<point>:2 and SIGKILLs itself at that point of the second batch, the
+ * first being a put that is acked normally so that the head has somewhere to stay. The server is
+ * then restarted WITHOUT the switch on the same file and the same puts are sent again. What each
+ * retry gets is what PROTOCOL.md promises (§5 step 1, §8.2, §12.2, §12.4):
+ *
+ * - before-commit: nothing of the batch is stored, the head is where the first put left it, and
+ *   the retry is applied as new (replay: false);
+ * - after-commit (committed, ack not yet sent): the ack never reached the client; the retry gets
+ *   the stored ack with replay: true;
+ * - after-ack (the results frame was written to the socket): the client has the ack; the retry
+ *   gets replay: true and the same ack, byte for byte in MessagePack.
+ *
+ * Each case is run for a single put and for a batch of three puts in one frame, and ends with a
+ * put of a different payload at a seq that was consumed: sequence_reused, nothing changed.
+ */
+
+const STREAM = 'crash-stream';
+const EPOCH = 1;
+
+type Point = 'before-commit' | 'after-commit' | 'after-ack';
+
+interface WirePut {
+  id: string;
+  stream: string;
+  epoch: number;
+  seq: number;
+  key: string;
+  state: Record<string, unknown>;
+}
+
+function put(id: string, seq: number, key: string, n: number): WirePut {
+  return { id, stream: STREAM, epoch: EPOCH, seq, key, state: { n, note: `payload ${n}`, blob: Buffer.from([n, n + 1, n + 2]) } };
+}
+
+/** The put acked before the crash: head (1, 1), doc-a at version 1. */
+const FIRST = put('first', 1, 'doc-a', 1);
+
+/** The puts in flight at the crash, and the document versions their applying gives. */
+const SHAPES = {
+  'a single put': {
+    puts: [put('p2', 2, 'doc-a', 2)],
+    versions: [2],
+    docs: { 'doc-a': 2 } as Record<string, number>,
+  },
+  'a batch of three puts in one frame': {
+    puts: [put('p2', 2, 'doc-a', 2), put('p3', 3, 'doc-b', 3), put('p4', 4, 'doc-a', 4)],
+    versions: [2, 1, 3],
+    docs: { 'doc-a': 3, 'doc-b': 1 } as Record<string, number>,
+  },
+} as const;
+
+type Shape = keyof typeof SHAPES;
+
+// ---- Raw MessagePack walking, to compare the bytes of acks rather than their decoded values ----
+
+/** Offset just past the MessagePack value starting at `at`. */
+function skip(buf: Buffer, at: number): number {
+  const b = buf[at]!;
+  if (b <= 0x7f || b >= 0xe0 || b === 0xc0 || b === 0xc2 || b === 0xc3) return at + 1;
+  if ((b & 0xe0) === 0xa0) return at + 1 + (b & 0x1f);
+  if ((b & 0xf0) === 0x90) return skipItems(buf, at + 1, b & 0x0f);
+  if ((b & 0xf0) === 0x80) return skipItems(buf, at + 1, 2 * (b & 0x0f));
+  switch (b) {
+    case 0xcc: case 0xd0: return at + 2;
+    case 0xcd: case 0xd1: return at + 3;
+    case 0xce: case 0xd2: case 0xca: return at + 5;
+    case 0xcf: case 0xd3: case 0xcb: return at + 9;
+    case 0xd9: case 0xc4: return at + 2 + buf[at + 1]!;
+    case 0xda: case 0xc5: return at + 3 + buf.readUInt16BE(at + 1);
+    case 0xdb: case 0xc6: return at + 5 + buf.readUInt32BE(at + 1);
+    case 0xdc: return skipItems(buf, at + 3, buf.readUInt16BE(at + 1));
+    case 0xdd: return skipItems(buf, at + 5, buf.readUInt32BE(at + 1));
+    case 0xde: return skipItems(buf, at + 3, 2 * buf.readUInt16BE(at + 1));
+    case 0xdf: return skipItems(buf, at + 5, 2 * buf.readUInt32BE(at + 1));
+    default: throw new Error(`unexpected MessagePack byte 0x${b.toString(16)} at ${at} in a server frame`);
+  }
+}
+
+function skipItems(buf: Buffer, at: number, count: number): number {
+  let pos = at;
+  for (let i = 0; i < count; i++) pos = skip(buf, pos);
+  return pos;
+}
+
+/** [offset of the first entry, entry count] of the map at `at`. */
+function mapHeader(buf: Buffer, at: number): [number, number] {
+  const b = buf[at]!;
+  if ((b & 0xf0) === 0x80) return [at + 1, b & 0x0f];
+  if (b === 0xde) return [at + 3, buf.readUInt16BE(at + 1)];
+  if (b === 0xdf) return [at + 5, buf.readUInt32BE(at + 1)];
+  throw new Error(`expected a map at ${at}, found 0x${b.toString(16)}`);
+}
+
+function arrayHeader(buf: Buffer, at: number): [number, number] {
+  const b = buf[at]!;
+  if ((b & 0xf0) === 0x90) return [at + 1, b & 0x0f];
+  if (b === 0xdc) return [at + 3, buf.readUInt16BE(at + 1)];
+  if (b === 0xdd) return [at + 5, buf.readUInt32BE(at + 1)];
+  throw new Error(`expected an array at ${at}, found 0x${b.toString(16)}`);
+}
+
+/** The raw bytes of the value under string key `name` in the map at `at`. */
+function mapValue(buf: Buffer, at: number, name: string): Buffer | undefined {
+  let [pos, count] = mapHeader(buf, at);
+  const want = Buffer.from(name, 'utf8');
+  for (let i = 0; i < count; i++) {
+    const keyEnd = skip(buf, pos);
+    const b = buf[pos]!;
+    const key = (b & 0xe0) === 0xa0 ? buf.subarray(pos + 1, keyEnd) : b === 0xd9 ? buf.subarray(pos + 2, keyEnd) : undefined;
+    const valueEnd = skip(buf, keyEnd);
+    if (key !== undefined && key.equals(want)) return buf.subarray(keyEnd, valueEnd);
+    pos = valueEnd;
+  }
+  return undefined;
+}
+
+/** The raw `ack` bytes of every result of a results frame, in order (undefined for results without an ack). */
+function ackBytes(frame: Buffer): Array<Buffer | undefined> {
+  const results = mapValue(frame, 0, 'results');
+  if (results === undefined) throw new Error('not a results frame');
+  const [first, count] = arrayHeader(results, 0);
+  const out: Array<Buffer | undefined> = [];
+  let pos = first;
+  for (let i = 0; i < count; i++) {
+    const end = skip(results, pos);
+    out.push(mapValue(results.subarray(pos, end), 0, 'ack'));
+    pos = end;
+  }
+  return out;
+}
+
+// ---- One crash and one restart ----
+
+interface Received {
+  readonly result: Msg;
+  readonly ackBytes: Buffer | undefined;
+}
+
+/** Every put result the client received, with the raw bytes of its ack. */
+function received(client: TestClient): Received[] {
+  const out: Received[] = [];
+  client.messages.forEach((m, i) => {
+    if (m.type !== 'results') return;
+    const raw = ackBytes(client.frames[i]!);
+    (m.results as Msg[]).forEach((r, j) => out.push({ result: r, ackBytes: raw[j] }));
+  });
+  return out;
+}
+
+interface DbSnapshot {
+  readonly head: { epoch: number; seq: number; ackCount: number } | undefined;
+  readonly acks: Array<DbAck | undefined>;
+  readonly docs: Record<string, { version: number; state: unknown } | undefined>;
+  readonly integrity: string[];
+}
+
+function snapshot(path: string, seqs: readonly number[]): DbSnapshot {
+  return withDb(path, (db) => {
+    const head = db.head(STREAM);
+    const docs: DbSnapshot['docs'] = {};
+    for (const key of ['doc-a', 'doc-b']) {
+      const d = db.document(key);
+      docs[key] = d === undefined ? undefined : { version: d.version, state: d.state };
+    }
+    return {
+      head: head === undefined ? undefined : { epoch: head.epoch, seq: head.seq, ackCount: head.ackCount },
+      acks: seqs.map((seq) => db.ack(STREAM, EPOCH, seq)),
+      docs,
+      integrity: db.integrityCheck(),
+    };
+  });
+}
+
+interface Crash {
+  readonly db: TempDb;
+  /** Results received on the connection the crash ended, after the first put's. */
+  readonly beforeCrash: Received[];
+  readonly firstAck: Msg;
+  /** The database as the crash left it, before any restart. */
+  readonly afterCrash: DbSnapshot;
+  /** The restarted server (no crash switch), its client and the welcome it sent. */
+  readonly server: ChildServer;
+  readonly client: TestClient;
+  readonly welcomeHead: Msg;
+}
+
+const cleanups: Array<() => Promise<void> | void> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+async function helloed(url: string): Promise<{ client: TestClient; head: Msg }> {
+  const client = await TestClient.connect(url);
+  cleanups.push(() => { client.ws.terminate(); });
+  client.send({ type: 'hello', protocol: 1, streams: [STREAM] });
+  const welcome = await client.waitMessage('welcome', 15_000);
+  return { client, head: welcome.heads[0] };
+}
+
+async function crashAt(point: Point, puts: readonly WirePut[]): Promise<Crash> {
+  const db = tempDb('seqgate-crash-point-');
+  cleanups.push(() => db.remove());
+  const crashing = new ChildServer({ dbPath: db.dbPath, env: { SEQGATE_TEST_CRASH_AT: `${point}:2` } });
+  cleanups.push(() => crashing.dispose());
+  await crashing.start();
+
+  const { client } = await helloed(crashing.url);
+  client.send({ type: 'put', puts: [FIRST] });
+  const [first] = await client.waitResults(1, 15_000);
+  expect(first, 'the first put, before the crash batch').toMatchObject({ id: 'first', outcome: 'applied', replay: false });
+
+  client.send({ type: 'put', puts });
+  const exit = await crashing.waitExit(30_000);
+  expect(exit, `the server killed itself at ${point}\n${crashing.stderr}`).toEqual({ code: null, signal: 'SIGKILL' });
+  const closed = await client.closed;
+  expect(closed.code, 'the connection died without a close frame').toBe(1006);
+  const beforeCrash = received(client).slice(1);
+  const afterCrash = snapshot(db.dbPath, puts.map((p) => p.seq));
+
+  // The same file, without the switch: the process an operator would restart.
+  const server = new ChildServer({ dbPath: db.dbPath });
+  cleanups.push(() => server.dispose());
+  await server.start();
+  const { client: retryClient, head } = await helloed(server.url);
+  return { db, beforeCrash, firstAck: first.ack, afterCrash, server, client: retryClient, welcomeHead: head };
+}
+
+/** Sends `puts` again on the restarted server and returns their results. */
+async function retry(c: Crash, puts: readonly WirePut[]): Promise<Received[]> {
+  const already = received(c.client).length;
+  c.client.send({ type: 'put', puts });
+  await c.client.waitResults(already + puts.length, 15_000);
+  return received(c.client).slice(already);
+}
+
+/** A put at a consumed seq with another payload is refused and changes nothing. */
+async function expectSequenceReused(c: Crash, puts: readonly WirePut[]): Promise<void> {
+  const before = snapshot(c.db.dbPath, puts.map((p) => p.seq));
+  const changed = puts.map((p) => ({ ...p, id: `${p.id}-changed`, state: { ...p.state, n: 1000 + p.seq } }));
+  const results = await retry(c, changed);
+  for (const [i, r] of results.entries()) {
+    expect(r.result, `a different payload at seq ${changed[i]!.seq}`).toMatchObject({
+      id: changed[i]!.id, outcome: 'sequence_reused', error: { code: 'SEQUENCE_REUSED', retryable: false },
+    });
+  }
+  expect(snapshot(c.db.dbPath, puts.map((p) => p.seq)), 'database after the refused puts').toEqual(before);
+}
+
+function expectStored(snap: DbSnapshot, puts: readonly WirePut[], versions: readonly number[], committedAt: readonly number[]): void {
+  puts.forEach((p, i) => {
+    expect(snap.acks[i], `stored ack of seq ${p.seq}`).toEqual({
+      outcome: 'applied', key: p.key, version: versions[i], deleted: false, ifVersion: null, committedAt: committedAt[i],
+      fingerprint: expect.any(Buffer),
+    });
+  });
+}
+
+describe.each(Object.keys(SHAPES) as Shape[])('crash points with %s in flight', (shape) => {
+  const { puts, versions, docs } = SHAPES[shape];
+  const lastSeq = puts[puts.length - 1]!.seq;
+
+  it('before-commit: nothing is stored, the head stays at the first put, and the retry is applied fresh (replay false)', async () => {
+    const c = await crashAt('before-commit', puts);
+    expect(c.beforeCrash, 'results received before the crash').toEqual([]);
+    expect(c.afterCrash.integrity).toEqual(['ok']);
+    expect(c.afterCrash.head, 'head on disk after the crash').toEqual({ epoch: EPOCH, seq: 1, ackCount: 1 });
+    expect(c.afterCrash.acks, 'acks on disk after the crash').toEqual(puts.map(() => undefined));
+    expect(c.afterCrash.docs, 'documents on disk after the crash').toEqual({ 'doc-a': { version: 1, state: expect.anything() }, 'doc-b': undefined });
+    expect(c.welcomeHead, 'head announced after the restart, before the retry').toEqual({ stream: STREAM, epoch: EPOCH, seq: 1, prunedThrough: 0 });
+
+    const results = await retry(c, puts);
+    results.forEach((r, i) => {
+      expect(r.result, `retry of seq ${puts[i]!.seq}`).toMatchObject({
+        id: puts[i]!.id, outcome: 'applied', replay: false,
+        ack: { stream: STREAM, epoch: EPOCH, seq: puts[i]!.seq, key: puts[i]!.key, version: versions[i], deleted: false },
+      });
+    });
+    const after = snapshot(c.db.dbPath, puts.map((p) => p.seq));
+    expect(after.head, 'head after the retry').toEqual({ epoch: EPOCH, seq: lastSeq, ackCount: 1 + puts.length });
+    expectStored(after, puts, versions, results.map((r) => r.result.ack.committedAt));
+    for (const [key, version] of Object.entries(docs)) expect(after.docs[key]?.version, `version of ${key}`).toBe(version);
+
+    await expectSequenceReused(c, puts);
+  });
+
+  it('after-commit: the ack never arrives, the batch is on disk, and the retry gets the stored ack with replay true', async () => {
+    const c = await crashAt('after-commit', puts);
+    expect(c.beforeCrash, 'results received before the crash').toEqual([]);
+    expect(c.afterCrash.integrity).toEqual(['ok']);
+    expect(c.afterCrash.head, 'head on disk after the crash').toEqual({ epoch: EPOCH, seq: lastSeq, ackCount: 1 + puts.length });
+    const committedAt = c.afterCrash.acks.map((a) => a?.committedAt ?? -1);
+    expectStored(c.afterCrash, puts, versions, committedAt);
+    for (const [key, version] of Object.entries(docs)) expect(c.afterCrash.docs[key]?.version, `version of ${key} on disk`).toBe(version);
+    expect(c.welcomeHead, 'head announced after the restart').toEqual({ stream: STREAM, epoch: EPOCH, seq: lastSeq, prunedThrough: 0 });
+
+    const results = await retry(c, puts);
+    results.forEach((r, i) => {
+      const stored = c.afterCrash.acks[i]!;
+      expect(r.result, `retry of seq ${puts[i]!.seq}`).toEqual({
+        id: puts[i]!.id, outcome: 'applied', replay: true,
+        ack: { stream: STREAM, epoch: EPOCH, seq: puts[i]!.seq, key: stored.key, version: stored.version, deleted: false, committedAt: stored.committedAt },
+      });
+    });
+    // Applied once: the replay wrote nothing.
+    expect(snapshot(c.db.dbPath, puts.map((p) => p.seq)), 'database after the replays').toEqual(c.afterCrash);
+
+    await expectSequenceReused(c, puts);
+  });
+
+  it('after-ack: the client has the ack, and the retry gets replay true with a byte-identical ack', async () => {
+    const c = await crashAt('after-ack', puts);
+    expect(c.beforeCrash.map((r) => r.result), 'results received before the crash').toEqual(puts.map((p, i) => ({
+      id: p.id, outcome: 'applied', replay: false,
+      ack: { stream: STREAM, epoch: EPOCH, seq: p.seq, key: p.key, version: versions[i], deleted: false, committedAt: expect.any(Number) },
+    })));
+    expect(c.afterCrash.integrity).toEqual(['ok']);
+    expect(c.afterCrash.head, 'head on disk after the crash').toEqual({ epoch: EPOCH, seq: lastSeq, ackCount: 1 + puts.length });
+    expectStored(c.afterCrash, puts, versions, c.beforeCrash.map((r) => r.result.ack.committedAt));
+    expect(c.welcomeHead, 'head announced after the restart').toEqual({ stream: STREAM, epoch: EPOCH, seq: lastSeq, prunedThrough: 0 });
+
+    const results = await retry(c, puts);
+    results.forEach((r, i) => {
+      const original = c.beforeCrash[i]!;
+      expect({ ...r.result, replay: false }, `retry of seq ${puts[i]!.seq}, but for the replay flag`).toEqual(original.result);
+      expect(r.result.replay, `replay flag of the retry of seq ${puts[i]!.seq}`).toBe(true);
+      expect(r.ackBytes?.toString('hex'), `ack bytes of the retry of seq ${puts[i]!.seq}`).toBe(original.ackBytes?.toString('hex'));
+      expect(r.ackBytes, 'an ack was found in the frame').toBeDefined();
+    });
+    expect(snapshot(c.db.dbPath, puts.map((p) => p.seq)), 'database after the replays').toEqual(c.afterCrash);
+
+    await expectSequenceReused(c, puts);
+  });
+});
