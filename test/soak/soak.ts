@@ -19,7 +19,10 @@ export interface SoakOptions {
   readonly minAcked: number;
   readonly minDurationMs: number;
   readonly maxKillPhaseMs: number;
-  /** Time between the server being ready and its SIGKILL, drawn uniformly from this range. */
+  /**
+   * Time between the server being ready and its SIGKILL, drawn uniformly from this range (plus,
+   * under a rate limit, the wait for the next burst of puts: at most 50 ms).
+   */
   readonly killIntervalMs: readonly [number, number];
   /** Most unanswered puts per owned-stream client connection. */
   readonly window: number;
@@ -131,12 +134,13 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
       clients.push(new SoakClient(`shared-w${parity}`, [new Lane(shared, parity)], w, options.sharedWindow));
     }
     if (options.rate !== undefined && options.rate > 0) {
-      const perTick = options.rate / 100;
+      // Released in bursts, so that the server has a backlog to be killed in (see the kill loop).
+      const perTick = options.rate / 20;
       w.tokens = perTick;
       refill = setInterval(() => {
-        w.tokens = Math.min(w.tokens + perTick, options.rate!);
+        w.tokens = Math.min(w.tokens + perTick, 2 * perTick);
         for (const c of clients) c.pump();
-      }, 10);
+      }, 50);
     }
     for (const c of clients) c.start();
     const inFlight = (): number => clients.reduce((n, c) => n + c.inFlight, 0);
@@ -150,6 +154,11 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
       if (targetsMet || elapsed >= options.maxKillPhaseMs) break;
       const interval = lo + killRng() * (hi - lo);
       await sleep(Math.max(0, readyAt + interval - Date.now()));
+      // A kill in idle time proves little: wait for puts in flight (at once when unthrottled),
+      // then a few ms more so the kill lands while the server reads, commits or answers them.
+      const busyBy = Date.now() + 2000;
+      while (inFlight() === 0 && Date.now() < busyBy) await sleep(1);
+      await sleep(killRng() * 4);
       const atKill = inFlight();
       const killedAt = Date.now();
       const upMs = killedAt - readyAt;
