@@ -19,7 +19,7 @@ acked puts). With --minutes N: kills the server for N minutes, then drains and c
   --clients N        clients owning streams (default 16)
   --streams N        streams per client (default 8)
   --rate N           new puts per second over all clients, released in bursts every 50 ms;
-                     0 = unthrottled (default: 0 for the short run, 2000 with --minutes: every
+                     0 = unthrottled (default: 4000 for the short run, 2000 with --minutes: every
                      put's record stays in memory until the final check, about 140 bytes each,
                      and the database grows by about 70 bytes per put)
   --report PATH      report file (default docs/RELIABILITY.md)
@@ -78,7 +78,7 @@ async function main(): Promise<number> {
     seed,
     clients: Math.floor(num('clients', values.clients, SHORT_RUN.clients)),
     streamsPerClient: Math.floor(num('streams', values.streams, SHORT_RUN.streamsPerClient)),
-    rate: num('rate', values.rate, minutes === undefined ? 0 : 2000),
+    rate: num('rate', values.rate, minutes === undefined ? SHORT_RUN.rate ?? 0 : 2000),
     ...(killMs === undefined ? {} : { minDurationMs: killMs, maxKillPhaseMs: killMs, drainTimeoutMs: 60_000 }),
     keepDb: values['keep-db'] === true,
     log: (line: string) => process.stdout.write(`[soak ${new Date().toISOString().slice(11, 19)}] ${line}\n`),

@@ -174,11 +174,6 @@ export class Workload {
   draining = false;
   acked = 0;
   failed = 0;
-  /**
-   * Sends other than resends still allowed; Infinity means unthrottled. A long run refills it at
-   * its rate, because every put's record stays in memory until the final check.
-   */
-  tokens = Number.POSITIVE_INFINITY;
   readonly stats: WorkloadStats = {
     frames: 0, putsSent: 0, firstSends: 0, resends: 0, resendsReplayed: 0, resendsAppliedFresh: 0, resendsRefused: 0,
     duplicatesSent: 0, duplicatesReplayed: 0, lateSent: 0, reusesSent: 0, skippedSeqs: 0, deletesCreated: 0,
@@ -257,6 +252,11 @@ export class SoakClient {
   private stopped = false;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private disconnectTimer: NodeJS.Timeout | undefined;
+  /**
+   * Sends other than resends this client may still make; Infinity means unthrottled. A rate
+   * limit refills every client alike, so that no client (nor the shared stream) starves.
+   */
+  tokens = Number.POSITIVE_INFINITY;
 
   constructor(
     readonly name: string,
@@ -468,8 +468,8 @@ export class SoakClient {
     const unknown = this.resend.shift();
     if (unknown !== undefined) return { rec: unknown, mode: 'resend', id };
     const w = this.w;
-    if (w.draining || w.tokens < 1) return undefined;
-    w.tokens--;
+    if (w.draining || this.tokens < 1) return undefined;
+    this.tokens--;
     const lane = this.lanes[this.rr++ % this.lanes.length]!;
     const roll = w.rng();
     let threshold = w.p.duplicate;
