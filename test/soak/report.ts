@@ -122,7 +122,7 @@ export function renderReport(r: SoakResult, ctx: ReportContext, fuzz: readonly F
   row('puts sent', n(st.putsSent), `every put on the wire, in ${n(st.frames)} frames`);
   row('distinct puts', n(r.records), 'writes, late puts and reuses the clients created');
   row('acked', n(r.acked), 'distinct puts acked (`ok`); each checked against its stored ack');
-  row('failed', n(r.failed), `definite refusals: late puts stale ${n(st.lateSent)} sent, reuses sequence_reused ${n(st.reusesSent)} sent, shared-stream writes passed by the other writer ${n(st.sharedStale)}`);
+  row('failed', n(r.failed), `definite refusals: ${n(st.sharedStale)} shared-stream writes passed by the other writer (stale), and every late put (stale; ${n(st.lateSent)} sent) and reuse (sequence_reused; ${n(st.reusesSent)} sent)`);
   row('unknown', n(st.unknownsCreated), 'puts whose connection died before the answer; all resent until answered');
   row('resends answered as replay', n(st.resendsReplayed), 'committed before the crash, ack lost: answered from the stored ack');
   row('resends applied fresh', n(st.resendsAppliedFresh), 'not committed before the crash: applied on resend');
