@@ -65,7 +65,8 @@ export function encodeMessage(message: object, format: WireFormat): Buffer | str
  */
 function widenIntegers<T>(value: T): T {
   if (typeof value === 'number') {
-    return (Number.isInteger(value) && (value > 0xffffffff || value < -0x80000000) ? BigInt(value) : value) as T;
+    // Beyond 2^53 an integral number is only a float's value (1e20): it stays a float64.
+    return (Number.isSafeInteger(value) && (value > 0xffffffff || value < -0x80000000) ? BigInt(value) : value) as T;
   }
   if (typeof value !== 'object' || value === null || value instanceof Uint8Array) return value;
   if (Array.isArray(value)) {

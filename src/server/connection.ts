@@ -216,7 +216,15 @@ export class Connection {
 
   private send(message: object, sent?: () => void): void {
     if (this.closed) return;
-    this.ws.send(encodeMessage(message, this.format), () => {
+    let frame: Buffer | string;
+    try {
+      frame = encodeMessage(message, this.format);
+    } catch (err) {
+      // Only echoed client values (a ping's nonce) can make encoding fail; answer, never crash.
+      this.ctx.log.warn({ err }, 'could not encode an answer');
+      frame = encodeMessage({ type: 'error', code: 'INVALID_MESSAGE', message: 'the answer could not be encoded', retryable: false }, this.format);
+    }
+    this.ws.send(frame, () => {
       sent?.();
       this.updateFlow();
     });
