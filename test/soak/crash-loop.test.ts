@@ -6,7 +6,8 @@ import { runSoak, SHORT_RUN } from './soak.js';
  * writers sharing one stream, with gaps, late puts into skipped seqs, reused seqs, duplicates of
  * acked puts and client disconnects, while the server process is SIGKILLed every 0.2–3 s and
  * restarted on the same file. `npm run soak -- --minutes N` runs the same thing for longer.
- * SEQGATE_SOAK_SEED replays a run's payloads and fault choices (kill timing cannot be replayed).
+ * SEQGATE_SOAK_SEED fixes the payloads and random streams of a run; how they interleave with the
+ * kills depends on timing, so a failure is reproduced by rerunning, not replayed exactly.
  */
 
 describe('crash-loop soak (short run)', () => {

@@ -91,7 +91,7 @@ export function renderReport(r: SoakResult, ctx: ReportContext, fuzz: readonly F
     `| command | \`${ctx.command}\` |`,
     `| started | ${r.startedAt} |`,
     `| duration | ${s(r.durationMs)} (kill phase ${s(r.killPhaseMs)}, drain ${s(r.drainMs)}, check ${s(r.checkMs)}) |`,
-    `| seed | ${r.seed} (\`--seed ${r.seed}\` replays payloads and fault choices; kill timing is not replayable) |`,
+    `| seed | ${r.seed} (\`--seed ${r.seed}\` gives the same payloads and random streams; how they interleave with kills depends on timing, so a run is not replayed exactly) |`,
     `| commit | ${gitCommit(ctx.repoRoot)} |`,
     `| machine | ${cpu.length} × ${cpu[0]?.model.trim() ?? 'unknown CPU'}, ${(totalmem() / 2 ** 30).toFixed(1)} GiB, ${platform()} ${release()}, load ${loadavg().map((x) => x.toFixed(2)).join(' ')} at the end |`,
     `| node | ${process.version} |`,
@@ -195,7 +195,7 @@ export function renderReport(r: SoakResult, ctx: ReportContext, fuzz: readonly F
     '',
     '## Reproducing',
     '',
-    '- Short run (part of `npm test`): `npx vitest run test/soak/crash-loop.test.ts` (`SEQGATE_SOAK_SEED=<seed>` to replay).',
+    '- Short run (part of `npm test`): `npx vitest run test/soak/crash-loop.test.ts` (`SEQGATE_SOAK_SEED=<seed>` fixes the seed).',
     '- Long run: `npm run soak -- --minutes 30` (`--seed`, `--rate`, `--clients`, `--streams`, `--keep-db`, `--no-report`; `--help`).',
     '',
   );

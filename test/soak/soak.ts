@@ -116,6 +116,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
   let checkMs = 0;
   let dbBytes = 0;
   let refill: NodeJS.Timeout | undefined;
+  let serverUp = true;
 
   try {
     const first = await child.start();
@@ -172,7 +173,15 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
         w.violation(`kill ${kills.length + 1}: the server had already ended (${JSON.stringify(exit)}) before SIGKILL\n${child.stderr.slice(-2000)}`);
       }
       for (const problem of checkAfterKill(db.dbPath, books)) w.violation(`after kill ${kills.length + 1}: ${problem}`);
-      const ready = await child.restart();
+      let ready;
+      try {
+        ready = await child.restart();
+      } catch (err) {
+        // A file the server refuses after a SIGKILL (exit 3: corrupt) is the worst finding; report it, then check the file as it is.
+        w.violation(`restart after kill ${kills.length + 1} failed: ${(err as Error).message}`);
+        serverUp = false;
+        break;
+      }
       readyAt = Date.now();
       if (ready.incarnation !== w.incarnation) w.violation(`restart ${kills.length + 1}: incarnation ${ready.incarnation}, expected ${w.incarnation}`);
       w.url = ready.url;
@@ -185,15 +194,17 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     const drainStart = Date.now();
     w.draining = true;
     for (const c of clients) c.nudge();
-    while (!clients.every((c) => c.settled) && Date.now() - drainStart < options.drainTimeoutMs) await sleep(20);
+    while (serverUp && !clients.every((c) => c.settled) && Date.now() - drainStart < options.drainTimeoutMs) await sleep(20);
     drainMs = Date.now() - drainStart;
-    if (!clients.every((c) => c.settled)) {
+    if (serverUp && !clients.every((c) => c.settled)) {
       w.violation(`drain: ${clients.filter((c) => !c.settled).map((c) => c.name).join(', ')} still had unanswered puts after ${options.drainTimeoutMs} ms`);
     }
     await Promise.all(clients.map((c) => c.stop()));
-    const exit = await child.kill('SIGTERM');
-    cleanExit = exit.code === 0 && exit.signal === null;
-    if (!cleanExit) w.violation(`SIGTERM after the run ended with ${JSON.stringify(exit)}\n${child.stderr.slice(-2000)}`);
+    if (serverUp) {
+      const exit = await child.kill('SIGTERM');
+      cleanExit = exit.code === 0 && exit.signal === null;
+      if (!cleanExit) w.violation(`SIGTERM after the run ended with ${JSON.stringify(exit)}\n${child.stderr.slice(-2000)}`);
+    }
 
     const checkStart = Date.now();
     check = checkDatabase(db.dbPath, options.seed, books);
