@@ -24,7 +24,8 @@ acked puts). With --minutes N: kills the server for N minutes, then drains and c
                      and the database grows by about 70 bytes per put)
   --report PATH      report file (default docs/RELIABILITY.md)
   --no-report        do not write the report
-  --fuzz-stats DIR   fuzz statistics to include (default .reliability/fuzz)
+  --fuzz-summary F   the fuzz suite's summary to include (default test/fuzz/.last-run.json,
+                     or SEQGATE_FUZZ_SUMMARY)
   --keep-db          keep the database folder and print its path
 `;
 
@@ -48,7 +49,7 @@ async function main(): Promise<number> {
       rate: { type: 'string' },
       report: { type: 'string' },
       'no-report': { type: 'boolean' },
-      'fuzz-stats': { type: 'string' },
+      'fuzz-summary': { type: 'string' },
       'keep-db': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -68,7 +69,7 @@ async function main(): Promise<number> {
   process.env.SEQGATE_TEST_CLI ??= join(root, 'dist', 'src', 'cli.js');
   if (!existsSync(process.env.SEQGATE_TEST_CLI)) throw new Error(`${process.env.SEQGATE_TEST_CLI} is missing: run \`npm run build\` first`);
   const { runSoak, SHORT_RUN, verdict } = await import('./soak.js');
-  const { FUZZ_STATS_DIR, readFuzzStats, renderReport } = await import('./report.js');
+  const { FUZZ_SUMMARY, readFuzzSummary, renderReport } = await import('./report.js');
 
   const minutes = values.minutes === undefined ? undefined : num('minutes', values.minutes, 0);
   const seed = Math.floor(num('seed', values.seed, Math.floor(Math.random() * 2 ** 31)));
@@ -98,7 +99,7 @@ async function main(): Promise<number> {
 
   if (values['no-report'] !== true) {
     const reportPath = resolve(root, values.report ?? join('docs', 'RELIABILITY.md'));
-    const fuzz = readFuzzStats(resolve(root, values['fuzz-stats'] ?? FUZZ_STATS_DIR));
+    const fuzz = readFuzzSummary(resolve(root, values['fuzz-summary'] ?? FUZZ_SUMMARY));
     mkdirSync(dirname(reportPath), { recursive: true });
     writeFileSync(reportPath, renderReport(result, { command, passed: failures.length === 0, failures, repoRoot: root }, fuzz));
     options.log(`report written to ${relative(process.cwd(), reportPath) || reportPath}`);
