@@ -98,7 +98,7 @@ export class Committer {
       const message = `batch not committed: ${(err as Error).message}`;
       results = batch.map(() => ({ kind: 'rejected', outcome: 'error', code: 'STORAGE_UNAVAILABLE', message }));
     }
-    if (batch.length > 0) reach('after-commit');
+    if (results.some((r) => r.kind !== 'rejected' || r.outcome !== 'error')) reach('after-commit');
     this.onBatch?.({ puts: batch.length, submissions: taken.length, durationMs: performance.now() - started });
     let offset = 0;
     for (const s of taken) {

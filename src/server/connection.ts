@@ -224,8 +224,8 @@ export class Connection {
       this.ctx.log.warn({ err }, 'could not encode an answer');
       frame = encodeMessage({ type: 'error', code: 'INVALID_MESSAGE', message: 'the answer could not be encoded', retryable: false }, this.format);
     }
-    this.ws.send(frame, () => {
-      sent?.();
+    this.ws.send(frame, (err) => {
+      if (err === undefined || err === null) sent?.();
       this.updateFlow();
     });
   }
