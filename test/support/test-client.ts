@@ -11,6 +11,26 @@ import { SeqgateServer, type StartOptions } from '../../src/server/websocket-ser
 
 const packr = new Packr({ useRecords: false });
 const unpackr = new Unpackr({ useRecords: false, int64AsType: 'auto' as 'bigint' });
+// Echoed values (a pong's nonce) may hold maps with non-string keys, which plain objects cannot.
+const mapUnpackr = new Unpackr({ useRecords: false, int64AsType: 'auto' as 'bigint', mapsAsObjects: false });
+
+function decodeMsgpack(data: Buffer): Msg {
+  try {
+    return unpackr.unpack(data);
+  } catch {
+    return objectify(mapUnpackr.unpack(data));
+  }
+}
+
+/** Maps whose keys are all strings become plain objects; others stay Maps. */
+function objectify(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(objectify);
+  if (v instanceof Map) {
+    const entries = [...v].map(([k, x]) => [k, objectify(x)] as const);
+    return entries.every(([k]) => typeof k === 'string') ? Object.fromEntries(entries) : new Map(entries);
+  }
+  return v;
+}
 
 export type Format = 'msgpack' | 'json';
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -26,7 +46,7 @@ export class TestClient {
   private constructor(readonly ws: WebSocket, readonly format: Format) {
     ws.on('message', (data: Buffer) => {
       this.frames.push(data);
-      this.messages.push(format === 'msgpack' ? unpackr.unpack(data) : JSON.parse(data.toString('utf8')));
+      this.messages.push(format === 'msgpack' ? decodeMsgpack(data) : JSON.parse(data.toString('utf8')));
       for (const w of this.waiters.splice(0)) w();
     });
     this.closed = new Promise((resolve) => ws.on('close', (code, reason) => {
