@@ -427,8 +427,11 @@ const PACE_MS = 400;
 
 describe('oversize frames and states', () => {
   it('close only their senders with 1009 or answer them invalid, memory stays under the bound, and the control p99 stays within 2x', { timeout: 180_000, retry: 2 }, async () => {
-    const flags = { maxFrameBytes: 1 * MiB, connectionInFlightBytes: 4 * MiB, outboundHighWaterBytes: 1 * MiB };
-    const server = await serve();
+    const flags = { maxFrameBytes: 1 * MiB, connectionInFlightBytes: 256 * KiB, outboundHighWaterBytes: 64 * KiB };
+    const server = await serve([
+      '--connection-in-flight-bytes', String(flags.connectionInFlightBytes),
+      '--outbound-high-water-bytes', String(flags.outboundHighWaterBytes),
+    ]);
     const pid = server.pid!;
     const control = await startControl(server.url);
     const base = await control.measure();
