@@ -152,6 +152,8 @@ export class Connection {
           return;
         }
         this.addInFlight(data.length);
+        // Check the limits now, not when answers go out: a slow commit must stop reading too.
+        this.updateFlow();
         void this.ctx.committer.submit(valid).then((stored) => {
           for (let i = 0; i < stored.length; i++) results[slots[i]!] = wireResult(ids[i]!, stored[i]!);
           for (const r of results) this.ctx.metrics.countOutcome(r!.outcome, 'replay' in r! && r.replay, 'ws');
@@ -263,9 +265,11 @@ export class Connection {
       this.ws.resume();
     }
 
-    if (outbound > flow.outboundHighWaterBytes) {
+    // Paused with unread answers: the client has that long to start reading. (Paused only for
+    // unanswered puts is the server's own delay and never closes anyone.)
+    if (this.paused && outbound > flow.outboundHighWaterBytes / 2) {
       this.slowTimer ??= setTimeout(() => this.closeSlowConsumer(), flow.slowConsumerTimeoutMs);
-    } else if (this.slowTimer !== undefined && outbound <= flow.outboundHighWaterBytes / 2) {
+    } else if (this.slowTimer !== undefined) {
       clearTimeout(this.slowTimer);
       this.slowTimer = undefined;
     }
