@@ -7,7 +7,7 @@ import { ERRORS, SeqgateError } from '../../src/errors.js';
 import {
   decodeFrame, encodeMessage, ENVELOPE_DEPTH, PROTOCOL_VERSION, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK, type WireFormat,
 } from '../../src/protocol/codec.js';
-import { parseMessage, type IncomingMessage, type Limits } from '../../src/protocol/messages.js';
+import { limitsOf, parseMessage, type IncomingMessage } from '../../src/protocol/messages.js';
 import { DEFAULT_TENANT } from '../../src/store/store.js';
 
 /**
@@ -29,18 +29,7 @@ export interface ArmHandlers {
   shutdown?(): Promise<void>;
 }
 
-export function limitsOf(c: Config): Limits {
-  return {
-    maxFrameBytes: c.maxFrameBytes,
-    maxPutsPerFrame: c.maxPutsPerFrame,
-    maxStateBytes: c.maxStateBytes,
-    maxStateDepth: c.maxStateDepth,
-    maxKeyBytes: c.maxKeyBytes,
-    maxStreamBytes: c.maxStreamBytes,
-    maxIdBytes: c.maxIdBytes,
-    maxHelloStreams: c.maxHelloStreams,
-  };
-}
+export { limitsOf };
 
 export function welcomeMessage(arm: string, config: Config, incarnation: string, heads: readonly object[]): object {
   return {

@@ -1,3 +1,4 @@
+import type { Config } from '../config.js';
 import { ERRORS, SeqgateError } from '../errors.js';
 import type { Ack, Put, PutResult, StreamHead } from '../store/store.js';
 import { CanonicalError, canonicalEncode, putFingerprint } from './canonical.js';
@@ -18,6 +19,20 @@ export interface Limits {
   readonly maxStreamBytes: number;
   readonly maxIdBytes: number;
   readonly maxHelloStreams: number;
+}
+
+/** The limits a server announces in its welcome, taken from its configuration. */
+export function limitsOf(c: Config): Limits {
+  return {
+    maxFrameBytes: c.maxFrameBytes,
+    maxPutsPerFrame: c.maxPutsPerFrame,
+    maxStateBytes: c.maxStateBytes,
+    maxStateDepth: c.maxStateDepth,
+    maxKeyBytes: c.maxKeyBytes,
+    maxStreamBytes: c.maxStreamBytes,
+    maxIdBytes: c.maxIdBytes,
+    maxHelloStreams: c.maxHelloStreams,
+  };
 }
 
 export type CorrelationId = string | number | null;

@@ -7,7 +7,7 @@ import { ConfigError, defaultConfig, type Config } from '../config.js';
 import { ERRORS } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
 import { PROTOCOL_VERSION, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK } from '../protocol/codec.js';
-import type { Limits } from '../protocol/messages.js';
+import { limitsOf, type Limits } from '../protocol/messages.js';
 import { Pruner } from '../store/pruner.js';
 import { SqliteStore } from '../store/sqlite-store.js';
 import type { Store } from '../store/store.js';
@@ -126,17 +126,7 @@ export class SeqgateServer {
   }
 
   get limits(): Limits {
-    const c = this.config;
-    return {
-      maxFrameBytes: c.maxFrameBytes,
-      maxPutsPerFrame: c.maxPutsPerFrame,
-      maxStateBytes: c.maxStateBytes,
-      maxStateDepth: c.maxStateDepth,
-      maxKeyBytes: c.maxKeyBytes,
-      maxStreamBytes: c.maxStreamBytes,
-      maxIdBytes: c.maxIdBytes,
-      maxHelloStreams: c.maxHelloStreams,
-    };
+    return limitsOf(this.config);
   }
 
   /** Runs one pruning pass now; returns how many acks went. */
