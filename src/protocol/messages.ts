@@ -3,6 +3,7 @@ import { ERRORS, SeqgateError } from '../errors.js';
 import type { Ack, Put, PutResult, StreamHead } from '../store/store.js';
 import { CanonicalError, canonicalEncode, putFingerprint } from './canonical.js';
 import { field, fieldNames, isMap } from './codec.js';
+import { parseSubscribe, parseUnsubscribe, type SubscribeMessage, type UnsubscribeMessage } from './subscribe-messages.js';
 
 /**
  * The messages of PROTOCOL.md: what a decoded frame must look like, and the shapes the server
@@ -44,7 +45,9 @@ export type ParsedPut =
 export type IncomingMessage =
   | { readonly type: 'hello'; readonly streams: readonly string[]; readonly token: string | undefined }
   | { readonly type: 'put'; readonly puts: readonly ParsedPut[] }
-  | { readonly type: 'ping'; readonly nonce: unknown };
+  | { readonly type: 'ping'; readonly nonce: unknown }
+  | SubscribeMessage
+  | UnsubscribeMessage;
 
 export interface WireError {
   readonly code: string;
@@ -225,6 +228,10 @@ export function parseMessage(value: unknown, limits: Limits, tenant: string): In
     }
     case 'ping':
       return { type, nonce: field(value, 'nonce') ?? null };
+    case 'subscribe':
+      return parseSubscribe(value, limits);
+    case 'unsubscribe':
+      return parseUnsubscribe(value, limits);
     default:
       throw new SeqgateError('UNKNOWN_TYPE', `unknown message type "${type.slice(0, 64)}"`, { field: 'type' });
   }

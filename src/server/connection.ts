@@ -10,6 +10,7 @@ import type { Put, Store } from '../store/store.js';
 import { mayReadStream, mayWrite, type Authenticator, type Principal } from './auth.js';
 import type { Committer } from './committer.js';
 import type { Metrics } from './metrics.js';
+import { Subscriptions, type SubscriptionContext } from './subscription.js';
 
 /**
  * One client connection: frames in, answers out in the order of the frames that caused them.
@@ -42,6 +43,8 @@ export interface ConnectionContext {
   readonly log: Logger;
   readonly welcome: () => object;
   readonly onClose: (conn: Connection) => void;
+  /** The changefeed's subscriptions (absent: subscribe is an unknown type). */
+  readonly changes?: SubscriptionContext;
 }
 
 type Entry =
@@ -58,6 +61,7 @@ export class Connection {
   private closed = false;
   private stoppedForGood = false;
   private flushScheduled = false;
+  private readonly subscriptions: Subscriptions | undefined;
 
   constructor(
     readonly ws: WebSocket,
@@ -70,6 +74,7 @@ export class Connection {
     ws.on('pong', () => { this.alive = true; });
     ws.on('close', () => this.onClosed());
     ws.on('error', (err) => ctx.log.debug({ err }, 'connection error'));
+    this.subscriptions = ctx.changes && new Subscriptions(ctx.changes, this);
   }
 
   /** True while reading is paused; the heartbeat sweep leaves such connections to the flow rules. */
@@ -104,6 +109,14 @@ export class Connection {
     const principal = this.principalOrNone!;
 
     switch (message.type) {
+      case 'subscribe':
+      case 'unsubscribe':
+        if (this.subscriptions === undefined) {
+          this.outbox.push({ kind: 'message', message: errorMessage(new SeqgateError('UNKNOWN_TYPE', `unknown message type "${message.type}"`, { field: 'type' })) });
+          this.flush();
+        } else if (message.type === 'subscribe') this.subscriptions.subscribe(message, principal);
+        else this.subscriptions.unsubscribe(message.id);
+        return;
       case 'ping':
         // Answered at once, ahead of pending results: it measures liveness, not progress.
         this.send({ type: 'pong', nonce: message.nonce });
@@ -305,6 +318,7 @@ export class Connection {
   private onClosed(): void {
     if (this.closed) return;
     this.closed = true;
+    this.subscriptions?.closeAll();
     if (this.slowTimer !== undefined) clearTimeout(this.slowTimer);
     // Unanswered puts still commit (the client may retry them); their bytes leave the budget then.
     this.ctx.budget.waiting.delete(this);

@@ -8,6 +8,7 @@ import { decodeFrame, encodeMessage, ENVELOPE_DEPTH, type WireFormat } from '../
 import { forbiddenResult, nameProblem, parsePut, wireResult, type Limits, type WireResult } from '../protocol/messages.js';
 import type { DocResult, Store } from '../store/store.js';
 import { bearerToken, mayReadDocument, mayReadStream, mayWrite, type Authenticator, type Principal } from './auth.js';
+import { isChangesPath } from './changes-http.js';
 import type { Committer } from './committer.js';
 import type { Metrics } from './metrics.js';
 
@@ -24,6 +25,8 @@ export interface HttpContext {
   readonly auth: Authenticator;
   readonly metrics: Metrics;
   readonly log: Logger;
+  /** The changefeed's reader (changes-http.ts), which owns /v1/changes. */
+  readonly changes?: (req: IncomingMessage, res: ServerResponse, url: URL) => void;
 }
 
 const CREATE_SCOPE = 'POST /v1/docs';
@@ -154,6 +157,11 @@ export function createHttpHandler(ctx: HttpContext): (req: IncomingMessage, res:
 
   return (req, res) => {
     const url = new URL(req.url ?? '/', 'http://local');
+    if (ctx.changes !== undefined && isChangesPath(url.pathname)) {
+      res.once('finish', () => ctx.metrics.httpRequests.inc({ route: 'changes', status: String(res.statusCode) }));
+      ctx.changes(req, res, url);
+      return;
+    }
     const parts = url.pathname.split('/').slice(1);
     const route = routeOf(parts);
     const format = responseFormat(req);

@@ -13,6 +13,7 @@ import { SqliteStore } from '../store/sqlite-store.js';
 import type { Store } from '../store/store.js';
 import { SEQGATE_VERSION } from '../version.js';
 import { Authenticator, bearerToken, isLoopbackHost } from './auth.js';
+import { Changefeed } from './changefeed.js';
 import { Committer, type BatchInfo } from './committer.js';
 import { Connection, type InFlightBudget } from './connection.js';
 import { createHttpHandler } from './http-api.js';
@@ -51,6 +52,7 @@ export class SeqgateServer {
     private readonly wss: WebSocketServer,
     private readonly committer: Committer,
     private readonly pruner: Pruner,
+    readonly changefeed: Changefeed,
   ) {}
 
   static async start(overrides: Partial<Config> = {}, options: StartOptions = {}): Promise<SeqgateServer> {
@@ -73,7 +75,9 @@ export class SeqgateServer {
     });
     let committer: Committer | undefined;
     const metrics = new Metrics({ connections: () => server.connectionCount, putsInFlight: () => committer?.inFlight ?? 0 });
+    const changefeed = new Changefeed(store, config, auth, log);
     committer = new Committer(store, config.maxBatchPuts, (info) => {
+      changefeed.committed();
       metrics.observeBatch(info);
       options.onBatch?.(info);
     });
@@ -95,8 +99,8 @@ export class SeqgateServer {
         return false;
       },
     });
-    const server: SeqgateServer = new SeqgateServer(config, store, log, metrics, auth, http, wss, committer, pruner);
-    http.on('request', createHttpHandler({ store, committer, limits: server.limits, auth, metrics, log }));
+    const server: SeqgateServer = new SeqgateServer(config, store, log, metrics, auth, http, wss, committer, pruner, changefeed);
+    http.on('request', createHttpHandler({ store, committer, limits: server.limits, auth, metrics, log, changes: changefeed.http }));
     server.attach(options.maxInFlightBytes ?? 256 * 1024 * 1024);
 
     await new Promise<void>((resolve, reject) => {
@@ -107,6 +111,7 @@ export class SeqgateServer {
       });
     });
     pruner.start();
+    changefeed.start();
     server.startIdempotencyPruning();
     server.watchTokens();
     log.info({
@@ -156,6 +161,7 @@ export class SeqgateServer {
       log: this.log,
       welcome: () => welcome,
       onClose: (conn: Connection) => this.connections.delete(conn),
+      changes: this.changefeed.subscriptions,
     };
 
     this.http.on('upgrade', (req, socket, head) => {
@@ -271,6 +277,7 @@ export class SeqgateServer {
       for (const conn of this.connections) conn.stop();
       await this.pruner.stop();
       await this.committer.idle();
+      await this.changefeed.stop();
       const deadline = Date.now() + 5000;
       while ([...this.connections].some((c) => !c.settled) && Date.now() < deadline) {
         await new Promise((resolve) => setTimeout(resolve, 5));
