@@ -24,7 +24,7 @@ export class ChangeFeed {
   private checking = false;
   private again = false;
   private pollTimer: NodeJS.Timeout | undefined;
-  private stopped = false;
+  private isStopped = false;
 
   constructor(
     private readonly log: ChangeLog,
@@ -37,7 +37,7 @@ export class ChangeFeed {
    * `signal` aborts first. Resolves at once when the tail already is above `after`.
    */
   async waitForChange(tenant: string, after: number, timeoutMs: number, signal?: AbortSignal): Promise<boolean> {
-    if (this.stopped || signal?.aborted) return false;
+    if (this.isStopped || signal?.aborted) return false;
     if ((await this.log.changeTail(tenant)) > after) return true;
     return new Promise<boolean>((resolve) => {
       let set = this.waiters.get(tenant);
@@ -76,6 +76,11 @@ export class ChangeFeed {
     });
   }
 
+  /** After stop(): readers should end instead of waiting again. */
+  get stopped(): boolean {
+    return this.isStopped;
+  }
+
   get waiting(): number {
     let n = 0;
     for (const s of this.waiters.values()) n += s.size;
@@ -96,7 +101,7 @@ export class ChangeFeed {
   }
 
   private ensurePolling(): void {
-    if (this.pollTimer !== undefined || this.options.pollIntervalMs <= 0 || this.stopped) return;
+    if (this.pollTimer !== undefined || this.options.pollIntervalMs <= 0 || this.isStopped) return;
     this.pollTimer = setInterval(() => {
       if (this.waiters.size === 0) {
         clearInterval(this.pollTimer);
@@ -110,7 +115,7 @@ export class ChangeFeed {
 
   /** Wakes nobody again: every waiter resolves false at once. */
   stop(): void {
-    this.stopped = true;
+    this.isStopped = true;
     clearInterval(this.pollTimer);
     this.pollTimer = undefined;
     for (const set of [...this.waiters.values()]) for (const w of [...set]) w.finish(false);

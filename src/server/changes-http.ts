@@ -193,7 +193,7 @@ export function createChangesHandler(ctx: ChangesHttpContext): (req: IncomingMes
         res.once('close', done);
       });
     };
-    while (!abort.aborted && Date.now() < ends) {
+    while (!abort.aborted && !ctx.feed.stopped && Date.now() < ends) {
       const page = await readPage(read, at);
       if (page.changes.length > 0) await write(`event: data\ndata: ${page.body}\n\n`);
       if (page.changes.length > 0 || page.next !== announced) {

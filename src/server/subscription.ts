@@ -148,6 +148,8 @@ export class Subscriptions {
         announcedUpToDate = true;
       }
       await feed.waitForChange(tenant, at, IDLE_RECHECK_MS, signal);
+      // Shutting down: the connection closes next, and its client resubscribes elsewhere.
+      if (feed.stopped) return;
     }
   }
 
