@@ -176,7 +176,8 @@ class LoadClient {
   constructor(readonly streams: StreamLoad[], private readonly h: Harness) {
     this.socket = new ReconnectingSocket(() => h.url, h.rng, {
       opened: () => this.streams.map((s) => s.name),
-      message: (msg) => this.onMessage(msg),
+      welcome: (msg) => this.onWelcome(msg),
+      results: (results) => this.onResults(results),
       problem: (description) => this.h.fail(description),
       lost: () => {
         this.welcomed = false;
@@ -213,17 +214,9 @@ class LoadClient {
     this.socket.start();
   }
 
-  private onMessage(msg: Record<string, unknown>): void {
-    switch (msg.type) {
-      case 'welcome':
-        return this.onWelcome(msg);
-      case 'results':
-        for (const r of msg.results as Array<Record<string, unknown>>) this.onResult(r);
-        this.pump();
-        return;
-      default:
-        return this.h.fail(`unexpected message: ${JSON.stringify(msg).slice(0, 500)}`);
-    }
+  private onResults(results: Array<Record<string, unknown>>): void {
+    for (const r of results) this.onResult(r);
+    this.pump();
   }
 
   private onWelcome(msg: Record<string, unknown>): void {

@@ -253,7 +253,8 @@ export class SoakClient {
         for (const lane of this.lanes) lane.helloFloor = lane.book.maxOk;
         return this.lanes.map((l) => l.book.name);
       },
-      message: (msg) => this.onMessage(msg),
+      welcome: (msg) => this.onWelcome(msg),
+      results: (results) => this.onResults(results),
       problem: (description) => this.w.violation(`${this.name}: ${description}`),
       lost: () => this.onLost(),
     });
@@ -290,17 +291,9 @@ export class SoakClient {
     this.resend.sort((a, b) => a.order - b.order);
   }
 
-  private onMessage(msg: Record<string, unknown>): void {
-    switch (msg.type) {
-      case 'welcome':
-        return this.onWelcome(msg);
-      case 'results':
-        for (const r of msg.results as Array<Record<string, unknown>>) this.onResult(r);
-        this.pump();
-        return;
-      default:
-        return this.w.violation(`${this.name}: unexpected message ${JSON.stringify(msg).slice(0, 300)}`);
-    }
+  private onResults(results: Array<Record<string, unknown>>): void {
+    for (const r of results) this.onResult(r);
+    this.pump();
   }
 
   private onWelcome(msg: Record<string, unknown>): void {

@@ -3,7 +3,7 @@ import WebSocket from 'ws';
 
 /**
  * The transport half of a long-running test writer (the SIGKILL test's and the soak's clients):
- * one msgpack connection at a time that sends a hello when it opens, hands every decoded message
+ * one msgpack connection at a time that sends a hello when it opens, hands welcomes and results
  * to its owner, and after any death (a killed server, a dropped connection) reconnects with
  * jittered exponential backoff until stopped. What to send and how to judge the answers stays
  * with the owner; a message from a connection that has since been replaced is never delivered.
@@ -22,8 +22,10 @@ const CLOSE_GRACE_MS = 5000;
 export interface ReconnectingSocketEvents {
   /** A connection opened; returns the streams its hello asks heads for. */
   readonly opened: () => readonly string[];
-  readonly message: (msg: Record<string, unknown>) => void;
-  /** The server sent something this msgpack client cannot take (a text frame). */
+  readonly welcome: (msg: Record<string, unknown>) => void;
+  /** The results of one `results` message, in order. */
+  readonly results: (results: Array<Record<string, unknown>>) => void;
+  /** The server sent something a writer does not expect: a text frame, or another message type. */
   readonly problem: (description: string) => void;
   /** The connection died. Unless stopped, the next one is scheduled right after this returns. */
   readonly lost: () => void;
@@ -82,7 +84,10 @@ export class ReconnectingSocket {
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       if (this.ws !== ws) return;
       if (!isBinary) return this.events.problem(`text frame on a msgpack connection: ${data.toString().slice(0, 200)}`);
-      this.events.message(unpackr.unpack(data) as Record<string, unknown>);
+      const msg = unpackr.unpack(data) as Record<string, unknown>;
+      if (msg.type === 'welcome') this.events.welcome(msg);
+      else if (msg.type === 'results') this.events.results(msg.results as Array<Record<string, unknown>>);
+      else this.events.problem(`unexpected message: ${JSON.stringify(msg).slice(0, 500)}`);
     });
     ws.on('error', () => undefined);
     ws.on('close', () => {
