@@ -1,8 +1,6 @@
-import { watch, type FSWatcher } from 'node:fs';
 import { createServer, type IncomingMessage, type Server as HttpServer } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { basename, dirname, resolve } from 'node:path';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ConfigError, defaultConfig, type Config } from '../config.js';
 import { ERRORS } from '../errors.js';
@@ -20,6 +18,7 @@ import { createHttpHandler } from './http-api.js';
 import { guarded } from './listener-guard.js';
 import { Metrics } from './metrics.js';
 import { parseRequestTarget } from './request-target.js';
+import { TokensFileWatch } from './tokens-file-watch.js';
 
 /**
  * Where a put enters: the HTTP server that accepts WebSocket upgrades, the set of connections,
@@ -57,7 +56,9 @@ export class SeqgateServer {
   private readonly connections = new Set<Connection>();
   private sweepTimer: NodeJS.Timeout | undefined;
   private idempotencyTimer: NodeJS.Timeout | undefined;
-  private tokenWatcher: FSWatcher | undefined;
+  private tokenWatch: TokensFileWatch | undefined;
+  /** The last failed automatic reload, logged once rather than at every poll. */
+  private tokenCheckFailure: string | undefined;
   private closing: Promise<void> | undefined;
 
   private constructor(
@@ -234,8 +235,8 @@ export class SeqgateServer {
   }
 
   /**
-   * Re-reads the tokens (SIGHUP or a change of the tokens file) and closes every connection whose
-   * token is gone or whose grant changed. On a bad file the old tokens stay in force.
+   * Re-reads the tokens (SIGHUP) and closes every connection whose token is gone or whose grant
+   * changed. On a bad file the old tokens stay in force.
    */
   reloadTokens(): void {
     try {
@@ -244,6 +245,26 @@ export class SeqgateServer {
       this.log.error({ err }, 'token reload failed; keeping the previous tokens');
       return;
     }
+    this.tokenCheckFailure = undefined;
+    this.revokeStale();
+  }
+
+  /** Reloads the tokens if the tokens file's content changed (file watch and poll). */
+  private checkTokens(): void {
+    let changed: boolean;
+    try {
+      changed = this.auth.reloadIfChanged();
+    } catch (err) {
+      const message = (err as Error).message;
+      if (message !== this.tokenCheckFailure) this.log.error({ err }, 'token reload failed; keeping the previous tokens');
+      this.tokenCheckFailure = message;
+      return;
+    }
+    this.tokenCheckFailure = undefined;
+    if (changed) this.revokeStale();
+  }
+
+  private revokeStale(): void {
     let closed = 0;
     for (const conn of this.connections) {
       const p = conn.principal;
@@ -257,21 +278,12 @@ export class SeqgateServer {
 
   private watchTokens(): void {
     if (this.config.tokensFile === '') return;
-    let debounce: NodeJS.Timeout | undefined;
-    // Watch the folder, not the file: tools replace files by renaming a new one over the old,
-    // after which a watch on the old file would hear nothing more.
-    const file = basename(this.config.tokensFile);
-    try {
-      this.tokenWatcher = watch(dirname(resolve(this.config.tokensFile)), guarded(this.log, 'tokens file watch', (_event: string, name: string | null) => {
-        if (name !== null && name !== file) return;
-        clearTimeout(debounce);
-        debounce = setTimeout(guarded(this.log, 'tokens reload', () => this.reloadTokens()), 100);
-      }));
-      // An FSWatcher's 'error' without a listener would be thrown into the event loop.
-      this.tokenWatcher.on('error', (err) => this.log.error({ err }, 'tokens file watch failed; reload with SIGHUP'));
-    } catch (err) {
-      this.log.warn({ err }, 'cannot watch the tokens file; reload with SIGHUP');
-    }
+    this.tokenWatch = new TokensFileWatch(this.config.tokensFile, {
+      pollMs: this.config.tokensFilePollMs,
+      onCheck: () => this.checkTokens(),
+      log: this.log,
+    });
+    this.tokenWatch.start();
   }
 
   private startIdempotencyPruning(): void {
@@ -299,7 +311,7 @@ export class SeqgateServer {
     this.closing ??= (async () => {
       clearInterval(this.sweepTimer);
       clearInterval(this.idempotencyTimer);
-      this.tokenWatcher?.close();
+      this.tokenWatch?.close();
       const stopped = new Promise<void>((resolve) => this.http.close(() => resolve()));
       for (const conn of this.connections) conn.stop();
       await this.pruner.stop();
