@@ -28,7 +28,7 @@ export function encodeState(value: unknown, limits: Pick<Limits, 'maxStateBytes'
   try {
     return canonicalEncode(value, {
       maxBytes: limits.maxStateBytes, maxDepth: limits.maxStateDepth, bytesLimitName: 'maxStateBytes', depthLimitName: 'maxStateDepth', json,
-    }, 'state').slice();
+    }, 'state');
   } catch (err) {
     if (!(err instanceof CanonicalError)) throw err;
     if (err.kind === 'limit') throw new StateProblem('LIMIT_EXCEEDED', err.limit === 'maxStateDepth' ? 'maxStateDepth' : 'maxStateBytes', err.message);

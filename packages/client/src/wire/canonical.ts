@@ -1,4 +1,4 @@
-import { isAscii, utf8Length, writeUtf8 } from './utf8.js';
+import { encodeInto, isAscii, utf8Length, writeUtf8Js } from './utf8.js';
 
 /**
  * Canonical MessagePack (PROTOCOL.md §6): one byte sequence per value, whichever transport and
@@ -51,9 +51,16 @@ class Writer {
   view: DataView;
   pos = 0;
 
-  constructor(size: number, readonly max: number, private readonly path: string, private readonly limitName: string) {
+  constructor(size: number, public max: number, private path: string, private limitName: string) {
     this.buf = new Uint8Array(size);
     this.view = new DataView(this.buf.buffer);
+  }
+
+  reset(max: number, path: string, limitName: string): void {
+    this.pos = 0;
+    this.max = max;
+    this.path = path;
+    this.limitName = limitName;
   }
 
   /** Checks the limit for `n` more bytes and makes room for them. */
@@ -67,7 +74,7 @@ class Writer {
   grow(need: number): void {
     if (need <= this.buf.length) return;
     const next = new Uint8Array(Math.max(need, this.buf.length * 2));
-    next.set(this.buf.subarray(0, this.pos));
+    next.set(this.buf);
     this.buf = next;
     this.view = new DataView(next.buffer);
   }
@@ -137,10 +144,10 @@ function headerSize(n: number): number {
 
 function writeString(w: Writer, s: string): void {
   const units = s.length;
-  if (units < 32) {
+  if (units < 32 || encodeInto === undefined) {
     // Short strings: measure, then one header and a plain loop (cheaper than any native call).
     const n = utf8Length(s);
-    if (n === units) {
+    if (n === units && n <= 31) {
       w.ensure(1 + n);
       const b = w.buf;
       let p = w.pos;
@@ -151,24 +158,29 @@ function writeString(w: Writer, s: string): void {
     }
     writeHeader(w, n, 0xa0, 31, 0xd9, 0xda, 0xdb);
     w.ensure(n);
-    w.pos = writeUtf8(w.buf, w.pos, s);
+    w.pos = writeUtf8Js(w.buf, w.pos, s);
     return;
   }
-  // Long strings: encode into the worst case's room after the worst case's header, then move the
-  // bytes down if the real length needs a shorter header (rare: only non-ASCII text near a boundary).
-  const worst = units * 3;
-  const h = headerSize(worst);
-  const start = w.pos;
-  w.grow(start + h + worst);
-  const end = writeUtf8(w.buf, start + h, s);
-  const n = end - start - h;
-  const real = headerSize(n);
-  if (start + real + n > w.max) {
-    w.pos = start;
-    w.ensure(real + n); // throws the limit error
+  // Long strings: the platform encoder writes after the shortest header the string could have
+  // (it has at least `units` bytes); a longer one moves the bytes up (non-ASCII text only).
+  if (w.pos + units > w.max) {
+    w.ensure(units); // throws the limit error: the string alone is too long
   }
-  if (real !== h) w.buf.copyWithin(start + real, start + h, end);
-  w.pos = start;
+  const start = w.pos;
+  const h = headerSize(units);
+  w.grow(start + h + units);
+  let r = encodeInto(s, w.buf.subarray(start + h));
+  if (r.read < units) {
+    w.grow(start + h + units * 3);
+    r = encodeInto(s, w.buf.subarray(start + h));
+  }
+  const n = r.written;
+  const real = headerSize(n);
+  if (start + real + n > w.max) w.ensure(real + n); // throws
+  if (real !== h) {
+    w.grow(start + real + n);
+    w.buf.copyWithin(start + real, start + h, start + h + n);
+  }
   writeHeader(w, n, 0xa0, 31, 0xd9, 0xda, 0xdb);
   w.pos = start + real + n;
 }
@@ -286,15 +298,31 @@ function write(w: Writer, v: unknown, depth: number, limits: CanonicalLimits, pa
 }
 
 /**
- * Canonical MessagePack bytes of `value`; throws CanonicalError naming `path` and the limit. The
- * result is a view of a larger buffer: wrap it (Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength))
- * or copy it, as the caller needs.
+ * Canonical MessagePack bytes of `value`, in a buffer of their own; throws CanonicalError naming
+ * `path` and the limit. The server wraps them without copying
+ * (Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength)).
  */
 export function canonicalEncode(value: unknown, limits: CanonicalLimits, path: string): Uint8Array {
-  const w = new Writer(256, limits.maxBytes, path, limits.bytesLimitName);
-  write(w, value, 0, limits, path);
-  return w.buf.subarray(0, w.pos);
+  // One scratch writer serves every call (encoding is synchronous); the result is an exact copy.
+  // A getter that encodes again while this runs gets a writer of its own.
+  let w = scratch;
+  if (w === undefined) w = new Writer(SCRATCH_BYTES, limits.maxBytes, path, limits.bytesLimitName);
+  else {
+    scratch = undefined;
+    w.reset(limits.maxBytes, path, limits.bytesLimitName);
+  }
+  try {
+    write(w, value, 0, limits, path);
+    return w.buf.slice(0, w.pos);
+  } finally {
+    // A writer grown far past the usual size is dropped rather than kept alive.
+    if (w.buf.length <= SCRATCH_KEEP_BYTES) scratch = w;
+  }
 }
+
+const SCRATCH_BYTES = 4096;
+const SCRATCH_KEEP_BYTES = 256 * 1024;
+let scratch: Writer | undefined = new Writer(SCRATCH_BYTES, 0, '', '');
 
 // ---- message framing (the client's own frames; the server's replies use its own encoder) ----
 

@@ -57,11 +57,12 @@ interface Encoder { encodeInto(s: string, dest: Uint8Array): { read: number; wri
 const encoder = (globalThis as { TextEncoder?: new () => Encoder }).TextEncoder;
 const native: Encoder | undefined = encoder !== undefined && typeof encoder.prototype.encodeInto === 'function' ? new encoder() : undefined;
 
-/** Like writeUtf8Js, through the platform's encoder when there is one (faster for long strings). */
-export function writeUtf8(buf: Uint8Array, pos: number, s: string): number {
-  if (native === undefined || s.length < 64) return writeUtf8Js(buf, pos, s);
-  return pos + native.encodeInto(s, buf.subarray(pos)).written;
-}
+/**
+ * The platform's TextEncoder.encodeInto (fast for long strings), or undefined where there is none.
+ * It encodes what fits in `dest` and says how many UTF-16 units it read.
+ */
+export const encodeInto: ((s: string, dest: Uint8Array) => { read: number; written: number }) | undefined =
+  native === undefined ? undefined : (s, dest) => native.encodeInto(s, dest);
 
 interface Decoder { decode(b: Uint8Array): string }
 const decoderCtor = (globalThis as { TextDecoder?: new (label?: string) => Decoder }).TextDecoder;
