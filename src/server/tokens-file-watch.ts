@@ -1,6 +1,7 @@
 import { realpathSync, statSync, watch, type FSWatcher } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import type { Logger } from 'pino';
+import { guarded } from './listener-guard.js';
 
 /**
  * Notices changes of the tokens file, however they are made, and asks for a check.
@@ -48,16 +49,19 @@ export class TokensFileWatch {
   /** Last problem logged per folder, so a folder that stays missing is logged once, not every poll. */
   private readonly reported = new Map<string, string>();
   private closed = false;
+  private readonly check: () => void;
 
   constructor(
     private readonly path: string,
     private readonly options: TokensFileWatchOptions,
-  ) {}
+  ) {
+    this.check = guarded(options.log, 'tokens file check', () => options.onCheck());
+  }
 
   start(): void {
     this.closed = false;
     this.ensureWatches();
-    this.pollTimer = setInterval(() => this.poll(), this.options.pollMs);
+    this.pollTimer = setInterval(guarded(this.options.log, 'tokens file poll', () => this.poll()), this.options.pollMs);
     this.pollTimer.unref();
   }
 
@@ -85,14 +89,6 @@ export class TokensFileWatch {
     if (this.closed) return;
     this.ensureWatches();
     this.check();
-  }
-
-  private check(): void {
-    try {
-      this.options.onCheck();
-    } catch (err) {
-      this.options.log.error({ err }, 'tokens file check failed');
-    }
   }
 
   private scheduleCheck(): void {
@@ -143,7 +139,7 @@ export class TokensFileWatch {
     }
     let watcher: FSWatcher;
     try {
-      watcher = watch(dir, { persistent: false }, () => this.scheduleCheck());
+      watcher = watch(dir, { persistent: false }, guarded(this.options.log, 'tokens file watch event', () => this.scheduleCheck()));
     } catch (err) {
       this.report(dir, `watch failed: ${(err as Error).message}`, () => this.options.log.warn({ err, dir },
         `cannot watch the tokens file folder; changes are noticed by polling every ${this.options.pollMs} ms`));
@@ -151,12 +147,12 @@ export class TokensFileWatch {
     }
     const w: Watched = { dir, ...id, watcher };
     // Without a listener an 'error' event (the folder vanished, too many watches) would end the process.
-    watcher.on('error', (err) => {
+    watcher.on('error', guarded(this.options.log, 'tokens file watch error handler', (err: Error) => {
       this.options.log.warn({ err, dir }, 'tokens file watch failed; re-establishing it');
       this.reported.set(dir, 'lost');
       if (this.watched.get(dir) === w) this.unwatch(w);
       this.scheduleCheck();
-    });
+    }));
     this.watched.set(dir, w);
     if (this.reported.delete(dir)) this.options.log.info({ dir }, 'tokens file watch re-established');
     // The file may have changed while no watch was open (at start: since it was first read).

@@ -90,6 +90,10 @@ export class SeqgateServer {
       ackCapPerStream: config.ackCapPerStream,
       startupCheck: config.startupCheck,
       maxPages: config.maxDbPages,
+      onFileLost: (lost) => {
+        if (lost !== undefined) log.error({ err: lost, path: lost.path }, 'database file removed or replaced while open; refusing every write until restart');
+        else log.warn({ db: config.dbPath }, 'database files are back at their paths; accepting writes again');
+      },
     });
     let committer: Committer | undefined;
     const metrics = new Metrics({ connections: () => server.connectionCount, putsInFlight: () => committer?.inFlight ?? 0 });
