@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import {
   ClientClosedError, ExpiredError, FencedError, ForbiddenError, InvalidPutError, MemoryOutbox, SequenceReusedError, StaleError,
   VersionConflictError, WriterConflictError, type EpochChange, type PutResult, type SeqgateClient, type TransientError,
-} from '../../src/client/index.js';
+} from '@seqgate/client';
 import { SqliteStore } from '../../src/store/sqlite-store.js';
 import type { Store } from '../../src/store/store.js';
 import { withDb } from '../support/db-checker.js';
