@@ -76,7 +76,7 @@ export class SeqgateServer {
     committer = new Committer(store, config.maxBatchPuts, (info) => {
       metrics.observeBatch(info);
       options.onBatch?.(info);
-    });
+    }, log);
     const pruner = new Pruner(store, {
       retentionMs: config.ackRetentionSeconds * 1000,
       intervalMs: config.pruneIntervalMs,
