@@ -4,6 +4,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { ChildServer, tempDb, type TempDb } from './support/child-server.js';
 import { DbChecker } from './support/db-checker.js';
+import { mulberry32 } from './support/random.js';
 
 /**
  * The guarantee under SIGKILL: nothing acked is lost, nothing is applied twice.
@@ -37,18 +38,6 @@ const EPOCH = 1;
 
 const packr = new Packr({ useRecords: false });
 const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: 'auto' as 'bigint' });
-
-/** Seeded so a failure's put payloads can be reproduced; the timing of kills cannot be. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 

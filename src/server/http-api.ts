@@ -9,7 +9,9 @@ import { forbiddenResult, nameProblem, parsePut, wireResult, type Limits, type W
 import type { DocResult, Store } from '../store/store.js';
 import { bearerToken, mayReadDocument, mayReadStream, mayWrite, type Authenticator, type Principal } from './auth.js';
 import type { Committer } from './committer.js';
+import { guarded } from './listener-guard.js';
 import type { Metrics } from './metrics.js';
+import { parseRequestTarget } from './request-target.js';
 
 /**
  * The HTTP API, on the same port as the WebSocket. Puts go through the same validation, gate,
@@ -152,17 +154,22 @@ export function createHttpHandler(ctx: HttpContext): (req: IncomingMessage, res:
     return { status: 200, body: null, headers, raw: { bytes: json, contentType: 'application/json' } };
   };
 
-  return (req, res) => {
-    const url = new URL(req.url ?? '/', 'http://local');
-    const parts = url.pathname.split('/').slice(1);
-    const route = routeOf(parts);
+  const listener = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const target = parseRequestTarget(req.url);
+    const parts = target?.segments ?? [];
+    const route = target === undefined ? 'unknown' : routeOf(parts);
     const format = responseFormat(req);
-    const started = handle(req, route, parts, format).catch((err: unknown) => errorReply(err, ctx.log));
-    void started.then((reply) => {
-      ctx.metrics.httpRequests.inc({ route, status: String(reply.status) });
-      send(res, reply, format);
-    });
+    let reply: Reply;
+    try {
+      if (target === undefined) throw new HttpError('INVALID_TARGET', 'the request target must be a path such as /v1/docs/k (or an absolute http URL)');
+      reply = await handle(req, route, parts, format);
+    } catch (err) {
+      reply = errorReply(err, req, ctx.log);
+    }
+    ctx.metrics.httpRequests.inc({ route, status: String(reply.status) });
+    send(res, reply, format);
   };
+  return guarded(ctx.log, 'HTTP request', listener, (_err, _req, res) => answerInternalError(res));
 }
 
 function routeOf(parts: string[]): string {
@@ -287,7 +294,7 @@ function docReply(r: DocResult): Reply {
   }
 }
 
-function errorReply(err: unknown, log: Logger): Reply {
+function errorReply(err: unknown, req: IncomingMessage, log: Logger): Reply {
   if (err instanceof HttpError) {
     const spec: ErrorSpec = ERRORS[err.code];
     return {
@@ -296,8 +303,22 @@ function errorReply(err: unknown, log: Logger): Reply {
       headers: err.headers,
     };
   }
-  log.error({ err }, 'HTTP request failed');
-  return { status: 500, body: { error: { code: 'STORAGE_UNAVAILABLE', message: 'internal error', retryable: true } } };
+  // A client that went away mid-body is not a server fault; nobody is left to answer anyway.
+  if (req.socket.destroyed) log.debug({ err }, 'HTTP request abandoned by the client');
+  else log.error({ err }, 'HTTP request failed');
+  return { status: 500, body: INTERNAL_ERROR };
+}
+
+const INTERNAL_ERROR = { error: { code: 'STORAGE_UNAVAILABLE', message: 'internal error', retryable: true } };
+
+/** Last resort when answering itself failed: a 500 if nothing was sent yet, else the connection is cut. */
+function answerInternalError(res: ServerResponse): void {
+  if (res.headersSent || res.destroyed) {
+    res.destroy();
+    return;
+  }
+  res.writeHead(500, { 'content-type': 'application/json', 'cache-control': 'no-store', connection: 'close' });
+  res.end(JSON.stringify(INTERNAL_ERROR));
 }
 
 function send(res: ServerResponse, reply: Reply, format: WireFormat): void {

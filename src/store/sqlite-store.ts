@@ -6,6 +6,7 @@ import { storageUnavailable, type StoredAck } from '../gate.js';
 import { planPrune } from '../retention.js';
 import { reach } from '../crash-points.js';
 import { DatabaseUnusableError, migrate } from './sqlite-schema.js';
+import { FileIdentity, type FileLostError } from './file-identity.js';
 
 export { DatabaseUnusableError };
 import {
@@ -26,6 +27,8 @@ export interface SqliteStoreOptions {
   readonly maxPages?: number;
   /** Clock for commit times; tests pin it. */
   readonly now?: () => number;
+  /** Told when the database file (or its -wal) is found removed or replaced, and when it is back. */
+  readonly onFileLost?: (lost: FileLostError | undefined) => void;
 }
 
 interface StreamRow {
@@ -48,7 +51,6 @@ interface AckRow {
 
 const OUTCOME_CODES = { applied: 0, version_conflict: 1 } as const;
 
-class ProbeDone extends Error {}
 
 export class SqliteStore implements Store {
   readonly incarnation: string;
@@ -61,6 +63,8 @@ export class SqliteStore implements Store {
   private readonly reader: BatchReader<number>;
   private readonly runPrune: (olderThan: number, maxRows: number) => { pruned: number; done: boolean };
   private pruneCursor: [number, number, number, number] = [-1, -1, -1, -1];
+  /** The files SQLite has open; checked before every commit and readiness answer. */
+  private readonly files: FileIdentity | undefined;
 
   constructor(private readonly options: SqliteStoreOptions) {
     if (options.path !== ':memory:') mkdirSync(dirname(options.path), { recursive: true });
@@ -79,6 +83,9 @@ export class SqliteStore implements Store {
     if (options.maxPages) this.db.pragma(`max_page_count = ${options.maxPages}`);
     this.openedSchemaVersion = migrate(this.db);
     this.incarnation = (this.db.prepare("SELECT value FROM meta WHERE name = 'incarnation'").get() as { value: string }).value;
+    this.files = options.path === ':memory:' || options.path === '' ? undefined
+      // The files a restart reads acks from. A lost -shm is rebuilt from the WAL at the next open.
+      : new FileIdentity([options.path, `${options.path}-wal`], options.onFileLost);
 
     const db = this.db;
     this.stmt = {
@@ -113,7 +120,8 @@ export class SqliteStore implements Store {
       pruneIdempotency: db.prepare<[number, number]>(
         `DELETE FROM idempotency WHERE (tenant, scope, key) IN
            (SELECT tenant, scope, key FROM idempotency INDEXED BY idempotency_by_time WHERE created_at < ? LIMIT ?)`),
-      touchMeta: db.prepare("UPDATE meta SET value = value WHERE name = 'incarnation'"),
+      insertProbe: db.prepare<[string]>("INSERT INTO meta (name, value) VALUES ('readiness_probe', ?)"),
+      deleteProbe: db.prepare("DELETE FROM meta WHERE name = 'readiness_probe'"),
       pruneCandidates: db.prepare<[number, number, number, number, number, number], {
         stream_id: number; epoch: number; seq: number; committed_at: number; head_epoch: number; head_seq: number; pruned_through: number;
       }>(
@@ -152,6 +160,8 @@ export class SqliteStore implements Store {
       });
       this.write(plan);
       reach('before-commit');
+      // Last thing before COMMIT: a batch committed into a deleted or replaced file must not be acked.
+      this.files?.assertSame();
       return plan.results;
     }).immediate;
     this.runPrune = this.db.transaction((olderThan: number, maxRows: number) => this.pruneInTransaction(olderThan, maxRows)).immediate;
@@ -242,16 +252,15 @@ export class SqliteStore implements Store {
   }
 
   async ready(): Promise<void> {
-    // A real write that is rolled back: proves the file accepts writes right now.
+    this.files?.assertSame();
+    // A real commit that leaves every row as it was. It allocates pages (refused at max_page_count,
+    // like a put that needs room), appends to the WAL and syncs like a batch, so a database that
+    // cannot take a write fails here too and not only in puts.
     const probe = this.db.transaction(() => {
-      this.stmt.touchMeta.run();
-      throw new ProbeDone();
+      this.stmt.insertProbe.run('x'.repeat(2 * (this.db.pragma('page_size', { simple: true }) as number)));
+      this.stmt.deleteProbe.run();
     });
-    try {
-      probe.immediate();
-    } catch (err) {
-      if (!(err instanceof ProbeDone)) throw err;
-    }
+    probe.immediate();
   }
 
   async pruneIdempotency(olderThan: number, maxRows: number): Promise<number> {

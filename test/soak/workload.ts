@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { isDeepStrictEqual } from 'node:util';
 import { Packr, Unpackr } from 'msgpackr';
 import WebSocket from 'ws';
+import { mulberry32 } from '../support/random.js';
 import type { Value } from './canonical.js';
 
 /**
@@ -116,17 +117,6 @@ export class StreamBook {
 export function stateOf(seed: number, rec: PutRecord): Value {
   const h = createHash('sha256').update(`${seed}|${rec.stream}|${rec.seq}|${rec.variant}`).digest();
   return { s: rec.stream, q: rec.seq, v: rec.variant, p: Buffer.from(h.subarray(0, 8 + (h[31]! % 25))) };
-}
-
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 export interface WorkloadStats {
