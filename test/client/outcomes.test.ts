@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import {
   ClientClosedError, ExpiredError, FencedError, ForbiddenError, InvalidPutError, MemoryOutbox, SequenceReusedError, StaleError,
   VersionConflictError, WriterConflictError, type EpochChange, type PutResult, type SeqgateClient, type TransientError,
-} from '../../src/client/index.js';
+} from '@seqgate/client';
 import { storageUnavailable } from '../../src/gate.js';
 import { SqliteStore } from '../../src/store/sqlite-store.js';
 import type { Store } from '../../src/store/store.js';
