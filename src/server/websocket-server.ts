@@ -99,7 +99,7 @@ export class SeqgateServer {
     committer = new Committer(store, config.maxBatchPuts, guarded(log, 'batch observer', (info: BatchInfo) => {
       metrics.observeBatch(info);
       options.onBatch?.(info);
-    }));
+    }), log);
     const pruner = new Pruner(store, {
       retentionMs: config.ackRetentionSeconds * 1000,
       idempotencyRetentionMs: config.idempotencyRetentionSeconds * 1000,
