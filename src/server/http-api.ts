@@ -201,6 +201,13 @@ function segment(raw: string, field: string, maxBytes: number): string {
   return value;
 }
 
+/**
+ * Exactly the three forms HTTP.md §1.4 lists, each quote paired: "N", W/"N" and a bare N. Anything
+ * else ("4, 5", W/6, lists, *) is refused rather than guessed at: a precondition read wrongly
+ * would let a write through that the client meant to stop.
+ */
+const IF_MATCH = /^[ \t]*(?:"(\d{1,15})"|W\/"(\d{1,15})"|(\d{1,15}))[ \t]*$/;
+
 /** If-Match: "N" → the document must be at version N; If-None-Match: * → it must not exist. */
 function precondition(req: IncomingMessage): number | null {
   const ifMatch = req.headers['if-match'];
@@ -210,9 +217,9 @@ function precondition(req: IncomingMessage): number | null {
     return 0;
   }
   if (ifMatch === undefined) return null;
-  const m = /^\s*(?:W\/)?"?(\d{1,15})"?\s*$/.exec(ifMatch);
-  if (!m) throw new HttpError('INVALID_BODY', 'If-Match must be a version ETag such as "3"', { field: 'If-Match' });
-  return Number(m[1]);
+  const m = IF_MATCH.exec(ifMatch);
+  if (!m) throw new HttpError('INVALID_BODY', 'If-Match must be one version ETag: "3", W/"3" or 3', { field: 'If-Match' });
+  return Number(m[1] ?? m[2] ?? m[3]);
 }
 
 function requestFormat(req: IncomingMessage): WireFormat {
