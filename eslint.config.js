@@ -10,14 +10,29 @@ import tseslint from 'typescript-eslint';
  * Lint for seqgate. Syntax-only rules (no type information), so `npm test` stays fast; `tsc`
  * already type-checks everything. Formatting belongs to Prettier (.prettierrc.json), so every
  * stylistic rule is off (eslint-config-prettier). A rule is only ever turned off below with its
- * reason beside it, and an inline `eslint-disable` must say why on the same or the previous line.
+ * reason beside it, and an inline `eslint-disable` must give its reason after `--`.
  */
 
 const NODE_BUILTINS = [...builtinModules, ...builtinModules.map((m) => `node:${m}`)];
+const SERVER_LIBRARIES = ['ws', 'better-sqlite3', 'pino', 'pino-pretty', 'prom-client', 'pg', 'msgpackr'];
+
+/**
+ * Imports the platform-neutral code of @seqgate/client may not make: Node built-ins, server
+ * libraries, the server package, and (with `outside`) any relative path that leaves its folder.
+ */
+function browserSafeImports(outside, where) {
+  return ['error', {
+    paths: NODE_BUILTINS.map((name) => ({ name, message: `No Node built-ins in ${where}: it runs in browsers and React Native.` })),
+    patterns: [
+      { group: [outside, '**/src/server/**', '**/src/store/**', 'seqgate', 'seqgate/*'], message: `Only its own files: ${where} never imports the server.` },
+      { group: SERVER_LIBRARIES, message: `Server and Node-only libraries stay out of ${where}.` },
+    ],
+  }];
+}
 
 export default tseslint.config(
   {
-    ignores: ['dist/', 'node_modules/', 'coverage/', 'data/', 'bench/.work/', '**/*.d.ts'],
+    ignores: ['**/dist/', '**/node_modules/', 'coverage/', 'data/', 'bench/.work/', '**/*.d.ts'],
   },
   js.configs.recommended,
   ...tseslint.configs.recommended,
@@ -33,10 +48,10 @@ export default tseslint.config(
       globals: { ...globals.node },
     },
     rules: {
-      // tsc's noUnusedLocals reports unused locals; arguments named _x are deliberate placeholders.
+      // Arguments and bindings named _x are deliberate placeholders (tsc's noUnusedLocals covers the rest).
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_', caughtErrors: 'none' }],
-      // Every inline disable says why, after `--` (see the header).
-      '@eslint-community/eslint-comments/require-description': ['error', { ignore: [] }],
+      // Every inline disable says why, after `--`.
+      '@eslint-community/eslint-comments/require-description': 'error',
       eqeqeq: ['error', 'always'],
       'no-var': 'error',
       // A variable declared early so that a closure can name it, then assigned once, stays `let`.
@@ -44,19 +59,12 @@ export default tseslint.config(
     },
   },
   {
-    // The client SDK's core runs in browsers and React Native: no Node built-ins, no Node globals,
-    // and nothing of the server. Only src/client/node.ts (seqgate/client/node) may use Node.
-    files: ['src/client/**/*.ts'],
-    ignores: ['src/client/node.ts'],
+    // @seqgate/client (packages/client) runs in browsers and React Native. Only its node.ts
+    // (@seqgate/client/node, the SQLite outbox) may use Node.
+    files: ['packages/client/src/**/*.ts'],
+    ignores: ['packages/client/src/node.ts'],
     languageOptions: { globals: { ...globals.browser } },
     rules: {
-      'no-restricted-imports': ['error', {
-        paths: NODE_BUILTINS.map((name) => ({ name, message: 'The client core runs in browsers: no Node built-ins (Node-only code goes in src/client/node.ts).' })),
-        patterns: [
-          { group: ['../*', '!./*'], message: 'The client imports nothing outside src/client/: no server, store or server protocol modules.' },
-          { group: ['ws', 'better-sqlite3', 'pino', 'prom-client'], message: 'Server and Node-only libraries stay out of the client core.' },
-        ],
-      }],
       'no-restricted-globals': ['error',
         { name: 'Buffer', message: 'Use Uint8Array: Buffer does not exist in browsers.' },
         { name: 'process', message: 'process does not exist in browsers.' },
@@ -66,15 +74,27 @@ export default tseslint.config(
     },
   },
   {
-    // The wire: what a frame is and means. It may hash (node:crypto) but never reaches into the
-    // transports, the server or a store implementation; store types describe results and are allowed.
+    // The client's modules sit directly in src/: a `../` import leaves the package.
+    files: ['packages/client/src/*.ts'],
+    ignores: ['packages/client/src/node.ts'],
+    rules: { 'no-restricted-imports': browserSafeImports('../*', 'the client') },
+  },
+  {
+    // The wire module is shared by the client and the server (src/protocol/), so it stands alone:
+    // it imports only its own files, not even the client core.
+    files: ['packages/client/src/wire/**/*.ts'],
+    rules: { 'no-restricted-imports': browserSafeImports('../*', 'the wire module') },
+  },
+  {
+    // The server's wire code: what a frame is and means. It may hash (node:crypto) but never
+    // reaches into the transports, the server or a store; store types describe results and are allowed.
     files: ['src/protocol/**/*.ts'],
     rules: {
       'no-restricted-imports': ['error', {
         patterns: [
-          { group: ['../server/*', '../client/*', '../cli.js', '../index.js'], message: 'Wire code does not depend on transports, the server or the client.' },
+          { group: ['../server/*', '../client/*', '../cli.js', '../index.js'], message: 'Wire code does not depend on transports, the server or the client shim.' },
           { group: ['../store/*'], allowTypeImports: true, message: 'Wire code may use store types, never a store.' },
-          { group: ['ws', 'better-sqlite3', 'pino', 'prom-client', 'pg'], message: 'Wire code does not depend on transports or storage libraries.' },
+          { group: ['ws', 'better-sqlite3', 'pino', 'pino-pretty', 'prom-client', 'pg'], message: 'Wire code does not depend on transports or storage libraries.' },
         ],
       }],
     },
