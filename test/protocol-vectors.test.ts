@@ -9,7 +9,7 @@ import { CanonicalError, canonicalEncode, putFingerprint } from '../src/protocol
 import { decodeFrame, encodeMessage, ENVELOPE_DEPTH } from '../src/protocol/codec.js';
 import { errorMessage, limitsOf, parseMessage, parsePut, wireResult, type Limits } from '../src/protocol/messages.js';
 import { DEFAULT_TENANT, type Head, type Put, type PutResult } from '../src/store/store.js';
-import { encodePutJson, encodePutMsgpack, encodeState, jsonPutFrame, msgpackPutFrame, StateProblem } from '../src/client/encode.js';
+import { encodePutJson, encodePutMsgpack, encodeState, jsonPutFrame, msgpackPutFrame, StateProblem } from '../packages/client/src/encode.js';
 
 /**
  * protocol/vectors/ against the server's own code: client frames through the server's decoder and

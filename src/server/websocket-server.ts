@@ -57,7 +57,6 @@ export class SeqgateServer {
   private readonly connections = new Set<Connection>();
   private readonly httpSockets = new Set<Socket>();
   private sweepTimer: NodeJS.Timeout | undefined;
-  private idempotencyTimer: NodeJS.Timeout | undefined;
   private tokenWatch: TokensFileWatch | undefined;
   /** The last failed automatic reload, logged once rather than at every poll. */
   private tokenCheckFailure: string | undefined;
@@ -102,9 +101,10 @@ export class SeqgateServer {
     committer = new Committer(store, config.maxBatchPuts, guarded(log, 'batch observer', (info: BatchInfo) => {
       metrics.observeBatch(info);
       options.onBatch?.(info);
-    }));
+    }), log);
     const pruner = new Pruner(store, {
       retentionMs: config.ackRetentionSeconds * 1000,
+      idempotencyRetentionMs: config.idempotencyRetentionSeconds * 1000,
       intervalMs: config.pruneIntervalMs,
       batchRows: config.pruneBatchRows,
       onPruned: (n) => metrics.prunedAcks.inc(n),
@@ -140,7 +140,6 @@ export class SeqgateServer {
       });
     });
     pruner.start();
-    server.startIdempotencyPruning();
     server.watchTokens();
     log.info({
       url: server.url, db: config.dbPath, synchronous: config.synchronous, contiguous: config.contiguous,
@@ -329,18 +328,6 @@ export class SeqgateServer {
     this.tokenWatch.start();
   }
 
-  private startIdempotencyPruning(): void {
-    const retentionMs = this.config.idempotencyRetentionSeconds * 1000;
-    const step = async (): Promise<void> => {
-      while ((await this.store.pruneIdempotency(Date.now() - retentionMs, this.config.pruneBatchRows)) === this.config.pruneBatchRows) {
-        await new Promise((resolve) => setImmediate(resolve));
-      }
-    };
-    this.idempotencyTimer = setInterval(guarded(this.log, 'idempotency pruning', () => {
-      step().catch((err: Error) => this.log.warn({ err }, 'idempotency pruning failed; will retry'));
-    }), this.config.pruneIntervalMs);
-  }
-
   /** Puts received and waiting for a batch (not counting the batch being committed). */
   get queuedPuts(): number {
     return this.committer.queuedPuts;
@@ -353,7 +340,6 @@ export class SeqgateServer {
   close(): Promise<void> {
     this.closing ??= (async () => {
       clearInterval(this.sweepTimer);
-      clearInterval(this.idempotencyTimer);
       this.tokenWatch?.close();
       const stopped = new Promise<void>((resolve) => this.http.close(() => resolve()));
       for (const conn of this.connections) conn.stop();
