@@ -4,6 +4,7 @@ import type { Config } from '../config.js';
 import { ChangeFeed } from '../feed/change-feed.js';
 import type { ChangeLog, ChangeRetention } from '../store/change-log.js';
 import type { Authenticator } from './auth.js';
+import type { RequestTarget } from './request-target.js';
 import { createChangesHandler } from './changes-http.js';
 import type { SubscriptionContext } from './subscription.js';
 
@@ -13,7 +14,7 @@ import type { SubscriptionContext } from './subscription.js';
  */
 export class Changefeed {
   readonly feed: ChangeFeed;
-  readonly http: (req: IncomingMessage, res: ServerResponse, url: URL) => void;
+  readonly http: (req: IncomingMessage, res: ServerResponse, target: RequestTarget) => void;
   readonly subscriptions: SubscriptionContext;
   private timer: NodeJS.Timeout | undefined;
   private trimming: Promise<void> | undefined;

@@ -10,6 +10,7 @@ import { nameProblem } from '../protocol/messages.js';
 import { stateJsonText } from '../protocol/state-json.js';
 import type { Change, ChangeLog } from '../store/change-log.js';
 import { bearerToken, type Authenticator, type Principal } from './auth.js';
+import type { RequestTarget } from './request-target.js';
 
 /**
  * `GET /v1/changes`: the change log over HTTP in the Durable Streams read protocol (catch-up,
@@ -61,11 +62,11 @@ interface Page {
   readonly upToDate: boolean;
 }
 
-export function isChangesPath(pathname: string): boolean {
-  return pathname === '/v1/changes' || pathname === '/v1/changes/snapshot';
+export function isChangesPath(segments: readonly string[]): boolean {
+  return segments[0] === 'v1' && segments[1] === 'changes' && (segments.length === 2 || (segments.length === 3 && segments[2] === 'snapshot'));
 }
 
-export function createChangesHandler(ctx: ChangesHttpContext): (req: IncomingMessage, res: ServerResponse, url: URL) => void {
+export function createChangesHandler(ctx: ChangesHttpContext): (req: IncomingMessage, res: ServerResponse, target: RequestTarget) => void {
   const tag = incarnationTag(ctx.store.incarnation);
   const offset = (n: number): string => formatOffset(n, ctx.store.incarnation);
 
@@ -122,14 +123,14 @@ export function createChangesHandler(ctx: ChangesHttpContext): (req: IncomingMes
     'stream-cursor': nextCursor(cursor),
   });
 
-  const changes = async (req: IncomingMessage, res: ServerResponse, url: URL, principal: Principal, abort: AbortSignal): Promise<void> => {
-    const read = scope(principal, url, ctx.maxKeyBytes);
-    const live = url.searchParams.get('live');
+  const changes = async (req: IncomingMessage, res: ServerResponse, query: URLSearchParams, principal: Principal, abort: AbortSignal): Promise<void> => {
+    const read = scope(principal, query, ctx.maxKeyBytes);
+    const live = query.get('live');
     if (live !== null && live !== 'long-poll' && live !== 'sse') {
       throw new ChangesError('INVALID_BODY', 'live must be long-poll or sse', { field: 'live' });
     }
-    const cursor = url.searchParams.get('cursor');
-    const start = await startPosition(read, url.searchParams.get('offset'));
+    const cursor = query.get('cursor');
+    const start = await startPosition(read, query.get('offset'));
 
     if (req.method === 'HEAD') {
       const tail = await ctx.store.changeTail(read.tenant);
@@ -212,9 +213,9 @@ export function createChangesHandler(ctx: ChangesHttpContext): (req: IncomingMes
     res.end();
   };
 
-  const snapshot = async (res: ServerResponse, url: URL, principal: Principal): Promise<void> => {
-    const read = scope(principal, url, ctx.maxKeyBytes);
-    const after = url.searchParams.get('after');
+  const snapshot = async (res: ServerResponse, query: URLSearchParams, principal: Principal): Promise<void> => {
+    const read = scope(principal, query, ctx.maxKeyBytes);
+    const after = query.get('after');
     const snap = await ctx.store.snapshot(read.tenant, read.prefixes, after, SNAPSHOT_PAGE);
     const docs = snap.documents.map((d) => {
       const text = stateJsonText(d.state);
@@ -226,7 +227,8 @@ export function createChangesHandler(ctx: ChangesHttpContext): (req: IncomingMes
     res.end(body);
   };
 
-  return (req, res, url) => {
+  return (req, res, target) => {
+    const query = target.query;
     const abort = new AbortController();
     res.once('close', () => abort.abort());
     const run = async (): Promise<void> => {
@@ -234,8 +236,8 @@ export function createChangesHandler(ctx: ChangesHttpContext): (req: IncomingMes
       if (principal === undefined) throw new ChangesError('UNAUTHORIZED', 'a valid bearer token is required');
       if (req.method !== 'GET' && req.method !== 'HEAD') throw new ChangesError('METHOD_NOT_ALLOWED', 'use GET or HEAD');
       if (!ctx.enabled) throw new ChangesError('NOT_FOUND', 'the changefeed is off on this server (--changefeed false)');
-      if (url.pathname === '/v1/changes/snapshot') return snapshot(res, url, principal);
-      return changes(req, res, url, principal, abort.signal);
+      if (target.segments.length === 3) return snapshot(res, query, principal);
+      return changes(req, res, query, principal, abort.signal);
     };
     run().catch((err: unknown) => {
       if (res.headersSent) {
@@ -260,15 +262,15 @@ export function createChangesHandler(ctx: ChangesHttpContext): (req: IncomingMes
 }
 
 /** The key prefix asked for (`prefix`, an extension of the protocol), narrowed to the token's read grants. */
-function scope(principal: Principal, url: URL, maxKeyBytes: number): Read {
-  const requested = url.searchParams.get('prefix') ?? '';
+function scope(principal: Principal, query: URLSearchParams, maxKeyBytes: number): Read {
+  const requested = query.get('prefix') ?? '';
   if (requested !== '') {
     const problem = nameProblem(requested, 'prefix', maxKeyBytes);
     if (problem !== null) throw new ChangesError('INVALID_BODY', problem, { field: 'prefix' });
   }
   const prefixes = readablePrefixes(principal, requested);
   if (prefixes.length === 0) throw new ChangesError('FORBIDDEN', `token may not read documents under "${requested}"`);
-  const rawLimit = url.searchParams.get('limit');
+  const rawLimit = query.get('limit');
   let limit = MAX_CHANGES_PER_RESPONSE;
   if (rawLimit !== null) {
     if (!/^\d{1,6}$/.test(rawLimit) || Number(rawLimit) < 1) throw new ChangesError('INVALID_BODY', 'limit must be an integer >= 1', { field: 'limit' });

@@ -1,3 +1,5 @@
+import type { WriteOrigin } from '../batch-gate.js';
+
 /**
  * The change log (transactional outbox): every write that changes a document appends one change,
  * in the same transaction as the document, at the next offset of its tenant's log. Readers resume
@@ -97,6 +99,13 @@ export interface ChangeLog {
    * One retention step over up to `maxRows` changes; `done` is true when nothing more is due.
    */
   trimChanges(policy: ChangeRetention, maxRows: number): Promise<{ removed: number; done: boolean }>;
+}
+
+/** The origin a change records for a document write of the batch gate. */
+export function changeOrigin(origin: WriteOrigin, deleted: boolean): ChangeOrigin {
+  if (origin.kind === 'put') return { stream: origin.stream, epoch: origin.epoch, seq: origin.seq };
+  if (origin.op === 'create') return { route: 'POST /v1/docs' };
+  return { route: deleted ? 'DELETE /v1/docs/{key}' : 'PUT /v1/docs/{key}' };
 }
 
 /** True when `key` lies under one of the prefixes. */

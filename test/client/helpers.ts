@@ -1,5 +1,5 @@
 import WebSocket from 'ws';
-import { SeqgateClient, type ClientOptions } from '../../src/client/index.js';
+import { SeqgateClient, type ClientOptions } from '@seqgate/client';
 
 /** A client on `url` writing `stream`, with `ws` as its WebSocket and short test timeouts. */
 export function newClient(url: string, stream: string, options: Partial<ClientOptions> = {}): SeqgateClient {
@@ -34,7 +34,7 @@ export async function outcome<T>(p: Promise<T>): Promise<{ ok: true; value: T } 
 class Resolved extends Error {}
 
 /** The error `p` rejects with; throws if it resolves instead. */
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- callers assert on fields of whichever error class they expect
 export async function failure(p: Promise<unknown>): Promise<any> {
   let value: unknown;
   try {
