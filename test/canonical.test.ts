@@ -21,6 +21,7 @@ const WIRE_LIMITS: Limits = {
   maxStreamBytes: config.maxStreamBytes,
   maxIdBytes: config.maxIdBytes,
   maxHelloStreams: config.maxHelloStreams,
+  maxNonceBytes: config.maxNonceBytes,
 };
 const packr = new Packr({ useRecords: false });
 

@@ -194,10 +194,16 @@ function write(w: Writer, v: unknown, depth: number, limits: CanonicalLimits, pa
   } else {
     throw new CanonicalError('type', path, undefined, `${path} holds an unsupported object`);
   }
+  // Every entry takes at least two bytes (a key and a value): a map that cannot fit is refused
+  // before its keys are encoded and sorted, which for a million-key map takes most of a second.
+  const room = (limits.maxBytes - w.pos - 1) / 2;
+  const tooMany = (): CanonicalError => new CanonicalError('limit', path, limits.bytesLimitName, `${path} exceeds ${limits.maxBytes} bytes`);
+  if (size > room) throw tooMany();
   const keyed: Array<{ sort: string; key: string | number | bigint; value: unknown }> = size >= 0 ? new Array(size) : [];
   let sorted = true;
   let i = 0;
   const each = (k: unknown, value: unknown): void => {
+    if (i >= room) throw tooMany();
     if (typeof k !== 'string' && !(typeof k === 'number' && Number.isInteger(k) && Math.abs(k) <= 2 ** 53) && typeof k !== 'bigint') {
       throw new CanonicalError('type', path, undefined, `${path} has a map key that is not a string or an integer`);
     }

@@ -1,6 +1,6 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { createServer, type Server as HttpServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { basename, dirname, resolve } from 'node:path';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ConfigError, defaultConfig, type Config } from '../config.js';
@@ -14,7 +14,7 @@ import type { Store } from '../store/store.js';
 import { SEQGATE_VERSION } from '../version.js';
 import { Authenticator, bearerToken, isLoopbackHost } from './auth.js';
 import { Committer, type BatchInfo } from './committer.js';
-import { Connection, type InFlightBudget } from './connection.js';
+import { CLOSE_GRACE_MS, Connection, type InFlightBudget } from './connection.js';
 import { createHttpHandler } from './http-api.js';
 import { Metrics } from './metrics.js';
 
@@ -36,6 +36,8 @@ export interface StartOptions {
 
 export class SeqgateServer {
   private readonly connections = new Set<Connection>();
+  /** Connections that have not authenticated yet, oldest first (a Set keeps insertion order). */
+  private readonly unauthenticated = new Set<Connection>();
   private sweepTimer: NodeJS.Timeout | undefined;
   private idempotencyTimer: NodeJS.Timeout | undefined;
   private tokenWatcher: FSWatcher | undefined;
@@ -89,6 +91,9 @@ export class SeqgateServer {
       noServer: true,
       maxPayload: config.maxFrameBytes,
       perMessageDeflate: false,
+      // ws's own wait for a close handshake the server started (30 s by default); ws 8.23 has
+      // the option, @types/ws does not list it yet.
+      ...({ closeTimeout: CLOSE_GRACE_MS } as object),
       // The first subprotocol the client offers that this server speaks wins (RFC 6455 4.2.2).
       handleProtocols: (protocols) => {
         for (const p of protocols) if (p === SUBPROTOCOL_JSON || p === SUBPROTOCOL_MSGPACK) return p;
@@ -136,7 +141,14 @@ export class SeqgateServer {
 
   private attach(maxInFlightBytes: number): void {
     const limits = this.limits;
-    const budget: InFlightBudget = { bytes: 0, maxBytes: maxInFlightBytes, waiting: new Set() };
+    const budget: InFlightBudget = {
+      bytes: 0,
+      maxBytes: maxInFlightBytes,
+      waiting: new Set(),
+      unauthenticatedPartialBytes: 0,
+      // Messages half-sent by clients that have not shown a token get a small share of the budget.
+      maxUnauthenticatedPartialBytes: Math.floor(maxInFlightBytes / 16),
+    };
     const welcome = {
       type: 'welcome',
       protocol: PROTOCOL_VERSION,
@@ -155,7 +167,12 @@ export class SeqgateServer {
       metrics: this.metrics,
       log: this.log,
       welcome: () => welcome,
-      onClose: (conn: Connection) => this.connections.delete(conn),
+      onClose: (conn: Connection) => {
+        this.connections.delete(conn);
+        this.unauthenticated.delete(conn);
+      },
+      onAuthenticated: (conn: Connection) => this.unauthenticated.delete(conn),
+      onUnauthenticatedOverflow: () => this.evictLargestPartial(),
     };
 
     this.http.on('upgrade', (req, socket, head) => {
@@ -174,12 +191,18 @@ export class SeqgateServer {
       }
       if (token === undefined && this.auth.enabled) principal = undefined;
       this.wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
+        // Connections that have not authenticated never keep out one that has a token: the
+        // oldest of them makes room, and they have a smaller cap of their own.
+        if (this.connections.size >= this.config.maxConnections) this.evictOldestUnauthenticated();
+        if (principal === undefined && this.unauthenticated.size >= this.config.maxUnauthenticatedConnections) this.evictOldestUnauthenticated();
         if (this.connections.size >= this.config.maxConnections) {
           ws.close(ERRORS.TOO_MANY_CONNECTIONS.closeCode, 'TOO_MANY_CONNECTIONS');
           return;
         }
         const format = ws.protocol === SUBPROTOCOL_JSON ? 'json' : 'msgpack';
-        this.connections.add(new Connection(ws, format, context, principal));
+        const conn = new Connection(ws, socket as Socket, format, context, principal);
+        this.connections.add(conn);
+        if (principal === undefined) this.unauthenticated.add(conn);
       });
     });
 
@@ -200,6 +223,30 @@ export class SeqgateServer {
 
   get connectionCount(): number {
     return this.connections.size;
+  }
+
+  /** Closes the unauthenticated connection that has waited longest; it stops counting at once. */
+  private evictOldestUnauthenticated(): void {
+    const oldest = this.unauthenticated.values().next();
+    if (oldest.done === true) return;
+    const conn = oldest.value;
+    this.unauthenticated.delete(conn);
+    this.connections.delete(conn);
+    this.log.info('closing the oldest unauthenticated connection to make room');
+    conn.close(ERRORS.TOO_MANY_CONNECTIONS.closeCode, 'TOO_MANY_CONNECTIONS');
+  }
+
+  /** Unauthenticated half-sent messages went over their share: the largest goes, at once. */
+  private evictLargestPartial(): void {
+    let largest: Connection | undefined;
+    for (const conn of this.unauthenticated) {
+      if (largest === undefined || conn.partialMessageBytes > largest.partialMessageBytes) largest = conn;
+    }
+    if (largest === undefined) return;
+    this.unauthenticated.delete(largest);
+    this.connections.delete(largest);
+    this.log.info({ partialBytes: largest.partialMessageBytes }, 'dropping an unauthenticated connection holding a large partial message');
+    largest.abort();
   }
 
   /**
