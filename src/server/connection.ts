@@ -60,6 +60,8 @@ export interface InFlightBudget {
   readonly waiting: Set<Connection>;
   unauthenticatedPartialBytes: number;
   readonly maxUnauthenticatedPartialBytes: number;
+  /** Unauthenticated connections paused because their share is used up. */
+  readonly unauthenticatedWaiting: Set<Connection>;
 }
 
 export interface ConnectionContext {
@@ -75,8 +77,6 @@ export interface ConnectionContext {
   readonly onClose: (conn: Connection) => void;
   /** The connection authenticated with a hello's token. */
   readonly onAuthenticated: (conn: Connection) => void;
-  /** Unauthenticated partial messages went over their share: the server evicts someone. */
-  readonly onUnauthenticatedOverflow: () => void;
 }
 
 type Entry =
@@ -99,6 +99,8 @@ export class Connection {
   private flowPaused = false;
   /** Whether the socket is paused right now, for whatever reason. */
   private socketPaused = false;
+  /** Unauthenticated, and the unauthenticated share of half-sent messages is used up. */
+  private partialPaused = false;
   private slowTimer: NodeJS.Timeout | undefined;
   private authTimer: NodeJS.Timeout | undefined;
   private graceTimer: NodeJS.Timeout | undefined;
@@ -158,11 +160,6 @@ export class Connection {
     return this.principalOrNone !== undefined;
   }
 
-  /** Bytes of the message this connection is in the middle of sending. */
-  get partialMessageBytes(): number {
-    return this.partialBytes;
-  }
-
   /** The token this connection authenticated with, if any yet. */
   get principal(): Principal | undefined {
     return this.principalOrNone;
@@ -175,16 +172,35 @@ export class Connection {
     if (this.principalOrNone === undefined) {
       const budget = this.ctx.budget;
       budget.unauthenticatedPartialBytes += bytes;
-      if (budget.unauthenticatedPartialBytes > budget.maxUnauthenticatedPartialBytes) this.ctx.onUnauthenticatedOverflow();
+      // Reading more would only hold more: what is read stays in memory until the message ends.
+      // Not reading leaves it in the kernel's buffers, and the auth deadline ends the wait.
+      if (budget.unauthenticatedPartialBytes > budget.maxUnauthenticatedPartialBytes && this.partialBytes > 0) {
+        this.partialPaused = true;
+        budget.unauthenticatedWaiting.add(this);
+      }
     }
     this.updateFlow();
   }
 
   private releasePartial(): void {
     if (this.partialBytes === 0) return;
-    if (this.principalOrNone === undefined) this.ctx.budget.unauthenticatedPartialBytes -= this.partialBytes;
+    if (this.principalOrNone === undefined) this.releaseUnauthenticatedShare(this.partialBytes);
     this.addBudget(-this.partialBytes);
     this.partialBytes = 0;
+  }
+
+  private releaseUnauthenticatedShare(bytes: number): void {
+    const budget = this.ctx.budget;
+    budget.unauthenticatedPartialBytes -= bytes;
+    budget.unauthenticatedWaiting.delete(this);
+    this.partialPaused = false;
+    if (budget.unauthenticatedPartialBytes <= budget.maxUnauthenticatedPartialBytes / 2 && budget.unauthenticatedWaiting.size > 0) {
+      for (const conn of [...budget.unauthenticatedWaiting]) {
+        budget.unauthenticatedWaiting.delete(conn);
+        conn.partialPaused = false;
+        conn.applyPause();
+      }
+    }
   }
 
   private receive(data: Buffer, isBinary: boolean): void {
@@ -332,7 +348,7 @@ export class Connection {
     const principal = message.type === 'hello' ? this.ctx.auth.authenticate(message.token) : undefined;
     if (principal === undefined) throw unauthorized();
     // Its partial-message bytes move from the unauthenticated share to the common one.
-    this.ctx.budget.unauthenticatedPartialBytes -= this.partialBytes;
+    this.releaseUnauthenticatedShare(this.partialBytes);
     this.principalOrNone = principal;
     clearTimeout(this.authTimer);
     this.authTimer = undefined;
@@ -454,7 +470,7 @@ export class Connection {
     if (this.closed) return;
     const pause = this.closing
       ? this.ws.bufferedAmount > this.outboundLimit
-      : this.stoppedForGood || this.flowPaused || this.inbound.length > 0;
+      : this.stoppedForGood || this.flowPaused || this.partialPaused || this.inbound.length > 0;
     if (pause === this.socketPaused) return;
     this.socketPaused = pause;
     if (pause) this.ws.pause();
@@ -499,14 +515,6 @@ export class Connection {
     this.applyPause();
     // A client that does not read will not answer the close handshake either.
     this.graceTimer ??= setTimeout(() => this.ws.terminate(), CLOSE_GRACE_MS);
-  }
-
-  /** Drops the connection at once, without a close frame, and releases what it held. */
-  abort(): void {
-    if (this.closed) return;
-    this.decidedToClose();
-    this.releasePartial();
-    this.ws.terminate();
   }
 
   private onClosed(): void {

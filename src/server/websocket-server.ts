@@ -148,6 +148,7 @@ export class SeqgateServer {
       unauthenticatedPartialBytes: 0,
       // Messages half-sent by clients that have not shown a token get a small share of the budget.
       maxUnauthenticatedPartialBytes: Math.floor(maxInFlightBytes / 16),
+      unauthenticatedWaiting: new Set(),
     };
     const welcome = {
       type: 'welcome',
@@ -172,7 +173,6 @@ export class SeqgateServer {
         this.unauthenticated.delete(conn);
       },
       onAuthenticated: (conn: Connection) => this.unauthenticated.delete(conn),
-      onUnauthenticatedOverflow: () => this.evictLargestPartial(),
     };
 
     this.http.on('upgrade', (req, socket, head) => {
@@ -234,19 +234,6 @@ export class SeqgateServer {
     this.connections.delete(conn);
     this.log.info('closing the oldest unauthenticated connection to make room');
     conn.close(ERRORS.TOO_MANY_CONNECTIONS.closeCode, 'TOO_MANY_CONNECTIONS');
-  }
-
-  /** Unauthenticated half-sent messages went over their share: the largest goes, at once. */
-  private evictLargestPartial(): void {
-    let largest: Connection | undefined;
-    for (const conn of this.unauthenticated) {
-      if (largest === undefined || conn.partialMessageBytes > largest.partialMessageBytes) largest = conn;
-    }
-    if (largest === undefined) return;
-    this.unauthenticated.delete(largest);
-    this.connections.delete(largest);
-    this.log.info({ partialBytes: largest.partialMessageBytes }, 'dropping an unauthenticated connection holding a large partial message');
-    largest.abort();
   }
 
   /**
