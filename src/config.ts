@@ -80,6 +80,10 @@ export const OPTIONS = {
     kind: 'string', default: '',
     doc: 'JSON file of tokens, tenants and grants (see protocol/HTTP.md). Reloaded on SIGHUP and on change.',
   },
+  tokensFilePollMs: {
+    kind: 'integer', default: 1000, min: 50, unit: 'ms',
+    doc: 'How often the tokens file is re-read and compared, besides watching its folder (which can miss changes).',
+  },
   tokens: { kind: 'string', default: '', doc: 'The same JSON inline, typically from the environment. Adds to tokensFile.' },
   allowInsecureOpen: {
     kind: 'boolean', default: false,

@@ -180,6 +180,12 @@ export const ERRORS = {
     status: 400,
     summary: 'The body does not decode, or is not of the documented shape; `field` names the fault.',
   },
+  INVALID_TARGET: {
+    scope: 'http',
+    retryable: false,
+    status: 400,
+    summary: 'The request target is neither a path (origin-form) nor an absolute http(s)/ws(s) URL.',
+  },
   NOT_READY: {
     scope: 'http',
     retryable: true,

@@ -9,7 +9,9 @@ import { forbiddenResult, nameProblem, parsePut, wireResult, type Limits, type W
 import type { DocResult, Store } from '../store/store.js';
 import { bearerToken, mayReadDocument, mayReadStream, mayWrite, type Authenticator, type Principal } from './auth.js';
 import type { Committer } from './committer.js';
+import { guarded } from './listener-guard.js';
 import type { Metrics } from './metrics.js';
+import { parseRequestTarget } from './request-target.js';
 
 /**
  * The HTTP API, on the same port as the WebSocket. Puts go through the same validation, gate,
@@ -152,17 +154,22 @@ export function createHttpHandler(ctx: HttpContext): (req: IncomingMessage, res:
     return { status: 200, body: null, headers, raw: { bytes: json, contentType: 'application/json' } };
   };
 
-  return (req, res) => {
-    const url = new URL(req.url ?? '/', 'http://local');
-    const parts = url.pathname.split('/').slice(1);
-    const route = routeOf(parts);
+  const listener = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const target = parseRequestTarget(req.url);
+    const parts = target?.segments ?? [];
+    const route = target === undefined ? 'unknown' : routeOf(parts);
     const format = responseFormat(req);
-    const started = handle(req, route, parts, format).catch((err: unknown) => errorReply(err, ctx.log));
-    void started.then((reply) => {
-      ctx.metrics.httpRequests.inc({ route, status: String(reply.status) });
-      send(res, reply, format);
-    });
+    let reply: Reply;
+    try {
+      if (target === undefined) throw new HttpError('INVALID_TARGET', 'the request target must be a path such as /v1/docs/k (or an absolute http URL)');
+      reply = await handle(req, route, parts, format);
+    } catch (err) {
+      reply = errorReply(err, req, ctx.log);
+    }
+    ctx.metrics.httpRequests.inc({ route, status: String(reply.status) });
+    send(res, reply, format);
   };
+  return guarded(ctx.log, 'HTTP request', listener, (_err, _req, res) => answerInternalError(res));
 }
 
 function routeOf(parts: string[]): string {
@@ -194,6 +201,13 @@ function segment(raw: string, field: string, maxBytes: number): string {
   return value;
 }
 
+/**
+ * Exactly the three forms HTTP.md §1.4 lists, each quote paired: "N", W/"N" and a bare N. Anything
+ * else ("4, 5", W/6, lists, *) is refused rather than guessed at: a precondition read wrongly
+ * would let a write through that the client meant to stop.
+ */
+const IF_MATCH = /^[ \t]*(?:"(\d{1,15})"|W\/"(\d{1,15})"|(\d{1,15}))[ \t]*$/;
+
 /** If-Match: "N" → the document must be at version N; If-None-Match: * → it must not exist. */
 function precondition(req: IncomingMessage): number | null {
   const ifMatch = req.headers['if-match'];
@@ -203,9 +217,9 @@ function precondition(req: IncomingMessage): number | null {
     return 0;
   }
   if (ifMatch === undefined) return null;
-  const m = /^\s*(?:W\/)?"?(\d{1,15})"?\s*$/.exec(ifMatch);
-  if (!m) throw new HttpError('INVALID_BODY', 'If-Match must be a version ETag such as "3"', { field: 'If-Match' });
-  return Number(m[1]);
+  const m = IF_MATCH.exec(ifMatch);
+  if (!m) throw new HttpError('INVALID_BODY', 'If-Match must be one version ETag: "3", W/"3" or 3', { field: 'If-Match' });
+  return Number(m[1] ?? m[2] ?? m[3]);
 }
 
 function requestFormat(req: IncomingMessage): WireFormat {
@@ -287,7 +301,7 @@ function docReply(r: DocResult): Reply {
   }
 }
 
-function errorReply(err: unknown, log: Logger): Reply {
+function errorReply(err: unknown, req: IncomingMessage, log: Logger): Reply {
   if (err instanceof HttpError) {
     const spec: ErrorSpec = ERRORS[err.code];
     return {
@@ -296,8 +310,22 @@ function errorReply(err: unknown, log: Logger): Reply {
       headers: err.headers,
     };
   }
-  log.error({ err }, 'HTTP request failed');
-  return { status: 500, body: { error: { code: 'STORAGE_UNAVAILABLE', message: 'internal error', retryable: true } } };
+  // A client that went away mid-body is not a server fault; nobody is left to answer anyway.
+  if (req.socket.destroyed) log.debug({ err }, 'HTTP request abandoned by the client');
+  else log.error({ err }, 'HTTP request failed');
+  return { status: 500, body: INTERNAL_ERROR };
+}
+
+const INTERNAL_ERROR = { error: { code: 'STORAGE_UNAVAILABLE', message: 'internal error', retryable: true } };
+
+/** Last resort when answering itself failed: a 500 if nothing was sent yet, else the connection is cut. */
+function answerInternalError(res: ServerResponse): void {
+  if (res.headersSent || res.destroyed) {
+    res.destroy();
+    return;
+  }
+  res.writeHead(500, { 'content-type': 'application/json', 'cache-control': 'no-store', connection: 'close' });
+  res.end(JSON.stringify(INTERNAL_ERROR));
 }
 
 function send(res: ServerResponse, reply: Reply, format: WireFormat): void {

@@ -1,7 +1,6 @@
-import { watch, type FSWatcher } from 'node:fs';
-import { createServer, type Server as HttpServer } from 'node:http';
+import { createServer, type IncomingMessage, type Server as HttpServer } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import { basename, dirname, resolve } from 'node:path';
+import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ConfigError, defaultConfig, type Config } from '../config.js';
 import { ERRORS } from '../errors.js';
@@ -16,13 +15,32 @@ import { Authenticator, bearerToken, isLoopbackHost } from './auth.js';
 import { Committer, type BatchInfo } from './committer.js';
 import { CLOSE_GRACE_MS, Connection, type InFlightBudget } from './connection.js';
 import { createHttpHandler } from './http-api.js';
+import { guarded } from './listener-guard.js';
 import { Metrics } from './metrics.js';
+import { parseRequestTarget } from './request-target.js';
+import { TokensFileWatch } from './tokens-file-watch.js';
 
 /**
  * Where a put enters: the HTTP server that accepts WebSocket upgrades, the set of connections,
  * the heartbeat sweep and an orderly shutdown. Puts go from each Connection to the shared
  * Committer, which hands batches to the Store.
  */
+
+const INTERNAL_ERROR = { code: 'STORAGE_UNAVAILABLE', message: 'internal error', retryable: true };
+
+/**
+ * Answers an upgrade request with an HTTP error and closes the socket once the answer is flushed,
+ * so a client that ignores the answer cannot keep the socket (no HTTP timeout covers it any more).
+ */
+function refuseUpgrade(socket: Duplex, status: number, reason: string, error?: object, extraHeaders = ''): void {
+  const body = error === undefined ? '' : JSON.stringify({ error });
+  const head = `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\n${extraHeaders}`
+    + (body === '' ? '' : 'Content-Type: application/json\r\n')
+    + `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n`;
+  socket.end(head + body, () => socket.destroy());
+  // A peer that never reads would keep 'finish' from firing.
+  setTimeout(() => socket.destroy(), 2000).unref();
+}
 
 export interface StartOptions {
   /** A store to use instead of opening SQLite at config.dbPath (tests wrap stores this way). */
@@ -40,7 +58,9 @@ export class SeqgateServer {
   private readonly unauthenticated = new Set<Connection>();
   private sweepTimer: NodeJS.Timeout | undefined;
   private idempotencyTimer: NodeJS.Timeout | undefined;
-  private tokenWatcher: FSWatcher | undefined;
+  private tokenWatch: TokensFileWatch | undefined;
+  /** The last failed automatic reload, logged once rather than at every poll. */
+  private tokenCheckFailure: string | undefined;
   private closing: Promise<void> | undefined;
 
   private constructor(
@@ -72,13 +92,17 @@ export class SeqgateServer {
       ackCapPerStream: config.ackCapPerStream,
       startupCheck: config.startupCheck,
       maxPages: config.maxDbPages,
+      onFileLost: (lost) => {
+        if (lost !== undefined) log.error({ err: lost, path: lost.path }, 'database file removed or replaced while open; refusing every write until restart');
+        else log.warn({ db: config.dbPath }, 'database files are back at their paths; accepting writes again');
+      },
     });
     let committer: Committer | undefined;
     const metrics = new Metrics({ connections: () => server.connectionCount, putsInFlight: () => committer?.inFlight ?? 0 });
-    committer = new Committer(store, config.maxBatchPuts, (info) => {
+    committer = new Committer(store, config.maxBatchPuts, guarded(log, 'batch observer', (info: BatchInfo) => {
       metrics.observeBatch(info);
       options.onBatch?.(info);
-    });
+    }), log);
     const pruner = new Pruner(store, {
       retentionMs: config.ackRetentionSeconds * 1000,
       intervalMs: config.pruneIntervalMs,
@@ -175,22 +199,29 @@ export class SeqgateServer {
       onAuthenticated: (conn: Connection) => this.unauthenticated.delete(conn),
     };
 
-    this.http.on('upgrade', (req, socket, head) => {
+    const upgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+      // Node hands over the socket without its own error handler: a reset after a refusal below
+      // would otherwise be an unhandled 'error' event. ws adds its own once the handshake runs.
+      socket.on('error', (err) => this.log.debug({ err }, 'upgrade socket error'));
       if (this.closing) {
-        socket.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\r\n');
+        refuseUpgrade(socket, 503, 'Service Unavailable');
+        return;
+      }
+      const target = parseRequestTarget(req.url);
+      if (target === undefined) {
+        refuseUpgrade(socket, 400, 'Bad Request', { code: 'INVALID_TARGET', message: 'the request target must be a path such as /', retryable: false });
         return;
       }
       // Browsers cannot set headers on a WebSocket: they may pass ?token= or send it in the hello.
-      const url = new URL(req.url ?? '/', 'http://local');
-      const token = bearerToken(req.headers.authorization) ?? url.searchParams.get('token') ?? undefined;
+      const token = bearerToken(req.headers.authorization) ?? target.query.get('token') ?? undefined;
       let principal = this.auth.authenticate(token);
       if (token !== undefined && principal === undefined) {
         this.log.info({ remote: req.socket.remoteAddress }, 'refused upgrade with an invalid token');
-        socket.end('HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm="seqgate"\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+        refuseUpgrade(socket, 401, 'Unauthorized', undefined, 'WWW-Authenticate: Bearer realm="seqgate"\r\n');
         return;
       }
       if (token === undefined && this.auth.enabled) principal = undefined;
-      this.wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
+      this.wss.handleUpgrade(req, socket, head, guarded(this.log, 'WebSocket accept', (ws: WebSocket) => {
         // Connections that have not authenticated never keep out one that has a token: the
         // oldest of them makes room, and they have a smaller cap of their own.
         if (this.connections.size >= this.config.maxConnections) this.evictOldestUnauthenticated();
@@ -203,11 +234,16 @@ export class SeqgateServer {
         const conn = new Connection(ws, socket as Socket, format, context, principal);
         this.connections.add(conn);
         if (principal === undefined) this.unauthenticated.add(conn);
-      });
-    });
+      }, (_err, ws) => ws.terminate()));
+    };
+    this.http.on('upgrade', guarded(this.log, 'WebSocket upgrade', upgrade, (_err, _req, socket) => {
+      // Nothing written yet: the client gets a status. After a 101 only cutting the connection is honest.
+      if (!socket.destroyed && (socket as Partial<Socket>).bytesWritten === 0) refuseUpgrade(socket, 500, 'Internal Server Error', INTERNAL_ERROR);
+      else socket.destroy();
+    }));
 
     // One timer for every connection: each sweep pings, and drops whoever missed the last ping.
-    this.sweepTimer = setInterval(() => {
+    this.sweepTimer = setInterval(guarded(this.log, 'heartbeat sweep', () => {
       for (const conn of this.connections) {
         if (conn.isPaused) continue;
         if (!conn.alive) {
@@ -218,7 +254,7 @@ export class SeqgateServer {
         conn.alive = false;
         conn.ws.ping();
       }
-    }, this.config.heartbeatIntervalMs);
+    }), this.config.heartbeatIntervalMs);
   }
 
   get connectionCount(): number {
@@ -237,8 +273,8 @@ export class SeqgateServer {
   }
 
   /**
-   * Re-reads the tokens (SIGHUP or a change of the tokens file) and closes every connection whose
-   * token is gone or whose grant changed. On a bad file the old tokens stay in force.
+   * Re-reads the tokens (SIGHUP) and closes every connection whose token is gone or whose grant
+   * changed. On a bad file the old tokens stay in force.
    */
   reloadTokens(): void {
     try {
@@ -247,6 +283,26 @@ export class SeqgateServer {
       this.log.error({ err }, 'token reload failed; keeping the previous tokens');
       return;
     }
+    this.tokenCheckFailure = undefined;
+    this.revokeStale();
+  }
+
+  /** Reloads the tokens if the tokens file's content changed (file watch and poll). */
+  private checkTokens(): void {
+    let changed: boolean;
+    try {
+      changed = this.auth.reloadIfChanged();
+    } catch (err) {
+      const message = (err as Error).message;
+      if (message !== this.tokenCheckFailure) this.log.error({ err }, 'token reload failed; keeping the previous tokens');
+      this.tokenCheckFailure = message;
+      return;
+    }
+    this.tokenCheckFailure = undefined;
+    if (changed) this.revokeStale();
+  }
+
+  private revokeStale(): void {
     let closed = 0;
     for (const conn of this.connections) {
       const p = conn.principal;
@@ -260,19 +316,12 @@ export class SeqgateServer {
 
   private watchTokens(): void {
     if (this.config.tokensFile === '') return;
-    let debounce: NodeJS.Timeout | undefined;
-    // Watch the folder, not the file: tools replace files by renaming a new one over the old,
-    // after which a watch on the old file would hear nothing more.
-    const file = basename(this.config.tokensFile);
-    try {
-      this.tokenWatcher = watch(dirname(resolve(this.config.tokensFile)), (_event, name) => {
-        if (name !== null && name !== file) return;
-        clearTimeout(debounce);
-        debounce = setTimeout(() => this.reloadTokens(), 100);
-      });
-    } catch (err) {
-      this.log.warn({ err }, 'cannot watch the tokens file; reload with SIGHUP');
-    }
+    this.tokenWatch = new TokensFileWatch(this.config.tokensFile, {
+      pollMs: this.config.tokensFilePollMs,
+      onCheck: () => this.checkTokens(),
+      log: this.log,
+    });
+    this.tokenWatch.start();
   }
 
   private startIdempotencyPruning(): void {
@@ -282,9 +331,9 @@ export class SeqgateServer {
         await new Promise((resolve) => setImmediate(resolve));
       }
     };
-    this.idempotencyTimer = setInterval(() => {
+    this.idempotencyTimer = setInterval(guarded(this.log, 'idempotency pruning', () => {
       step().catch((err: Error) => this.log.warn({ err }, 'idempotency pruning failed; will retry'));
-    }, this.config.pruneIntervalMs);
+    }), this.config.pruneIntervalMs);
   }
 
   /** Puts received and waiting for a batch (not counting the batch being committed). */
@@ -300,7 +349,7 @@ export class SeqgateServer {
     this.closing ??= (async () => {
       clearInterval(this.sweepTimer);
       clearInterval(this.idempotencyTimer);
-      this.tokenWatcher?.close();
+      this.tokenWatch?.close();
       const stopped = new Promise<void>((resolve) => this.http.close(() => resolve()));
       for (const conn of this.connections) conn.stop();
       await this.pruner.stop();
