@@ -60,6 +60,26 @@ export const OPTIONS = {
     kind: 'integer', default: 10_000, min: 10, unit: 'ms',
     doc: 'With tokens: a connection that has not authenticated this long after it opened is closed with 4401.',
   },
+  maxInFlightBytes: {
+    kind: 'integer', default: 256 * MiB, min: 64 * KiB, unit: 'bytes',
+    doc: 'Server-wide memory budget: unanswered put frames plus HTTP request bodies (which may take half). Past it every WebSocket stops reading and bodies get 503.',
+  },
+  maxHttpConnections: {
+    kind: 'integer', default: 1000, min: 1, unit: 'connections',
+    doc: 'Open HTTP connections, upgrade requests not yet accepted included; beyond this a new one is answered 503 and closed. Accepted WebSockets count against maxConnections instead.',
+  },
+  httpHeadersTimeoutMs: {
+    kind: 'integer', default: 10_000, min: 10, unit: 'ms',
+    doc: "Time a client has to send a request's headers; then 408 and the connection is closed. At most httpRequestTimeoutMs.",
+  },
+  httpRequestTimeoutMs: {
+    kind: 'integer', default: 60_000, min: 10, unit: 'ms',
+    doc: 'Time a client has to send a whole request, body included; then 408 and the connection is closed.',
+  },
+  httpBodyIdleTimeoutMs: {
+    kind: 'integer', default: 10_000, min: 10, unit: 'ms',
+    doc: 'A request body that sends no byte for this long is answered 408 REQUEST_TIMEOUT and its connection closed.',
+  },
   connectionInFlightBytes: {
     kind: 'integer', default: 4 * MiB, min: 1024, unit: 'bytes',
     doc: 'Frame bytes of unanswered puts per connection before the server stops reading from it.',

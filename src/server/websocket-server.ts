@@ -17,6 +17,7 @@ import { CLOSE_GRACE_MS, Connection, type InFlightBudget } from './connection.js
 import { createHttpHandler } from './http-api.js';
 import { guarded } from './listener-guard.js';
 import { Metrics } from './metrics.js';
+import { RequestBodies, type SharedBudget } from './request-bodies.js';
 import { parseRequestTarget } from './request-target.js';
 import { TokensFileWatch } from './tokens-file-watch.js';
 
@@ -32,7 +33,7 @@ const INTERNAL_ERROR = { code: 'STORAGE_UNAVAILABLE', message: 'internal error',
  * Answers an upgrade request with an HTTP error and closes the socket once the answer is flushed,
  * so a client that ignores the answer cannot keep the socket (no HTTP timeout covers it any more).
  */
-function refuseUpgrade(socket: Duplex, status: number, reason: string, error?: object, extraHeaders = ''): void {
+function refuseSocket(socket: Duplex, status: number, reason: string, error?: object, extraHeaders = ''): void {
   const body = error === undefined ? '' : JSON.stringify({ error });
   const head = `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\n${extraHeaders}`
     + (body === '' ? '' : 'Content-Type: application/json\r\n')
@@ -48,7 +49,7 @@ export interface StartOptions {
   readonly logger?: Logger;
   /** Called after every committed (or failed) batch. */
   readonly onBatch?: (info: BatchInfo) => void;
-  /** Server-wide budget of unanswered frame bytes before every connection stops reading. */
+  /** Overrides config.maxInFlightBytes (the server-wide budget of unanswered frame and body bytes). */
   readonly maxInFlightBytes?: number;
 }
 
@@ -56,8 +57,8 @@ export class SeqgateServer {
   private readonly connections = new Set<Connection>();
   /** Connections that have not authenticated yet, oldest first (a Set keeps insertion order). */
   private readonly unauthenticated = new Set<Connection>();
+  private readonly httpSockets = new Set<Socket>();
   private sweepTimer: NodeJS.Timeout | undefined;
-  private idempotencyTimer: NodeJS.Timeout | undefined;
   private tokenWatch: TokensFileWatch | undefined;
   /** The last failed automatic reload, logged once rather than at every poll. */
   private tokenCheckFailure: string | undefined;
@@ -105,12 +106,21 @@ export class SeqgateServer {
     }), log);
     const pruner = new Pruner(store, {
       retentionMs: config.ackRetentionSeconds * 1000,
+      idempotencyRetentionMs: config.idempotencyRetentionSeconds * 1000,
       intervalMs: config.pruneIntervalMs,
       batchRows: config.pruneBatchRows,
       onPruned: (n) => metrics.prunedAcks.inc(n),
     }, log);
 
-    const http = createServer();
+    if (config.httpHeadersTimeoutMs > config.httpRequestTimeoutMs) {
+      throw new ConfigError(`httpHeadersTimeoutMs (${config.httpHeadersTimeoutMs}) must not exceed httpRequestTimeoutMs (${config.httpRequestTimeoutMs})`);
+    }
+    const http = createServer({
+      headersTimeout: config.httpHeadersTimeoutMs,
+      requestTimeout: config.httpRequestTimeoutMs,
+      // Node checks both timeouts on this period (30 s by default), so it bounds how late they hit.
+      connectionsCheckingInterval: Math.max(10, Math.min(1000, Math.floor(config.httpHeadersTimeoutMs / 4))),
+    });
     const wss = new WebSocketServer({
       noServer: true,
       maxPayload: config.maxFrameBytes,
@@ -125,8 +135,7 @@ export class SeqgateServer {
       },
     });
     const server: SeqgateServer = new SeqgateServer(config, store, log, metrics, auth, http, wss, committer, pruner);
-    http.on('request', createHttpHandler({ store, committer, limits: server.limits, auth, metrics, log }));
-    server.attach(options.maxInFlightBytes ?? 256 * 1024 * 1024);
+    server.attach(options.maxInFlightBytes ?? config.maxInFlightBytes);
 
     await new Promise<void>((resolve, reject) => {
       http.once('error', reject);
@@ -136,7 +145,6 @@ export class SeqgateServer {
       });
     });
     pruner.start();
-    server.startIdempotencyPruning();
     server.watchTokens();
     log.info({
       url: server.url, db: config.dbPath, synchronous: config.synchronous, contiguous: config.contiguous,
@@ -174,6 +182,7 @@ export class SeqgateServer {
       maxUnauthenticatedPartialBytes: Math.floor(maxInFlightBytes / 16),
       unauthenticatedWaiting: new Set(),
     };
+    this.acceptHttp(budget);
     const welcome = {
       type: 'welcome',
       protocol: PROTOCOL_VERSION,
@@ -200,16 +209,18 @@ export class SeqgateServer {
     };
 
     const upgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+      // From here on the socket is a WebSocket candidate: it counts against maxConnections.
+      this.httpSockets.delete(socket as Socket);
       // Node hands over the socket without its own error handler: a reset after a refusal below
       // would otherwise be an unhandled 'error' event. ws adds its own once the handshake runs.
       socket.on('error', (err) => this.log.debug({ err }, 'upgrade socket error'));
       if (this.closing) {
-        refuseUpgrade(socket, 503, 'Service Unavailable');
+        refuseSocket(socket, 503, 'Service Unavailable');
         return;
       }
       const target = parseRequestTarget(req.url);
       if (target === undefined) {
-        refuseUpgrade(socket, 400, 'Bad Request', { code: 'INVALID_TARGET', message: 'the request target must be a path such as /', retryable: false });
+        refuseSocket(socket, 400, 'Bad Request', { code: 'INVALID_TARGET', message: 'the request target must be a path such as /', retryable: false });
         return;
       }
       // Browsers cannot set headers on a WebSocket: they may pass ?token= or send it in the hello.
@@ -217,7 +228,7 @@ export class SeqgateServer {
       let principal = this.auth.authenticate(token);
       if (token !== undefined && principal === undefined) {
         this.log.info({ remote: req.socket.remoteAddress }, 'refused upgrade with an invalid token');
-        refuseUpgrade(socket, 401, 'Unauthorized', undefined, 'WWW-Authenticate: Bearer realm="seqgate"\r\n');
+        refuseSocket(socket, 401, 'Unauthorized', undefined, 'WWW-Authenticate: Bearer realm="seqgate"\r\n');
         return;
       }
       if (token === undefined && this.auth.enabled) principal = undefined;
@@ -238,7 +249,7 @@ export class SeqgateServer {
     };
     this.http.on('upgrade', guarded(this.log, 'WebSocket upgrade', upgrade, (_err, _req, socket) => {
       // Nothing written yet: the client gets a status. After a 101 only cutting the connection is honest.
-      if (!socket.destroyed && (socket as Partial<Socket>).bytesWritten === 0) refuseUpgrade(socket, 500, 'Internal Server Error', INTERNAL_ERROR);
+      if (!socket.destroyed && (socket as Partial<Socket>).bytesWritten === 0) refuseSocket(socket, 500, 'Internal Server Error', INTERNAL_ERROR);
       else socket.destroy();
     }));
 
@@ -255,6 +266,33 @@ export class SeqgateServer {
         conn.ws.ping();
       }
     }), this.config.heartbeatIntervalMs);
+  }
+
+  /**
+   * HTTP requests: the API handler, with request bodies counted against `budget`, and the cap on
+   * HTTP connections. A socket counts as HTTP from its accept until it is upgraded or closed.
+   */
+  private acceptHttp(budget: SharedBudget): void {
+    this.http.on('connection', guarded(this.log, 'HTTP connection', (socket: Socket) => {
+      if (this.httpSockets.size >= this.config.maxHttpConnections) {
+        this.log.warn({ remote: socket.remoteAddress, max: this.config.maxHttpConnections }, 'refused an HTTP connection: maxHttpConnections reached');
+        refuseSocket(socket, 503, 'Service Unavailable', {
+          code: 'TOO_MANY_CONNECTIONS', message: 'the server holds maxHttpConnections HTTP connections already', retryable: true,
+        }, 'Retry-After: 1\r\n');
+        return;
+      }
+      this.httpSockets.add(socket);
+      socket.once('close', () => this.httpSockets.delete(socket));
+    }));
+    this.http.on('request', createHttpHandler({
+      store: this.store, committer: this.committer, limits: this.limits, auth: this.auth, metrics: this.metrics, log: this.log,
+      bodies: new RequestBodies(budget), bodyIdleTimeoutMs: this.config.httpBodyIdleTimeoutMs,
+    }));
+  }
+
+  /** Open HTTP connections (not counting WebSockets). */
+  get httpConnectionCount(): number {
+    return this.httpSockets.size;
   }
 
   get connectionCount(): number {
@@ -324,18 +362,6 @@ export class SeqgateServer {
     this.tokenWatch.start();
   }
 
-  private startIdempotencyPruning(): void {
-    const retentionMs = this.config.idempotencyRetentionSeconds * 1000;
-    const step = async (): Promise<void> => {
-      while ((await this.store.pruneIdempotency(Date.now() - retentionMs, this.config.pruneBatchRows)) === this.config.pruneBatchRows) {
-        await new Promise((resolve) => setImmediate(resolve));
-      }
-    };
-    this.idempotencyTimer = setInterval(guarded(this.log, 'idempotency pruning', () => {
-      step().catch((err: Error) => this.log.warn({ err }, 'idempotency pruning failed; will retry'));
-    }), this.config.pruneIntervalMs);
-  }
-
   /** Puts received and waiting for a batch (not counting the batch being committed). */
   get queuedPuts(): number {
     return this.committer.queuedPuts;
@@ -348,7 +374,6 @@ export class SeqgateServer {
   close(): Promise<void> {
     this.closing ??= (async () => {
       clearInterval(this.sweepTimer);
-      clearInterval(this.idempotencyTimer);
       this.tokenWatch?.close();
       const stopped = new Promise<void>((resolve) => this.http.close(() => resolve()));
       for (const conn of this.connections) conn.stop();

@@ -7,6 +7,7 @@ import { planPrune } from '../retention.js';
 import { reach } from '../crash-points.js';
 import { DatabaseUnusableError, migrate } from './sqlite-schema.js';
 import { FileIdentity, type FileLostError } from './file-identity.js';
+import { processClock } from './retention-clock.js';
 
 export { DatabaseUnusableError };
 import {
@@ -25,7 +26,7 @@ export interface SqliteStoreOptions {
   readonly startupCheck?: 'quick' | 'full' | 'off';
   /** Upper bound on the file size in pages (0: none); a full database fails batches retryably. */
   readonly maxPages?: number;
-  /** Clock for commit times; tests pin it. */
+  /** Clock for commit times (default: the process's RetentionClock, which pruning cutoffs rely on); tests pin it. */
   readonly now?: () => number;
   /** Told when the database file (or its -wal) is found removed or replaced, and when it is back. */
   readonly onFileLost?: (lost: FileLostError | undefined) => void;
@@ -69,7 +70,7 @@ export class SqliteStore implements Store {
   constructor(private readonly options: SqliteStoreOptions) {
     if (options.path !== ':memory:') mkdirSync(dirname(options.path), { recursive: true });
     this.db = new Database(options.path);
-    this.now = options.now ?? Date.now;
+    this.now = options.now ?? (() => processClock.now());
     try {
       this.checkIntegrity(options.startupCheck ?? 'quick');
     } catch (err) {
