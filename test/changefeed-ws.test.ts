@@ -1,4 +1,6 @@
+import { Writable } from 'node:stream';
 import { Packr } from 'msgpackr';
+import pino from 'pino';
 import WebSocket from 'ws';
 import { afterEach, describe, expect, it } from 'vitest';
 import { canonicalEncode } from '../src/protocol/canonical.js';
@@ -134,7 +136,14 @@ describe('subscribe', () => {
 
 describe('a subscriber that stops reading', () => {
   it('is closed with 1008 like any slow consumer, and the writer is unaffected', async () => {
-    t = await startTestServer({ outboundHighWaterBytes: 256 * 1024, slowConsumerTimeoutMs: 500 });
+    const warnings: string[] = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, callback) {
+        for (const line of chunk.toString('utf8').split('\n')) if (line) warnings.push((JSON.parse(line) as { msg: string }).msg);
+        callback();
+      },
+    });
+    t = await startTestServer({ outboundHighWaterBytes: 256 * 1024, slowConsumerTimeoutMs: 500 }, { logger: pino({ level: 'warn' }, sink) });
     const writer = await connect();
     const big = 'x'.repeat(60_000);
     for (let i = 0; i < 20; i++) await write(writer, ...Array.from({ length: 10 }, (_, j) => ({ seq: i * 10 + j + 1, key: `k${j}`, state: big })));
@@ -143,7 +152,9 @@ describe('a subscriber that stops reading', () => {
     const closed = new Promise<number>((resolve) => ws.once('close', (code) => resolve(code)));
     ws.send(new Packr({ useRecords: false }).pack({ type: 'subscribe', id: 1, from: '-1' }));
     ws.pause();
-    await new Promise((r) => setTimeout(r, 1500));
+    // Read again once the server has decided, to see the close frame behind the unread changes.
+    const deadline = Date.now() + 10_000;
+    while (!warnings.some((m) => /slow consumer/i.test(m)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     ws.resume();
     expect(await closed).toBe(1008);
     // The writer's connection is unaffected.
