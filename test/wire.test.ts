@@ -99,7 +99,9 @@ describe('the wire module MessagePack decoder', () => {
   const jsonish = fc.letrec<{ v: unknown }>((tie) => ({
     v: fc.oneof({ depthSize: 'small' }, fc.constant(null), fc.boolean(), number, text, fc.uint8Array({ maxLength: 300 }),
       fc.bigInt({ min: -(2n ** 63n), max: 2n ** 64n - 1n }),
-      fc.array(tie('v'), { maxLength: 20 }), fc.dictionary(text, tie('v'), { maxKeys: 20 })),
+      // msgpackr turns a "__proto__" key into the object's prototype; the wire decoder keeps it as a
+      // plain key (the next test), so that one key is left out of this comparison.
+      fc.array(tie('v'), { maxLength: 20 }), fc.dictionary(text.filter((k) => k !== '__proto__'), tie('v'), { maxKeys: 20 })),
   })).v;
 
   it('reads what msgpackr writes exactly as msgpackr reads it', () => {
