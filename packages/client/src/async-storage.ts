@@ -122,7 +122,7 @@ export class KeyValueOutbox implements Outbox {
 
   async replace(stream: string, record: StreamRecord, entries: readonly OutboxEntry[]): Promise<void> {
     const s = await this.read(stream);
-    const answered = (s?.entries ?? []).filter((e) => e.answer != null);
+    const answered = (s?.entries ?? []).filter((e) => e.answer !== undefined && e.answer !== null);
     await this.write(stream, record, [...answered, ...entries.map(store)]);
   }
 

@@ -124,7 +124,8 @@ export class IndexedDbOutbox implements Outbox {
     cursor.onsuccess = () => {
       const c = cursor.result;
       if (c !== null) {
-        if ((c.value as StoredEntry).answer == null) c.delete();
+        const answer = (c.value as StoredEntry).answer;
+        if (answer === undefined || answer === null) c.delete();
         c.continue();
         return;
       }
