@@ -62,7 +62,36 @@ export const OPTIONS = {
   maxStreamBytes: { kind: 'integer', default: 256, min: 1, unit: 'bytes', doc: 'Longest stream name (UTF-8).' },
   maxIdBytes: { kind: 'integer', default: 128, min: 1, unit: 'bytes', doc: 'Longest string correlation id (UTF-8).' },
   maxHelloStreams: { kind: 'integer', default: 1000, min: 0, unit: 'streams', doc: 'Most streams one hello may ask heads for.' },
+  maxNonceBytes: { kind: 'integer', default: 1024, min: 8, unit: 'bytes', doc: 'Largest ping nonce, measured in canonical msgpack; a pong echoes it.' },
   maxConnections: { kind: 'integer', default: 20_000, min: 1, unit: 'connections', doc: 'Connections beyond this are closed with 1013.' },
+  maxUnauthenticatedConnections: {
+    kind: 'integer', default: 1000, min: 1, unit: 'connections',
+    doc: 'With tokens: connections not yet authenticated. Beyond this (or at maxConnections) the oldest of them is closed with 1013.',
+  },
+  authTimeoutMs: {
+    kind: 'integer', default: 10_000, min: 10, unit: 'ms',
+    doc: 'With tokens: a connection that has not authenticated this long after it opened is closed with 4401.',
+  },
+  maxInFlightBytes: {
+    kind: 'integer', default: 256 * MiB, min: 64 * KiB, unit: 'bytes',
+    doc: 'Server-wide memory budget: unanswered put frames plus HTTP request bodies (which may take half). Past it every WebSocket stops reading and bodies get 503.',
+  },
+  maxHttpConnections: {
+    kind: 'integer', default: 1000, min: 1, unit: 'connections',
+    doc: 'Open HTTP connections, upgrade requests not yet accepted included; beyond this a new one is answered 503 and closed. Accepted WebSockets count against maxConnections instead.',
+  },
+  httpHeadersTimeoutMs: {
+    kind: 'integer', default: 10_000, min: 10, unit: 'ms',
+    doc: "Time a client has to send a request's headers; then 408 and the connection is closed. At most httpRequestTimeoutMs.",
+  },
+  httpRequestTimeoutMs: {
+    kind: 'integer', default: 60_000, min: 10, unit: 'ms',
+    doc: 'Time a client has to send a whole request, body included; then 408 and the connection is closed.',
+  },
+  httpBodyIdleTimeoutMs: {
+    kind: 'integer', default: 10_000, min: 10, unit: 'ms',
+    doc: 'A request body that sends no byte for this long is answered 408 REQUEST_TIMEOUT and its connection closed.',
+  },
   connectionInFlightBytes: {
     kind: 'integer', default: 4 * MiB, min: 1024, unit: 'bytes',
     doc: 'Frame bytes of unanswered puts per connection before the server stops reading from it.',

@@ -186,6 +186,18 @@ export const ERRORS = {
     status: 400,
     summary: 'The request target is neither a path (origin-form) nor an absolute http(s)/ws(s) URL.',
   },
+  REQUEST_TIMEOUT: {
+    scope: 'http',
+    retryable: true,
+    status: 408,
+    summary: 'The request body stopped arriving for `httpBodyIdleTimeoutMs`; the connection is closed.',
+  },
+  SERVER_BUSY: {
+    scope: 'http',
+    retryable: true,
+    status: 503,
+    summary: "Request bodies already hold their share of the server's memory budget; retry after Retry-After.",
+  },
   NOT_READY: {
     scope: 'http',
     retryable: true,
@@ -227,7 +239,8 @@ export const ERRORS = {
     scope: 'close',
     retryable: true,
     closeCode: 1013,
-    summary: 'The server holds `maxConnections` connections already.',
+    status: 503,
+    summary: 'The server holds `maxConnections` WebSocket connections (close 1013) or `maxHttpConnections` HTTP connections (503) already.',
   },
 } as const satisfies Record<string, ErrorSpec>;
 
@@ -252,4 +265,20 @@ export class SeqgateError extends Error {
     this.retryable = ERRORS[code].retryable;
     this.details = details;
   }
+}
+
+/** An error as every transport sends it: code, message, and `retryable` as the registry says. */
+export interface ErrorBody {
+  readonly code: ErrorCode;
+  readonly message: string;
+  readonly retryable: boolean;
+  readonly [detail: string]: unknown;
+}
+
+/**
+ * The one way to build an error body, so that `retryable` always comes from ERRORS. Details follow
+ * the three fixed fields, in the caller's order: bodies are compared byte for byte by the vectors.
+ */
+export function errorBody(code: ErrorCode, message: string, details: Readonly<Record<string, unknown>> = {}): ErrorBody {
+  return { code, message, retryable: ERRORS[code].retryable, ...details };
 }

@@ -75,6 +75,7 @@ async function expectRefusing(server: ChildServer, c: TestClient, fromSeq: numbe
   expect(http.status).toBe(503);
   expect(http.body).toMatchObject({ outcome: 'error', error: { code: 'STORAGE_UNAVAILABLE' } });
 
+  await server.waitForLog(lostLine, 5_000);
   const logged = server.logLines().filter(lostLine);
   expect(logged).toHaveLength(1);
   expect(logged[0]!.level).toBe(50);
@@ -141,7 +142,7 @@ describe('database files removed or replaced while the server runs', () => {
     for (const suffix of ['', '-wal', '-shm']) renameSync(`${dbPath}${suffix}.moved`, dbPath + suffix);
     expect((await get(server, '/readyz')).status).toBe(200);
     expect((await putMany(c, 'during', 1, 3)).map((r) => r.outcome)).toEqual(['applied', 'applied', 'applied']);
-    expect(server.logLines().some((l) => l.msg === 'database files are back at their paths; accepting writes again')).toBe(true);
+    await server.waitForLog((l) => l.msg === 'database files are back at their paths; accepting writes again', 5_000);
   }, 60_000);
 });
 

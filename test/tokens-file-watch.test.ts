@@ -133,7 +133,8 @@ describe('tokens file mounted as a Kubernetes Secret', () => {
     mount.update(tokensJson([ALPHA, 'alpha'], [BETA, 'beta']));
     expect(await closedWithin(g, 3000)).toEqual({ code: 4403, reason: 'TOKEN_REVOKED' });
     expect(await httpStatus(server, ALPHA)).toBe(200);
-    expect(server.logLines().filter((l) => l.msg === 'tokens reloaded')).toHaveLength(2);
+    // The log line follows the close frames: wait for it rather than race the pipe.
+    expect(await eventually(async () => server.logLines().filter((l) => l.msg === 'tokens reloaded').length, 2, 3000)).toBe(2);
   });
 
   it('keeps reloading after the whole mount folder is deleted and recreated, and logs the lost watch', async () => {

@@ -14,10 +14,11 @@ import type { Store } from '../store/store.js';
 import { SEQGATE_VERSION } from '../version.js';
 import { Authenticator, bearerToken, isLoopbackHost } from './auth.js';
 import { Committer, type BatchInfo } from './committer.js';
-import { Connection, type InFlightBudget } from './connection.js';
+import { CLOSE_GRACE_MS, Connection, type InFlightBudget } from './connection.js';
 import { createHttpHandler } from './http-api.js';
 import { guarded } from './listener-guard.js';
 import { Metrics } from './metrics.js';
+import { RequestBodies, type SharedBudget } from './request-bodies.js';
 import { parseRequestTarget } from './request-target.js';
 import { TokensFileWatch } from './tokens-file-watch.js';
 
@@ -33,7 +34,7 @@ const INTERNAL_ERROR = { code: 'STORAGE_UNAVAILABLE', message: 'internal error',
  * Answers an upgrade request with an HTTP error and closes the socket once the answer is flushed,
  * so a client that ignores the answer cannot keep the socket (no HTTP timeout covers it any more).
  */
-function refuseUpgrade(socket: Duplex, status: number, reason: string, error?: object, extraHeaders = ''): void {
+function refuseSocket(socket: Duplex, status: number, reason: string, error?: object, extraHeaders = ''): void {
   const body = error === undefined ? '' : JSON.stringify({ error });
   const head = `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\n${extraHeaders}`
     + (body === '' ? '' : 'Content-Type: application/json\r\n')
@@ -49,14 +50,16 @@ export interface StartOptions {
   readonly logger?: Logger;
   /** Called after every committed (or failed) batch. */
   readonly onBatch?: (info: BatchInfo) => void;
-  /** Server-wide budget of unanswered frame bytes before every connection stops reading. */
+  /** Overrides config.maxInFlightBytes (the server-wide budget of unanswered frame and body bytes). */
   readonly maxInFlightBytes?: number;
 }
 
 export class SeqgateServer {
   private readonly connections = new Set<Connection>();
+  /** Connections that have not authenticated yet, oldest first (a Set keeps insertion order). */
+  private readonly unauthenticated = new Set<Connection>();
+  private readonly httpSockets = new Set<Socket>();
   private sweepTimer: NodeJS.Timeout | undefined;
-  private idempotencyTimer: NodeJS.Timeout | undefined;
   private tokenWatch: TokensFileWatch | undefined;
   /** The last failed automatic reload, logged once rather than at every poll. */
   private tokenCheckFailure: string | undefined;
@@ -117,16 +120,28 @@ export class SeqgateServer {
     }), log);
     const pruner = new Pruner(store, {
       retentionMs: config.ackRetentionSeconds * 1000,
+      idempotencyRetentionMs: config.idempotencyRetentionSeconds * 1000,
       intervalMs: config.pruneIntervalMs,
       batchRows: config.pruneBatchRows,
       onPruned: (n) => metrics.prunedAcks.inc(n),
     }, log);
 
-    const http = createServer();
+    if (config.httpHeadersTimeoutMs > config.httpRequestTimeoutMs) {
+      throw new ConfigError(`httpHeadersTimeoutMs (${config.httpHeadersTimeoutMs}) must not exceed httpRequestTimeoutMs (${config.httpRequestTimeoutMs})`);
+    }
+    const http = createServer({
+      headersTimeout: config.httpHeadersTimeoutMs,
+      requestTimeout: config.httpRequestTimeoutMs,
+      // Node checks both timeouts on this period (30 s by default), so it bounds how late they hit.
+      connectionsCheckingInterval: Math.max(10, Math.min(1000, Math.floor(config.httpHeadersTimeoutMs / 4))),
+    });
     const wss = new WebSocketServer({
       noServer: true,
       maxPayload: config.maxFrameBytes,
       perMessageDeflate: false,
+      // ws's own wait for a close handshake the server started (30 s by default); ws 8.23 has
+      // the option, @types/ws does not list it yet.
+      ...({ closeTimeout: CLOSE_GRACE_MS } as object),
       // The first subprotocol the client offers that this server speaks wins (RFC 6455 4.2.2).
       handleProtocols: (protocols) => {
         for (const p of protocols) if (p === SUBPROTOCOL_JSON || p === SUBPROTOCOL_MSGPACK) return p;
@@ -134,8 +149,7 @@ export class SeqgateServer {
       },
     });
     const server: SeqgateServer = new SeqgateServer(config, store, log, metrics, auth, http, wss, committer, pruner);
-    http.on('request', createHttpHandler({ store, committer, limits: server.limits, auth, metrics, log }));
-    server.attach(options.maxInFlightBytes ?? 256 * 1024 * 1024);
+    server.attach(options.maxInFlightBytes ?? config.maxInFlightBytes);
 
     await new Promise<void>((resolve, reject) => {
       http.once('error', reject);
@@ -145,7 +159,6 @@ export class SeqgateServer {
       });
     });
     pruner.start();
-    server.startIdempotencyPruning();
     server.watchTokens();
     log.info({
       url: server.url, store: config.store, db: config.store === 'postgres' ? withoutPassword(config.databaseUrl) : config.dbPath,
@@ -175,7 +188,16 @@ export class SeqgateServer {
 
   private attach(maxInFlightBytes: number): void {
     const limits = this.limits;
-    const budget: InFlightBudget = { bytes: 0, maxBytes: maxInFlightBytes, waiting: new Set() };
+    const budget: InFlightBudget = {
+      bytes: 0,
+      maxBytes: maxInFlightBytes,
+      waiting: new Set(),
+      unauthenticatedPartialBytes: 0,
+      // Messages half-sent by clients that have not shown a token get a small share of the budget.
+      maxUnauthenticatedPartialBytes: Math.floor(maxInFlightBytes / 16),
+      unauthenticatedWaiting: new Set(),
+    };
+    this.acceptHttp(budget);
     const welcome = {
       type: 'welcome',
       protocol: PROTOCOL_VERSION,
@@ -194,20 +216,26 @@ export class SeqgateServer {
       metrics: this.metrics,
       log: this.log,
       welcome: () => welcome,
-      onClose: (conn: Connection) => this.connections.delete(conn),
+      onClose: (conn: Connection) => {
+        this.connections.delete(conn);
+        this.unauthenticated.delete(conn);
+      },
+      onAuthenticated: (conn: Connection) => this.unauthenticated.delete(conn),
     };
 
     const upgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+      // From here on the socket is a WebSocket candidate: it counts against maxConnections.
+      this.httpSockets.delete(socket as Socket);
       // Node hands over the socket without its own error handler: a reset after a refusal below
       // would otherwise be an unhandled 'error' event. ws adds its own once the handshake runs.
       socket.on('error', (err) => this.log.debug({ err }, 'upgrade socket error'));
       if (this.closing) {
-        refuseUpgrade(socket, 503, 'Service Unavailable');
+        refuseSocket(socket, 503, 'Service Unavailable');
         return;
       }
       const target = parseRequestTarget(req.url);
       if (target === undefined) {
-        refuseUpgrade(socket, 400, 'Bad Request', { code: 'INVALID_TARGET', message: 'the request target must be a path such as /', retryable: false });
+        refuseSocket(socket, 400, 'Bad Request', { code: 'INVALID_TARGET', message: 'the request target must be a path such as /', retryable: false });
         return;
       }
       // Browsers cannot set headers on a WebSocket: they may pass ?token= or send it in the hello.
@@ -215,22 +243,28 @@ export class SeqgateServer {
       let principal = this.auth.authenticate(token);
       if (token !== undefined && principal === undefined) {
         this.log.info({ remote: req.socket.remoteAddress }, 'refused upgrade with an invalid token');
-        refuseUpgrade(socket, 401, 'Unauthorized', undefined, 'WWW-Authenticate: Bearer realm="seqgate"\r\n');
+        refuseSocket(socket, 401, 'Unauthorized', undefined, 'WWW-Authenticate: Bearer realm="seqgate"\r\n');
         return;
       }
       if (token === undefined && this.auth.enabled) principal = undefined;
       this.wss.handleUpgrade(req, socket, head, guarded(this.log, 'WebSocket accept', (ws: WebSocket) => {
+        // Connections that have not authenticated never keep out one that has a token: the
+        // oldest of them makes room, and they have a smaller cap of their own.
+        if (this.connections.size >= this.config.maxConnections) this.evictOldestUnauthenticated();
+        if (principal === undefined && this.unauthenticated.size >= this.config.maxUnauthenticatedConnections) this.evictOldestUnauthenticated();
         if (this.connections.size >= this.config.maxConnections) {
           ws.close(ERRORS.TOO_MANY_CONNECTIONS.closeCode, 'TOO_MANY_CONNECTIONS');
           return;
         }
         const format = ws.protocol === SUBPROTOCOL_JSON ? 'json' : 'msgpack';
-        this.connections.add(new Connection(ws, format, context, principal));
+        const conn = new Connection(ws, socket as Socket, format, context, principal);
+        this.connections.add(conn);
+        if (principal === undefined) this.unauthenticated.add(conn);
       }, (_err, ws) => ws.terminate()));
     };
     this.http.on('upgrade', guarded(this.log, 'WebSocket upgrade', upgrade, (_err, _req, socket) => {
       // Nothing written yet: the client gets a status. After a 101 only cutting the connection is honest.
-      if (!socket.destroyed && (socket as Partial<Socket>).bytesWritten === 0) refuseUpgrade(socket, 500, 'Internal Server Error', INTERNAL_ERROR);
+      if (!socket.destroyed && (socket as Partial<Socket>).bytesWritten === 0) refuseSocket(socket, 500, 'Internal Server Error', INTERNAL_ERROR);
       else socket.destroy();
     }));
 
@@ -249,8 +283,46 @@ export class SeqgateServer {
     }), this.config.heartbeatIntervalMs);
   }
 
+  /**
+   * HTTP requests: the API handler, with request bodies counted against `budget`, and the cap on
+   * HTTP connections. A socket counts as HTTP from its accept until it is upgraded or closed.
+   */
+  private acceptHttp(budget: SharedBudget): void {
+    this.http.on('connection', guarded(this.log, 'HTTP connection', (socket: Socket) => {
+      if (this.httpSockets.size >= this.config.maxHttpConnections) {
+        this.log.warn({ remote: socket.remoteAddress, max: this.config.maxHttpConnections }, 'refused an HTTP connection: maxHttpConnections reached');
+        refuseSocket(socket, 503, 'Service Unavailable', {
+          code: 'TOO_MANY_CONNECTIONS', message: 'the server holds maxHttpConnections HTTP connections already', retryable: true,
+        }, 'Retry-After: 1\r\n');
+        return;
+      }
+      this.httpSockets.add(socket);
+      socket.once('close', () => this.httpSockets.delete(socket));
+    }));
+    this.http.on('request', createHttpHandler({
+      store: this.store, committer: this.committer, limits: this.limits, auth: this.auth, metrics: this.metrics, log: this.log,
+      bodies: new RequestBodies(budget), bodyIdleTimeoutMs: this.config.httpBodyIdleTimeoutMs,
+    }));
+  }
+
+  /** Open HTTP connections (not counting WebSockets). */
+  get httpConnectionCount(): number {
+    return this.httpSockets.size;
+  }
+
   get connectionCount(): number {
     return this.connections.size;
+  }
+
+  /** Closes the unauthenticated connection that has waited longest; it stops counting at once. */
+  private evictOldestUnauthenticated(): void {
+    const oldest = this.unauthenticated.values().next();
+    if (oldest.done === true) return;
+    const conn = oldest.value;
+    this.unauthenticated.delete(conn);
+    this.connections.delete(conn);
+    this.log.info('closing the oldest unauthenticated connection to make room');
+    conn.close(ERRORS.TOO_MANY_CONNECTIONS.closeCode, 'TOO_MANY_CONNECTIONS');
   }
 
   /**
@@ -305,18 +377,6 @@ export class SeqgateServer {
     this.tokenWatch.start();
   }
 
-  private startIdempotencyPruning(): void {
-    const retentionMs = this.config.idempotencyRetentionSeconds * 1000;
-    const step = async (): Promise<void> => {
-      while ((await this.store.pruneIdempotency(Date.now() - retentionMs, this.config.pruneBatchRows)) === this.config.pruneBatchRows) {
-        await new Promise((resolve) => setImmediate(resolve));
-      }
-    };
-    this.idempotencyTimer = setInterval(guarded(this.log, 'idempotency pruning', () => {
-      step().catch((err: Error) => this.log.warn({ err }, 'idempotency pruning failed; will retry'));
-    }), this.config.pruneIntervalMs);
-  }
-
   /** Puts received and waiting for a batch (not counting the batch being committed). */
   get queuedPuts(): number {
     return this.committer.queuedPuts;
@@ -329,7 +389,6 @@ export class SeqgateServer {
   close(): Promise<void> {
     this.closing ??= (async () => {
       clearInterval(this.sweepTimer);
-      clearInterval(this.idempotencyTimer);
       this.tokenWatch?.close();
       const stopped = new Promise<void>((resolve) => this.http.close(() => resolve()));
       for (const conn of this.connections) conn.stop();
