@@ -108,6 +108,54 @@ export function changeOrigin(origin: WriteOrigin, deleted: boolean): ChangeOrigi
   return { route: deleted ? 'DELETE /v1/docs/{key}' : 'PUT /v1/docs/{key}' };
 }
 
+/** One change as the retention pass sees it, oldest first. */
+export interface TrimCandidate {
+  readonly offset: number;
+  readonly version: number;
+  readonly committedAt: number;
+  /** The document's current version (undefined: no row); compaction keeps the latest change of a key. */
+  readonly currentVersion: number | undefined;
+}
+
+export interface TrimPlan {
+  /** Offsets to delete. */
+  readonly remove: number[];
+  /** The highest offset retention (not compaction) removed: raise trimmed_through to it (0: none). */
+  readonly trimmedThrough: number;
+  /** True when the pass met a change still due to stay: this tenant is done for this pass. */
+  readonly reachedNewer: boolean;
+  /** The last offset looked at and passed over (compaction continues after it next step). */
+  readonly walked: number;
+}
+
+/**
+ * What one retention step removes from a tenant's oldest changes (`rows`, in offset order, the
+ * store read up to its step budget). It walks from the oldest and stops at the first change still
+ * due to stay, so retention only ever cuts a prefix of the log (compaction leaves holes, but only
+ * where a later change of the same key follows).
+ */
+export function planTrim(rows: readonly TrimCandidate[], policy: ChangeRetention, lastOffset: number, budget: number, cursor: number): TrimPlan {
+  const capThrough = policy.maxChanges > 0 ? lastOffset - policy.maxChanges : 0;
+  const remove: number[] = [];
+  let trimmedThrough = 0;
+  let reachedNewer = rows.length < budget;
+  let walked = cursor;
+  for (const r of rows) {
+    if (!(r.committedAt < policy.olderThan || r.offset <= capThrough)) {
+      reachedNewer = true;
+      break;
+    }
+    walked = r.offset;
+    if (policy.compact) {
+      if (r.currentVersion === undefined || r.currentVersion <= r.version) continue;
+    } else {
+      trimmedThrough = r.offset;
+    }
+    remove.push(r.offset);
+  }
+  return { remove, trimmedThrough, reachedNewer, walked };
+}
+
 /** True when `key` lies under one of the prefixes. */
 export function underPrefixes(key: string, prefixes: readonly string[]): boolean {
   for (const p of prefixes) if (key.startsWith(p)) return true;

@@ -1,6 +1,6 @@
 import type Database from 'better-sqlite3';
 import {
-  underPrefixes, type Change, type ChangeOrigin, type ChangePage, type ChangeQuery, type ChangeRetention, type Snapshot,
+  planTrim, underPrefixes, type Change, type ChangeOrigin, type ChangePage, type ChangeQuery, type ChangeRetention, type Snapshot,
   type SnapshotDocument,
 } from './change-log.js';
 
@@ -197,34 +197,20 @@ export class SqliteChangeLog {
     let budget = maxRows;
     for (const { tenant, last_offset: last } of this.stmt.tenants.all()) {
       if (budget <= 0) return { removed, done: false };
-      const capThrough = policy.maxChanges > 0 ? last - policy.maxChanges : 0;
       const cursor = this.trimCursor.get(tenant) ?? 0;
-      const rows = this.stmt.oldest.all(tenant, cursor, budget);
-      let trimmed = 0;
-      let reachedNewer = rows.length < budget;
-      let walked = cursor;
-      for (const r of rows) {
-        budget--;
-        if (!(r.committed_at < policy.olderThan || r.offset <= capThrough)) {
-          reachedNewer = true;
-          break;
-        }
-        walked = r.offset;
-        if (policy.compact) {
-          // Only a change some later change of its key superseded may go: the latest of each key
-          // stays, so replaying the log from the start still yields every document.
-          const current = this.stmt.docVersion.get(tenant, r.key);
-          if (current === undefined || current.version <= r.version) continue;
-        } else {
-          trimmed = r.offset;
-        }
-        this.stmt.remove.run(tenant, r.offset);
-        removed++;
-      }
-      if (trimmed > 0) this.stmt.setTrimmed.run(trimmed, tenant);
-      if (policy.compact && !reachedNewer) this.trimCursor.set(tenant, walked);
+      const want = budget;
+      const rows = this.stmt.oldest.all(tenant, cursor, want).map((r) => ({
+        offset: r.offset, version: r.version, committedAt: r.committed_at,
+        currentVersion: policy.compact ? this.stmt.docVersion.get(tenant, r.key)?.version : undefined,
+      }));
+      budget -= rows.length;
+      const plan = planTrim(rows, policy, last, want, cursor);
+      for (const offset of plan.remove) this.stmt.remove.run(tenant, offset);
+      removed += plan.remove.length;
+      if (plan.trimmedThrough > 0) this.stmt.setTrimmed.run(plan.trimmedThrough, tenant);
+      if (policy.compact && !plan.reachedNewer) this.trimCursor.set(tenant, plan.walked);
       else this.trimCursor.delete(tenant);
-      if (!reachedNewer) return { removed, done: false };
+      if (!plan.reachedNewer) return { removed, done: false };
     }
     return { removed, done: true };
   }
