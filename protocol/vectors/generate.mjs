@@ -216,7 +216,7 @@ const rejected = [
 // ---- canonical form and fingerprints ----
 
 function valueVector(name, value, notes, extra = {}) {
-  let canon = null;
+  let canon;
   try { canon = canonical(plain(value)).toString('hex'); } catch { canon = null; }
   return {
     name, direction: 'client', hex: pack(value).toString('hex'), json: extra.json !== undefined ? extra.json : jsonOf(value),
