@@ -24,13 +24,13 @@ import {
 export interface WebSocketLike {
   binaryType: string;
   readonly protocol: string;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- browsers, React Native and ws type their events differently
   onopen: ((event: any) => void) | null;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- browsers, React Native and ws type their events differently
   onmessage: ((event: any) => void) | null;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- browsers, React Native and ws type their events differently
   onclose: ((event: any) => void) | null;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- browsers, React Native and ws type their events differently
   onerror: ((event: any) => void) | null;
   send(data: string | ArrayBufferLike | ArrayBufferView): void;
   close(code?: number, reason?: string): void;
@@ -422,7 +422,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     const answered: Array<{ entry: Live; answer: StoredAnswer }> = [];
     for (const e of loaded.entries) {
       if (e.pos >= this.nextPos) this.nextPos = e.pos + 1;
-      if (e.answer != null) {
+      if (e.answer !== undefined && e.answer !== null) {
         // Answered before the last process ended, but never seen by its application.
         answered.push({ entry: { ...e, checkpoint: undefined, waiter: undefined, recovered: true, status: 'settling', appended: true,
           sentBefore: true, sentAt: 0, wire: undefined, wireBytes: 0 }, answer: e.answer });
