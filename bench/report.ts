@@ -31,6 +31,8 @@ export interface CellResult {
   readonly sendLag?: HistogramJson;
   readonly serverCpuCores?: number;
   readonly serverCpuUsPerPut?: number;
+  /** Bytes the server process wrote to storage (/proc/<pid>/io write_bytes) in the window, per acked put. */
+  readonly serverWriteBytesPerPut?: number;
   readonly genCpuCores?: number;
   readonly serverRss?: number;
   readonly serverPeakRss?: number;
@@ -222,18 +224,18 @@ function deviceSection(report: RunReport): string[] {
   const v = deviceView(report);
   if (v === undefined) return [];
   const lines: string[] = [];
-  const variants = report.settings.variants as ReadonlyArray<{ name: string; args: readonly string[] }> | undefined;
+  const variants = report.settings.variants as ReadonlyArray<{ name: string; args: readonly string[]; env?: Record<string, string> }> | undefined;
   lines.push('## Device shape: one update in flight per device, streams at steady state', '');
   lines.push(`Each load stream holds more acks than the cap (1000 + 0..63) before the server starts, so eviction is active from the first put. `
     + `Arms alternate within a round, ${v.rounds.length} round(s); ratios are taken within a round and the median is reported. `
     + `\`b.nocap\` is (b) with \`${NOCAP.args.join(' ')}\` (same seed, nothing evicted).`
-    + (variants && variants.length ? ` Other (b) variants: ${variants.map((x) => `\`b.${x.name}\` = \`${x.args.join(' ')}\``).join(', ')}.` : ''), '');
+    + (variants && variants.length ? ` Other (b) variants: ${variants.map((x) => `\`b.${x.name}\` = \`${[...Object.entries(x.env ?? {}).map(([k, val]) => `${k}=${val}`), ...x.args].join(' ')}\``).join(', ')}.` : ''), '');
   const tags = v.tags;
   const cols = ['a', 'b', ...tags.map((t) => `b.${t}`)];
   for (const { connections, window } of DEVICE_SHAPES) {
     const any = v.rounds.some((round) => v.byId.has(deviceClosedId('a', connections, window, round)) || v.byId.has(deviceClosedId('b', connections, window, round)));
     if (!any) continue;
-    lines.push(`### ${int(connections)} connections × window ${window}, closed loop (acked puts/s; p99 ms)`, '');
+    lines.push(`### ${int(connections)} connections × window ${window}, closed loop (acked puts/s; p99 ms; server CPU µs per put; KiB written to storage per put)`, '');
     const ratioCols = ['b/a', ...tags.map((t) => `b.${t}/b`)];
     lines.push(`| round | ${cols.join(' | ')} | c | ${ratioCols.join(' | ')} | load avg (1 min) |`);
     lines.push('|' + '---|'.repeat(cols.length + ratioCols.length + 3));
@@ -248,7 +250,8 @@ function deviceSection(report: RunReport): string[] {
       const a = cell('a');
       const c = v.byId.get(deviceClosedId('c', connections, window, round));
       const show = (r: CellResult | undefined): string => measuredOk(r)
-        ? `${int(r.ackedPerSec)}; ${ms(pct(r, 99))}${(r.errors ?? 0) > 0 ? ` **${int(r.errors)} errors**` : ''}`
+        ? `${int(r.ackedPerSec)}; ${ms(pct(r, 99))}; ${fixed(r.serverCpuUsPerPut, 0)}; ${fixed((r.serverWriteBytesPerPut ?? NaN) / 1024, 1)}`
+          + `${(r.errors ?? 0) > 0 ? ` **${int(r.errors)} errors**` : ''}`
         : r?.failure ? 'FAILED' : '–';
       cols.forEach((tag, i) => rateSeries[i]!.push(cell(tag)?.ackedPerSec ?? NaN));
       const ratios = [
@@ -265,7 +268,7 @@ function deviceSection(report: RunReport): string[] {
   }
   const anyOpen = v.rounds.some((round) => v.byId.has(deviceOpenId('b', round)));
   if (anyOpen) {
-    lines.push(`### Open loop, ${int(DEVICE_OPEN.rate)} puts/s from ${int(DEVICE_OPEN.connections)} connections (latency from the scheduled send: p50 / p99 / p99.9 ms; server CPU cores)`, '');
+    lines.push(`### Open loop, ${int(DEVICE_OPEN.rate)} puts/s from ${int(DEVICE_OPEN.connections)} connections (latency from the scheduled send: p50 / p99 / p99.9 ms; server CPU cores; KiB written per put)`, '');
     lines.push(`| round | ${cols.join(' | ')} | load avg (1 min) |`);
     lines.push('|' + '---|'.repeat(cols.length + 2));
     const p99s: number[][] = cols.map(() => []);
@@ -276,7 +279,7 @@ function deviceSection(report: RunReport): string[] {
       });
       cells.forEach((r, i) => p99s[i]!.push(measuredOk(r) ? pct(r, 99) : NaN));
       const show = (r: CellResult | undefined): string => measuredOk(r)
-        ? `${ms(pct(r, 50))} / ${ms(pct(r, 99))} / ${ms(pct(r, 99.9))}; ${fixed(r.serverCpuCores)}${r.rate && r.ackedPerSec < KEPT_UP * r.rate ? ` (behind: ${int(r.ackedPerSec)}/s)` : ''}`
+        ? `${ms(pct(r, 50))} / ${ms(pct(r, 99))} / ${ms(pct(r, 99.9))}; ${fixed(r.serverCpuCores)}; ${fixed((r.serverWriteBytesPerPut ?? NaN) / 1024, 1)}${r.rate && r.ackedPerSec < KEPT_UP * r.rate ? ` (behind: ${int(r.ackedPerSec)}/s)` : ''}`
           + `${(r.errors ?? 0) > 0 ? ` **${int(r.errors)} errors**` : ''}`
         : r?.failure ? 'FAILED' : '–';
       const loads = cells.map((r) => r?.loadAvg ?? NaN).filter(Number.isFinite);

@@ -6,7 +6,7 @@ import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { Histogram } from './lib/histogram.js';
 import type { FromGenerator, GeneratorConfig, GeneratorResult, ToGenerator } from './lib/ipc.js';
-import { machineInfo, openFileLimit, processCpuMs, processMemory } from './lib/proc.js';
+import { machineInfo, openFileLimit, processCpuMs, processMemory, processWriteBytes } from './lib/proc.js';
 import { repoRoot } from './lib/paths.js';
 import { countAcksBefore, seedDatabase } from './lib/seed.js';
 import { backlogStreamName, loadStreamName } from './lib/workload.js';
@@ -60,7 +60,7 @@ if (args.help) {
   --server-node-args=ARGS node flags for every server process (note the =), e.g. --server-node-args="--cpu-prof --cpu-prof-dir=bench/.work/prof"
   --rounds N              interleaved rounds of the device-shape group (default 3, quick 1)
   --variants SPEC         more (b) configurations for the device-shape group, measured in every round:
-                          'name=--flag value --flag2 value;name2=--flag value' (e.g. a lever switched off)
+                          'name=--flag value --flag2 value;name2=ENV_VAR=value --flag value' (e.g. a lever switched off)
   --device-only           run only the device-shape group (with --variants: measure levers interleaved)
   --list                  print the cell ids of the plan and exit
 `);
@@ -146,9 +146,9 @@ interface ServerProc {
   stop(): Promise<number | null>;
 }
 
-async function startServer(arm: Arm, dbPath: string | undefined, extra: readonly string[], logLevel: string): Promise<ServerProc> {
+async function startServer(arm: Arm, dbPath: string | undefined, extra: readonly string[], logLevel: string, env: Readonly<Record<string, string>> = {}): Promise<ServerProc> {
   const argv = ['--port', '0', '--log-format', 'json', '--log-level', logLevel, ...(dbPath ? ['--db-path', dbPath] : []), ...extra];
-  const child = spawn(process.execPath, [...opts.serverNodeArgs, SCRIPTS[arm], ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...opts.serverNodeArgs, SCRIPTS[arm], ...argv], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   const tail: string[] = [];
   const pruneEvents: PruneEvent[] = [];
   const keep = (line: string): void => {
@@ -301,7 +301,7 @@ async function runCell(cell: Cell): Promise<CellResult> {
   // The first pruning pass is timed to begin with the measurement window (see the `at` below).
   const pruneIntervalMs = cell.alignPruning ? opts.warmupMs + (quick ? 2500 : 4000) : undefined;
   const extra = [...(pruneIntervalMs === undefined ? [] : ['--prune-interval-ms', String(pruneIntervalMs)]), ...(cell.serverArgs ?? [])];
-  const server = await startServer(cell.arm, dbPath, extra, cell.alignPruning ? 'debug' : 'info');
+  const server = await startServer(cell.arm, dbPath, extra, cell.alignPruning ? 'debug' : 'info', cell.serverEnv);
   const generators: GeneratorProc[] = [];
   try {
     const nGen = Math.min(opts.generators, cell.connections);
@@ -352,11 +352,13 @@ async function runCell(cell: Cell): Promise<CellResult> {
     let cpu0 = NaN;
     let cpu1 = NaN;
     let load = NaN;
+    let io0 = NaN;
+    let io1 = NaN;
     let t0 = 0;
     let t1 = 0;
     const sampled = Promise.all([
-      sleep(Math.max(0, windowStart - Date.now())).then(() => { cpu0 = processCpuMs(server.pid); t0 = performance.now(); load = loadavg()[0]!; }),
-      sleep(Math.max(0, windowEnd - Date.now())).then(() => { cpu1 = processCpuMs(server.pid); t1 = performance.now(); }),
+      sleep(Math.max(0, windowStart - Date.now())).then(() => { cpu0 = processCpuMs(server.pid); io0 = processWriteBytes(server.pid); t0 = performance.now(); load = loadavg()[0]!; }),
+      sleep(Math.max(0, windowEnd - Date.now())).then(() => { cpu1 = processCpuMs(server.pid); io1 = processWriteBytes(server.pid); t1 = performance.now(); }),
     ]);
     const results = await withTimeout(Promise.all(generators.map((g) => g.result)), windowEnd - Date.now() + opts.drainMs + 60_000, 'load run');
     await sampled;
@@ -392,6 +394,7 @@ async function runCell(cell: Cell): Promise<CellResult> {
       sendLag: lag.toJSON(),
       serverCpuCores: serverCpuMs / wallMs,
       serverCpuUsPerPut: acked > 0 ? (serverCpuMs * 1000) / acked : NaN,
+      serverWriteBytesPerPut: acked > 0 ? (io1 - io0) / acked : NaN,
       genCpuCores: genCpuMs / measured,
       serverRss: mem.rss,
       serverPeakRss: mem.peakRss,
@@ -471,7 +474,7 @@ async function main(): Promise<void> {
     .filter((c) => opts.only === undefined || opts.only.test(c.id));
   const results: CellResult[] = [];
   for (const [i, cell] of cells.entries()) {
-    log(`cell ${i + 1}/${cells.length} ${cell.id} — ${ARM_LABEL[cell.arm]}${cell.variant ? ` [${cellTag(cell)}: ${(cell.serverArgs ?? []).join(' ')}]` : ''}`);
+    log(`cell ${i + 1}/${cells.length} ${cell.id} — ${ARM_LABEL[cell.arm]}${cell.variant ? ` [${cellTag(cell)}: ${[...Object.entries(cell.serverEnv ?? {}).map(([k, v]) => `${k}=${v}`), ...(cell.serverArgs ?? [])].join(' ')}]` : ''}`);
     let result: CellResult;
     try {
       result = await runCell(cell);
@@ -487,7 +490,7 @@ async function main(): Promise<void> {
     else {
       const h = Histogram.from(result.latency!);
       log(`  ${Math.round(result.ackedPerSec!)} acked/s, p50 ${(h.percentile(50) / 1000).toFixed(2)} ms, p99 ${(h.percentile(99) / 1000).toFixed(2)} ms, `
-        + `server ${result.serverCpuCores!.toFixed(2)} cores, gen ${result.genCpuCores!.toFixed(2)} cores, load ${result.loadAvg?.toFixed(1)}, errors ${result.errors}`
+        + `server ${result.serverCpuCores!.toFixed(2)} cores, ${result.serverCpuUsPerPut!.toFixed(0)} µs/put, ${(result.serverWriteBytesPerPut! / 1024).toFixed(1)} KiB written/put, gen ${result.genCpuCores!.toFixed(2)} cores, load ${result.loadAvg?.toFixed(1)}, errors ${result.errors}`
         + `${result.errors ? ` ${JSON.stringify(result.errorKinds)}` : ''}`);
       if (cell.arm === 'b' && cell.variant === undefined && cell.mode === 'closed' && cell.sweep && result.ackedPerSec! > (peak.b ?? 0)) {
         peak.b = result.ackedPerSec!;

@@ -37,6 +37,8 @@ export interface Cell {
   readonly variant?: string;
   /** Extra server flags of this cell (the variant's). */
   readonly serverArgs?: readonly string[];
+  /** Extra environment of this cell's server (the variant's). */
+  readonly serverEnv?: Readonly<Record<string, string>>;
   /** The device-shape group (issue 13): cells repeated in interleaved rounds; 1-based. */
   readonly round?: number;
 }
@@ -45,6 +47,8 @@ export interface Cell {
 export interface Variant {
   readonly name: string;
   readonly args: readonly string[];
+  /** Environment variables for the server process (`NAME=value` words in the spec). */
+  readonly env?: Readonly<Record<string, string>>;
 }
 
 /**
@@ -60,8 +64,15 @@ export function parseVariants(spec: string | undefined): Variant[] {
     const eq = part.indexOf('=');
     const name = (eq === -1 ? part : part.slice(0, eq)).trim();
     if (!/^[a-z0-9][a-z0-9_]*$/i.test(name)) throw new Error(`variant name must be alphanumeric: "${name}"`);
-    const args = eq === -1 ? [] : part.slice(eq + 1).trim().split(/\s+/).filter(Boolean);
-    return { name, args };
+    const words = eq === -1 ? [] : part.slice(eq + 1).trim().split(/\s+/).filter(Boolean);
+    const env: Record<string, string> = {};
+    const args: string[] = [];
+    for (const w of words) {
+      const m = /^([A-Z][A-Z0-9_]*)=(.*)$/.exec(w);
+      if (m) env[m[1]!] = m[2]!;
+      else args.push(w);
+    }
+    return { name, args, ...(Object.keys(env).length ? { env } : {}) };
   });
 }
 
@@ -111,7 +122,7 @@ function deviceClosed(arm: Arm, connections: number, window: number, round: numb
   return {
     id: deviceClosedId(arm, connections, window, round, variant),
     arm, mode: 'closed', connections, window, stateBytes: 200, dupShare: 0, putsPerFrame: 1, round,
-    ...(variant ? { variant: variant.name, serverArgs: variant.args } : {}),
+    ...(variant ? { variant: variant.name, serverArgs: variant.args, ...(variant.env ? { serverEnv: variant.env } : {}) } : {}),
   };
 }
 
@@ -119,7 +130,8 @@ function deviceOpen(arm: Arm, round: number, variant?: Variant): Cell {
   return {
     id: deviceOpenId(arm, round, variant),
     arm, mode: 'open', connections: DEVICE_OPEN.connections, window: OPEN_CAP, stateBytes: 200, dupShare: 0, putsPerFrame: 1,
-    fixedRate: DEVICE_OPEN.rate, round, ...(variant ? { variant: variant.name, serverArgs: variant.args } : {}),
+    fixedRate: DEVICE_OPEN.rate, round,
+    ...(variant ? { variant: variant.name, serverArgs: variant.args, ...(variant.env ? { serverEnv: variant.env } : {}) } : {}),
   };
 }
 
