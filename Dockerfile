@@ -2,12 +2,13 @@
 # Build stage: the full image has python3, make and g++ for better-sqlite3's native build.
 FROM node:20-bookworm AS build
 WORKDIR /app
-COPY package.json package-lock.json ./
-RUN npm ci
-COPY tsconfig.json tsconfig.build.json ./
+# The client package is an npm workspace the server depends on (its wire module is shared), and
+# `prepare` builds on install, so the sources come before `npm ci`.
+COPY package.json package-lock.json tsconfig.json tsconfig.build.json ./
+COPY packages ./packages
 COPY src ./src
 COPY examples ./examples
-RUN npm run build && npm prune --omit=dev
+RUN npm ci && npm run build && npm prune --omit=dev
 
 FROM node:20-bookworm-slim
 ENV NODE_ENV=production \
@@ -18,6 +19,9 @@ ENV NODE_ENV=production \
 WORKDIR /app
 COPY --from=build /app/package.json ./
 COPY --from=build /app/node_modules ./node_modules
+# node_modules/@seqgate/client links to the workspace folder.
+COPY --from=build /app/packages/client/package.json ./packages/client/package.json
+COPY --from=build /app/packages/client/dist ./packages/client/dist
 COPY --from=build /app/dist/src ./dist/src
 RUN mkdir -p /data && chown node:node /data
 USER node

@@ -1,8 +1,9 @@
 import WebSocket from 'ws';
+import { mulberry32 } from '../test/support/random.js';
 import { Histogram } from './lib/histogram.js';
 import type { FromGenerator, GeneratorConfig, GeneratorResult, ToGenerator } from './lib/ipc.js';
 import {
-  clientUnpackr, helloFrame, KEYS_PER_STREAM, loadStreamName, makeState, mulberry32, PutEncoder, putFrame,
+  clientUnpackr, helloFrame, KEYS_PER_STREAM, loadStreamName, makeState, PutEncoder, putFrame,
 } from './lib/workload.js';
 
 /**

@@ -12,7 +12,7 @@
  * server had not answered, without losing or duplicating a reading.
  */
 import WebSocket from 'ws';
-import { SeqgateClient, SqliteOutbox, type Outbox, type PutSettlement } from '../src/client/node.js';
+import { SeqgateClient, SqliteOutbox, type Outbox, type PutSettlement } from '@seqgate/client/node';
 
 interface Options {
   url: string;

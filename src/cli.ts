@@ -23,6 +23,17 @@ async function main(): Promise<void> {
     throw err;
   }
   const log = createLogger(config.logLevel, config.logFormat);
+  // Last resort only: every listener of the server is guarded (src/server/listener-guard.ts), so
+  // reaching this is a bug whose damage to in-memory state cannot be judged. Carrying on could ack
+  // what was never committed; exiting is safe, since every acked put is on disk and a restarted
+  // server answers retries from the stored acks. The handler exists so the cause lands in the JSON
+  // log that operators collect, not only as a stack trace on stderr.
+  const fatal = (kind: string) => (err: unknown): void => {
+    log.fatal({ err }, `${kind}; exiting so that a supervisor restarts a clean process`);
+    process.exit(1);
+  };
+  process.on('uncaughtException', fatal('uncaught exception'));
+  process.on('unhandledRejection', fatal('unhandled promise rejection'));
   let server: SeqgateServer;
   try {
     server = await SeqgateServer.start(config, { logger: log });

@@ -51,6 +51,26 @@ export const OPTIONS = {
   maxIdBytes: { kind: 'integer', default: 128, min: 1, unit: 'bytes', doc: 'Longest string correlation id (UTF-8).' },
   maxHelloStreams: { kind: 'integer', default: 1000, min: 0, unit: 'streams', doc: 'Most streams one hello may ask heads for.' },
   maxConnections: { kind: 'integer', default: 20_000, min: 1, unit: 'connections', doc: 'Connections beyond this are closed with 1013.' },
+  maxInFlightBytes: {
+    kind: 'integer', default: 256 * MiB, min: 64 * KiB, unit: 'bytes',
+    doc: 'Server-wide memory budget: unanswered put frames plus HTTP request bodies (which may take half). Past it every WebSocket stops reading and bodies get 503.',
+  },
+  maxHttpConnections: {
+    kind: 'integer', default: 1000, min: 1, unit: 'connections',
+    doc: 'Open HTTP connections, upgrade requests not yet accepted included; beyond this a new one is answered 503 and closed. Accepted WebSockets count against maxConnections instead.',
+  },
+  httpHeadersTimeoutMs: {
+    kind: 'integer', default: 10_000, min: 10, unit: 'ms',
+    doc: "Time a client has to send a request's headers; then 408 and the connection is closed. At most httpRequestTimeoutMs.",
+  },
+  httpRequestTimeoutMs: {
+    kind: 'integer', default: 60_000, min: 10, unit: 'ms',
+    doc: 'Time a client has to send a whole request, body included; then 408 and the connection is closed.',
+  },
+  httpBodyIdleTimeoutMs: {
+    kind: 'integer', default: 10_000, min: 10, unit: 'ms',
+    doc: 'A request body that sends no byte for this long is answered 408 REQUEST_TIMEOUT and its connection closed.',
+  },
   connectionInFlightBytes: {
     kind: 'integer', default: 4 * MiB, min: 1024, unit: 'bytes',
     doc: 'Frame bytes of unanswered puts per connection before the server stops reading from it.',
@@ -70,6 +90,10 @@ export const OPTIONS = {
   tokensFile: {
     kind: 'string', default: '',
     doc: 'JSON file of tokens, tenants and grants (see protocol/HTTP.md). Reloaded on SIGHUP and on change.',
+  },
+  tokensFilePollMs: {
+    kind: 'integer', default: 1000, min: 50, unit: 'ms',
+    doc: 'How often the tokens file is re-read and compared, besides watching its folder (which can miss changes).',
   },
   tokens: { kind: 'string', default: '', doc: 'The same JSON inline, typically from the environment. Adds to tokensFile.' },
   allowInsecureOpen: {

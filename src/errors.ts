@@ -180,6 +180,24 @@ export const ERRORS = {
     status: 400,
     summary: 'The body does not decode, or is not of the documented shape; `field` names the fault.',
   },
+  INVALID_TARGET: {
+    scope: 'http',
+    retryable: false,
+    status: 400,
+    summary: 'The request target is neither a path (origin-form) nor an absolute http(s)/ws(s) URL.',
+  },
+  REQUEST_TIMEOUT: {
+    scope: 'http',
+    retryable: true,
+    status: 408,
+    summary: 'The request body stopped arriving for `httpBodyIdleTimeoutMs`; the connection is closed.',
+  },
+  SERVER_BUSY: {
+    scope: 'http',
+    retryable: true,
+    status: 503,
+    summary: "Request bodies already hold their share of the server's memory budget; retry after Retry-After.",
+  },
   NOT_READY: {
     scope: 'http',
     retryable: true,
@@ -221,7 +239,8 @@ export const ERRORS = {
     scope: 'close',
     retryable: true,
     closeCode: 1013,
-    summary: 'The server holds `maxConnections` connections already.',
+    status: 503,
+    summary: 'The server holds `maxConnections` WebSocket connections (close 1013) or `maxHttpConnections` HTTP connections (503) already.',
   },
 } as const satisfies Record<string, ErrorSpec>;
 

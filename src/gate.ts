@@ -1,3 +1,4 @@
+import { ERRORS, SeqgateError } from './errors.js';
 import type { Ack, Head, Put, Rejection } from './store/store.js';
 
 /**
@@ -90,4 +91,37 @@ export function decide(put: Put, inputs: GateInputs): Decision {
   }
   const write: DocumentWrite = { version: version + 1, deleted: put.state === null, state: put.state };
   return { kind: 'consume', write, ack: { outcome: 'applied', ...base, version: write.version, deleted: write.deleted } };
+}
+
+/**
+ * Where a consumed put moves its stream's head: to (put.epoch, put.seq). A new epoch starts with
+ * nothing pruned, since `prunedThrough` counts seqs of the current epoch only.
+ */
+export function advanceHead(head: Head, put: Put): Head {
+  return { epoch: put.epoch, seq: put.seq, prunedThrough: put.epoch === head.epoch ? head.prunedThrough : 0 };
+}
+
+/** The answer to one write of a batch that did not commit: nothing of it was applied or consumed. */
+export interface StorageFailure {
+  readonly kind: 'rejected';
+  readonly outcome: 'error';
+  readonly code: 'STORAGE_UNAVAILABLE';
+  readonly message: string;
+}
+
+/**
+ * The one way a store reports that a batch did not commit: it throws this (with the driver's error
+ * as `cause`) after rolling back, and the committer answers every write with `failedBatch`.
+ */
+export function storageUnavailable(cause: unknown): SeqgateError {
+  const reason = cause instanceof Error ? cause.message : String(cause);
+  return new SeqgateError('STORAGE_UNAVAILABLE', `batch not committed: ${reason}`, {}, { cause });
+}
+
+/** Every write of a failed batch gets the same retryable answer, from the error registry. */
+export function failedBatch(size: number, cause: unknown): StorageFailure[] {
+  const code = 'STORAGE_UNAVAILABLE' satisfies keyof typeof ERRORS;
+  const err = cause instanceof SeqgateError && cause.code === code ? cause : storageUnavailable(cause);
+  const answer: StorageFailure = { kind: 'rejected', outcome: 'error', code, message: err.message };
+  return new Array<StorageFailure>(size).fill(answer);
 }

@@ -1,2 +1,2 @@
-/** Kept equal to package.json's version by test/package.test.ts. */
+/** Kept equal to package.json's version by test/config.test.ts. */
 export const SEQGATE_VERSION = '0.1.0';

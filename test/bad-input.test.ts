@@ -2,6 +2,7 @@ import Database from 'better-sqlite3';
 import { Packr } from 'msgpackr';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { Config } from '../src/config.js';
+import { MSGPACK_EXTENSIONS } from './support/msgpack-extensions.js';
 import { put, startTestServer, TestClient, type Format, type Msg, type TestServer } from './support/test-client.js';
 
 /**
@@ -269,19 +270,7 @@ describe('a frame that is not a valid message', () => {
     expect(answer).toEqual(messageError('MALFORMED_FRAME'));
   });
 
-  const EXT_STATES: Array<[string, Buffer]> = [
-    ['fixext 1', hex('d4 01 00')],
-    ['fixext 2', hex('d5 01 0000')],
-    ['fixext 4', hex('d6 01 00000000')],
-    ['fixext 8', hex('d7 01 0000000000000000')],
-    ['fixext 16', hex('d8 01 00000000000000000000000000000000')],
-    ['ext 8', hex('c7 01 01 00')],
-    ['ext 16', hex('c8 0001 01 00')],
-    ['ext 32', hex('c9 00000001 01 00')],
-    ['a timestamp (ext -1)', hex('d6 ff 00000000')],
-  ];
-
-  it.each(EXT_STATES)('a put whose state holds a msgpack %s gets MALFORMED_FRAME', async (_name, ext) => {
+  it.each(MSGPACK_EXTENSIONS)('a put whose state holds a msgpack %s gets MALFORMED_FRAME', async (_name, ext) => {
     const frame = Buffer.concat([
       hex('82'), packr.pack('type'), packr.pack('put'), packr.pack('puts'), hex('91 86'),
       packr.pack('id'), packr.pack(1), packr.pack('stream'), packr.pack('s'), packr.pack('epoch'), packr.pack(1),

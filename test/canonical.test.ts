@@ -4,24 +4,14 @@ import { describe, expect, it } from 'vitest';
 import { defaultConfig } from '../src/config.js';
 import { CanonicalError, canonicalEncode, putFingerprint, type CanonicalLimits } from '../src/protocol/canonical.js';
 import { decodeFrame, ENVELOPE_DEPTH } from '../src/protocol/codec.js';
-import { parseMessage, type Limits } from '../src/protocol/messages.js';
+import { limitsOf, parseMessage, type Limits } from '../src/protocol/messages.js';
 import type { Put } from '../src/store/store.js';
 
 const LIMITS: CanonicalLimits = { maxBytes: 1 << 20, maxDepth: 64, bytesLimitName: 'maxStateBytes', depthLimitName: 'maxStateDepth' };
 const enc = (v: unknown, limits: CanonicalLimits = LIMITS): string => canonicalEncode(v, limits, 'state').toString('hex');
 const hex = (s: string): string => s.replace(/\s+/g, '');
 
-const config = defaultConfig();
-const WIRE_LIMITS: Limits = {
-  maxFrameBytes: config.maxFrameBytes,
-  maxPutsPerFrame: config.maxPutsPerFrame,
-  maxStateBytes: config.maxStateBytes,
-  maxStateDepth: config.maxStateDepth,
-  maxKeyBytes: config.maxKeyBytes,
-  maxStreamBytes: config.maxStreamBytes,
-  maxIdBytes: config.maxIdBytes,
-  maxHelloStreams: config.maxHelloStreams,
-};
+const WIRE_LIMITS: Limits = limitsOf(defaultConfig());
 const packr = new Packr({ useRecords: false });
 
 function caught(fn: () => unknown): CanonicalError {

@@ -1,9 +1,9 @@
 import { isDeepStrictEqual } from 'node:util';
-import { Packr, Unpackr } from 'msgpackr';
 import { afterAll, describe, expect, it } from 'vitest';
-import WebSocket from 'ws';
 import { ChildServer, tempDb, type TempDb } from './support/child-server.js';
 import { DbChecker } from './support/db-checker.js';
+import { mulberry32 } from './support/random.js';
+import { ReconnectingSocket } from './support/reconnecting-socket.js';
 
 /**
  * The guarantee under SIGKILL: nothing acked is lost, nothing is applied twice.
@@ -34,21 +34,6 @@ const MIN_PUTS_PER_STREAM = 40;
 const MAX_PUTS_PER_STREAM = 10_000;
 const DOCS_PER_STREAM = 3;
 const EPOCH = 1;
-
-const packr = new Packr({ useRecords: false });
-const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: 'auto' as 'bigint' });
-
-/** Seeded so a failure's put payloads can be reproduced; the timing of kills cannot be. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -182,20 +167,35 @@ class Harness {
 
 /** One pipelined connection that owns its streams and survives server deaths by reconnecting. */
 class LoadClient {
-  private ws: WebSocket | undefined;
+  private readonly socket: ReconnectingSocket;
   private welcomed = false;
   private outstanding: Sent[] = [];
   private reacks: Sent[] = [];
   private rr = 0;
-  private attempt = 0;
-  private stopped = false;
-  private reconnectTimer: NodeJS.Timeout | undefined;
-  connections = 0;
 
-  constructor(readonly streams: StreamLoad[], private readonly h: Harness) {}
+  constructor(readonly streams: StreamLoad[], private readonly h: Harness) {
+    this.socket = new ReconnectingSocket(() => h.url, h.rng, {
+      opened: () => this.streams.map((s) => s.name),
+      welcome: (msg) => this.onWelcome(msg),
+      results: (results) => this.onResults(results),
+      problem: (description) => this.h.fail(description),
+      lost: () => {
+        this.welcomed = false;
+        // Whatever was unanswered on this connection is resent, in order, on the next one.
+        this.outstanding = [];
+        this.reacks = [];
+        for (const s of this.streams) s.sentThrough = s.ackedThrough;
+      },
+      mayConnect: () => !this.h.hasFailed,
+    });
+  }
 
   get isOpen(): boolean {
-    return this.ws?.readyState === WebSocket.OPEN;
+    return this.socket.isOpen;
+  }
+
+  get connections(): number {
+    return this.socket.connections;
   }
 
   get isWelcomed(): boolean {
@@ -211,54 +211,12 @@ class LoadClient {
   }
 
   start(): void {
-    this.connect();
+    this.socket.start();
   }
 
-  private connect(): void {
-    this.reconnectTimer = undefined;
-    if (this.stopped || this.h.hasFailed) return;
-    const ws = new WebSocket(this.h.url, 'seqgate.v1', { perMessageDeflate: false, handshakeTimeout: 5000 });
-    this.ws = ws;
-    this.welcomed = false;
-    this.outstanding = [];
-    this.reacks = [];
-    ws.binaryType = 'nodebuffer';
-    ws.on('open', () => {
-      this.connections++;
-      ws.send(packr.pack({ type: 'hello', protocol: 1, streams: this.streams.map((s) => s.name) }));
-    });
-    ws.on('message', (data: Buffer, isBinary: boolean) => {
-      if (this.ws !== ws) return;
-      if (!isBinary) return this.h.fail(`text frame on a msgpack connection: ${data.toString().slice(0, 200)}`);
-      this.onMessage(unpackr.unpack(data) as Record<string, unknown>);
-    });
-    ws.on('error', () => undefined);
-    ws.on('close', () => {
-      if (this.ws !== ws) return;
-      this.ws = undefined;
-      this.welcomed = false;
-      // Whatever was unanswered on this connection is resent, in order, on the next one.
-      this.outstanding = [];
-      this.reacks = [];
-      for (const s of this.streams) s.sentThrough = s.ackedThrough;
-      if (this.stopped) return;
-      const delay = Math.min(250, 10 * 2 ** this.attempt) * (0.5 + this.h.rng());
-      this.attempt++;
-      this.reconnectTimer = setTimeout(() => this.connect(), delay);
-    });
-  }
-
-  private onMessage(msg: Record<string, unknown>): void {
-    switch (msg.type) {
-      case 'welcome':
-        return this.onWelcome(msg);
-      case 'results':
-        for (const r of msg.results as Array<Record<string, unknown>>) this.onResult(r);
-        this.pump();
-        return;
-      default:
-        return this.h.fail(`unexpected message: ${JSON.stringify(msg).slice(0, 500)}`);
-    }
+  private onResults(results: Array<Record<string, unknown>>): void {
+    for (const r of results) this.onResult(r);
+    this.pump();
   }
 
   private onWelcome(msg: Record<string, unknown>): void {
@@ -281,7 +239,7 @@ class LoadClient {
     }
     this.h.stats.welcomes++;
     this.welcomed = true;
-    this.attempt = 0;
+    this.socket.resetBackoff();
     // Repeat the newest acked put of each stream and one older one: both must be replayed from the stored ack.
     for (const s of this.streams) {
       if (s.ackedThrough === 0) continue;
@@ -356,8 +314,7 @@ class LoadClient {
 
   /** Sends frames of 1 to 4 puts while the window allows. */
   pump(): void {
-    const ws = this.ws;
-    if (!this.welcomed || ws === undefined || ws.readyState !== WebSocket.OPEN || this.h.hasFailed) return;
+    if (!this.welcomed || !this.socket.isOpen || this.h.hasFailed) return;
     for (;;) {
       const want = 1 + Math.floor(this.h.rng() * 4);
       const frame: Sent[] = [];
@@ -368,21 +325,13 @@ class LoadClient {
       }
       if (frame.length === 0) return;
       this.outstanding.push(...frame);
-      ws.send(packr.pack({ type: 'put', puts: frame.map((f) => f.put) }));
+      this.socket.send({ type: 'put', puts: frame.map((f) => f.put) });
     }
   }
 
   /** Closes for good once everything is acked. */
-  async stop(): Promise<void> {
-    this.stopped = true;
-    if (this.reconnectTimer !== undefined) clearTimeout(this.reconnectTimer);
-    const ws = this.ws;
-    if (ws === undefined || ws.readyState === WebSocket.CLOSED) return;
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(() => { ws.terminate(); resolve(); }, 5000);
-      ws.once('close', () => { clearTimeout(timer); resolve(); });
-      ws.close(1000);
-    });
+  stop(): Promise<void> {
+    return this.socket.stop();
   }
 }
 

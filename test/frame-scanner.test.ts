@@ -2,6 +2,7 @@ import fc from 'fast-check';
 import { Packr, Unpackr } from 'msgpackr';
 import { describe, expect, it } from 'vitest';
 import { scanJsonDepth, scanMsgpack } from '../src/protocol/frame-scanner.js';
+import { MSGPACK_EXTENSIONS } from './support/msgpack-extensions.js';
 
 const packr = new Packr({ useRecords: false, structuredClone: false, moreTypes: false });
 const unpackr = new Unpackr({ useRecords: false, structuredClone: false, mapsAsObjects: false, moreTypes: false });
@@ -143,20 +144,7 @@ describe('scanMsgpack', () => {
     expect(scanMsgpack(hex('81 c1 01'), 4)).toMatchObject(malformed);
   });
 
-  const EXTENSIONS: Array<[string, Buffer]> = [
-    ['fixext 1', hex('d4 01 00')],
-    ['fixext 2', hex('d5 01 0000')],
-    ['fixext 4', hex('d6 01 00000000')],
-    ['fixext 8', hex('d7 01 0000000000000000')],
-    ['fixext 16', hex('d8 01 00000000000000000000000000000000')],
-    ['ext 8', hex('c7 01 01 00')],
-    ['ext 16', hex('c8 0001 01 00')],
-    ['ext 32', hex('c9 00000001 01 00')],
-    ['timestamp 32 (type -1)', hex('d6 ff 00000000')],
-    ['msgpackr undefined (fixext 1, type 0)', hex('d4 00 00')],
-  ];
-
-  it.each(EXTENSIONS)('rejects extension type %s at the root and nested', (_name, ext) => {
+  it.each(MSGPACK_EXTENSIONS)('rejects extension type %s at the root and nested', (_name, ext) => {
     const reason = expect.stringMatching(/extension/);
     expect(scanMsgpack(ext, 4)).toMatchObject({ fault: 'malformed', reason });
     expect(scanMsgpack(Buffer.concat([hex('91'), ext]), 4)).toMatchObject({ fault: 'malformed', reason });

@@ -390,6 +390,28 @@ describe('documents: PUT, GET, DELETE /v1/docs/{key}', () => {
     expect((await call(t, 'GET', '/v1/docs/p')).status).toBe(404);
   });
 
+  it('reads If-Match strictly: only "N", W/"N" and N (with optional spaces around) pass; half-quoted, unquoted-weak, lists and other forms are 400 and write nothing', async () => {
+    for (let v = 1; v <= 6; v++) expect((await call(t, 'PUT', '/v1/docs/strict', { json: v })).status).toBe(200);
+    const refused = ['"4', '5"', 'W/6', 'w/"6"', 'W/ "6"', 'W/"6', '"6", "6"', '"5","6"', '*', '"6"x', '""', '"-6"', '"6.0"', "'6'", '" 6"',
+      '"1234567890123456"', '6 6', 'W/W/"6"', '\u00a0"6"'];
+    for (const value of refused) {
+      for (const method of ['PUT', 'DELETE'] as const) {
+        const r = await call(t, method, '/v1/docs/strict', { ...(method === 'PUT' ? { json: 'written' } : {}), headers: { 'if-match': value } });
+        expect(r.status, `${method} If-Match: ${value}`).toBe(400);
+        expect(r.body.error, `${method} If-Match: ${value}`).toMatchObject({ code: 'INVALID_BODY', field: 'If-Match', retryable: false });
+      }
+    }
+    const unchanged = await call(t, 'GET', '/v1/docs/strict');
+    expect(unchanged.headers.get('etag')).toBe('"6"');
+    expect(unchanged.body).toBe(6);
+    let version = 6;
+    for (const make of [(n: number) => `"${n}"`, (n: number) => `W/"${n}"`, (n: number) => `${n}`, (n: number) => ` "${n}" `, (n: number) => `\tW/"${n}"\t`]) {
+      const r = await call(t, 'PUT', '/v1/docs/strict', { json: version + 100, headers: { 'if-match': make(version) } });
+      expect(r.status, `If-Match: ${make(version)}`).toBe(200);
+      expect(r.body.version).toBe(++version);
+    }
+  });
+
   it('deletes once: a repeated DELETE changes nothing, a later PUT continues the version', async () => {
     await call(t, 'PUT', '/v1/docs/del', { json: 'x' });
     const del = await call(t, 'DELETE', '/v1/docs/del');

@@ -7,9 +7,9 @@ import { SeqgateError } from '../src/errors.js';
 import { decide, type GateInputs } from '../src/gate.js';
 import { CanonicalError, canonicalEncode, putFingerprint } from '../src/protocol/canonical.js';
 import { decodeFrame, encodeMessage, ENVELOPE_DEPTH } from '../src/protocol/codec.js';
-import { errorMessage, parseMessage, parsePut, wireResult, type Limits } from '../src/protocol/messages.js';
+import { errorMessage, limitsOf, parseMessage, parsePut, wireResult, type Limits } from '../src/protocol/messages.js';
 import { DEFAULT_TENANT, type Head, type Put, type PutResult } from '../src/store/store.js';
-import { encodePutJson, encodePutMsgpack, encodeState, jsonPutFrame, msgpackPutFrame, StateProblem } from '../src/client/encode.js';
+import { encodePutJson, encodePutMsgpack, encodeState, jsonPutFrame, msgpackPutFrame, StateProblem } from '../packages/client/src/encode.js';
 
 /**
  * protocol/vectors/ against the server's own code: client frames through the server's decoder and
@@ -40,17 +40,7 @@ const serverVectors = load('server-messages.json');
 const valueVectors = load('canonical-values.json');
 const putVectors = load('canonical-puts.json');
 
-const config = defaultConfig();
-const limits: Limits = {
-  maxFrameBytes: config.maxFrameBytes,
-  maxPutsPerFrame: config.maxPutsPerFrame,
-  maxStateBytes: config.maxStateBytes,
-  maxStateDepth: config.maxStateDepth,
-  maxKeyBytes: config.maxKeyBytes,
-  maxStreamBytes: config.maxStreamBytes,
-  maxIdBytes: config.maxIdBytes,
-  maxHelloStreams: config.maxHelloStreams,
-};
+const limits: Limits = limitsOf(defaultConfig());
 const frameDepth = limits.maxStateDepth + ENVELOPE_DEPTH;
 const unbounded = { maxBytes: 1 << 30, maxDepth: 64, bytesLimitName: 'maxStateBytes', depthLimitName: 'maxStateDepth' };
 

@@ -314,7 +314,7 @@ describe('names that break the rules', () => {
     expect(db.documentKeys()).toEqual([]);
   });
 
-  it('in HTTP paths: empty names, raw dot segments and raw backslashes resolve to no route (404), and a path longer than HTTP allows is refused by the HTTP layer while the server keeps serving', async () => {
+  it('in HTTP paths: empty names and raw dot segments resolve to no route (404), raw backslashes are refused (400 INVALID_TARGET), and a path longer than HTTP allows is refused by the HTTP layer while the server keeps serving', async () => {
     const t = await serve();
     const notFound = [
       ['GET', '/v1/docs/'],
@@ -323,7 +323,6 @@ describe('names that break the rules', () => {
       ['POST', '/v1/streams//puts'],
       ['GET', '/v1/docs/../../../../etc/passwd'],
       ['GET', '/v1/docs/..%2f..%2f..%2fetc%2fpasswd'],
-      ['GET', '/v1/docs/..\\..\\..\\etc\\passwd'],
       ['GET', '/v1/docs/a/b'],
       ['GET', '/v1/streams/a/b/c/puts'],
       ['GET', '//v1/docs/x'],
@@ -333,6 +332,13 @@ describe('names that break the rules', () => {
       expect(r.status, `${method} ${path}`).toBe(404);
       expect(r.body, `${method} ${path}`).toMatchObject({ error: { code: 'NOT_FOUND' } });
       expect(r.text).not.toMatch(/root:|\[boot loader\]/);
+    }
+
+    // A raw backslash is not allowed in a path (RFC 3986); URL parsers would read it as "/".
+    for (const path of ['/v1/docs/..\\..\\..\\etc\\passwd', '/\\evil/v1/docs/x']) {
+      const r = await rawHttp(t, 'GET', path);
+      expect(r.status, path).toBe(400);
+      expect(r.body, path).toMatchObject({ error: { code: 'INVALID_TARGET' } });
     }
 
     const huge = await rawHttp(t, 'GET', `/v1/docs/${'k'.repeat(64 * 1024)}`).catch((err: Error) => ({ status: -1, text: err.message }));

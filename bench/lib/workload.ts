@@ -135,18 +135,6 @@ export function helloFrame(streams: readonly string[]): Buffer {
 /** Client-side decoder: plain objects are cheapest to read, and the generator trusts the server. */
 export const clientUnpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: 'auto' as 'bigint' });
 
-/** Small fast PRNG so that duplicate choices repeat from run to run. */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
-  };
-}
-
 export function loadStreamName(index: number): string {
   return `load-${index}`;
 }

@@ -1,6 +1,7 @@
 import { Packr, Unpackr } from 'msgpackr';
 import { SeqgateError } from '../errors.js';
 import { scanJsonDepth, scanMsgpack } from './frame-scanner.js';
+import { ENVELOPE_DEPTH, type WireFormat } from '@seqgate/client/wire';
 
 /**
  * Frames on the wire. Binary frames carry msgpack (the default subprotocol); text frames carry
@@ -8,13 +9,8 @@ import { scanJsonDepth, scanMsgpack } from './frame-scanner.js';
  * structure and depth before it is decoded.
  */
 
-export const PROTOCOL_VERSION = 1;
-export const SUBPROTOCOL_MSGPACK = 'seqgate.v1';
-export const SUBPROTOCOL_JSON = 'seqgate.v1.json';
-export type WireFormat = 'msgpack' | 'json';
-
-/** Levels a put message adds above a state: message map, puts array, put map. */
-export const ENVELOPE_DEPTH = 3;
+// The protocol's names and numbers live in the wire module shared with the client.
+export { ENVELOPE_DEPTH, PROTOCOL_VERSION, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK, type WireFormat } from '@seqgate/client/wire';
 
 // One explicitly configured unpacker: no records or structured clone (CVE-2023-52079 came through
 // those), maps as Map so that integer keys survive, int64 beyond 2^53 as BigInt.

@@ -3,6 +3,7 @@ import { ERRORS, SeqgateError } from '../errors.js';
 import type { Ack, Put, PutResult, StreamHead } from '../store/store.js';
 import { CanonicalError, canonicalEncode, putFingerprint } from './canonical.js';
 import { field, fieldNames, isMap } from './codec.js';
+import { nameProblem as wireNameProblem } from '@seqgate/client/wire';
 
 /**
  * The messages of PROTOCOL.md: what a decoded frame must look like, and the shapes the server
@@ -70,8 +71,6 @@ export interface WireAck {
 }
 
 const PUT_FIELDS = new Set(['id', 'stream', 'epoch', 'seq', 'key', 'state', 'delete', 'ifVersion']);
-// Names may not hold C0 controls or DEL: they end up in logs, metrics and file-like paths.
-const CONTROL = /[\u0000-\u001f\u007f]/;
 
 class Invalid extends Error {
   constructor(
@@ -95,13 +94,10 @@ export function nameProblem(value: string, fieldName: string, maxBytes: number):
 }
 
 function name(value: unknown, fieldName: string, maxBytes: number, limitName: string): string {
-  if (typeof value !== 'string') throw new Invalid('INVALID_FIELD', fieldName, undefined, `${fieldName} must be a string`);
-  if (value.length === 0) throw new Invalid('INVALID_FIELD', fieldName, undefined, `${fieldName} must not be empty`);
-  if (Buffer.byteLength(value, 'utf8') > maxBytes) {
-    throw new Invalid('LIMIT_EXCEEDED', fieldName, limitName, `${fieldName} exceeds ${maxBytes} UTF-8 bytes`);
-  }
-  if (CONTROL.test(value)) throw new Invalid('INVALID_FIELD', fieldName, undefined, `${fieldName} must not contain control characters`);
-  return value;
+  // The rule is the wire module's, shared with the client, so a name it accepts is accepted here.
+  const problem = wireNameProblem(value, fieldName, maxBytes);
+  if (problem !== null) throw new Invalid(problem.code, fieldName, problem.code === 'LIMIT_EXCEEDED' ? limitName : undefined, problem.message);
+  return value as string;
 }
 
 function integer(value: unknown, fieldName: string, min: number): number {

@@ -38,6 +38,11 @@ interface Entry {
 
 export class AuthConfigError extends Error {
   override readonly name = 'AuthConfigError';
+  readonly code = 'AUTH_CONFIG';
+}
+
+function textDigest(text: string): string {
+  return createHash('sha256').update(text, 'utf8').digest('hex');
 }
 
 function digest(token: string): Buffer {
@@ -92,6 +97,8 @@ export function parseTokens(text: string, source: string): Entry[] {
 
 export class Authenticator {
   private entries: Entry[];
+  /** SHA-256 of the tokens file text now in force: a check that finds the same text changes nothing. */
+  private fileDigest: string | undefined;
   /**
    * Fixed at start: open only when neither a tokens file nor inline tokens are configured. A
    * reload that leaves no token locks everyone out; it never opens the server.
@@ -103,21 +110,29 @@ export class Authenticator {
     private readonly inlineTokens: string,
   ) {
     this.enabled = tokensFile !== '' || inlineTokens !== '';
-    this.entries = this.load();
+    const text = this.readFile();
+    this.entries = this.parse(text);
+    this.fileDigest = text === undefined ? undefined : textDigest(text);
   }
 
-  private load(): Entry[] {
+  /**
+   * The file's text, read through any symlinks as they are now. Kubernetes swaps a Secret by
+   * renaming a new `..data` symlink over the old one, so the path keeps its name while the file
+   * behind it changes: only reading through the path sees what is current.
+   */
+  private readFile(): string | undefined {
+    if (this.tokensFile === '') return undefined;
+    try {
+      return readFileSync(this.tokensFile, 'utf8');
+    } catch (err) {
+      throw new AuthConfigError(`${this.tokensFile}: cannot read (${(err as Error).message})`, { cause: err });
+    }
+  }
+
+  private parse(fileText: string | undefined): Entry[] {
     const entries: Entry[] = [];
     if (this.inlineTokens !== '') entries.push(...parseTokens(this.inlineTokens, 'SEQGATE_TOKENS'));
-    if (this.tokensFile !== '') {
-      let text: string;
-      try {
-        text = readFileSync(this.tokensFile, 'utf8');
-      } catch (err) {
-        throw new AuthConfigError(`${this.tokensFile}: cannot read (${(err as Error).message})`);
-      }
-      entries.push(...parseTokens(text, this.tokensFile));
-    }
+    if (fileText !== undefined) entries.push(...parseTokens(fileText, this.tokensFile));
     return entries;
   }
 
@@ -136,7 +151,25 @@ export class Authenticator {
 
   /** Re-reads the tokens; on an error the old set stays in force and the error is thrown. */
   reload(): void {
-    this.entries = this.load();
+    const text = this.readFile();
+    this.entries = this.parse(text);
+    this.fileDigest = text === undefined ? undefined : textDigest(text);
+  }
+
+  /**
+   * Re-reads the tokens only if the tokens file's text differs from the text in force; true if
+   * the set was replaced. Comparing content rather than times or inode numbers catches every way a
+   * file can be updated (in place, renamed over, a symlink swapped) and ignores events that change
+   * nothing. Throws like reload(); the old set then stays in force.
+   */
+  reloadIfChanged(): boolean {
+    if (this.tokensFile === '') return false;
+    const text = this.readFile()!;
+    const digest = textDigest(text);
+    if (digest === this.fileDigest) return false;
+    this.entries = this.parse(text);
+    this.fileDigest = digest;
+    return true;
   }
 
   /** True while `tokenId` is still configured with an unchanged grant. */

@@ -1,4 +1,6 @@
+import type { Logger } from 'pino';
 import { reach } from '../crash-points.js';
+import { failedBatch } from '../gate.js';
 import type { DocResult, Put, PutResult, Store, Write } from '../store/store.js';
 
 /**
@@ -29,6 +31,7 @@ export class Committer {
     private readonly store: Store,
     private readonly maxBatchPuts: number,
     private readonly onBatch?: (info: BatchInfo) => void,
+    private readonly log?: Logger,
   ) {}
 
   /** Resolves after the batch holding these puts has committed (or failed as a whole). */
@@ -94,9 +97,10 @@ export class Committer {
     try {
       results = batch.length > 0 ? await this.store.apply(batch) : [];
     } catch (err) {
-      // A store should answer failures itself; one that throws still consumes nothing.
-      const message = `batch not committed: ${(err as Error).message}`;
-      results = batch.map(() => ({ kind: 'rejected', outcome: 'error', code: 'STORAGE_UNAVAILABLE', message }));
+      // A store throws only when the batch did not commit, so every write gets the same
+      // retryable answer; the cause goes to the log, since clients see only the summary.
+      this.log?.warn({ err, writes: batch.length }, 'batch not committed; answered STORAGE_UNAVAILABLE');
+      results = failedBatch(batch.length, err);
     }
     if (results.some((r) => r.kind !== 'rejected' || r.outcome !== 'error')) reach('after-commit');
     this.onBatch?.({ puts: batch.length, submissions: taken.length, durationMs: performance.now() - started });

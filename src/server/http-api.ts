@@ -9,7 +9,10 @@ import { forbiddenResult, nameProblem, parsePut, wireResult, type Limits, type W
 import type { DocResult, Store } from '../store/store.js';
 import { bearerToken, mayReadDocument, mayReadStream, mayWrite, type Authenticator, type Principal } from './auth.js';
 import type { Committer } from './committer.js';
+import { guarded } from './listener-guard.js';
 import type { Metrics } from './metrics.js';
+import type { RequestBodies } from './request-bodies.js';
+import { parseRequestTarget } from './request-target.js';
 
 /**
  * The HTTP API, on the same port as the WebSocket. Puts go through the same validation, gate,
@@ -24,6 +27,10 @@ export interface HttpContext {
   readonly auth: Authenticator;
   readonly metrics: Metrics;
   readonly log: Logger;
+  /** Where request bodies are counted against the server-wide memory budget. */
+  readonly bodies: RequestBodies;
+  /** A body that sends nothing for this long is answered 408 and its connection closed. */
+  readonly bodyIdleTimeoutMs: number;
 }
 
 const CREATE_SCOPE = 'POST /v1/docs';
@@ -76,7 +83,7 @@ export function createHttpHandler(ctx: HttpContext): (req: IncomingMessage, res:
       case 'stream-puts': {
         allow(method, ['POST']);
         const stream = segment(parts[2]!, 'stream', ctx.limits.maxStreamBytes);
-        const body = await readBody(req, ctx.limits);
+        const body = await readBody(req);
         const parsed = parsePut(body, ctx.limits, principal.tenant, { stream, idOptional: true });
         let result: WireResult;
         if (!parsed.ok) result = parsed.result;
@@ -102,7 +109,7 @@ export function createHttpHandler(ctx: HttpContext): (req: IncomingMessage, res:
         if (method === 'GET') return read(principal, key, format);
         if (!mayWrite(principal, null, key)) throw new HttpError('FORBIDDEN', `token may not write document ${key}`);
         const ifVersion = precondition(req);
-        const state = method === 'PUT' ? canonicalState(await readBody(req, ctx.limits), ctx.limits) : null;
+        const state = method === 'PUT' ? canonicalState(await readBody(req), ctx.limits) : null;
         const [r] = await ctx.committer.submit([{ op: 'replace', tenant: principal.tenant, key, state, ifVersion }]);
         return docReply(r as DocResult);
       }
@@ -117,7 +124,7 @@ export function createHttpHandler(ctx: HttpContext): (req: IncomingMessage, res:
     if (!IDEMPOTENCY_KEY.test(idempotencyKey)) {
       throw new HttpError('IDEMPOTENCY_KEY_REQUIRED', 'Idempotency-Key must be 1 to 255 printable ASCII characters');
     }
-    const state = canonicalState(await readBody(req, ctx.limits), ctx.limits);
+    const state = canonicalState(await readBody(req), ctx.limits);
     const key = randomUUID();
     if (!mayWrite(principal, null, key)) throw new HttpError('FORBIDDEN', 'token may not create documents with generated keys');
     const fingerprint = createHash('sha256').update(CREATE_SCOPE).update(state).digest().subarray(0, 16);
@@ -152,17 +159,35 @@ export function createHttpHandler(ctx: HttpContext): (req: IncomingMessage, res:
     return { status: 200, body: null, headers, raw: { bytes: json, contentType: 'application/json' } };
   };
 
-  return (req, res) => {
-    const url = new URL(req.url ?? '/', 'http://local');
-    const parts = url.pathname.split('/').slice(1);
-    const route = routeOf(parts);
-    const format = responseFormat(req);
-    const started = handle(req, route, parts, format).catch((err: unknown) => errorReply(err, ctx.log));
-    void started.then((reply) => {
-      ctx.metrics.httpRequests.inc({ route, status: String(reply.status) });
-      send(res, reply, format);
-    });
+  /** Body bytes each request holds against the memory budget, released when it is answered. */
+  const held = new WeakMap<IncomingMessage, { bytes: number }>();
+  const readBody = async (req: IncomingMessage): Promise<unknown> => {
+    requestFormat(req);
+    let mine = held.get(req);
+    if (mine === undefined) held.set(req, mine = { bytes: 0 });
+    return decodeBody(req, await collectBody(req, ctx.limits, ctx.bodies, ctx.bodyIdleTimeoutMs, mine), ctx.limits);
   };
+
+  const listener = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const target = parseRequestTarget(req.url);
+    const parts = target?.segments ?? [];
+    const route = target === undefined ? 'unknown' : routeOf(parts);
+    const format = responseFormat(req);
+    let reply: Reply;
+    try {
+      if (target === undefined) throw new HttpError('INVALID_TARGET', 'the request target must be a path such as /v1/docs/k (or an absolute http URL)');
+      reply = await handle(req, route, parts, format);
+    } catch (err) {
+      reply = errorReply(err, req, ctx.log);
+    } finally {
+      ctx.bodies.release(held.get(req)?.bytes ?? 0);
+    }
+    ctx.metrics.httpRequests.inc({ route, status: String(reply.status) });
+    // A body left unread (refused, stalled, or never needed) is not drained: the connection closes.
+    if (!req.complete) reply.headers = { ...reply.headers, connection: 'close' };
+    send(res, reply, format);
+  };
+  return guarded(ctx.log, 'HTTP request', listener, (_err, _req, res) => answerInternalError(res));
 }
 
 function routeOf(parts: string[]): string {
@@ -194,6 +219,13 @@ function segment(raw: string, field: string, maxBytes: number): string {
   return value;
 }
 
+/**
+ * Exactly the three forms HTTP.md §1.4 lists, each quote paired: "N", W/"N" and a bare N. Anything
+ * else ("4, 5", W/6, lists, *) is refused rather than guessed at: a precondition read wrongly
+ * would let a write through that the client meant to stop.
+ */
+const IF_MATCH = /^[ \t]*(?:"(\d{1,15})"|W\/"(\d{1,15})"|(\d{1,15}))[ \t]*$/;
+
 /** If-Match: "N" → the document must be at version N; If-None-Match: * → it must not exist. */
 function precondition(req: IncomingMessage): number | null {
   const ifMatch = req.headers['if-match'];
@@ -203,9 +235,9 @@ function precondition(req: IncomingMessage): number | null {
     return 0;
   }
   if (ifMatch === undefined) return null;
-  const m = /^\s*(?:W\/)?"?(\d{1,15})"?\s*$/.exec(ifMatch);
-  if (!m) throw new HttpError('INVALID_BODY', 'If-Match must be a version ETag such as "3"', { field: 'If-Match' });
-  return Number(m[1]);
+  const m = IF_MATCH.exec(ifMatch);
+  if (!m) throw new HttpError('INVALID_BODY', 'If-Match must be one version ETag: "3", W/"3" or 3', { field: 'If-Match' });
+  return Number(m[1] ?? m[2] ?? m[3]);
 }
 
 function requestFormat(req: IncomingMessage): WireFormat {
@@ -223,19 +255,64 @@ function responseFormat(req: IncomingMessage): WireFormat {
   return /msgpack/.test(type) ? 'msgpack' : 'json';
 }
 
-async function readBody(req: IncomingMessage, limits: Limits): Promise<unknown> {
+/**
+ * The body's bytes, each chunk counted against the memory budget before it is kept. Refused as
+ * soon as it passes maxFrameBytes (413) or the budget's share for bodies (503), or when it stalls
+ * for `idleMs` (408); the caller's answer then closes the connection, so the rest is never read.
+ * `held` accumulates what was counted; the caller releases it once the request is answered.
+ */
+function collectBody(req: IncomingMessage, limits: Limits, bodies: RequestBodies, idleMs: number, held: { bytes: number }): Promise<Buffer> {
+  return new Promise<Buffer>((resolve, reject) => {
+    const tooLarge = (): HttpError => new HttpError('PAYLOAD_TOO_LARGE', `body exceeds ${limits.maxFrameBytes} bytes`, { max: limits.maxFrameBytes });
+    const declared = Number(req.headers['content-length'] ?? 0);
+    if (declared > limits.maxFrameBytes) {
+      reject(tooLarge());
+      return;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let timer: NodeJS.Timeout | undefined;
+    const settle = (err: Error | undefined): void => {
+      clearTimeout(timer);
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('error', onError);
+      req.off('close', onClose);
+      if (err === undefined) resolve(Buffer.concat(chunks, size));
+      else {
+        req.pause();
+        reject(err);
+      }
+    };
+    const arm = (): void => {
+      clearTimeout(timer);
+      timer = setTimeout(() => settle(new HttpError('REQUEST_TIMEOUT', `no body bytes arrived for ${idleMs} ms`)), idleMs);
+    };
+    const onData = (chunk: Buffer): void => {
+      size += chunk.length;
+      if (size > limits.maxFrameBytes) return settle(tooLarge());
+      if (!bodies.reserve(chunk.length)) {
+        return settle(new HttpError('SERVER_BUSY', 'request bodies hold their share of the server memory budget; retry later', {}, { 'retry-after': '1' }));
+      }
+      held.bytes += chunk.length;
+      chunks.push(chunk);
+      arm();
+    };
+    const onEnd = (): void => settle(undefined);
+    const onError = (err: Error): void => settle(err);
+    const onClose = (): void => settle(new Error('the client closed the connection before the body ended'));
+    req.on('data', onData);
+    req.on('end', onEnd);
+    req.on('error', onError);
+    req.on('close', onClose);
+    arm();
+  });
+}
+
+function decodeBody(req: IncomingMessage, bytes: Buffer, limits: Limits): unknown {
   const format = requestFormat(req);
-  const declared = Number(req.headers['content-length'] ?? 0);
-  if (declared > limits.maxFrameBytes) throw new HttpError('PAYLOAD_TOO_LARGE', `body exceeds ${limits.maxFrameBytes} bytes`, { max: limits.maxFrameBytes });
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > limits.maxFrameBytes) throw new HttpError('PAYLOAD_TOO_LARGE', `body exceeds ${limits.maxFrameBytes} bytes`, { max: limits.maxFrameBytes });
-    chunks.push(chunk as Buffer);
-  }
   try {
-    return decodeFrame(Buffer.concat(chunks), format === 'msgpack', format, limits.maxStateDepth + ENVELOPE_DEPTH);
+    return decodeFrame(bytes, format === 'msgpack', format, limits.maxStateDepth + ENVELOPE_DEPTH);
   } catch (err) {
     if (err instanceof SeqgateError) throw new HttpError('INVALID_BODY', err.message, { cause: err.code });
     throw err;
@@ -287,7 +364,7 @@ function docReply(r: DocResult): Reply {
   }
 }
 
-function errorReply(err: unknown, log: Logger): Reply {
+function errorReply(err: unknown, req: IncomingMessage, log: Logger): Reply {
   if (err instanceof HttpError) {
     const spec: ErrorSpec = ERRORS[err.code];
     return {
@@ -296,8 +373,22 @@ function errorReply(err: unknown, log: Logger): Reply {
       headers: err.headers,
     };
   }
-  log.error({ err }, 'HTTP request failed');
-  return { status: 500, body: { error: { code: 'STORAGE_UNAVAILABLE', message: 'internal error', retryable: true } } };
+  // A client that went away mid-body is not a server fault; nobody is left to answer anyway.
+  if (req.socket.destroyed) log.debug({ err }, 'HTTP request abandoned by the client');
+  else log.error({ err }, 'HTTP request failed');
+  return { status: 500, body: INTERNAL_ERROR };
+}
+
+const INTERNAL_ERROR = { error: { code: 'STORAGE_UNAVAILABLE', message: 'internal error', retryable: true } };
+
+/** Last resort when answering itself failed: a 500 if nothing was sent yet, else the connection is cut. */
+function answerInternalError(res: ServerResponse): void {
+  if (res.headersSent || res.destroyed) {
+    res.destroy();
+    return;
+  }
+  res.writeHead(500, { 'content-type': 'application/json', 'cache-control': 'no-store', connection: 'close' });
+  res.end(JSON.stringify(INTERNAL_ERROR));
 }
 
 function send(res: ServerResponse, reply: Reply, format: WireFormat): void {

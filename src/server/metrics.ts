@@ -41,7 +41,7 @@ export class Metrics {
       buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1],
       registers,
     });
-    this.prunedAcks = new Counter({ name: 'seqgate_pruned_acks_total', help: 'Acks deleted by retention or the per-stream cap of the pruner.', registers });
+    this.prunedAcks = new Counter({ name: 'seqgate_pruned_acks_total', help: 'Acks deleted by the background pruner for age; evictions by the per-stream cap are not counted.', registers });
     this.httpRequests = new Counter({
       name: 'seqgate_http_requests_total',
       help: 'HTTP API requests by route and status.',

@@ -1,7 +1,6 @@
-import { watch, type FSWatcher } from 'node:fs';
-import { createServer, type Server as HttpServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { basename, dirname, resolve } from 'node:path';
+import { createServer, type IncomingMessage, type Server as HttpServer } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ConfigError, defaultConfig, type Config } from '../config.js';
 import { ERRORS } from '../errors.js';
@@ -16,7 +15,11 @@ import { Authenticator, bearerToken, isLoopbackHost } from './auth.js';
 import { Committer, type BatchInfo } from './committer.js';
 import { Connection, type InFlightBudget } from './connection.js';
 import { createHttpHandler } from './http-api.js';
+import { guarded } from './listener-guard.js';
 import { Metrics } from './metrics.js';
+import { RequestBodies, type SharedBudget } from './request-bodies.js';
+import { parseRequestTarget } from './request-target.js';
+import { TokensFileWatch } from './tokens-file-watch.js';
 
 /**
  * Where a put enters: the HTTP server that accepts WebSocket upgrades, the set of connections,
@@ -24,21 +27,39 @@ import { Metrics } from './metrics.js';
  * Committer, which hands batches to the Store.
  */
 
+const INTERNAL_ERROR = { code: 'STORAGE_UNAVAILABLE', message: 'internal error', retryable: true };
+
+/**
+ * Answers an upgrade request with an HTTP error and closes the socket once the answer is flushed,
+ * so a client that ignores the answer cannot keep the socket (no HTTP timeout covers it any more).
+ */
+function refuseSocket(socket: Duplex, status: number, reason: string, error?: object, extraHeaders = ''): void {
+  const body = error === undefined ? '' : JSON.stringify({ error });
+  const head = `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\n${extraHeaders}`
+    + (body === '' ? '' : 'Content-Type: application/json\r\n')
+    + `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n`;
+  socket.end(head + body, () => socket.destroy());
+  // A peer that never reads would keep 'finish' from firing.
+  setTimeout(() => socket.destroy(), 2000).unref();
+}
+
 export interface StartOptions {
   /** A store to use instead of opening SQLite at config.dbPath (tests wrap stores this way). */
   readonly store?: Store;
   readonly logger?: Logger;
   /** Called after every committed (or failed) batch. */
   readonly onBatch?: (info: BatchInfo) => void;
-  /** Server-wide budget of unanswered frame bytes before every connection stops reading. */
+  /** Overrides config.maxInFlightBytes (the server-wide budget of unanswered frame and body bytes). */
   readonly maxInFlightBytes?: number;
 }
 
 export class SeqgateServer {
   private readonly connections = new Set<Connection>();
+  private readonly httpSockets = new Set<Socket>();
   private sweepTimer: NodeJS.Timeout | undefined;
-  private idempotencyTimer: NodeJS.Timeout | undefined;
-  private tokenWatcher: FSWatcher | undefined;
+  private tokenWatch: TokensFileWatch | undefined;
+  /** The last failed automatic reload, logged once rather than at every poll. */
+  private tokenCheckFailure: string | undefined;
   private closing: Promise<void> | undefined;
 
   private constructor(
@@ -70,21 +91,34 @@ export class SeqgateServer {
       ackCapPerStream: config.ackCapPerStream,
       startupCheck: config.startupCheck,
       maxPages: config.maxDbPages,
+      onFileLost: (lost) => {
+        if (lost !== undefined) log.error({ err: lost, path: lost.path }, 'database file removed or replaced while open; refusing every write until restart');
+        else log.warn({ db: config.dbPath }, 'database files are back at their paths; accepting writes again');
+      },
     });
     let committer: Committer | undefined;
     const metrics = new Metrics({ connections: () => server.connectionCount, putsInFlight: () => committer?.inFlight ?? 0 });
-    committer = new Committer(store, config.maxBatchPuts, (info) => {
+    committer = new Committer(store, config.maxBatchPuts, guarded(log, 'batch observer', (info: BatchInfo) => {
       metrics.observeBatch(info);
       options.onBatch?.(info);
-    });
+    }), log);
     const pruner = new Pruner(store, {
       retentionMs: config.ackRetentionSeconds * 1000,
+      idempotencyRetentionMs: config.idempotencyRetentionSeconds * 1000,
       intervalMs: config.pruneIntervalMs,
       batchRows: config.pruneBatchRows,
       onPruned: (n) => metrics.prunedAcks.inc(n),
     }, log);
 
-    const http = createServer();
+    if (config.httpHeadersTimeoutMs > config.httpRequestTimeoutMs) {
+      throw new ConfigError(`httpHeadersTimeoutMs (${config.httpHeadersTimeoutMs}) must not exceed httpRequestTimeoutMs (${config.httpRequestTimeoutMs})`);
+    }
+    const http = createServer({
+      headersTimeout: config.httpHeadersTimeoutMs,
+      requestTimeout: config.httpRequestTimeoutMs,
+      // Node checks both timeouts on this period (30 s by default), so it bounds how late they hit.
+      connectionsCheckingInterval: Math.max(10, Math.min(1000, Math.floor(config.httpHeadersTimeoutMs / 4))),
+    });
     const wss = new WebSocketServer({
       noServer: true,
       maxPayload: config.maxFrameBytes,
@@ -96,8 +130,7 @@ export class SeqgateServer {
       },
     });
     const server: SeqgateServer = new SeqgateServer(config, store, log, metrics, auth, http, wss, committer, pruner);
-    http.on('request', createHttpHandler({ store, committer, limits: server.limits, auth, metrics, log }));
-    server.attach(options.maxInFlightBytes ?? 256 * 1024 * 1024);
+    server.attach(options.maxInFlightBytes ?? config.maxInFlightBytes);
 
     await new Promise<void>((resolve, reject) => {
       http.once('error', reject);
@@ -107,7 +140,6 @@ export class SeqgateServer {
       });
     });
     pruner.start();
-    server.startIdempotencyPruning();
     server.watchTokens();
     log.info({
       url: server.url, db: config.dbPath, synchronous: config.synchronous, contiguous: config.contiguous,
@@ -137,6 +169,7 @@ export class SeqgateServer {
   private attach(maxInFlightBytes: number): void {
     const limits = this.limits;
     const budget: InFlightBudget = { bytes: 0, maxBytes: maxInFlightBytes, waiting: new Set() };
+    this.acceptHttp(budget);
     const welcome = {
       type: 'welcome',
       protocol: PROTOCOL_VERSION,
@@ -158,33 +191,47 @@ export class SeqgateServer {
       onClose: (conn: Connection) => this.connections.delete(conn),
     };
 
-    this.http.on('upgrade', (req, socket, head) => {
+    const upgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+      // From here on the socket is a WebSocket candidate: it counts against maxConnections.
+      this.httpSockets.delete(socket as Socket);
+      // Node hands over the socket without its own error handler: a reset after a refusal below
+      // would otherwise be an unhandled 'error' event. ws adds its own once the handshake runs.
+      socket.on('error', (err) => this.log.debug({ err }, 'upgrade socket error'));
       if (this.closing) {
-        socket.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\r\n');
+        refuseSocket(socket, 503, 'Service Unavailable');
+        return;
+      }
+      const target = parseRequestTarget(req.url);
+      if (target === undefined) {
+        refuseSocket(socket, 400, 'Bad Request', { code: 'INVALID_TARGET', message: 'the request target must be a path such as /', retryable: false });
         return;
       }
       // Browsers cannot set headers on a WebSocket: they may pass ?token= or send it in the hello.
-      const url = new URL(req.url ?? '/', 'http://local');
-      const token = bearerToken(req.headers.authorization) ?? url.searchParams.get('token') ?? undefined;
+      const token = bearerToken(req.headers.authorization) ?? target.query.get('token') ?? undefined;
       let principal = this.auth.authenticate(token);
       if (token !== undefined && principal === undefined) {
         this.log.info({ remote: req.socket.remoteAddress }, 'refused upgrade with an invalid token');
-        socket.end('HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm="seqgate"\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+        refuseSocket(socket, 401, 'Unauthorized', undefined, 'WWW-Authenticate: Bearer realm="seqgate"\r\n');
         return;
       }
       if (token === undefined && this.auth.enabled) principal = undefined;
-      this.wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
+      this.wss.handleUpgrade(req, socket, head, guarded(this.log, 'WebSocket accept', (ws: WebSocket) => {
         if (this.connections.size >= this.config.maxConnections) {
           ws.close(ERRORS.TOO_MANY_CONNECTIONS.closeCode, 'TOO_MANY_CONNECTIONS');
           return;
         }
         const format = ws.protocol === SUBPROTOCOL_JSON ? 'json' : 'msgpack';
         this.connections.add(new Connection(ws, format, context, principal));
-      });
-    });
+      }, (_err, ws) => ws.terminate()));
+    };
+    this.http.on('upgrade', guarded(this.log, 'WebSocket upgrade', upgrade, (_err, _req, socket) => {
+      // Nothing written yet: the client gets a status. After a 101 only cutting the connection is honest.
+      if (!socket.destroyed && (socket as Partial<Socket>).bytesWritten === 0) refuseSocket(socket, 500, 'Internal Server Error', INTERNAL_ERROR);
+      else socket.destroy();
+    }));
 
     // One timer for every connection: each sweep pings, and drops whoever missed the last ping.
-    this.sweepTimer = setInterval(() => {
+    this.sweepTimer = setInterval(guarded(this.log, 'heartbeat sweep', () => {
       for (const conn of this.connections) {
         if (conn.isPaused) continue;
         if (!conn.alive) {
@@ -195,7 +242,34 @@ export class SeqgateServer {
         conn.alive = false;
         conn.ws.ping();
       }
-    }, this.config.heartbeatIntervalMs);
+    }), this.config.heartbeatIntervalMs);
+  }
+
+  /**
+   * HTTP requests: the API handler, with request bodies counted against `budget`, and the cap on
+   * HTTP connections. A socket counts as HTTP from its accept until it is upgraded or closed.
+   */
+  private acceptHttp(budget: SharedBudget): void {
+    this.http.on('connection', guarded(this.log, 'HTTP connection', (socket: Socket) => {
+      if (this.httpSockets.size >= this.config.maxHttpConnections) {
+        this.log.warn({ remote: socket.remoteAddress, max: this.config.maxHttpConnections }, 'refused an HTTP connection: maxHttpConnections reached');
+        refuseSocket(socket, 503, 'Service Unavailable', {
+          code: 'TOO_MANY_CONNECTIONS', message: 'the server holds maxHttpConnections HTTP connections already', retryable: true,
+        }, 'Retry-After: 1\r\n');
+        return;
+      }
+      this.httpSockets.add(socket);
+      socket.once('close', () => this.httpSockets.delete(socket));
+    }));
+    this.http.on('request', createHttpHandler({
+      store: this.store, committer: this.committer, limits: this.limits, auth: this.auth, metrics: this.metrics, log: this.log,
+      bodies: new RequestBodies(budget), bodyIdleTimeoutMs: this.config.httpBodyIdleTimeoutMs,
+    }));
+  }
+
+  /** Open HTTP connections (not counting WebSockets). */
+  get httpConnectionCount(): number {
+    return this.httpSockets.size;
   }
 
   get connectionCount(): number {
@@ -203,8 +277,8 @@ export class SeqgateServer {
   }
 
   /**
-   * Re-reads the tokens (SIGHUP or a change of the tokens file) and closes every connection whose
-   * token is gone or whose grant changed. On a bad file the old tokens stay in force.
+   * Re-reads the tokens (SIGHUP) and closes every connection whose token is gone or whose grant
+   * changed. On a bad file the old tokens stay in force.
    */
   reloadTokens(): void {
     try {
@@ -213,6 +287,26 @@ export class SeqgateServer {
       this.log.error({ err }, 'token reload failed; keeping the previous tokens');
       return;
     }
+    this.tokenCheckFailure = undefined;
+    this.revokeStale();
+  }
+
+  /** Reloads the tokens if the tokens file's content changed (file watch and poll). */
+  private checkTokens(): void {
+    let changed: boolean;
+    try {
+      changed = this.auth.reloadIfChanged();
+    } catch (err) {
+      const message = (err as Error).message;
+      if (message !== this.tokenCheckFailure) this.log.error({ err }, 'token reload failed; keeping the previous tokens');
+      this.tokenCheckFailure = message;
+      return;
+    }
+    this.tokenCheckFailure = undefined;
+    if (changed) this.revokeStale();
+  }
+
+  private revokeStale(): void {
     let closed = 0;
     for (const conn of this.connections) {
       const p = conn.principal;
@@ -226,31 +320,12 @@ export class SeqgateServer {
 
   private watchTokens(): void {
     if (this.config.tokensFile === '') return;
-    let debounce: NodeJS.Timeout | undefined;
-    // Watch the folder, not the file: tools replace files by renaming a new one over the old,
-    // after which a watch on the old file would hear nothing more.
-    const file = basename(this.config.tokensFile);
-    try {
-      this.tokenWatcher = watch(dirname(resolve(this.config.tokensFile)), (_event, name) => {
-        if (name !== null && name !== file) return;
-        clearTimeout(debounce);
-        debounce = setTimeout(() => this.reloadTokens(), 100);
-      });
-    } catch (err) {
-      this.log.warn({ err }, 'cannot watch the tokens file; reload with SIGHUP');
-    }
-  }
-
-  private startIdempotencyPruning(): void {
-    const retentionMs = this.config.idempotencyRetentionSeconds * 1000;
-    const step = async (): Promise<void> => {
-      while ((await this.store.pruneIdempotency(Date.now() - retentionMs, this.config.pruneBatchRows)) === this.config.pruneBatchRows) {
-        await new Promise((resolve) => setImmediate(resolve));
-      }
-    };
-    this.idempotencyTimer = setInterval(() => {
-      step().catch((err: Error) => this.log.warn({ err }, 'idempotency pruning failed; will retry'));
-    }, this.config.pruneIntervalMs);
+    this.tokenWatch = new TokensFileWatch(this.config.tokensFile, {
+      pollMs: this.config.tokensFilePollMs,
+      onCheck: () => this.checkTokens(),
+      log: this.log,
+    });
+    this.tokenWatch.start();
   }
 
   /** Puts received and waiting for a batch (not counting the batch being committed). */
@@ -265,8 +340,7 @@ export class SeqgateServer {
   close(): Promise<void> {
     this.closing ??= (async () => {
       clearInterval(this.sweepTimer);
-      clearInterval(this.idempotencyTimer);
-      this.tokenWatcher?.close();
+      this.tokenWatch?.close();
       const stopped = new Promise<void>((resolve) => this.http.close(() => resolve()));
       for (const conn of this.connections) conn.stop();
       await this.pruner.stop();

@@ -1,18 +1,24 @@
 import type { Logger } from 'pino';
+import { processClock, type RetentionClock } from './retention-clock.js';
 import type { Store } from './store.js';
 
 /**
- * Background ack pruning. Each pass walks acks older than the retention window in small steps and
- * pauses between steps for three times as long as the step took, so a large backlog takes about a
- * quarter of the event loop and ingestion is never stalled behind it.
- * Retention is a minimum: an ack may outlive it by up to one pass interval. A stream's latest ack
- * is never pruned, and heads are never deleted.
+ * Background pruning of acks and Idempotency-Key records. Each pass walks acks older than the
+ * retention window in small steps and pauses between steps for three times as long as the step
+ * took, so a large backlog takes about a quarter of the event loop and ingestion is never stalled
+ * behind it; then it deletes expired Idempotency-Key records the same way.
+ * Retention is a minimum: a record may outlive it by up to one pass interval, and a wall-clock step
+ * never shortens it (the cutoff comes from the RetentionClock, which measures age by the monotonic
+ * clock). A stream's latest ack is never pruned, and heads are never deleted.
  */
 export interface PrunerOptions {
   readonly retentionMs: number;
+  /** Idempotency-Key record retention; records are not pruned when absent. */
+  readonly idempotencyRetentionMs?: number;
   readonly intervalMs: number;
   readonly batchRows: number;
-  readonly now?: () => number;
+  /** Where cutoffs come from; the process clock that stores stamp with, unless a test says otherwise. */
+  readonly clock?: RetentionClock;
   readonly onPruned?: (count: number) => void;
 }
 
@@ -20,6 +26,7 @@ export class Pruner {
   private timer: NodeJS.Timeout | undefined;
   private pass: Promise<number> | undefined;
   private stopped = false;
+  private unsubscribe: (() => void) | undefined;
 
   constructor(
     private readonly store: Store,
@@ -27,8 +34,16 @@ export class Pruner {
     private readonly log: Logger,
   ) {}
 
+  private get clock(): RetentionClock {
+    return this.options.clock ?? processClock;
+  }
+
   start(): void {
     this.stopped = false;
+    this.unsubscribe ??= this.clock.onStep((stepMs) => {
+      this.log.warn({ stepMs: Math.round(stepMs) },
+        'wall clock stepped; retention keeps measuring elapsed time, so nothing is pruned early');
+    });
     this.schedule();
   }
 
@@ -36,7 +51,7 @@ export class Pruner {
     if (this.stopped) return;
     this.timer = setTimeout(() => {
       void this.runPass()
-        .catch((err: Error) => this.log.warn({ err }, 'ack pruning pass failed; will retry'))
+        .catch((err: unknown) => this.log.warn({ err }, 'pruning pass failed; will retry'))
         .finally(() => this.schedule());
     }, this.options.intervalMs);
   }
@@ -44,7 +59,7 @@ export class Pruner {
   /** One full pass; returns how many acks it pruned. */
   runPass(): Promise<number> {
     this.pass ??= (async () => {
-      const cutoff = (this.options.now ?? Date.now)() - this.options.retentionMs;
+      const cutoff = this.clock.cutoff(this.options.retentionMs);
       let total = 0;
       try {
         for (;;) {
@@ -54,10 +69,9 @@ export class Pruner {
           total += pruned;
           if (pruned > 0) this.options.onPruned?.(pruned);
           if (done) break;
-          // Pace a backlog to about a quarter of the event loop, so puts keep their latency.
-          const spent = performance.now() - started;
-          await new Promise<void>((resolve) => setTimeout(resolve, Math.min(50, spent * 3)));
+          await this.pace(started);
         }
+        if (this.options.idempotencyRetentionMs !== undefined) await this.pruneIdempotency(this.options.idempotencyRetentionMs);
       } finally {
         this.pass = undefined;
       }
@@ -67,9 +81,28 @@ export class Pruner {
     return this.pass;
   }
 
+  private async pruneIdempotency(retentionMs: number): Promise<void> {
+    const cutoff = this.clock.cutoff(retentionMs);
+    for (;;) {
+      if (this.stopped) return;
+      const started = performance.now();
+      const deleted = await this.store.pruneIdempotency(cutoff, this.options.batchRows);
+      if (deleted < this.options.batchRows) return;
+      await this.pace(started);
+    }
+  }
+
+  /** Pace a backlog to about a quarter of the event loop, so puts keep their latency. */
+  private pace(started: number): Promise<void> {
+    const spent = performance.now() - started;
+    return new Promise<void>((resolve) => setTimeout(resolve, Math.min(50, spent * 3)));
+  }
+
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer !== undefined) clearTimeout(this.timer);
+    this.unsubscribe?.();
+    this.unsubscribe = undefined;
     await this.pass?.catch(() => undefined);
   }
 }

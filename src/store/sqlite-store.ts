@@ -1,14 +1,18 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
-import { decide, type DocumentMeta, type StoredAck } from '../gate.js';
+import { planBatch, type BatchPlan, type BatchReader } from '../batch-gate.js';
+import { storageUnavailable, type StoredAck } from '../gate.js';
+import { planPrune } from '../retention.js';
 import { reach } from '../crash-points.js';
 import { DatabaseUnusableError, migrate } from './sqlite-schema.js';
+import { FileIdentity, type FileLostError } from './file-identity.js';
+import { processClock } from './retention-clock.js';
 
 export { DatabaseUnusableError };
 import {
-  isDocWrite, type Ack, type DocResult, type DocWrite, type Head, type Put, type PutResult, type Store,
-  type StoredDocument, type StreamHead, type Write,
+  type Ack, type DocResult, type Head, type Put, type PutResult, type Store, type StoredDocument, type StreamHead,
+  type Write,
 } from './store.js';
 
 export interface SqliteStoreOptions {
@@ -22,8 +26,10 @@ export interface SqliteStoreOptions {
   readonly startupCheck?: 'quick' | 'full' | 'off';
   /** Upper bound on the file size in pages (0: none); a full database fails batches retryably. */
   readonly maxPages?: number;
-  /** Clock for commit times; tests pin it. */
+  /** Clock for commit times (default: the process's RetentionClock, which pruning cutoffs rely on); tests pin it. */
   readonly now?: () => number;
+  /** Told when the database file (or its -wal) is found removed or replaced, and when it is back. */
+  readonly onFileLost?: (lost: FileLostError | undefined) => void;
 }
 
 interface StreamRow {
@@ -44,33 +50,8 @@ interface AckRow {
   committed_at: number;
 }
 
-/** A stream's state while a batch runs; written back once at the end of the batch. */
-interface StreamState {
-  id: number | null;
-  readonly tenant: string;
-  readonly name: string;
-  epoch: number;
-  seq: number;
-  prunedThrough: number;
-  ackCount: number;
-  dirty: boolean;
-  /**
-   * Cap eviction within a batch: the oldest acks, read once, and the last one evicted so far.
-   * Evicted acks are deleted with one statement when the batch ends; until then readAck treats
-   * everything at or below `evictedThrough` as gone, exactly as if it had been deleted at once.
-   */
-  oldest: Array<{ epoch: number; seq: number }>;
-  evictedThrough: { epoch: number; seq: number } | null;
-}
-
 const OUTCOME_CODES = { applied: 0, version_conflict: 1 } as const;
 
-class ProbeDone extends Error {}
-
-function isEvicted(s: StreamState, put: Put): boolean {
-  const e = s.evictedThrough;
-  return e !== null && (put.epoch < e.epoch || (put.epoch === e.epoch && put.seq <= e.seq));
-}
 
 export class SqliteStore implements Store {
   readonly incarnation: string;
@@ -80,13 +61,16 @@ export class SqliteStore implements Store {
   private readonly now: () => number;
   private readonly stmt;
   private readonly runBatch: (batch: readonly Write[]) => Array<PutResult | DocResult>;
+  private readonly reader: BatchReader<number>;
   private readonly runPrune: (olderThan: number, maxRows: number) => { pruned: number; done: boolean };
   private pruneCursor: [number, number, number, number] = [-1, -1, -1, -1];
+  /** The files SQLite has open; checked before every commit and readiness answer. */
+  private readonly files: FileIdentity | undefined;
 
   constructor(private readonly options: SqliteStoreOptions) {
     if (options.path !== ':memory:') mkdirSync(dirname(options.path), { recursive: true });
     this.db = new Database(options.path);
-    this.now = options.now ?? Date.now;
+    this.now = options.now ?? (() => processClock.now());
     try {
       this.checkIntegrity(options.startupCheck ?? 'quick');
     } catch (err) {
@@ -100,13 +84,16 @@ export class SqliteStore implements Store {
     if (options.maxPages) this.db.pragma(`max_page_count = ${options.maxPages}`);
     this.openedSchemaVersion = migrate(this.db);
     this.incarnation = (this.db.prepare("SELECT value FROM meta WHERE name = 'incarnation'").get() as { value: string }).value;
+    this.files = options.path === ':memory:' || options.path === '' ? undefined
+      // The files a restart reads acks from. A lost -shm is rebuilt from the WAL at the next open.
+      : new FileIdentity([options.path, `${options.path}-wal`], options.onFileLost);
 
     const db = this.db;
     this.stmt = {
       getStream: db.prepare<[string, string], StreamRow>(
         'SELECT id, epoch, seq, pruned_through, ack_count FROM streams WHERE tenant = ? AND name = ?'),
-      insertStream: db.prepare<[string, string, number, number], { id: number }>(
-        'INSERT INTO streams (tenant, name, epoch, seq) VALUES (?, ?, ?, ?) RETURNING id'),
+      insertStream: db.prepare<[string, string, number, number, number, number], { id: number }>(
+        'INSERT INTO streams (tenant, name, epoch, seq, pruned_through, ack_count) VALUES (?, ?, ?, ?, ?, ?) RETURNING id'),
       updateStream: db.prepare<[number, number, number, number, number]>(
         'UPDATE streams SET epoch = ?, seq = ?, pruned_through = ?, ack_count = ? WHERE id = ?'),
       getAck: db.prepare<[number, number, number], AckRow>(
@@ -134,21 +121,50 @@ export class SqliteStore implements Store {
       pruneIdempotency: db.prepare<[number, number]>(
         `DELETE FROM idempotency WHERE (tenant, scope, key) IN
            (SELECT tenant, scope, key FROM idempotency INDEXED BY idempotency_by_time WHERE created_at < ? LIMIT ?)`),
-      touchMeta: db.prepare("UPDATE meta SET value = value WHERE name = 'incarnation'"),
+      insertProbe: db.prepare<[string]>("INSERT INTO meta (name, value) VALUES ('readiness_probe', ?)"),
+      deleteProbe: db.prepare("DELETE FROM meta WHERE name = 'readiness_probe'"),
       pruneCandidates: db.prepare<[number, number, number, number, number, number], {
-        stream_id: number; epoch: number; seq: number; committed_at: number; head_epoch: number; head_seq: number;
+        stream_id: number; epoch: number; seq: number; committed_at: number; head_epoch: number; head_seq: number; pruned_through: number;
       }>(
-        `SELECT a.stream_id, a.epoch, a.seq, a.committed_at, s.epoch AS head_epoch, s.seq AS head_seq
+        `SELECT a.stream_id, a.epoch, a.seq, a.committed_at, s.epoch AS head_epoch, s.seq AS head_seq, s.pruned_through
            FROM acks AS a INDEXED BY acks_by_commit_time JOIN streams AS s ON s.id = a.stream_id
           WHERE a.committed_at < ? AND (a.committed_at, a.stream_id, a.epoch, a.seq) > (?, ?, ?, ?)
           ORDER BY a.committed_at, a.stream_id, a.epoch, a.seq LIMIT ?`),
-      notePruned: db.prepare<[{ epoch: number; seq: number; id: number }]>(
-        `UPDATE streams SET ack_count = ack_count - 1,
-           pruned_through = CASE WHEN epoch = @epoch AND @seq > pruned_through THEN @seq ELSE pruned_through END
-         WHERE id = @id`),
+      notePruned: db.prepare<[number, number, number]>(
+        'UPDATE streams SET ack_count = ack_count - ?, pruned_through = ? WHERE id = ?'),
     };
 
-    this.runBatch = this.db.transaction((batch: readonly Write[]) => this.applyInTransaction(batch)).immediate;
+    const stmt = this.stmt;
+    this.reader = {
+      stream: (tenant, name) => {
+        const row = stmt.getStream.get(tenant, name);
+        return row && { id: row.id, epoch: row.epoch, seq: row.seq, prunedThrough: row.pruned_through, ackCount: row.ack_count };
+      },
+      ack: (streamId, put) => this.readAck(streamId, put),
+      documentMeta: (tenant, key) => {
+        const row = stmt.getDoc.get(tenant, key);
+        return row === undefined ? undefined : { version: row.version, deleted: row.deleted === 1 };
+      },
+      document: (tenant, key) => {
+        const row = stmt.getDocFull.get(tenant, key);
+        return row === undefined ? undefined : { version: row.version, deleted: row.deleted === 1, state: row.state, updatedAt: row.updated_at };
+      },
+      idempotency: (tenant, scope, key) => {
+        const row = stmt.getIdempotency.get(tenant, scope, key);
+        return row === undefined ? undefined : { fingerprint: row.fingerprint, key: row.doc_key, version: row.version, createdAt: row.created_at };
+      },
+      oldestAcks: (streamId, after, limit) => stmt.oldestAcks.all(streamId, after?.epoch ?? -1, after?.seq ?? -1, limit),
+    };
+    this.runBatch = this.db.transaction((batch: readonly Write[]) => {
+      const plan = planBatch(batch, this.reader, {
+        contiguous: this.options.contiguous, ackCapPerStream: this.options.ackCapPerStream, now: this.now(),
+      });
+      this.write(plan);
+      reach('before-commit');
+      // Last thing before COMMIT: a batch committed into a deleted or replaced file must not be acked.
+      this.files?.assertSame();
+      return plan.results;
+    }).immediate;
     this.runPrune = this.db.transaction((olderThan: number, maxRows: number) => this.pruneInTransaction(olderThan, maxRows)).immediate;
   }
 
@@ -174,115 +190,35 @@ export class SqliteStore implements Store {
       return this.runBatch(batch);
     } catch (err) {
       // The transaction rolled back: nothing of the batch was applied or consumed.
-      const message = `batch not committed: ${(err as Error).message}`;
-      return batch.map(() => ({ kind: 'rejected', outcome: 'error', code: 'STORAGE_UNAVAILABLE', message }));
+      throw storageUnavailable(err);
     }
   }
 
-  private applyInTransaction(batch: readonly Write[]): Array<PutResult | DocResult> {
-    const now = this.now();
-    const streams = new Map<string, StreamState>();
-    const results: Array<PutResult | DocResult> = [];
-
-    for (const put of batch) {
-      if (isDocWrite(put)) {
-        results.push(this.writeDocument(put, now));
-        continue;
+  /** Carries out a plan of the gate, inside the batch's transaction. */
+  private write(plan: BatchPlan<number>): void {
+    const { stmt } = this;
+    for (const s of plan.streams) {
+      let id: number;
+      if (s.id === null) {
+        id = stmt.insertStream.get(s.tenant, s.name, s.head.epoch, s.head.seq, s.head.prunedThrough, s.ackCount)!.id;
+      } else {
+        id = s.id;
+        stmt.updateStream.run(s.head.epoch, s.head.seq, s.head.prunedThrough, s.ackCount, id);
+        if (s.evictThrough !== null) stmt.deleteAcksThrough.run(id, s.evictThrough.epoch, s.evictThrough.seq);
       }
-      const streamKey = put.tenant + '\u0000' + put.stream;
-      let s = streams.get(streamKey);
-      if (s === undefined) {
-        const row = this.stmt.getStream.get(put.tenant, put.stream);
-        s = row
-          ? { id: row.id, tenant: put.tenant, name: put.stream, epoch: row.epoch, seq: row.seq, prunedThrough: row.pruned_through, ackCount: row.ack_count, dirty: false, oldest: [], evictedThrough: null }
-          : { id: null, tenant: put.tenant, name: put.stream, epoch: 0, seq: 0, prunedThrough: 0, ackCount: 0, dirty: false, oldest: [], evictedThrough: null };
-        streams.set(streamKey, s);
+      for (const { fingerprint, ack } of s.acks) {
+        stmt.insertAck.run(
+          id, ack.epoch, ack.seq, fingerprint, OUTCOME_CODES[ack.outcome], ack.key, ack.version,
+          ack.deleted ? 1 : 0, ack.ifVersion ?? null, ack.committedAt,
+        );
       }
-      const state = s;
-      const decision = decide(put, {
-        head: { epoch: state.epoch, seq: state.seq, prunedThrough: state.prunedThrough },
-        storedAck: () => (state.id === null || isEvicted(state, put) ? undefined : this.readAck(state.id, put)),
-        document: () => this.readDocument(put.tenant, put.key),
-        contiguous: this.options.contiguous,
-        now,
-      });
-
-      if (decision.kind === 'replay') {
-        results.push({ kind: 'ack', ack: decision.ack, replay: true });
-        continue;
-      }
-      if (decision.kind === 'reject') {
-        results.push({ kind: 'rejected', ...decision.rejection });
-        continue;
-      }
-
-      const { ack, write } = decision;
-      if (write !== null) {
-        this.stmt.upsertDoc.run(put.tenant, put.key, write.version, write.deleted ? 1 : 0, write.state, now);
-      }
-      if (state.id === null) {
-        state.id = this.stmt.insertStream.get(put.tenant, put.stream, put.epoch, put.seq)!.id;
-      }
-      if (put.epoch !== state.epoch) state.prunedThrough = 0;
-      state.epoch = put.epoch;
-      state.seq = put.seq;
-      state.dirty = true;
-      this.stmt.insertAck.run(
-        state.id, put.epoch, put.seq, put.fingerprint, OUTCOME_CODES[ack.outcome], ack.key, ack.version,
-        ack.deleted ? 1 : 0, ack.ifVersion ?? null, ack.committedAt,
-      );
-      state.ackCount++;
-      if (state.ackCount > this.options.ackCapPerStream) this.evictOldestAck(state);
-      results.push({ kind: 'ack', ack, replay: false });
     }
-
-    for (const s of streams.values()) {
-      if (!s.dirty) continue;
-      if (s.evictedThrough !== null) this.stmt.deleteAcksThrough.run(s.id!, s.evictedThrough.epoch, s.evictedThrough.seq);
-      this.stmt.updateStream.run(s.epoch, s.seq, s.prunedThrough, s.ackCount, s.id!);
+    for (const d of plan.documents) {
+      stmt.upsertDoc.run(d.tenant, d.key, d.row.version, d.row.deleted ? 1 : 0, d.row.state, d.row.updatedAt);
     }
-    reach('before-commit');
-    return results;
-  }
-
-  private writeDocument(w: DocWrite, now: number): DocResult {
-    if (w.op === 'create') {
-      const prior = this.stmt.getIdempotency.get(w.tenant, w.scope, w.idempotencyKey);
-      if (prior !== undefined) {
-        if (!prior.fingerprint.equals(w.fingerprint)) return { kind: 'idempotency_key_reused' };
-        return { kind: 'created', key: prior.doc_key, version: prior.version, deleted: false, createdAt: prior.created_at, replay: true };
-      }
-      this.stmt.upsertDoc.run(w.tenant, w.key, 1, 0, w.state, now);
-      this.stmt.insertIdempotency.run(w.tenant, w.scope, w.idempotencyKey, w.fingerprint, w.key, 1, now);
-      return { kind: 'created', key: w.key, version: 1, deleted: false, createdAt: now, replay: false };
+    for (const i of plan.idempotency) {
+      stmt.insertIdempotency.run(i.tenant, i.scope, i.idempotencyKey, i.record.fingerprint, i.record.key, i.record.version, i.record.createdAt);
     }
-    const doc = this.stmt.getDocFull.get(w.tenant, w.key);
-    const exists = doc !== undefined && doc.deleted === 0;
-    const version = doc?.version ?? 0;
-    if (w.ifVersion !== null && !(w.ifVersion === 0 ? !exists : exists && version === w.ifVersion)) {
-      return { kind: 'precondition_failed', key: w.key, version, deleted: !exists };
-    }
-    // Natural idempotence: writing the state a document already has, or deleting what is gone,
-    // changes nothing, so a repeated request leaves the version where it was.
-    const unchanged = w.state === null ? !exists : exists && doc!.state !== null && doc!.state.equals(w.state);
-    if (unchanged) {
-      return { kind: 'written', key: w.key, version, deleted: !exists, changed: false, updatedAt: doc?.updated_at ?? now };
-    }
-    this.stmt.upsertDoc.run(w.tenant, w.key, version + 1, w.state === null ? 1 : 0, w.state, now);
-    return { kind: 'written', key: w.key, version: version + 1, deleted: w.state === null, changed: true, updatedAt: now };
-  }
-
-  /** The cap never evicts the newest ack: it is the head's, and the cap is at least 1. */
-  private evictOldestAck(s: StreamState): void {
-    if (s.oldest.length === 0) {
-      const after = s.evictedThrough ?? { epoch: -1, seq: -1 };
-      s.oldest = this.stmt.oldestAcks.all(s.id!, after.epoch, after.seq, 64).reverse();
-    }
-    const oldest = s.oldest.pop();
-    if (oldest === undefined) return;
-    s.evictedThrough = oldest;
-    s.ackCount--;
-    if (oldest.epoch === s.epoch && oldest.seq > s.prunedThrough) s.prunedThrough = oldest.seq;
   }
 
   private readAck(streamId: number, put: Put): StoredAck | undefined {
@@ -302,11 +238,6 @@ export class SqliteStore implements Store {
     return { fingerprint: row.fingerprint, ack };
   }
 
-  private readDocument(tenant: string, key: string): DocumentMeta | undefined {
-    const row = this.stmt.getDoc.get(tenant, key);
-    return row === undefined ? undefined : { version: row.version, deleted: row.deleted === 1 };
-  }
-
   async heads(tenant: string, streams: readonly string[]): Promise<StreamHead[]> {
     return streams.map((stream) => {
       const row = this.stmt.getStream.get(tenant, stream);
@@ -322,16 +253,15 @@ export class SqliteStore implements Store {
   }
 
   async ready(): Promise<void> {
-    // A real write that is rolled back: proves the file accepts writes right now.
+    this.files?.assertSame();
+    // A real commit that leaves every row as it was. It allocates pages (refused at max_page_count,
+    // like a put that needs room), appends to the WAL and syncs like a batch, so a database that
+    // cannot take a write fails here too and not only in puts.
     const probe = this.db.transaction(() => {
-      this.stmt.touchMeta.run();
-      throw new ProbeDone();
+      this.stmt.insertProbe.run('x'.repeat(2 * (this.db.pragma('page_size', { simple: true }) as number)));
+      this.stmt.deleteProbe.run();
     });
-    try {
-      probe.immediate();
-    } catch (err) {
-      if (!(err instanceof ProbeDone)) throw err;
-    }
+    probe.immediate();
   }
 
   async pruneIdempotency(olderThan: number, maxRows: number): Promise<number> {
@@ -344,17 +274,16 @@ export class SqliteStore implements Store {
 
   private pruneInTransaction(olderThan: number, maxRows: number): { pruned: number; done: boolean } {
     const rows = this.stmt.pruneCandidates.all(olderThan, ...this.pruneCursor, maxRows);
-    let pruned = 0;
-    for (const r of rows) {
-      if (r.epoch === r.head_epoch && r.seq === r.head_seq) continue; // a stream's latest ack stays
-      this.stmt.deleteAck.run(r.stream_id, r.epoch, r.seq);
-      this.stmt.notePruned.run({ epoch: r.epoch, seq: r.seq, id: r.stream_id });
-      pruned++;
-    }
+    const plan = planPrune(rows.map((r) => ({
+      streamId: r.stream_id, epoch: r.epoch, seq: r.seq,
+      head: { epoch: r.head_epoch, seq: r.head_seq, prunedThrough: r.pruned_through },
+    })));
+    for (const d of plan.deletes) this.stmt.deleteAck.run(d.streamId, d.epoch, d.seq);
+    for (const s of plan.streams) this.stmt.notePruned.run(s.removed, s.prunedThrough, s.streamId);
     const done = rows.length < maxRows;
     const last = rows[rows.length - 1];
     this.pruneCursor = done || last === undefined ? [-1, -1, -1, -1] : [last.committed_at, last.stream_id, last.epoch, last.seq];
-    return { pruned, done };
+    return { pruned: plan.deletes.length, done };
   }
 
   /** For tests and operational tooling inside this package: the underlying connection. */

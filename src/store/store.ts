@@ -1,8 +1,9 @@
 /**
  * The storage boundary. A store takes a batch of validated puts and answers one result per put,
- * in order, after the batch is durable. Implementations run the gate (src/gate.ts) inside their
- * own transaction; the SQLite store is the default, and test/store-contract.test.ts holds every
- * implementation to the same behaviour.
+ * in order, after the batch is durable. A store decides nothing itself: inside its transaction it
+ * reads rows, hands them to the gate (src/batch-gate.ts, built on src/gate.ts, src/document-gate.ts
+ * and src/retention.ts) and writes the plan it gets back. The SQLite store is the default, and
+ * test/store-contract.test.ts holds every implementation to the same behaviour.
  */
 
 export const DEFAULT_TENANT = 'default';
@@ -121,8 +122,10 @@ export interface Store {
   /** Random id created with the database; it changes when the database is replaced. */
   readonly incarnation: string;
   /**
-   * Runs the batch in one transaction, in order: puts through the gate, document writes directly.
-   * One result per write, in order; a storage failure fails every write and changes nothing.
+   * Runs the batch in one transaction, in order, through the gate (src/batch-gate.ts), and
+   * resolves with one result per write after it committed. When the batch did not commit it
+   * changes nothing and rejects (see storageUnavailable in src/gate.ts); the committer answers
+   * every write STORAGE_UNAVAILABLE. A store never rejects a batch whose outcome it does not know.
    */
   apply(batch: readonly Put[]): Promise<PutResult[]>;
   apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>>;

@@ -1,5 +1,5 @@
 import { afterEach, expect, it } from 'vitest';
-import type { PutResult, SeqgateClient } from '../../src/client/index.js';
+import type { PutResult, SeqgateClient } from '@seqgate/client';
 import { withDb } from '../support/db-checker.js';
 import { FaultProxy } from '../support/fault-proxy.js';
 import { startTestServer, type TestServer } from '../support/test-client.js';

@@ -1,5 +1,5 @@
 import WebSocket from 'ws';
-import { SeqgateClient, type ClientOptions } from '../../src/client/index.js';
+import { SeqgateClient, type ClientOptions } from '@seqgate/client';
 
 /** A client on `url` writing `stream`, with `ws` as its WebSocket and short test timeouts. */
 export function newClient(url: string, stream: string, options: Partial<ClientOptions> = {}): SeqgateClient {

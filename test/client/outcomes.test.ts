@@ -5,7 +5,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import {
   ClientClosedError, ExpiredError, FencedError, ForbiddenError, InvalidPutError, MemoryOutbox, SequenceReusedError, StaleError,
   VersionConflictError, WriterConflictError, type EpochChange, type PutResult, type SeqgateClient, type TransientError,
-} from '../../src/client/index.js';
+} from '@seqgate/client';
+import { storageUnavailable } from '../../src/gate.js';
 import { SqliteStore } from '../../src/store/sqlite-store.js';
 import type { Store } from '../../src/store/store.js';
 import { withDb } from '../support/db-checker.js';
@@ -53,7 +54,7 @@ function storeFailingFirstBatch(dir: string, contiguous: boolean): Store {
           if (first) {
             first = false;
             await new Promise((resolve) => setTimeout(resolve, 100));
-            return batch.map(() => ({ kind: 'rejected', outcome: 'error', code: 'STORAGE_UNAVAILABLE', message: 'injected' }));
+            throw storageUnavailable(new Error('injected'));
           }
           return target.apply(batch as never);
         };
@@ -200,7 +201,7 @@ describe('client outcomes against a real server', () => {
       get(target, prop, receiver) {
         if (prop === 'apply') {
           return async (batch: readonly unknown[]) => {
-            if (failures-- > 0) return batch.map(() => ({ kind: 'rejected', outcome: 'error', code: 'STORAGE_UNAVAILABLE', message: 'injected' }));
+            if (failures-- > 0) throw storageUnavailable(new Error('injected'));
             return target.apply(batch as never);
           };
         }

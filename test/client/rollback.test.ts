@@ -6,8 +6,8 @@ import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   FencedError, MemoryOutbox, ServerRollbackError, type EpochChange, type RollbackInfo, type SeqgateClient,
-} from '../../src/client/index.js';
-import { SqliteOutbox } from '../../src/client/node.js';
+} from '@seqgate/client';
+import { SqliteOutbox } from '@seqgate/client/node';
 import { SeqgateServer } from '../../src/server/websocket-server.js';
 import { withDb } from '../support/db-checker.js';
 import { FaultProxy } from '../support/fault-proxy.js';

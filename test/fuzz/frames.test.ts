@@ -9,8 +9,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { ERRORS, type ErrorCode } from '../../src/errors.js';
 import { DbChecker } from '../support/db-checker.js';
+import { mulberry32 } from '../support/random.js';
 import { startTestServer, TestClient, type Msg, type TestServer } from '../support/test-client.js';
-import { runProperty, prng } from './harness.js';
+import { runProperty } from './harness.js';
 import { Ext, forge, mutate, Raw, type Mutation } from './msgpack-forge.js';
 
 /**
@@ -395,7 +396,7 @@ describe('fuzzed frames against a live server', () => {
       fc.oneof({ weight: 1, arbitrary: fc.constant([] as Mutation[]) }, { weight: 3, arbitrary: fc.array(mutationArb, { minLength: 1, maxLength: 3 }) }),
       fc.nat(19),
       async (message, formSeed, mutations, textChance) => {
-        const bytes = mutate(forge(message, prng(formSeed)), mutations);
+        const bytes = mutate(forge(message, mulberry32(formSeed)), mutations);
         await exchange(link, [{ data: bytes, binary: textChance !== 0 }], counters);
       },
     ), { fileUrl: import.meta.url, name: 'mutated msgpack frames', numRuns: 1500, counters });
@@ -483,7 +484,7 @@ describe('fuzzed frames against a live server', () => {
       fc.integer(),
       fc.array(mutationArb, { maxLength: 2 }),
       async (message, formSeed, mutations) => {
-        const bytes = mutate(forge(message, prng(formSeed)), mutations);
+        const bytes = mutate(forge(message, mulberry32(formSeed)), mutations);
         await exchange(link, [{ data: bytes, binary: true }], counters, {
           answers: (answers) => {
             for (const m of answers) expect(['error', 'pong']).toContain(m.type);

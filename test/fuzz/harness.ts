@@ -159,14 +159,3 @@ export async function runProperty<Ts>(property: fc.IAsyncPropertyWithHooks<Ts>, 
   return details;
 }
 
-/** A small seeded generator for choices derived from one fast-check integer (encoding forms). */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { isDeepStrictEqual } from 'node:util';
-import { Packr, Unpackr } from 'msgpackr';
-import WebSocket from 'ws';
+import { mulberry32 } from '../support/random.js';
+import { ReconnectingSocket } from '../support/reconnecting-socket.js';
 import type { Value } from './canonical.js';
 
 /**
@@ -118,17 +118,6 @@ export function stateOf(seed: number, rec: PutRecord): Value {
   return { s: rec.stream, q: rec.seq, v: rec.variant, p: Buffer.from(h.subarray(0, 8 + (h[31]! % 25))) };
 }
 
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 export interface WorkloadStats {
   frames: number;
   /** Puts on the wire, every kind of send counted. */
@@ -237,20 +226,14 @@ interface Send {
   readonly id: string;
 }
 
-const packr = new Packr({ useRecords: false });
-const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: 'auto' as 'bigint' });
-
 /** One connection's worth of writers: owns its lanes, pipelines up to `window` puts, reconnects after any death. */
 export class SoakClient {
-  private ws: WebSocket | undefined;
+  private readonly socket: ReconnectingSocket;
   private welcomed = false;
   private outstanding: Send[] = [];
   private resend: PutRecord[] = [];
   private rr = 0;
   private sendCounter = 0;
-  private attempt = 0;
-  private stopped = false;
-  private reconnectTimer: NodeJS.Timeout | undefined;
   private disconnectTimer: NodeJS.Timeout | undefined;
   /**
    * Sends other than resends this client may still make; Infinity means unthrottled. A rate
@@ -263,14 +246,26 @@ export class SoakClient {
     readonly lanes: readonly Lane[],
     private readonly w: Workload,
     private readonly window: number,
-  ) {}
+  ) {
+    this.socket = new ReconnectingSocket(() => w.url, w.rng, {
+      opened: () => {
+        this.w.stats.connectionsOpened++;
+        for (const lane of this.lanes) lane.helloFloor = lane.book.maxOk;
+        return this.lanes.map((l) => l.book.name);
+      },
+      welcome: (msg) => this.onWelcome(msg),
+      results: (results) => this.onResults(results),
+      problem: (description) => this.w.violation(`${this.name}: ${description}`),
+      lost: () => this.onLost(),
+    });
+  }
 
   get inFlight(): number {
     return this.welcomed ? this.outstanding.length : 0;
   }
 
   get isOpen(): boolean {
-    return this.ws?.readyState === WebSocket.OPEN;
+    return this.socket.isOpen;
   }
 
   /** Nothing of this client is unanswered: every put it created is ok or failed. */
@@ -279,35 +274,10 @@ export class SoakClient {
   }
 
   start(): void {
-    this.connect();
+    this.socket.start();
   }
 
-  private connect(): void {
-    this.reconnectTimer = undefined;
-    if (this.stopped) return;
-    const ws = new WebSocket(this.w.url, 'seqgate.v1', { perMessageDeflate: false, handshakeTimeout: 5000 });
-    ws.binaryType = 'nodebuffer';
-    this.ws = ws;
-    this.welcomed = false;
-    this.outstanding = [];
-    ws.on('open', () => {
-      if (this.ws !== ws) return;
-      this.w.stats.connectionsOpened++;
-      for (const lane of this.lanes) lane.helloFloor = lane.book.maxOk;
-      ws.send(packr.pack({ type: 'hello', protocol: 1, streams: this.lanes.map((l) => l.book.name) }));
-    });
-    ws.on('message', (data: Buffer, isBinary: boolean) => {
-      if (this.ws !== ws) return;
-      if (!isBinary) return this.w.violation(`${this.name}: text frame on a msgpack connection`);
-      this.onMessage(unpackr.unpack(data) as Record<string, unknown>);
-    });
-    ws.on('error', () => undefined);
-    ws.on('close', () => this.onClose(ws));
-  }
-
-  private onClose(ws: WebSocket): void {
-    if (this.ws !== ws) return;
-    this.ws = undefined;
+  private onLost(): void {
     this.welcomed = false;
     if (this.disconnectTimer !== undefined) clearTimeout(this.disconnectTimer);
     this.disconnectTimer = undefined;
@@ -319,23 +289,11 @@ export class SoakClient {
     }
     this.outstanding = [];
     this.resend.sort((a, b) => a.order - b.order);
-    if (this.stopped) return;
-    const delay = Math.min(250, 10 * 2 ** this.attempt) * (0.5 + this.w.rng());
-    this.attempt++;
-    this.reconnectTimer = setTimeout(() => this.connect(), delay);
   }
 
-  private onMessage(msg: Record<string, unknown>): void {
-    switch (msg.type) {
-      case 'welcome':
-        return this.onWelcome(msg);
-      case 'results':
-        for (const r of msg.results as Array<Record<string, unknown>>) this.onResult(r);
-        this.pump();
-        return;
-      default:
-        return this.w.violation(`${this.name}: unexpected message ${JSON.stringify(msg).slice(0, 300)}`);
-    }
+  private onResults(results: Array<Record<string, unknown>>): void {
+    for (const r of results) this.onResult(r);
+    this.pump();
   }
 
   private onWelcome(msg: Record<string, unknown>): void {
@@ -360,7 +318,7 @@ export class SoakClient {
     }
     this.w.stats.welcomes++;
     this.welcomed = true;
-    this.attempt = 0;
+    this.socket.resetBackoff();
     if (!this.w.draining && this.w.disconnectMeanMs > 0) {
       const delay = this.w.disconnectMeanMs * (0.2 + 1.6 * this.w.rng());
       const abrupt = this.w.rng() < 0.5;
@@ -372,11 +330,9 @@ export class SoakClient {
   /** A client-side fault: drop the connection with puts in flight, as a flaky network or a killed app would. */
   private disconnect(abrupt: boolean): void {
     this.disconnectTimer = undefined;
-    const ws = this.ws;
-    if (ws === undefined || this.w.draining) return;
+    if (!this.socket.isOpen || this.w.draining) return;
     this.w.stats.clientDisconnects++;
-    if (abrupt) ws.terminate();
-    else ws.close(1000);
+    this.socket.disconnect(abrupt);
   }
 
   private onResult(r: Record<string, unknown>): void {
@@ -508,8 +464,7 @@ export class SoakClient {
 
   /** Sends frames of 1 to 8 puts while the window allows. */
   pump(): void {
-    const ws = this.ws;
-    if (!this.welcomed || ws === undefined || ws.readyState !== WebSocket.OPEN) return;
+    if (!this.welcomed || !this.socket.isOpen) return;
     for (;;) {
       const want = 1 + Math.floor(this.w.rng() * 8);
       const frame: Send[] = [];
@@ -531,7 +486,7 @@ export class SoakClient {
       this.outstanding.push(...frame);
       this.w.stats.frames++;
       this.w.stats.putsSent += frame.length;
-      ws.send(packr.pack({ type: 'put', puts: frame.map((s) => this.wire(s)) }));
+      this.socket.send({ type: 'put', puts: frame.map((s) => this.wire(s)) });
     }
   }
 
@@ -542,16 +497,8 @@ export class SoakClient {
     this.pump();
   }
 
-  async stop(): Promise<void> {
-    this.stopped = true;
-    if (this.reconnectTimer !== undefined) clearTimeout(this.reconnectTimer);
+  stop(): Promise<void> {
     if (this.disconnectTimer !== undefined) clearTimeout(this.disconnectTimer);
-    const ws = this.ws;
-    if (ws === undefined || ws.readyState === WebSocket.CLOSED) return;
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(() => { ws.terminate(); resolve(); }, 5000);
-      ws.once('close', () => { clearTimeout(timer); resolve(); });
-      ws.close(1000);
-    });
+    return this.socket.stop();
   }
 }

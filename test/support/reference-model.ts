@@ -45,7 +45,7 @@ export class ReferenceModel implements Store {
   async apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>> {
     if (this.options.failNext) {
       this.options.failNext = false;
-      return batch.map(() => ({ kind: 'rejected', outcome: 'error', code: 'STORAGE_UNAVAILABLE', message: 'injected' }));
+      throw new Error('injected storage fault');
     }
     const now = this.options.now();
     return batch.map((w) => (isDocWrite(w) ? this.writeDoc(w, now) : this.applyOne(w, now)));

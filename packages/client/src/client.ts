@@ -8,6 +8,7 @@ import {
   SequenceReusedError, SeqgateClientError, ServerRollbackError, StaleError, TransientError, VersionConflictError,
   WriterConflictError,
 } from './errors.js';
+import { CLOSE_CODES, PROTOCOL_VERSION, SUBPROTOCOLS } from './wire/constants.js';
 import { MemoryOutbox, type Outbox, type OutboxEntry, type StreamRecord } from './outbox.js';
 import {
   DEFAULT_LIMITS, type Ack, type ClientStats, type CloseReport, type ConnectionState, type EpochChange, type Head,
@@ -129,9 +130,6 @@ interface Conn {
   nextPingAt: number;
 }
 
-const SUBPROTOCOLS = { msgpack: 'seqgate.v1', json: 'seqgate.v1.json' } as const;
-const CLOSE_UNAUTHORIZED = 4401;
-const CLOSE_TOKEN_REVOKED = 4403;
 
 function comparePositions(a: Position, b: Position): number {
   return a.epoch !== b.epoch ? a.epoch - b.epoch : a.seq - b.seq;
@@ -529,7 +527,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     this.counters.connections++;
     ws.onopen = () => {
       if (conn !== this.conn) return;
-      const hello: Record<string, string | number | readonly string[]> = { type: 'hello', protocol: 1, streams: [this.stream] };
+      const hello: Record<string, string | number | readonly string[]> = { type: 'hello', protocol: PROTOCOL_VERSION, streams: [this.stream] };
       if (this.token !== undefined) hello.token = this.token;
       this.sendRaw(conn, this.format === 'msgpack' ? msgpackMessage(hello) : JSON.stringify(hello));
     };
@@ -542,8 +540,8 @@ export class SeqgateClient extends Emitter<ClientEvents> {
       this.conn = null;
       const code = event.code ?? 1006;
       const reason = event.reason ?? '';
-      if (code === CLOSE_UNAUTHORIZED || code === CLOSE_TOKEN_REVOKED) {
-        this.stop(new ProtocolError(code === CLOSE_UNAUTHORIZED ? 'UNAUTHORIZED' : 'TOKEN_REVOKED',
+      if (code === CLOSE_CODES.UNAUTHORIZED || code === CLOSE_CODES.TOKEN_REVOKED) {
+        this.stop(new ProtocolError(code === CLOSE_CODES.UNAUTHORIZED ? 'UNAUTHORIZED' : 'TOKEN_REVOKED',
           `the server closed the connection: ${reason || code}`, false));
       }
       this.afterDisconnect(conn, new ProtocolError('CONNECTION_CLOSED', `connection closed (${code}${reason ? ' ' + reason : ''})`, true), false);

@@ -1,4 +1,5 @@
 /** Public types of the client SDK. The wire shapes follow protocol/PROTOCOL.md §3. */
+import { DEFAULT_WIRE_LIMITS } from './wire/constants.js';
 
 /** A stream position, ordered by epoch, then seq. */
 export interface Position {
@@ -65,12 +66,12 @@ export interface Limits {
 
 /** The server defaults (PROTOCOL.md §11.1), used until the first welcome. */
 export const DEFAULT_LIMITS: Limits = {
-  maxFrameBytes: 1_048_576,
-  maxPutsPerFrame: 1000,
-  maxStateBytes: 65_536,
-  maxStateDepth: 32,
-  maxKeyBytes: 256,
-  maxStreamBytes: 256,
+  maxFrameBytes: DEFAULT_WIRE_LIMITS.maxFrameBytes,
+  maxPutsPerFrame: DEFAULT_WIRE_LIMITS.maxPutsPerFrame,
+  maxStateBytes: DEFAULT_WIRE_LIMITS.maxStateBytes,
+  maxStateDepth: DEFAULT_WIRE_LIMITS.maxStateDepth,
+  maxKeyBytes: DEFAULT_WIRE_LIMITS.maxKeyBytes,
+  maxStreamBytes: DEFAULT_WIRE_LIMITS.maxStreamBytes,
 };
 
 export type ConnectionState =

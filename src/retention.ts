@@ -1,0 +1,68 @@
+import type { Head } from './store/store.js';
+
+/**
+ * What may be forgotten, and what forgetting it does to a head: the per-stream ack cap and the
+ * time-based pruning pass (PROTOCOL.md, "Ack retention"). Pure; stores read the rows, call these,
+ * and delete or update what they return.
+ */
+
+export interface Position {
+  readonly epoch: number;
+  readonly seq: number;
+}
+
+export function comparePositions(a: Position, b: Position): number {
+  return a.epoch !== b.epoch ? a.epoch - b.epoch : a.seq - b.seq;
+}
+
+/**
+ * A stream holding more than `cap` acks gives up its oldest one, one for each put it consumes.
+ * The newest ack is never the one evicted: it is the head's, and the cap is at least 1.
+ */
+export function overCap(ackCount: number, cap: number): boolean {
+  return ackCount > cap;
+}
+
+/**
+ * Forgetting an ack of the current epoch raises `prunedThrough` to its seq, so a retry of it is
+ * answered `expired` rather than `stale` (an older epoch's acks never move the mark).
+ */
+export function afterForgetting(head: Head, forgotten: Position): Head {
+  if (forgotten.epoch !== head.epoch || forgotten.seq <= head.prunedThrough) return head;
+  return { epoch: head.epoch, seq: head.seq, prunedThrough: forgotten.seq };
+}
+
+/** A stream's latest ack (the head's own) is never pruned, so the latest retry always replays. */
+export function mayPrune(ack: Position, head: Head): boolean {
+  return ack.epoch !== head.epoch || ack.seq !== head.seq;
+}
+
+export interface PruneCandidate<Id> extends Position {
+  readonly streamId: Id;
+  /** The stream's head, read in the same transaction (under its row lock where there are locks). */
+  readonly head: Head;
+}
+
+export interface PrunePlan<Id> {
+  readonly deletes: ReadonlyArray<{ readonly streamId: Id } & Position>;
+  /** One entry per stream that lost acks: its new mark and how many acks it lost. */
+  readonly streams: ReadonlyArray<{ readonly streamId: Id; readonly prunedThrough: number; readonly removed: number }>;
+}
+
+/** One pruning step over acks already past the retention window. */
+export function planPrune<Id>(candidates: ReadonlyArray<PruneCandidate<Id>>): PrunePlan<Id> {
+  const deletes: Array<{ streamId: Id } & Position> = [];
+  const streams = new Map<Id, { streamId: Id; head: Head; removed: number }>();
+  for (const c of candidates) {
+    if (!mayPrune(c, c.head)) continue;
+    deletes.push({ streamId: c.streamId, epoch: c.epoch, seq: c.seq });
+    const s = streams.get(c.streamId) ?? { streamId: c.streamId, head: c.head, removed: 0 };
+    s.head = afterForgetting(s.head, c);
+    s.removed++;
+    streams.set(c.streamId, s);
+  }
+  return {
+    deletes,
+    streams: [...streams.values()].map((s) => ({ streamId: s.streamId, prunedThrough: s.head.prunedThrough, removed: s.removed })),
+  };
+}
