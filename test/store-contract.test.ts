@@ -39,7 +39,7 @@ function mk(spec: PutSpec): Put {
   };
 }
 
-interface StoreOptions { contiguous?: boolean; ackCapPerStream?: number }
+interface StoreOptions { contiguous?: boolean; ackCapPerStream?: number; ackCapSlack?: number }
 interface Harness { store: Store; clock: { now: number }; fail(): void; heal(): void }
 
 const stores: Array<[string, (o: StoreOptions) => Harness]> = [
@@ -47,7 +47,7 @@ const stores: Array<[string, (o: StoreOptions) => Harness]> = [
     const clock = { now: 1_000_000 };
     const store = new SqliteStore({
       path: ':memory:', synchronous: 'full', contiguous: o.contiguous ?? false,
-      ackCapPerStream: o.ackCapPerStream ?? 1000, now: () => clock.now,
+      ackCapPerStream: o.ackCapPerStream ?? 1000, ackCapSlack: o.ackCapSlack ?? 0, now: () => clock.now,
     });
     // A real storage fault: the connection refuses writes (SQLITE_READONLY) inside the transaction.
     const fail = () => { store.database.pragma('query_only = ON'); };
@@ -56,7 +56,9 @@ const stores: Array<[string, (o: StoreOptions) => Harness]> = [
   }],
   ['ReferenceModel', (o) => {
     const clock = { now: 1_000_000 };
-    const options = { contiguous: o.contiguous ?? false, ackCapPerStream: o.ackCapPerStream ?? 1000, now: () => clock.now, failNext: false };
+    const options = {
+      contiguous: o.contiguous ?? false, ackCapPerStream: o.ackCapPerStream ?? 1000, ackCapSlack: o.ackCapSlack ?? 0, now: () => clock.now, failNext: false,
+    };
     return { store: new ReferenceModel(options), clock, fail: () => { options.failNext = true; }, heal: () => { options.failNext = false; } };
   }],
 ];
@@ -128,6 +130,21 @@ describe.each(stores)('%s store contract', (_name, make) => {
     expect(outcomes(await run(store, { seq: 1 }, { seq: 2 }, { seq: 3 }, { seq: 4 })))
       .toEqual(['expired', 'expired', 'applied*', 'applied*']);
     expect((await store.heads('default', ['s']))[0]).toMatchObject({ seq: 4, prunedThrough: 2 });
+  });
+
+  it('with slack, keeps up to cap + slack acks, then evicts back down to the cap in one go', async () => {
+    const { store } = make({ ackCapPerStream: 2, ackCapSlack: 2 });
+    await run(store, { seq: 1 }, { seq: 2 }, { seq: 3 }, { seq: 4 });
+    // 4 acks = cap + slack: nothing evicted yet, every retry replays.
+    expect(outcomes(await run(store, { seq: 1 }, { seq: 4 }))).toEqual(['applied*', 'applied*']);
+    expect((await store.heads('default', ['s']))[0]).toMatchObject({ seq: 4, prunedThrough: 0 });
+    await run(store, { seq: 5 });
+    // The fifth ack takes the stream past cap + slack: 1, 2 and 3 go, the newest two (the cap) stay.
+    expect(outcomes(await run(store, { seq: 1 }, { seq: 3 }, { seq: 4 }, { seq: 5 })))
+      .toEqual(['expired', 'expired', 'applied*', 'applied*']);
+    expect((await store.heads('default', ['s']))[0]).toMatchObject({ seq: 5, prunedThrough: 3 });
+    await run(store, { seq: 6 }, { seq: 7 });
+    expect(outcomes(await run(store, { seq: 4 }, { seq: 7 }))).toEqual(['applied*', 'applied*']);
   });
 
   it('prunes acks older than the window but never a stream\'s latest ack, and never its head', async () => {
@@ -289,8 +306,8 @@ describe('SqliteStore against the reference model', () => {
       fc.record({ kind: fc.constant('prune' as const), windowMs: fc.integer({ min: 0, max: 3000 }) }),
     );
     await fc.assert(
-      fc.asyncProperty(fc.array(stepArb, { minLength: 1, maxLength: 25 }), fc.boolean(), fc.integer({ min: 1, max: 4 }), async (steps, contiguous, cap) => {
-        const sides = stores.map(([, make]) => make({ contiguous, ackCapPerStream: cap }));
+      fc.asyncProperty(fc.array(stepArb, { minLength: 1, maxLength: 25 }), fc.boolean(), fc.integer({ min: 1, max: 4 }), fc.integer({ min: 0, max: 3 }), async (steps, contiguous, cap, slack) => {
+        const sides = stores.map(([, make]) => make({ contiguous, ackCapPerStream: cap, ackCapSlack: slack }));
         for (const step of steps) {
           const answers: unknown[] = [];
           for (const side of sides) {
