@@ -54,7 +54,16 @@ export const OPTIONS = {
   maxStreamBytes: { kind: 'integer', default: 256, min: 1, unit: 'bytes', doc: 'Longest stream name (UTF-8).' },
   maxIdBytes: { kind: 'integer', default: 128, min: 1, unit: 'bytes', doc: 'Longest string correlation id (UTF-8).' },
   maxHelloStreams: { kind: 'integer', default: 1000, min: 0, unit: 'streams', doc: 'Most streams one hello may ask heads for.' },
+  maxNonceBytes: { kind: 'integer', default: 1024, min: 8, unit: 'bytes', doc: 'Largest ping nonce, measured in canonical msgpack; a pong echoes it.' },
   maxConnections: { kind: 'integer', default: 20_000, min: 1, unit: 'connections', doc: 'Connections beyond this are closed with 1013.' },
+  maxUnauthenticatedConnections: {
+    kind: 'integer', default: 1000, min: 1, unit: 'connections',
+    doc: 'With tokens: connections not yet authenticated. Beyond this (or at maxConnections) the oldest of them is closed with 1013.',
+  },
+  authTimeoutMs: {
+    kind: 'integer', default: 10_000, min: 10, unit: 'ms',
+    doc: 'With tokens: a connection that has not authenticated this long after it opened is closed with 4401.',
+  },
   maxInFlightBytes: {
     kind: 'integer', default: 256 * MiB, min: 64 * KiB, unit: 'bytes',
     doc: 'Server-wide memory budget: unanswered put frames plus HTTP request bodies (which may take half). Past it every WebSocket stops reading and bodies get 503.',

@@ -266,3 +266,19 @@ export class SeqgateError extends Error {
     this.details = details;
   }
 }
+
+/** An error as every transport sends it: code, message, and `retryable` as the registry says. */
+export interface ErrorBody {
+  readonly code: ErrorCode;
+  readonly message: string;
+  readonly retryable: boolean;
+  readonly [detail: string]: unknown;
+}
+
+/**
+ * The one way to build an error body, so that `retryable` always comes from ERRORS. Details follow
+ * the three fixed fields, in the caller's order: bodies are compared byte for byte by the vectors.
+ */
+export function errorBody(code: ErrorCode, message: string, details: Readonly<Record<string, unknown>> = {}): ErrorBody {
+  return { code, message, retryable: ERRORS[code].retryable, ...details };
+}

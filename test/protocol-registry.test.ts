@@ -102,7 +102,7 @@ const CODES_OF: Record<string, readonly string[]> = {
 };
 
 const LIMIT_NAMES = [
-  'maxFrameBytes', 'maxPutsPerFrame', 'maxStateBytes', 'maxStateDepth', 'maxKeyBytes', 'maxStreamBytes', 'maxIdBytes', 'maxHelloStreams',
+  'maxFrameBytes', 'maxPutsPerFrame', 'maxStateBytes', 'maxStateDepth', 'maxKeyBytes', 'maxStreamBytes', 'maxIdBytes', 'maxHelloStreams', 'maxNonceBytes',
 ] as const;
 const limitNamesMatch: Equal<(typeof LIMIT_NAMES)[number], keyof Limits> = true;
 

@@ -328,6 +328,7 @@ describe('server vectors', () => {
     'error-wrong-frame-type': () => refusal(() => decodeFrame(Buffer.from('{"type":"ping"}'), false, 'msgpack', frameDepth)),
     'error-too-deep': () => refusal(() => decodeJson(JSON.stringify({ type: 'ping', nonce: nested(frameDepth) }))),
     'error-invalid-message': () => refusal(() => decodeJson('{"type":"put","puts":{}}')),
+    'error-nonce-too-large': () => refusal(() => decodeJson(JSON.stringify({ type: 'ping', nonce: 'n'.repeat(limits.maxNonceBytes) }))),
     'error-unknown-type': () => refusal(() => decodeMsgpack(byName(clientVectors, 'frame-unknown-type').hex)),
     'error-too-many-puts': () => refusal(() => decodeJson(JSON.stringify({ type: 'put', puts: new Array(limits.maxPutsPerFrame + 1).fill({}) }))),
     'error-too-many-streams': () => refusal(() => decodeJson(JSON.stringify({ type: 'hello', streams: new Array(limits.maxHelloStreams + 1).fill('s') }))),

@@ -216,7 +216,7 @@ const rejected = [
 // ---- canonical form and fingerprints ----
 
 function valueVector(name, value, notes, extra = {}) {
-  let canon = null;
+  let canon;
   try { canon = canonical(plain(value)).toString('hex'); } catch { canon = null; }
   return {
     name, direction: 'client', hex: pack(value).toString('hex'), json: extra.json !== undefined ? extra.json : jsonOf(value),
@@ -311,7 +311,7 @@ const err = (code, message, retryable, details = {}) => ({ code, message, retrya
 const serverMessages = [
   serverVector('welcome', {
     type: 'welcome', protocol: 1, server: 'seqgate/0.1.0', incarnation: '6f1c2a0e-3b7d-4c55-9a1e-2d0b8f4e7c31', contiguous: false,
-    limits: { maxFrameBytes: 1048576, maxPutsPerFrame: 1000, maxStateBytes: 65536, maxStateDepth: 32, maxKeyBytes: 256, maxStreamBytes: 256, maxIdBytes: 128, maxHelloStreams: 1000 },
+    limits: { maxFrameBytes: 1048576, maxPutsPerFrame: 1000, maxStateBytes: 65536, maxStateDepth: 32, maxKeyBytes: 256, maxStreamBytes: 256, maxIdBytes: 128, maxHelloStreams: 1000, maxNonceBytes: 1024 },
     heads: [{ stream: 'sensor-1', epoch: 1, seq: 42, prunedThrough: 0 }, { stream: 'sensor-2', epoch: 0, seq: 0, prunedThrough: 0 }],
   }, 'Answer to hello-with-streams: sensor-2 was never written (epoch 0, seq 0). The next put of sensor-1 in epoch 1 uses seq 43.'),
   serverVector('results-applied', { type: 'results', results: [{ id: 1, outcome: 'applied', replay: false, ack: ack({}) }] },
@@ -365,6 +365,8 @@ const serverMessages = [
     'The frame limit is maxStateDepth + 3 (the put envelope adds three levels); limit names the welcome.limits field, max its value.'),
   serverVector('error-invalid-message', { type: 'error', code: 'INVALID_MESSAGE', message: 'puts must be an array', retryable: false, field: 'puts' },
     'A put message whose puts is not an array.'),
+  serverVector('error-nonce-too-large', { type: 'error', code: 'INVALID_MESSAGE', message: 'nonce exceeds 1024 bytes', retryable: false, field: 'nonce', limit: 'maxNonceBytes', max: 1024 },
+    'A ping whose nonce is over maxNonceBytes in canonical form; it is not echoed.'),
   serverVector('error-unknown-type', { type: 'error', code: 'UNKNOWN_TYPE', message: 'unknown message type "subscribe"', retryable: false, field: 'type' },
     'Answer to frame-unknown-type.'),
   serverVector('error-too-many-puts', { type: 'error', code: 'TOO_MANY_PUTS', message: '1001 puts exceed maxPutsPerFrame 1000', retryable: false, limit: 'maxPutsPerFrame', max: 1000 },

@@ -122,3 +122,83 @@ export function scanJsonDepth(text: string, maxDepth: number): ScanFault | null 
   }
   return null;
 }
+
+/** Where one value of a scanned msgpack frame lies, and how many values it holds (itself included). */
+export interface Span {
+  readonly start: number;
+  readonly end: number;
+  /** Values in the span: 1 for a scalar, 1 + every nested key, value and element for a container. */
+  readonly items: number;
+}
+
+export interface Children {
+  readonly kind: 'map' | 'array' | 'scalar';
+  /** A map's keys and values alternately (key, value, key, …), or an array's elements. */
+  readonly spans: Span[];
+}
+
+// Set by headerAt() next to its return value, to spare an allocation per value.
+let headerChildren = 0;
+
+/**
+ * The end of the header and payload of the value at `pos`; sets `headerChildren` to the number of
+ * values nested directly in it. Only for bytes that scanMsgpack() accepted.
+ */
+function headerAt(buf: Uint8Array, view: DataView, pos: number): number {
+  const b = buf[pos]!;
+  headerChildren = 0;
+  if (b <= 0x7f || b >= 0xe0 || b === 0xc0 || b === 0xc2 || b === 0xc3) return pos + 1;
+  if (b <= 0x8f) { headerChildren = (b & 0x0f) * 2; return pos + 1; }
+  if (b <= 0x9f) { headerChildren = b & 0x0f; return pos + 1; }
+  if (b <= 0xbf) return pos + 1 + (b & 0x1f);
+  switch (b) {
+    case 0xc4: case 0xd9: return pos + 2 + buf[pos + 1]!;
+    case 0xc5: case 0xda: return pos + 3 + view.getUint16(pos + 1);
+    case 0xc6: case 0xdb: return pos + 5 + view.getUint32(pos + 1);
+    case 0xca: return pos + 5;
+    case 0xcb: return pos + 9;
+    case 0xcc: case 0xd0: return pos + 2;
+    case 0xcd: case 0xd1: return pos + 3;
+    case 0xce: case 0xd2: return pos + 5;
+    case 0xcf: case 0xd3: return pos + 9;
+    case 0xdc: headerChildren = view.getUint16(pos + 1); return pos + 3;
+    case 0xdd: headerChildren = view.getUint32(pos + 1); return pos + 5;
+    case 0xde: headerChildren = view.getUint16(pos + 1) * 2; return pos + 3;
+    case 0xdf: headerChildren = view.getUint32(pos + 1) * 2; return pos + 5;
+    default: throw new RangeError(`byte 0x${b.toString(16)} at ${pos}: not a value scanMsgpack() accepted`);
+  }
+}
+
+/** The span of the value starting at `pos`. */
+function spanAt(buf: Uint8Array, view: DataView, pos: number): Span {
+  const start = pos;
+  let pending = 1;
+  let items = 0;
+  while (pending > 0) {
+    pos = headerAt(buf, view, pos);
+    pending += headerChildren - 1;
+    items++;
+  }
+  return { start, end: pos, items };
+}
+
+/**
+ * The values nested directly in the value at `start` of a frame that scanMsgpack() accepted, each
+ * with its span, without decoding any of them. A reader can then decode only the parts it needs,
+ * and refuse a part by its item count before paying for decoding it.
+ */
+export function msgpackChildren(buf: Uint8Array, start = 0): Children {
+  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const b = buf[start]!;
+  let pos = headerAt(buf, view, start);
+  const count = headerChildren;
+  const kind = (b >= 0x80 && b <= 0x8f) || b === 0xde || b === 0xdf ? 'map'
+    : (b >= 0x90 && b <= 0x9f) || b === 0xdc || b === 0xdd ? 'array' : 'scalar';
+  const spans: Span[] = [];
+  for (let i = 0; i < count; i++) {
+    const span = spanAt(buf, view, pos);
+    spans.push(span);
+    pos = span.end;
+  }
+  return { kind, spans };
+}

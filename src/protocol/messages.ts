@@ -20,6 +20,7 @@ export interface Limits {
   readonly maxStreamBytes: number;
   readonly maxIdBytes: number;
   readonly maxHelloStreams: number;
+  readonly maxNonceBytes: number;
 }
 
 /** The limits a server announces in its welcome, taken from its configuration. */
@@ -33,6 +34,7 @@ export function limitsOf(c: Config): Limits {
     maxStreamBytes: c.maxStreamBytes,
     maxIdBytes: c.maxIdBytes,
     maxHelloStreams: c.maxHelloStreams,
+    maxNonceBytes: c.maxNonceBytes,
   };
 }
 
@@ -220,10 +222,37 @@ export function parseMessage(value: unknown, limits: Limits, tenant: string): In
       return { type, streams: names, token };
     }
     case 'ping':
-      return { type, nonce: field(value, 'nonce') ?? null };
+      return { type, nonce: checkedNonce(field(value, 'nonce') ?? null, limits) };
     default:
       throw new SeqgateError('UNKNOWN_TYPE', `unknown message type "${type.slice(0, 64)}"`, { field: 'type' });
   }
+}
+
+/**
+ * A pong echoes its ping's nonce: bounded, so that pings cannot make the server queue large
+ * answers (a pong costs what its nonce costs, on the way out too).
+ */
+function checkedNonce(nonce: unknown, limits: Limits): unknown {
+  try {
+    canonicalEncode(nonce, { maxBytes: limits.maxNonceBytes, maxDepth: limits.maxStateDepth, bytesLimitName: 'maxNonceBytes', depthLimitName: 'maxStateDepth' }, 'nonce');
+  } catch (err) {
+    if (!(err instanceof CanonicalError)) throw err;
+    throw new SeqgateError('INVALID_MESSAGE', err.message, {
+      field: 'nonce', ...(err.limit === 'maxNonceBytes' ? { limit: 'maxNonceBytes', max: limits.maxNonceBytes } : {}),
+    });
+  }
+  return nonce;
+}
+
+/** The answer to a put whose state is over maxStateBytes, as parsePut gives it. */
+export function oversizeStateResult(id: CorrelationId, limits: Limits): WireResult {
+  return {
+    id, outcome: 'invalid',
+    error: {
+      code: 'LIMIT_EXCEEDED', message: `state exceeds ${limits.maxStateBytes} bytes`, retryable: false,
+      field: 'state', limit: 'maxStateBytes', max: limits.maxStateBytes,
+    },
+  };
 }
 
 export function wireAck(ack: Ack): WireAck {

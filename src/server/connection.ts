@@ -1,10 +1,12 @@
+import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type WebSocket from 'ws';
 import { reach } from '../crash-points.js';
 import { ERRORS, SeqgateError } from '../errors.js';
-import { decodeFrame, encodeMessage, ENVELOPE_DEPTH, type WireFormat } from '../protocol/codec.js';
+import { encodeMessage, type WireFormat } from '../protocol/codec.js';
+import { IncomingFrame } from '../protocol/frame.js';
 import {
-  errorMessage, forbiddenResult, headsForWire, parseMessage, wireResult, type Limits, type WireResult,
+  errorMessage, forbiddenResult, headsForWire, wireResult, type IncomingMessage, type Limits, type WireResult,
 } from '../protocol/messages.js';
 import type { Put, Store } from '../store/store.js';
 import { mayReadStream, mayWrite, type Authenticator, type Principal } from './auth.js';
@@ -14,21 +16,52 @@ import type { Metrics } from './metrics.js';
 /**
  * One client connection: frames in, answers out in the order of the frames that caused them.
  * A put's result waits for its batch to commit; an `invalid` or an error answer waits behind
- * earlier answers so that order holds. Reading stops while this connection has too many
- * unanswered bytes or too many unsent ones (backpressure), and a client that never reads is closed.
+ * earlier answers so that order holds.
+ *
+ * What one connection may cost the server is bounded:
+ * - every byte queued for it (results, pongs, errors, welcomes) counts against
+ *   `outboundHighWaterBytes`: above it reading stops, and a client that leaves it there is closed;
+ * - unanswered put bytes count against `connectionInFlightBytes` and the server-wide budget;
+ * - a message still arriving (fragments included) counts against the server-wide budget;
+ * - per event-loop turn it gets at most TURN_BUDGET_BYTES / TURN_BUDGET_FRAMES of frame handling;
+ *   what arrived beyond that waits, reading paused, for the next turn, so one busy connection
+ *   cannot hold up everyone else's puts;
+ * - once the server decides to close it, nothing more it sends is handled, and the socket is
+ *   destroyed CLOSE_GRACE_MS later whether or not the client completes the close handshake.
  */
+
+/** Frame bytes one connection may have handled per event-loop turn before yielding. */
+export const TURN_BUDGET_BYTES = 64 * 1024;
+/** Frames one connection may have handled per event-loop turn before yielding. */
+export const TURN_BUDGET_FRAMES = 64;
+/** How long a connection the server closes has to complete the close handshake, in ms. */
+export const CLOSE_GRACE_MS = 1000;
+/**
+ * Unsent bytes an unauthenticated connection may have queued (its pongs and errors) before the
+ * server stops reading from it: it has no results to wait for, so it needs far less than
+ * outboundHighWaterBytes, and many of them must not add up to much.
+ */
+export const UNAUTHENTICATED_OUTBOUND_BYTES = 16 * 1024;
 
 export interface FlowLimits {
   readonly connectionInFlightBytes: number;
   readonly outboundHighWaterBytes: number;
   readonly slowConsumerTimeoutMs: number;
+  readonly authTimeoutMs: number;
 }
 
-/** Shared across connections: the server-wide budget of unanswered frame bytes. */
+/**
+ * Shared across connections: the server-wide budget of unanswered frame bytes and of messages
+ * still arriving. Unauthenticated connections' partial messages have a share of their own.
+ */
 export interface InFlightBudget {
   bytes: number;
   readonly maxBytes: number;
   readonly waiting: Set<Connection>;
+  unauthenticatedPartialBytes: number;
+  readonly maxUnauthenticatedPartialBytes: number;
+  /** Unauthenticated connections paused because their share is used up. */
+  readonly unauthenticatedWaiting: Set<Connection>;
 }
 
 export interface ConnectionContext {
@@ -42,39 +75,80 @@ export interface ConnectionContext {
   readonly log: Logger;
   readonly welcome: () => object;
   readonly onClose: (conn: Connection) => void;
+  /** The connection authenticated with a hello's token. */
+  readonly onAuthenticated: (conn: Connection) => void;
 }
 
 type Entry =
   | { kind: 'results'; results: Array<WireResult | undefined>; pending: number; bytes: number }
   | { kind: 'message'; message: object | undefined };
 
+interface Inbound {
+  readonly data: Buffer;
+  readonly isBinary: boolean;
+}
+
 export class Connection {
   /** Set by the heartbeat sweep, cleared by any sign of life. */
   alive = true;
+  /** When the connection opened (performance.now()); the oldest unauthenticated one is evicted first. */
+  readonly openedAt = performance.now();
   private readonly outbox: Entry[] = [];
   private inFlightBytes = 0;
-  private paused = false;
+  /** Over a flow limit (hysteresis: until all are back under half). */
+  private flowPaused = false;
+  /** Whether the socket is paused right now, for whatever reason. */
+  private socketPaused = false;
+  /** Unauthenticated, and the unauthenticated share of half-sent messages is used up. */
+  private partialPaused = false;
   private slowTimer: NodeJS.Timeout | undefined;
+  private authTimer: NodeJS.Timeout | undefined;
+  private graceTimer: NodeJS.Timeout | undefined;
   private closed = false;
+  /** The server decided to close: nothing read from now on is handled. */
+  private closing = false;
+  /** Shutdown: no more reading, but what was read is still answered. */
   private stoppedForGood = false;
   private flushScheduled = false;
+  private readonly inbound: Inbound[] = [];
+  private turnBytes = 0;
+  private turnFrames = 0;
+  private turnScheduled: NodeJS.Immediate | undefined;
+  /** Bytes of a message still arriving (an upper bound: what was read since the last whole one). */
+  private partialBytes = 0;
 
   constructor(
     readonly ws: WebSocket,
+    socket: Socket,
     readonly format: WireFormat,
     private readonly ctx: ConnectionContext,
     /** Known from the upgrade request, or learnt from the first hello's token (browsers). */
     private principalOrNone: Principal | undefined,
   ) {
+    // Counted before ws parses the bytes, so a message that completes in this read is released
+    // by its 'message' event right after.
+    socket.prependListener('data', (chunk: Buffer) => this.arrived(chunk.length));
     ws.on('message', (data: Buffer, isBinary: boolean) => this.receive(data, isBinary));
-    ws.on('pong', () => { this.alive = true; });
+    ws.on('ping', () => { this.releasePartial(); this.updateFlow(); });
+    ws.on('pong', () => { this.releasePartial(); this.alive = true; });
     ws.on('close', () => this.onClosed());
-    ws.on('error', (err) => ctx.log.debug({ err }, 'connection error'));
+    ws.on('error', (err) => {
+      // ws closes on its own after a protocol error (1002, 1007, 1009): the same rules apply.
+      ctx.log.debug({ err }, 'connection error');
+      this.decidedToClose();
+    });
+    if (principalOrNone === undefined) {
+      this.authTimer = setTimeout(() => {
+        this.authTimer = undefined;
+        this.ctx.log.debug('closing a connection that did not authenticate in time');
+        this.close(ERRORS.UNAUTHORIZED.closeCode, 'UNAUTHORIZED');
+      }, ctx.flow.authTimeoutMs);
+    }
   }
 
   /** True while reading is paused; the heartbeat sweep leaves such connections to the flow rules. */
   get isPaused(): boolean {
-    return this.paused;
+    return this.socketPaused;
   }
 
   /** True when every frame read so far has been answered and handed to the socket. */
@@ -82,23 +156,112 @@ export class Connection {
     return this.outbox.length === 0;
   }
 
+  get authenticated(): boolean {
+    return this.principalOrNone !== undefined;
+  }
+
+  /** The token this connection authenticated with, if any yet. */
+  get principal(): Principal | undefined {
+    return this.principalOrNone;
+  }
+
+  private arrived(bytes: number): void {
+    if (this.closed) return;
+    this.partialBytes += bytes;
+    this.addBudget(bytes);
+    if (this.principalOrNone === undefined) {
+      const budget = this.ctx.budget;
+      budget.unauthenticatedPartialBytes += bytes;
+      // Reading more would only hold more: what is read stays in memory until the message ends.
+      // Not reading leaves it in the kernel's buffers, and the auth deadline ends the wait.
+      if (budget.unauthenticatedPartialBytes > budget.maxUnauthenticatedPartialBytes && this.partialBytes > 0) {
+        this.partialPaused = true;
+        budget.unauthenticatedWaiting.add(this);
+      }
+    }
+    this.updateFlow();
+  }
+
+  private releasePartial(): void {
+    if (this.partialBytes === 0) return;
+    if (this.principalOrNone === undefined) this.releaseUnauthenticatedShare(this.partialBytes);
+    this.addBudget(-this.partialBytes);
+    this.partialBytes = 0;
+  }
+
+  private releaseUnauthenticatedShare(bytes: number): void {
+    const budget = this.ctx.budget;
+    budget.unauthenticatedPartialBytes -= bytes;
+    budget.unauthenticatedWaiting.delete(this);
+    this.partialPaused = false;
+    if (budget.unauthenticatedPartialBytes <= budget.maxUnauthenticatedPartialBytes / 2 && budget.unauthenticatedWaiting.size > 0) {
+      for (const conn of [...budget.unauthenticatedWaiting]) {
+        budget.unauthenticatedWaiting.delete(conn);
+        conn.partialPaused = false;
+        conn.applyPause();
+      }
+    }
+  }
+
   private receive(data: Buffer, isBinary: boolean): void {
-    if (this.stoppedForGood) return;
+    this.releasePartial();
+    // Once the server has decided to close (or stopped reading for shutdown), what still comes is
+    // not even decoded: the client learns from the close code to resend it elsewhere.
+    if (this.closing || this.stoppedForGood) return;
     this.alive = true;
-    let message;
+    if (this.inbound.length === 0 && !this.flowPaused && this.turnHasRoom()) {
+      this.handle(data, isBinary);
+      return;
+    }
+    // Beyond this turn's share: wait for the next turn, reading paused. What waits is only what
+    // ws had already read (at most a read or a frame), so this queue stays short.
+    this.inbound.push({ data, isBinary });
+    this.applyPause();
+    this.scheduleTurn();
+  }
+
+  private turnHasRoom(): boolean {
+    return this.turnBytes < TURN_BUDGET_BYTES && this.turnFrames < TURN_BUDGET_FRAMES;
+  }
+
+  /** Handles waiting frames as far as this turn's share and the flow limits allow. */
+  private drain(): void {
+    while (this.inbound.length > 0 && !this.flowPaused && !this.closing && !this.stoppedForGood && this.turnHasRoom()) {
+      const next = this.inbound.shift()!;
+      this.handle(next.data, next.isBinary);
+    }
+    if (this.inbound.length > 0 && !this.flowPaused) this.scheduleTurn();
+    this.applyPause();
+  }
+
+  /** The next turn starts with a fresh share, and handles what waited. */
+  private scheduleTurn(): void {
+    this.turnScheduled ??= setImmediate(() => {
+      this.turnScheduled = undefined;
+      this.turnBytes = 0;
+      this.turnFrames = 0;
+      this.drain();
+    });
+  }
+
+  private handle(data: Buffer, isBinary: boolean): void {
+    this.turnBytes += data.length;
+    this.turnFrames++;
+    this.scheduleTurn();
+    let message: IncomingMessage;
     try {
-      const value = decodeFrame(data, isBinary, this.format, this.ctx.limits.maxStateDepth + ENVELOPE_DEPTH);
-      message = parseMessage(value, this.ctx.limits, this.principalOrNone?.tenant ?? '');
+      const frame = IncomingFrame.open(data, isBinary, this.format, this.ctx.limits);
+      // Authentication first: before it, only a ping or a hello is looked at any further.
+      if (this.principalOrNone === undefined && frame.type !== 'ping' && frame.type !== 'hello') {
+        // A frame that is no message at all (not a map, no string type, an unknown type) keeps
+        // its own code; that costs only its type. A put is not looked into.
+        if (frame.type !== 'put') frame.message(this.ctx.limits, '');
+        throw unauthorized();
+      }
+      message = frame.message(this.ctx.limits, this.principalOrNone?.tenant ?? '');
       if (this.principalOrNone === undefined) this.authenticate(message);
     } catch (caught) {
-      // A bug in validation must cost this frame, never the process and everyone else's puts.
-      const err = caught instanceof SeqgateError ? caught : new SeqgateError('INVALID_MESSAGE', 'the message could not be processed');
-      if (!(caught instanceof SeqgateError)) this.ctx.log.error({ err: caught }, 'unexpected error while reading a frame');
-      this.ctx.log.debug({ code: err.code }, 'rejected frame');
-      this.ctx.metrics.rejectedFrames.inc({ code: err.code });
-      this.outbox.push({ kind: 'message', message: errorMessage(err) });
-      this.flush();
-      if (err.code === 'UNAUTHORIZED') this.close(ERRORS.UNAUTHORIZED.closeCode, 'UNAUTHORIZED');
+      this.refuse(caught);
       return;
     }
     const principal = this.principalOrNone!;
@@ -107,6 +270,7 @@ export class Connection {
       case 'ping':
         // Answered at once, ahead of pending results: it measures liveness, not progress.
         this.send({ type: 'pong', nonce: message.nonce });
+        this.updateFlow();
         return;
       case 'hello': {
         const denied = message.streams.find((stream) => !mayReadStream(principal, stream));
@@ -166,19 +330,30 @@ export class Connection {
     }
   }
 
-  /** Before authentication only a hello carrying a valid token (or a ping) is accepted. */
-  private authenticate(message: { type: string; token?: string | undefined }): void {
-    if (message.type === 'ping') return;
-    const principal = message.type === 'hello' ? this.ctx.auth.authenticate(message.token) : undefined;
-    if (principal === undefined) {
-      throw new SeqgateError('UNAUTHORIZED', 'send a hello with a valid token (or a bearer token on the upgrade) first');
-    }
-    this.principalOrNone = principal;
+  /** A frame refused as a whole: its error takes its place among the answers. */
+  private refuse(caught: unknown): void {
+    // A bug in validation must cost this frame, never the process and everyone else's puts.
+    const err = caught instanceof SeqgateError ? caught : new SeqgateError('INVALID_MESSAGE', 'the message could not be processed');
+    if (!(caught instanceof SeqgateError)) this.ctx.log.error({ err: caught }, 'unexpected error while reading a frame');
+    this.ctx.log.debug({ code: err.code }, 'rejected frame');
+    this.ctx.metrics.rejectedFrames.inc({ code: err.code });
+    this.outbox.push({ kind: 'message', message: errorMessage(err) });
+    this.flush();
+    if (err.code === 'UNAUTHORIZED') this.close(ERRORS.UNAUTHORIZED.closeCode, 'UNAUTHORIZED');
   }
 
-  /** The token this connection authenticated with, if any yet. */
-  get principal(): Principal | undefined {
-    return this.principalOrNone;
+  /** Before authentication only a hello carrying a valid token (or a ping) is accepted. */
+  private authenticate(message: IncomingMessage): void {
+    if (message.type === 'ping') return;
+    const principal = message.type === 'hello' ? this.ctx.auth.authenticate(message.token) : undefined;
+    if (principal === undefined) throw unauthorized();
+    // Its partial-message bytes move from the unauthenticated share to the common one.
+    this.releaseUnauthenticatedShare(this.partialBytes);
+    this.principalOrNone = principal;
+    clearTimeout(this.authTimer);
+    this.authTimer = undefined;
+    this.ctx.onAuthenticated(this);
+    this.updateFlow();
   }
 
   /**
@@ -216,6 +391,7 @@ export class Connection {
     this.updateFlow();
   }
 
+  /** Every byte the server queues for this connection goes through here, and is checked against its bound. */
   private send(message: object, sent?: () => void): void {
     if (this.closed) return;
     let frame: Buffer | string;
@@ -234,6 +410,10 @@ export class Connection {
 
   private addInFlight(bytes: number): void {
     this.inFlightBytes += bytes;
+    this.addBudget(bytes);
+  }
+
+  private addBudget(bytes: number): void {
     const budget = this.ctx.budget;
     budget.bytes += bytes;
     if (bytes < 0 && budget.bytes <= budget.maxBytes / 2 && budget.waiting.size > 0) {
@@ -244,30 +424,35 @@ export class Connection {
     }
   }
 
+  private get outboundLimit(): number {
+    const { outboundHighWaterBytes } = this.ctx.flow;
+    return this.principalOrNone === undefined ? Math.min(outboundHighWaterBytes, UNAUTHENTICATED_OUTBOUND_BYTES) : outboundHighWaterBytes;
+  }
+
   /** Pauses reading above the high-water marks, resumes below half of them. */
   updateFlow(): void {
     if (this.closed) return;
     const { flow, budget } = this.ctx;
     const outbound = this.ws.bufferedAmount;
+    const outboundLimit = this.outboundLimit;
     const over = this.inFlightBytes > flow.connectionInFlightBytes
-      || outbound > flow.outboundHighWaterBytes
+      || outbound > outboundLimit
       || budget.bytes > budget.maxBytes;
     const under = this.inFlightBytes <= flow.connectionInFlightBytes / 2
-      && outbound <= flow.outboundHighWaterBytes / 2
+      && outbound <= outboundLimit / 2
       && budget.bytes <= budget.maxBytes / 2;
 
     if (budget.bytes > budget.maxBytes) budget.waiting.add(this);
-    if (over && !this.paused) {
-      this.paused = true;
-      this.ws.pause();
-    } else if (under && this.paused && !this.stoppedForGood) {
-      this.paused = false;
-      this.ws.resume();
+    if (over) this.flowPaused = true;
+    else if (under && this.flowPaused) {
+      this.flowPaused = false;
+      if (this.inbound.length > 0) this.scheduleTurn();
     }
+    this.applyPause();
 
     // Paused with unread answers: the client has that long to start reading. (Paused only for
     // unanswered puts is the server's own delay and never closes anyone.)
-    if (this.paused && outbound > flow.outboundHighWaterBytes / 2) {
+    if (this.flowPaused && outbound > outboundLimit / 2 && !this.closing) {
       this.slowTimer ??= setTimeout(() => this.closeSlowConsumer(), flow.slowConsumerTimeoutMs);
     } else if (this.slowTimer !== undefined) {
       clearTimeout(this.slowTimer);
@@ -275,39 +460,79 @@ export class Connection {
     }
   }
 
-  /** Stops reading for good (shutdown): frames already read are still answered. */
+  /**
+   * Reading is paused while over a flow limit, while frames wait for the next turn, and after
+   * shutdown stopped it. A closing connection reads again (dropping every frame unread) only to
+   * find the client's close frame, and only if the client reads: one that leaves its answers
+   * unread will not answer the close either, and reading what it still sends is wasted work.
+   */
+  private applyPause(): void {
+    if (this.closed) return;
+    const pause = this.closing
+      ? this.ws.bufferedAmount > this.outboundLimit
+      : this.stoppedForGood || this.flowPaused || this.partialPaused || this.inbound.length > 0;
+    if (pause === this.socketPaused) return;
+    this.socketPaused = pause;
+    if (pause) this.ws.pause();
+    else this.ws.resume();
+  }
+
+  /** Stops reading for good (shutdown): frames already handled are still answered. */
   stop(): void {
     this.stoppedForGood = true;
-    this.paused = true;
-    this.ws.pause();
+    // Frames that waited for their turn were never handled: like frames still on the wire, they
+    // go unanswered and the client resends them.
+    this.inbound.length = 0;
+    this.applyPause();
   }
 
   private closeSlowConsumer(): void {
     this.slowTimer = undefined;
-    if (this.ws.bufferedAmount <= this.ctx.flow.outboundHighWaterBytes / 2) return;
-    this.ctx.log.warn({ bufferedBytes: this.ws.bufferedAmount }, 'closing slow consumer');
-    // Nothing read after this decision is processed: its answers could never be delivered.
-    this.stoppedForGood = true;
-    this.ws.close(ERRORS.SLOW_CONSUMER.closeCode, 'SLOW_CONSUMER');
-    // A client that does not read will not answer the close handshake either.
-    setTimeout(() => this.ws.terminate(), 1000).unref();
+    if (this.ws.bufferedAmount <= this.outboundLimit / 2) return;
+    this.ctx.log.warn({ bufferedBytes: this.ws.bufferedAmount, authenticated: this.authenticated }, 'closing slow consumer');
+    this.close(ERRORS.SLOW_CONSUMER.closeCode, 'SLOW_CONSUMER');
   }
 
   /**
-   * Closes with `code`. A stopped connection resumes reading only so the close handshake can
-   * complete; frames that arrive after stop() are dropped unanswered, and the client resends them.
+   * Closes with `code`. From this decision on nothing the client sends is handled (frames that
+   * waited for their turn are dropped unanswered; the client resends them), and the socket is
+   * destroyed CLOSE_GRACE_MS later if the close handshake has not completed by then.
    */
   close(code: number, reason: string): void {
-    if (this.stoppedForGood) this.ws.resume();
+    if (this.closing || this.closed) return;
+    this.decidedToClose();
     this.ws.close(code, reason);
+  }
+
+  private decidedToClose(): void {
+    if (this.closed) return;
+    this.closing = true;
+    this.inbound.length = 0;
+    clearTimeout(this.authTimer);
+    this.authTimer = undefined;
+    clearTimeout(this.slowTimer);
+    this.slowTimer = undefined;
+    this.applyPause();
+    // A client that does not read will not answer the close handshake either.
+    this.graceTimer ??= setTimeout(() => this.ws.terminate(), CLOSE_GRACE_MS);
   }
 
   private onClosed(): void {
     if (this.closed) return;
     this.closed = true;
-    if (this.slowTimer !== undefined) clearTimeout(this.slowTimer);
+    this.closing = true;
+    this.inbound.length = 0;
+    clearTimeout(this.slowTimer);
+    clearTimeout(this.authTimer);
+    clearTimeout(this.graceTimer);
+    if (this.turnScheduled !== undefined) clearImmediate(this.turnScheduled);
+    this.releasePartial();
     // Unanswered puts still commit (the client may retry them); their bytes leave the budget then.
     this.ctx.budget.waiting.delete(this);
     this.ctx.onClose(this);
   }
+}
+
+function unauthorized(): SeqgateError {
+  return new SeqgateError('UNAUTHORIZED', 'send a hello with a valid token (or a bearer token on the upgrade) first');
 }

@@ -13,7 +13,7 @@ import type { Store } from '../store/store.js';
 import { SEQGATE_VERSION } from '../version.js';
 import { Authenticator, bearerToken, isLoopbackHost } from './auth.js';
 import { Committer, type BatchInfo } from './committer.js';
-import { Connection, type InFlightBudget } from './connection.js';
+import { CLOSE_GRACE_MS, Connection, type InFlightBudget } from './connection.js';
 import { createHttpHandler } from './http-api.js';
 import { guarded } from './listener-guard.js';
 import { Metrics } from './metrics.js';
@@ -55,6 +55,8 @@ export interface StartOptions {
 
 export class SeqgateServer {
   private readonly connections = new Set<Connection>();
+  /** Connections that have not authenticated yet, oldest first (a Set keeps insertion order). */
+  private readonly unauthenticated = new Set<Connection>();
   private readonly httpSockets = new Set<Socket>();
   private sweepTimer: NodeJS.Timeout | undefined;
   private tokenWatch: TokensFileWatch | undefined;
@@ -124,6 +126,9 @@ export class SeqgateServer {
       noServer: true,
       maxPayload: config.maxFrameBytes,
       perMessageDeflate: false,
+      // ws's own wait for a close handshake the server started (30 s by default); ws 8.23 has
+      // the option, @types/ws does not list it yet.
+      ...({ closeTimeout: CLOSE_GRACE_MS } as object),
       // The first subprotocol the client offers that this server speaks wins (RFC 6455 4.2.2).
       handleProtocols: (protocols) => {
         for (const p of protocols) if (p === SUBPROTOCOL_JSON || p === SUBPROTOCOL_MSGPACK) return p;
@@ -169,7 +174,15 @@ export class SeqgateServer {
 
   private attach(maxInFlightBytes: number): void {
     const limits = this.limits;
-    const budget: InFlightBudget = { bytes: 0, maxBytes: maxInFlightBytes, waiting: new Set() };
+    const budget: InFlightBudget = {
+      bytes: 0,
+      maxBytes: maxInFlightBytes,
+      waiting: new Set(),
+      unauthenticatedPartialBytes: 0,
+      // Messages half-sent by clients that have not shown a token get a small share of the budget.
+      maxUnauthenticatedPartialBytes: Math.floor(maxInFlightBytes / 16),
+      unauthenticatedWaiting: new Set(),
+    };
     this.acceptHttp(budget);
     const welcome = {
       type: 'welcome',
@@ -189,7 +202,11 @@ export class SeqgateServer {
       metrics: this.metrics,
       log: this.log,
       welcome: () => welcome,
-      onClose: (conn: Connection) => this.connections.delete(conn),
+      onClose: (conn: Connection) => {
+        this.connections.delete(conn);
+        this.unauthenticated.delete(conn);
+      },
+      onAuthenticated: (conn: Connection) => this.unauthenticated.delete(conn),
     };
 
     const upgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
@@ -217,12 +234,18 @@ export class SeqgateServer {
       }
       if (token === undefined && this.auth.enabled) principal = undefined;
       this.wss.handleUpgrade(req, socket, head, guarded(this.log, 'WebSocket accept', (ws: WebSocket) => {
+        // Connections that have not authenticated never keep out one that has a token: the
+        // oldest of them makes room, and they have a smaller cap of their own.
+        if (this.connections.size >= this.config.maxConnections) this.evictOldestUnauthenticated();
+        if (principal === undefined && this.unauthenticated.size >= this.config.maxUnauthenticatedConnections) this.evictOldestUnauthenticated();
         if (this.connections.size >= this.config.maxConnections) {
           ws.close(ERRORS.TOO_MANY_CONNECTIONS.closeCode, 'TOO_MANY_CONNECTIONS');
           return;
         }
         const format = ws.protocol === SUBPROTOCOL_JSON ? 'json' : 'msgpack';
-        this.connections.add(new Connection(ws, format, context, principal));
+        const conn = new Connection(ws, socket as Socket, format, context, principal);
+        this.connections.add(conn);
+        if (principal === undefined) this.unauthenticated.add(conn);
       }, (_err, ws) => ws.terminate()));
     };
     this.http.on('upgrade', guarded(this.log, 'WebSocket upgrade', upgrade, (_err, _req, socket) => {
@@ -275,6 +298,17 @@ export class SeqgateServer {
 
   get connectionCount(): number {
     return this.connections.size;
+  }
+
+  /** Closes the unauthenticated connection that has waited longest; it stops counting at once. */
+  private evictOldestUnauthenticated(): void {
+    const oldest = this.unauthenticated.values().next();
+    if (oldest.done === true) return;
+    const conn = oldest.value;
+    this.unauthenticated.delete(conn);
+    this.connections.delete(conn);
+    this.log.info('closing the oldest unauthenticated connection to make room');
+    conn.close(ERRORS.TOO_MANY_CONNECTIONS.closeCode, 'TOO_MANY_CONNECTIONS');
   }
 
   /**

@@ -54,6 +54,8 @@ interface AckRow {
 
 const OUTCOME_CODES = { applied: 0, version_conflict: 1 } as const;
 
+class ProbeDone extends Error {}
+
 
 export class SqliteStore implements Store {
   readonly incarnation: string;
@@ -66,6 +68,8 @@ export class SqliteStore implements Store {
   private readonly reader: BatchReader<number>;
   private readonly runPrune: (olderThan: number, maxRows: number) => { pruned: number; done: boolean };
   private pruneCursor: [number, number, number, number] = [-1, -1, -1, -1];
+  /** Whether the last batch failed to commit; readiness then needs a probe that really commits. */
+  private lastWriteFailed = false;
   /** The files SQLite has open; checked before every commit and readiness answer. */
   private readonly files: FileIdentity | undefined;
 
@@ -190,8 +194,11 @@ export class SqliteStore implements Store {
   apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>>;
   async apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>> {
     try {
-      return this.runBatch(batch);
+      const results = this.runBatch(batch);
+      this.lastWriteFailed = false;
+      return results;
     } catch (err) {
+      this.lastWriteFailed = true;
       // The transaction rolled back: nothing of the batch was applied or consumed.
       throw storageUnavailable(err);
     }
@@ -257,14 +264,22 @@ export class SqliteStore implements Store {
 
   async ready(): Promise<void> {
     this.files?.assertSame();
-    // A real commit that leaves every row as it was. It allocates pages (refused at max_page_count,
-    // like a put that needs room), appends to the WAL and syncs like a batch, so a database that
-    // cannot take a write fails here too and not only in puts.
+    // A write that allocates pages (refused at max_page_count, like a put that needs room) and
+    // leaves every row as it was. Normally it is rolled back: /readyz needs no token, so a probe
+    // must cost no fsync. After a batch failed to commit (a full disk shows only at commit), the
+    // probe commits, and readiness comes back only when a write really commits again.
+    const commit = this.lastWriteFailed;
     const probe = this.db.transaction(() => {
       this.stmt.insertProbe.run('x'.repeat(2 * (this.db.pragma('page_size', { simple: true }) as number)));
       this.stmt.deleteProbe.run();
+      if (!commit) throw new ProbeDone();
     });
-    probe.immediate();
+    try {
+      probe.immediate();
+    } catch (err) {
+      if (!(err instanceof ProbeDone)) throw err;
+    }
+    this.lastWriteFailed = false;
   }
 
   async pruneIdempotency(olderThan: number, maxRows: number): Promise<number> {

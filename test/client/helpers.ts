@@ -34,7 +34,7 @@ export async function outcome<T>(p: Promise<T>): Promise<{ ok: true; value: T } 
 class Resolved extends Error {}
 
 /** The error `p` rejects with; throws if it resolves instead. */
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- callers assert on fields of whichever error class they expect
 export async function failure(p: Promise<unknown>): Promise<any> {
   let value: unknown;
   try {

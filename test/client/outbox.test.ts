@@ -3,12 +3,14 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ClientClosedError, MemoryOutbox, type Outbox, type OutboxEntry, type PutSettlement, type StreamRecord } from '@seqgate/client';
+import { ClientClosedError, MemoryOutbox, type PutSettlement } from '@seqgate/client';
 import { SqliteOutbox } from '@seqgate/client/node';
+import { KeyValueOutbox, type KeyValueStore } from '@seqgate/client/async-storage';
 import { ERRORS } from '../../src/errors.js';
 import { FaultProxy } from '../support/fault-proxy.js';
 import { startTestServer } from '../support/test-client.js';
 import { failure, newClient, waitUntil } from './helpers.js';
+import { entry, outboxContract, record, type OutboxMaker } from './outbox-contract.js';
 
 const cleanups: Array<() => Promise<unknown> | unknown> = [];
 afterEach(async () => {
@@ -21,59 +23,47 @@ function tempDir(): string {
   return dir;
 }
 
-const record = (over: Partial<StreamRecord> = {}): StreamRecord => ({
-  epoch: 3, nextSeq: 10, lastAcked: { epoch: 3, seq: 7 }, incarnation: 'inc-1', checkpoint: { offset: 41, file: 'log-2' }, ...over,
-});
-const entry = (pos: number, over: Partial<OutboxEntry> = {}): OutboxEntry => ({
-  pos, epoch: 3, seq: pos + 7, key: `k${pos}`, state: Uint8Array.of(0x81, 0xa1, 0x61, pos), ifVersion: null, createdAt: 1_700_000_000_000 + pos, ...over,
-});
-
-function plain(entries: OutboxEntry[]): unknown[] {
-  return entries.map((e) => ({ ...e, state: e.state === null ? null : [...e.state] }));
-}
-
-const kinds: Array<[string, () => Outbox]> = [
-  ['MemoryOutbox', () => new MemoryOutbox()],
-  ['SqliteOutbox', () => {
-    const o = new SqliteOutbox(join(tempDir(), 'outbox.sqlite'));
-    cleanups.push(() => o.close());
-    return o;
+const kinds: Array<[string, OutboxMaker]> = [
+  ['MemoryOutbox', { make: () => new MemoryOutbox() }],
+  ['SqliteOutbox', {
+    make: () => {
+      const o = new SqliteOutbox(join(tempDir(), 'outbox.sqlite'));
+      cleanups.push(() => o.close());
+      return o;
+    },
+    reopen: (o) => {
+      const path = (o as SqliteOutbox).path;
+      (o as SqliteOutbox).close();
+      const again = new SqliteOutbox(path);
+      cleanups.push(() => again.close());
+      return again;
+    },
   }],
 ];
 
-describe.each(kinds)('%s', (_, make) => {
-  it('starts with no record and no entries for a stream', async () => {
-    expect(await make().load('s')).toEqual({ record: null, entries: [] });
-  });
+/** React Native's AsyncStorage as far as KeyValueOutbox uses it: strings, each key written atomically. */
+class MemoryAsyncStorage implements KeyValueStore {
+  readonly data = new Map<string, string>();
+  async getItem(key: string): Promise<string | null> { return this.data.get(key) ?? null; }
+  async setItem(key: string, value: string): Promise<void> {
+    if (typeof value !== 'string') throw new TypeError('AsyncStorage stores strings only');
+    this.data.set(key, value);
+  }
+  async removeItem(key: string): Promise<void> { this.data.delete(key); }
+}
+kinds.push(['KeyValueOutbox over an AsyncStorage fake', {
+  make: () => new KeyValueOutbox(new MemoryAsyncStorage()),
+  // A restart: a new outbox on what the store holds, through a copy (nothing shared but strings).
+  reopen: (o) => {
+    const copy = new MemoryAsyncStorage();
+    for (const [k, v] of (o as unknown as { kv: MemoryAsyncStorage }).kv.data) copy.data.set(k, v);
+    return new KeyValueOutbox(copy);
+  },
+}]);
 
-  it('keeps appended entries in order with the record, and removes settled ones', async () => {
-    const o = make();
-    await o.append('s', record(), [entry(1), entry(2, { state: null }), entry(3, { ifVersion: 0 })]);
-    await o.append('other', record({ epoch: 1 }), [entry(1, { key: 'x' })]);
-    await o.settle('s', record({ lastAcked: { epoch: 3, seq: 9 } }), [2]);
-    const loaded = await o.load('s');
-    expect(loaded.record).toEqual(record({ lastAcked: { epoch: 3, seq: 9 } }));
-    expect(plain(loaded.entries)).toEqual(plain([entry(1), entry(3, { ifVersion: 0 })]));
-    expect((await o.load('other')).entries.map((e) => e.key)).toEqual(['x']);
-  });
-
-  it('replaces every entry of a stream at once, and forgets a stream entirely', async () => {
-    const o = make();
-    await o.append('s', record(), [entry(1), entry(2)]);
-    await o.replace('s', record({ epoch: 4, nextSeq: 2, lastAcked: null, checkpoint: undefined }), [entry(2, { epoch: 4, seq: 1 })]);
-    const loaded = await o.load('s');
-    expect(loaded.record).toEqual(record({ epoch: 4, nextSeq: 2, lastAcked: null, checkpoint: undefined }));
-    expect(plain(loaded.entries)).toEqual(plain([entry(2, { epoch: 4, seq: 1 })]));
-    await o.forget('s');
-    expect(await o.load('s')).toEqual({ record: null, entries: [] });
-  });
-
-  it('stores a record whose epoch is not decided yet, with unnumbered entries', async () => {
-    const o = make();
-    await o.append('s', record({ epoch: null, nextSeq: 1, lastAcked: null, incarnation: null }), [entry(1, { epoch: 0, seq: 0 })]);
-    const loaded = await o.load('s');
-    expect(loaded.record).toMatchObject({ epoch: null, nextSeq: 1 });
-    expect(loaded.entries[0]).toMatchObject({ epoch: 0, seq: 0 });
+describe.each(kinds)('outbox contract: %s', (_, maker) => {
+  it.each(outboxContract.map((c) => [c.name, c] as const))('%s', async (_name, c) => {
+    await c.run(maker);
   });
 });
 
@@ -122,6 +112,8 @@ describe('a client on a durable outbox', () => {
     b.on('result', (s) => recovered.push(s));
     await waitUntil(() => recovered.length === 2);
     expect(recovered.map((s) => [s.recovered, s.put.seq, s.result?.replay])).toEqual([[true, 1, true], [true, 2, true]]);
+    // Seen answers leave the outbox with its next write, at the latest when the client closes.
+    await b.close({ timeoutMs: 100 });
     expect((await second.load('dev-o')).entries).toEqual([]);
   });
 });
@@ -145,6 +137,8 @@ describe('the core client entry', () => {
     };
     visit('index.ts');
     visit('wire/index.ts');
+    visit('indexeddb.ts');
+    visit('async-storage.ts');
     const all = readdirSync(clientDir, { recursive: true }).map(String).filter((f) => f.endsWith('.ts'));
     // Every source file but the Node entry is reachable from the browser entries.
     expect([...seen].sort()).toEqual(all.filter((f) => f !== 'node.ts').sort());
@@ -154,5 +148,36 @@ describe('the core client entry', () => {
     for (const code of ['SEQUENCE_REUSED', 'FENCED', 'STALE', 'EXPIRED', 'GAP', 'INVALID_FIELD', 'LIMIT_EXCEEDED', 'STORAGE_UNAVAILABLE', 'FORBIDDEN']) {
       expect(Object.keys(ERRORS)).toContain(code);
     }
+  });
+});
+
+describe('answers the application has not confirmed', () => {
+  it('stay in the outbox with confirmResults manual, are reported again by the next client, and leave once confirmed', async () => {
+    const t = await startTestServer();
+    cleanups.push(() => t.stop());
+    const path = join(tempDir(), 'o.sqlite');
+    const first = new SqliteOutbox(path);
+    const a = newClient(t.url, 'dev-m', { outbox: first, confirmResults: 'manual' });
+    const seenByA: PutSettlement[] = [];
+    a.on('result', (s) => seenByA.push(s));
+    await a.put('k1', 1);
+    await a.put('k2', 2);
+    expect(a.unconfirmedResults).toBe(2);
+    expect(a.confirm(seenByA[0]!)).toBe(true);
+    expect(a.confirm(seenByA[0]!)).toBe(false);
+    await a.close();
+    first.close();
+
+    const second = new SqliteOutbox(path);
+    cleanups.push(() => second.close());
+    expect((await second.load('dev-m')).entries.map((e) => [e.seq, e.answer?.ok])).toEqual([[2, true]]);
+    const b = newClient(t.url, 'dev-m', { outbox: second, confirmResults: 'manual' });
+    const seenByB: PutSettlement[] = [];
+    b.on('result', (s) => seenByB.push(s));
+    await waitUntil(() => seenByB.length === 1);
+    expect(seenByB[0]).toMatchObject({ recovered: true, put: { seq: 2, key: 'k2' }, result: { replay: false, ack: { seq: 2, version: 1 } } });
+    expect(b.confirm(seenByB[0]!)).toBe(true);
+    await b.close();
+    expect((await second.load('dev-m')).entries).toEqual([]);
   });
 });

@@ -111,10 +111,10 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
   const kills: KillRecord[] = [];
   let check: CheckResult | undefined;
   let cleanExit = false;
-  let killPhaseMs = 0;
-  let drainMs = 0;
-  let checkMs = 0;
-  let dbBytes = 0;
+  let killPhaseMs: number;
+  let drainMs: number;
+  let checkMs: number;
+  let dbBytes: number;
   let refill: NodeJS.Timeout | undefined;
   let serverUp = true;
 

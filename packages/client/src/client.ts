@@ -9,7 +9,8 @@ import {
   WriterConflictError,
 } from './errors.js';
 import { CLOSE_CODES, PROTOCOL_VERSION, SUBPROTOCOLS } from './wire/constants.js';
-import { MemoryOutbox, type Outbox, type OutboxEntry, type StreamRecord } from './outbox.js';
+import { loadAnswer, storeAnswer, type StoredAnswer } from './answer.js';
+import { MemoryOutbox, type AnswerEntry, type Outbox, type OutboxEntry, type StreamRecord } from './outbox.js';
 import {
   DEFAULT_LIMITS, type Ack, type ClientStats, type CloseReport, type ConnectionState, type EpochChange, type Head,
   type Limits, type Position, type PutOptions, type PutRef, type PutResult, type PutSettlement, type RollbackInfo,
@@ -23,13 +24,13 @@ import {
 export interface WebSocketLike {
   binaryType: string;
   readonly protocol: string;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- browsers, React Native and ws type their events differently
   onopen: ((event: any) => void) | null;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- browsers, React Native and ws type their events differently
   onmessage: ((event: any) => void) | null;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- browsers, React Native and ws type their events differently
   onclose: ((event: any) => void) | null;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- browsers, React Native and ws type their events differently
   onerror: ((event: any) => void) | null;
   send(data: string | ArrayBufferLike | ArrayBufferView): void;
   close(code?: number, reason?: string): void;
@@ -70,6 +71,13 @@ export interface ClientOptions {
   readonly now?: () => number;
   /** Source of jitter in [0, 1). Default Math.random. */
   readonly random?: () => number;
+  /**
+   * When an answer counts as seen, so that the outbox may forget it. `auto` (default): once the
+   * put's promise has settled and every `result` listener has returned. `manual`: only when the
+   * application calls `client.confirm(settlement)`. Until then a durable outbox keeps the answer,
+   * and a client started on it after a crash reports it again (`recovered: true`).
+   */
+  readonly confirmResults?: 'auto' | 'manual';
 }
 
 export interface ClientEvents {
@@ -205,6 +213,13 @@ export class SeqgateClient extends Emitter<ClientEvents> {
   private closed = false;
   private closePromise: Promise<CloseReport> | undefined;
   private drainWaiters: Array<() => void> = [];
+  private readonly confirmMode: 'auto' | 'manual';
+  /** Positions of answers delivered to the application and not yet seen/confirmed, by settlement. */
+  private readonly unconfirmed = new WeakMap<PutSettlement, number>();
+  private unconfirmedCount = 0;
+  /** Positions whose answers were seen, to remove from the outbox with its next write. */
+  private seen: number[] = [];
+  private seenFlushScheduled = false;
 
   private readonly counters = { sent: 0, resent: 0, applied: 0, replayed: 0, rejected: 0, connections: 0, timeouts: 0 };
 
@@ -230,6 +245,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     this.rollbackPolicy = options.onRollback ?? 'reject';
     this.now = options.now ?? defaultNow();
     this.random = options.random ?? Math.random;
+    this.confirmMode = options.confirmResults ?? 'auto';
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
 
     this.ready = this.run(() => this.load());
@@ -287,6 +303,27 @@ export class SeqgateClient extends Emitter<ClientEvents> {
   /** Why the client stopped writing, if it did. */
   get stoppedBecause(): SeqgateClientError | undefined {
     return this.stopError;
+  }
+
+  /**
+   * Says the application has seen (and, with `confirmResults: 'manual'`, dealt with) the answer of
+   * this settlement, a value a `result` event carried: the outbox may forget it. Returns false when
+   * there is nothing to confirm (already confirmed, or the put never reached the outbox). In `auto`
+   * mode the client confirms by itself; calling this is harmless.
+   */
+  confirm(settlement: PutSettlement): boolean {
+    const pos = this.unconfirmed.get(settlement);
+    if (pos === undefined) return false;
+    this.unconfirmed.delete(settlement);
+    this.unconfirmedCount--;
+    this.seen.push(pos);
+    this.scheduleSeenFlush();
+    return true;
+  }
+
+  /** Answers delivered but not yet confirmed (`confirmResults: 'manual'`, or `auto` in the same turn). */
+  get unconfirmedResults(): number {
+    return this.unconfirmedCount;
   }
 
   /**
@@ -382,7 +419,15 @@ export class SeqgateClient extends Emitter<ClientEvents> {
       throw error;
     }
     if (loaded.record !== null) this.record = { ...loaded.record };
+    const answered: Array<{ entry: Live; answer: StoredAnswer }> = [];
     for (const e of loaded.entries) {
+      if (e.pos >= this.nextPos) this.nextPos = e.pos + 1;
+      if (e.answer !== undefined && e.answer !== null) {
+        // Answered before the last process ended, but never seen by its application.
+        answered.push({ entry: { ...e, checkpoint: undefined, waiter: undefined, recovered: true, status: 'settling', appended: true,
+          sentBefore: true, sentAt: 0, wire: undefined, wireBytes: 0 }, answer: e.answer });
+        continue;
+      }
       this.entries.push({
         ...e,
         checkpoint: undefined,
@@ -395,11 +440,12 @@ export class SeqgateClient extends Emitter<ClientEvents> {
         wire: undefined,
         wireBytes: 0,
       });
-      if (e.pos >= this.nextPos) this.nextPos = e.pos + 1;
     }
     // Positions handed out before the load finished must stay above the loaded ones.
     for (const f of this.fresh) if (f.pos < this.nextPos) (f as { pos: number }).pos = this.nextPos++;
     if (!this.closed && this.stopError === undefined) this.connect();
+    // After the constructor's caller has attached its listeners (load is asynchronous).
+    for (const { entry, answer } of answered) this.deliver(entry, loadAnswer(answer, this.refOf(entry)));
   }
 
   private scheduleAppend(): void {
@@ -464,32 +510,71 @@ export class SeqgateClient extends Emitter<ClientEvents> {
       const batch = this.toSettle;
       this.toSettle = [];
       if (batch.length === 0) return;
-      const positions = batch.filter((b) => b.entry.appended).map((b) => b.entry.pos);
+      const answers: AnswerEntry[] = batch.filter((b) => b.entry.appended).map((b) => ({ pos: b.entry.pos, answer: storeAnswer(b) }));
+      const seen = this.takeSeen();
       try {
-        if (positions.length > 0) await this.outbox.settle(this.stream, this.record, positions);
+        if (answers.length > 0 || seen.length > 0) await this.outbox.settle(this.stream, this.record, answers, seen);
       } catch (err) {
         // The answers are real; the outbox will resend these puts after a restart and get replays.
         this.emit('error', new OutboxError(`outbox settle failed: ${(err as Error).message}`, { cause: err }));
       }
       const done = new Set(batch.map((b) => b.entry));
       this.entries = this.entries.filter((e) => !done.has(e));
-      for (const b of batch) this.deliver(b.entry, b.result, b.error);
+      for (const b of batch) this.deliver(b.entry, b);
       this.checkDrain();
     });
   }
 
-  private deliver(entry: Live, result: PutResult | undefined, error: Error | undefined): void {
+  private deliver(entry: Live, outcome: { result?: PutResult; error?: Error }): void {
     const put = this.refOf(entry);
-    if (result !== undefined) {
+    let settlement: PutSettlement;
+    if (outcome.result !== undefined) {
       this.counters.applied++;
-      if (result.replay) this.counters.replayed++;
-      entry.waiter?.resolve(result);
-      this.emit('result', { put, recovered: entry.recovered, result });
+      if (outcome.result.replay) this.counters.replayed++;
+      entry.waiter?.resolve(outcome.result);
+      settlement = { put, recovered: entry.recovered, result: outcome.result };
     } else {
       this.counters.rejected++;
-      const err = error ?? new SeqgateClientError('PROTOCOL', 'no outcome');
+      const err = outcome.error ?? new SeqgateClientError('PROTOCOL', 'no outcome');
       entry.waiter?.reject(err);
-      this.emit('result', { put, recovered: entry.recovered, error: err });
+      settlement = { put, recovered: entry.recovered, error: err };
+    }
+    if (entry.appended) {
+      this.unconfirmed.set(settlement, entry.pos);
+      this.unconfirmedCount++;
+    }
+    this.emit('result', settlement);
+    // Seen: the listeners have returned; the promise's reactions run before the flush (a macrotask).
+    if (entry.appended && this.confirmMode === 'auto') this.confirm(settlement);
+  }
+
+  private takeSeen(): number[] {
+    const seen = this.seen;
+    this.seen = [];
+    return seen;
+  }
+
+  /**
+   * Seen answers leave the outbox with its next write; when none comes soon, with one of their
+   * own. A crash before that reports them again at the next start (at least once).
+   */
+  private scheduleSeenFlush(): void {
+    if (this.seenFlushScheduled) return;
+    this.seenFlushScheduled = true;
+    setTimeout(() => {
+      this.seenFlushScheduled = false;
+      if (this.seen.length === 0 || this.settleScheduled) return;
+      void this.run(() => this.flushSeen());
+    }, 0);
+  }
+
+  private async flushSeen(): Promise<void> {
+    const seen = this.takeSeen();
+    if (seen.length === 0) return;
+    try {
+      await this.outbox.settle(this.stream, this.record, [], seen);
+    } catch (err) {
+      this.emit('error', new OutboxError(`outbox write failed: ${(err as Error).message}`, { cause: err }));
     }
   }
 
@@ -709,7 +794,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
       }
       // resend: the gate decides each put again; forget acks the server no longer has.
       this.record = { ...r, lastAcked: null, incarnation };
-      await this.outbox.settle(this.stream, this.record, []);
+      await this.outbox.settle(this.stream, this.record, [], this.takeSeen());
       this.emit('rollback', info);
     }
 
@@ -731,7 +816,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     }
     if (rec.incarnation !== incarnation) {
       const record = { ...rec, incarnation };
-      await this.outbox.settle(this.stream, record, []);
+      await this.outbox.settle(this.stream, record, [], this.takeSeen());
       this.record = record;
     }
   }
@@ -1125,6 +1210,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     }
     // Recordings and settlements already queued still run; whatever is unanswered after them is left.
     await this.io;
+    await this.run(() => this.flushSeen()).catch(() => undefined);
     const left: Live[] = [...this.fresh, ...this.entries.filter((e) => e.status !== 'settling')];
     this.fresh = [];
     for (const e of left) {

@@ -4,7 +4,7 @@
  * See docs/CLIENT.md.
  */
 export { SeqgateClient, type ClientOptions, type ClientEvents, type WebSocketConstructor, type WebSocketLike } from './client.js';
-export { MemoryOutbox, type Outbox, type OutboxEntry, type StreamRecord } from './outbox.js';
+export { MemoryOutbox, type AnswerEntry, type Outbox, type OutboxEntry, type StoredAnswer, type StreamRecord } from './outbox.js';
 export {
   SeqgateClientError, FencedError, StaleError, ExpiredError, SequenceReusedError, GapError, InvalidPutError,
   VersionConflictError, TransientError, ForbiddenError, WriterConflictError, ServerRollbackError, ClientClosedError,

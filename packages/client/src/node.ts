@@ -1,7 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
-import type { Outbox, OutboxEntry, StreamRecord } from './outbox.js';
+import type { AnswerEntry, Outbox, OutboxEntry, StreamRecord } from './outbox.js';
 
 /**
  * Node-only parts of the client SDK (`seqgate/client/node`): an outbox in a SQLite file that
@@ -36,9 +36,11 @@ interface EntryRow {
   state: Buffer | null;
   if_version: number | null;
   created_at: number;
+  answer: string | null;
 }
 
-const SCHEMA_VERSION = 1;
+/** 2 added `entries.answer` (the answer kept until the application has seen it). */
+const SCHEMA_VERSION = 2;
 
 /** One file can hold the outboxes of many streams (one client per stream). */
 export class SqliteOutbox implements Outbox {
@@ -56,7 +58,12 @@ export class SqliteOutbox implements Outbox {
     this.db.pragma('busy_timeout = 5000');
     const found = this.db.pragma('user_version', { simple: true }) as number;
     if (found > SCHEMA_VERSION) throw new Error(`outbox ${path} has schema ${found}, newer than this client (${SCHEMA_VERSION})`);
-    if (found < SCHEMA_VERSION) {
+    if (found === 1) {
+      this.db.transaction(() => {
+        this.db.exec('ALTER TABLE entries ADD COLUMN answer TEXT');
+        this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
+      }).immediate();
+    } else if (found < SCHEMA_VERSION) {
       this.db.transaction(() => {
         this.db.exec(`
           CREATE TABLE streams (
@@ -78,6 +85,7 @@ export class SqliteOutbox implements Outbox {
             state      BLOB,
             if_version INTEGER,
             created_at INTEGER NOT NULL,
+            answer     TEXT,
             PRIMARY KEY (stream, pos)
           ) WITHOUT ROWID;
         `);
@@ -89,15 +97,17 @@ export class SqliteOutbox implements Outbox {
       getRecord: db.prepare<[string], RecordRow>(
         'SELECT epoch, next_seq, acked_epoch, acked_seq, incarnation, checkpoint FROM streams WHERE stream = ?'),
       getEntries: db.prepare<[string], EntryRow>(
-        'SELECT pos, epoch, seq, key, state, if_version, created_at FROM entries WHERE stream = ? ORDER BY pos'),
+        'SELECT pos, epoch, seq, key, state, if_version, created_at, answer FROM entries WHERE stream = ? ORDER BY pos'),
       putRecord: db.prepare<[string, number | null, number, number | null, number | null, string | null, string | null]>(
         `INSERT INTO streams (stream, epoch, next_seq, acked_epoch, acked_seq, incarnation, checkpoint) VALUES (?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (stream) DO UPDATE SET epoch = excluded.epoch, next_seq = excluded.next_seq, acked_epoch = excluded.acked_epoch,
            acked_seq = excluded.acked_seq, incarnation = excluded.incarnation, checkpoint = excluded.checkpoint`),
-      putEntry: db.prepare<[string, number, number, number, string, Uint8Array | null, number | null, number]>(
-        'INSERT OR REPLACE INTO entries (stream, pos, epoch, seq, key, state, if_version, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)'),
+      putEntry: db.prepare<[string, number, number, number, string, Uint8Array | null, number | null, number, string | null]>(
+        'INSERT OR REPLACE INTO entries (stream, pos, epoch, seq, key, state, if_version, created_at, answer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)'),
       deleteEntry: db.prepare<[string, number]>('DELETE FROM entries WHERE stream = ? AND pos = ?'),
+      answerEntry: db.prepare<[string, string, number]>('UPDATE entries SET answer = ? WHERE stream = ? AND pos = ?'),
       deleteEntries: db.prepare<[string]>('DELETE FROM entries WHERE stream = ?'),
+      deleteUnanswered: db.prepare<[string]>('DELETE FROM entries WHERE stream = ? AND answer IS NULL'),
       deleteRecord: db.prepare<[string]>('DELETE FROM streams WHERE stream = ?'),
     };
     this.tx = {
@@ -105,13 +115,14 @@ export class SqliteOutbox implements Outbox {
         this.writeRecord(stream, record);
         for (const e of entries) this.writeEntry(stream, e);
       }),
-      settle: db.transaction((stream: string, record: StreamRecord, positions: readonly number[]) => {
+      settle: db.transaction((stream: string, record: StreamRecord, answers: readonly AnswerEntry[], seen: readonly number[]) => {
         this.writeRecord(stream, record);
-        for (const p of positions) this.stmt.deleteEntry.run(stream, p);
+        for (const a of answers) this.stmt.answerEntry.run(JSON.stringify(a.answer), stream, a.pos);
+        for (const p of seen) this.stmt.deleteEntry.run(stream, p);
       }),
       replace: db.transaction((stream: string, record: StreamRecord, entries: readonly OutboxEntry[]) => {
         this.writeRecord(stream, record);
-        this.stmt.deleteEntries.run(stream);
+        this.stmt.deleteUnanswered.run(stream);
         for (const e of entries) this.writeEntry(stream, e);
       }),
       forget: db.transaction((stream: string) => {
@@ -127,7 +138,7 @@ export class SqliteOutbox implements Outbox {
   }
 
   private writeEntry(stream: string, e: OutboxEntry): void {
-    this.stmt.putEntry.run(stream, e.pos, e.epoch, e.seq, e.key, e.state, e.ifVersion, e.createdAt);
+    this.stmt.putEntry.run(stream, e.pos, e.epoch, e.seq, e.key, e.state, e.ifVersion, e.createdAt, e.answer === undefined || e.answer === null ? null : JSON.stringify(e.answer));
   }
 
   async load(stream: string): Promise<{ record: StreamRecord | null; entries: OutboxEntry[] }> {
@@ -141,6 +152,7 @@ export class SqliteOutbox implements Outbox {
     };
     const entries = this.stmt.getEntries.all(stream).map((e): OutboxEntry => ({
       pos: e.pos, epoch: e.epoch, seq: e.seq, key: e.key, state: e.state, ifVersion: e.if_version, createdAt: e.created_at,
+      answer: e.answer === null ? null : JSON.parse(e.answer),
     }));
     return { record, entries };
   }
@@ -149,8 +161,8 @@ export class SqliteOutbox implements Outbox {
     this.tx.append.immediate(stream, record, entries);
   }
 
-  async settle(stream: string, record: StreamRecord, positions: readonly number[]): Promise<void> {
-    this.tx.settle.immediate(stream, record, positions);
+  async settle(stream: string, record: StreamRecord, answers: readonly AnswerEntry[], seen: readonly number[]): Promise<void> {
+    this.tx.settle.immediate(stream, record, answers, seen);
   }
 
   async replace(stream: string, record: StreamRecord, entries: readonly OutboxEntry[]): Promise<void> {

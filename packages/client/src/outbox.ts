@@ -1,12 +1,18 @@
+import type { StoredAnswer } from './answer.js';
 import type { Position } from './types.js';
 
+export type { StoredAnswer };
+
 /**
- * Where the client keeps, per stream, its counters and the puts not yet answered. The client
- * records a put here before it sends it, and removes it after the answer. Every method is one
- * atomic step: after a crash the outbox holds either the state before a call or the state after.
+ * Where the client keeps, per stream, its counters, the puts not yet answered, and the answers
+ * the application has not yet seen. The client records a put here before it sends it, stores its
+ * answer in the same entry, and removes the entry once the application has seen the answer. Every
+ * method is one atomic step: after a crash the outbox holds either the state before a call or the
+ * state after. test/client/outbox-contract.ts is the suite every implementation must pass.
  *
- * MemoryOutbox (below) is the default; SqliteOutbox (`seqgate/client/node`) survives a restart.
- * Any storage with atomic writes can implement it (IndexedDB, AsyncStorage with one key, …).
+ * MemoryOutbox (below) is the default; SqliteOutbox (`@seqgate/client/node`), IndexedDbOutbox
+ * (`@seqgate/client/indexeddb`) and KeyValueOutbox over AsyncStorage (`@seqgate/client/async-storage`)
+ * survive a restart.
  */
 
 export interface StreamRecord {
@@ -34,6 +40,14 @@ export interface OutboxEntry {
   readonly ifVersion: number | null;
   /** Wall-clock milliseconds when put() was called. */
   readonly createdAt: number;
+  /** The answer, once there is one and until the application has seen it; absent before. */
+  readonly answer?: StoredAnswer | null;
+}
+
+/** An answer to store in the entry at `pos`. */
+export interface AnswerEntry {
+  readonly pos: number;
+  readonly answer: StoredAnswer;
 }
 
 export interface Outbox {
@@ -43,9 +57,12 @@ export interface Outbox {
   load(stream: string): Promise<{ record: StreamRecord | null; entries: OutboxEntry[] }>;
   /** Adds entries and stores the record, atomically. */
   append(stream: string, record: StreamRecord, entries: readonly OutboxEntry[]): Promise<void>;
-  /** Removes the entries at these positions and stores the record, atomically. */
-  settle(stream: string, record: StreamRecord, positions: readonly number[]): Promise<void>;
-  /** Replaces the record and all entries of the stream, atomically. */
+  /**
+   * Atomically: stores the record, stores each answer in its entry (an entry that is gone stays
+   * gone), and removes the entries at the `seen` positions (answers the application has seen).
+   */
+  settle(stream: string, record: StreamRecord, answers: readonly AnswerEntry[], seen: readonly number[]): Promise<void>;
+  /** Replaces the record and every entry without an answer, atomically; answered entries stay. */
   replace(stream: string, record: StreamRecord, entries: readonly OutboxEntry[]): Promise<void>;
   /** Deletes the stream's record and entries: the next client starts as after a counter loss. */
   forget(stream: string): Promise<void>;
@@ -85,16 +102,21 @@ export class MemoryOutbox implements Outbox {
     for (const e of entries) d.entries.set(e.pos, { ...e });
   }
 
-  async settle(stream: string, record: StreamRecord, positions: readonly number[]): Promise<void> {
+  async settle(stream: string, record: StreamRecord, answers: readonly AnswerEntry[], seen: readonly number[]): Promise<void> {
     const d = this.data(stream);
     d.record = { ...record };
-    for (const p of positions) d.entries.delete(p);
+    for (const a of answers) {
+      const e = d.entries.get(a.pos);
+      if (e !== undefined) d.entries.set(a.pos, { ...e, answer: a.answer });
+    }
+    for (const p of seen) d.entries.delete(p);
   }
 
   async replace(stream: string, record: StreamRecord, entries: readonly OutboxEntry[]): Promise<void> {
     const d = this.data(stream);
     d.record = { ...record };
-    d.entries = new Map(entries.map((e) => [e.pos, { ...e }]));
+    const kept = [...d.entries.values()].filter((e) => e.answer !== undefined && e.answer !== null);
+    d.entries = new Map([...kept, ...entries].map((e) => [e.pos, { ...e }]));
   }
 
   async forget(stream: string): Promise<void> {

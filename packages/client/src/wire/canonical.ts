@@ -265,10 +265,16 @@ function write(w: Writer, v: unknown, depth: number, limits: CanonicalLimits, pa
   } else {
     throw typeError(path, 'holds an unsupported object (not a plain object, array, Map or Uint8Array)');
   }
+  // Every entry takes at least two bytes (a key and a value): a map that cannot fit is refused
+  // before its keys are encoded and sorted, which for a million-key map takes most of a second.
+  const room = (w.max - w.pos - 1) / 2;
+  const tooMany = (): CanonicalError => new CanonicalError('limit', path, limits.bytesLimitName, `${path} exceeds ${w.max} bytes`);
+  if (map !== undefined && map.size > room) throw tooMany();
   const keyed: Entry[] = map !== undefined ? new Array(map.size) : [];
   let sorted = true;
   let i = 0;
   const each = (k: unknown, value: unknown): void => {
+    if (i >= room) throw tooMany();
     if (typeof k === 'number') {
       if (!Number.isInteger(k) || Math.abs(k) > MAX_INT_NUMBER) throw typeError(path, 'has a map key that is not a string or an integer');
     } else if (typeof k === 'bigint') {

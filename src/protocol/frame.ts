@@ -1,0 +1,167 @@
+import { Unpackr } from 'msgpackr';
+import { SeqgateError } from '../errors.js';
+import { decodeFrame, ENVELOPE_DEPTH, field, isMap, type WireFormat } from './codec.js';
+import { msgpackChildren, scanMsgpack, type Span } from './frame-scanner.js';
+import {
+  oversizeStateResult, parseMessage, parsePut, type IncomingMessage, type Limits, type ParsedPut,
+} from './messages.js';
+
+/**
+ * One incoming WebSocket frame, decoded only as far as it has to be. A msgpack frame is scanned
+ * whole (structure and depth, one pass without allocation) and then decoded piece by piece:
+ * - its `type` first, so that a connection that has not authenticated pays for nothing else;
+ * - a hello or ping only in the fields the message has (ignored fields are never decoded);
+ * - each put on its own, and a put whose state holds more values than `maxStateBytes` is refused
+ *   `LIMIT_EXCEEDED` without decoding or sorting that state: every value takes at least one byte
+ *   in canonical form, so its canonical form is larger than the limit (duplicate map keys, which
+ *   decoding would collapse, are counted as sent: PROTOCOL.md appendix).
+ * Decoding a million-key map costs hundreds of milliseconds of a single-threaded server; counting
+ * its items costs a few.
+ * A JSON frame is parsed whole (JSON.parse has no partial mode); its depth is checked first.
+ */
+
+// The same settings as the codec's unpacker (see codec.ts): no records, no structured clone,
+// maps as Map, int64 beyond 2^53 as BigInt.
+const unpackr = new Unpackr({
+  useRecords: false,
+  structuredClone: false,
+  mapsAsObjects: false,
+  int64AsType: 'auto' as 'bigint',
+  moreTypes: false,
+});
+
+/** Values a put map holds besides its state: 8 fields, their names, scalar values. */
+const PUT_ENVELOPE_ITEMS = 32;
+/** Fields that are not a state are decoded only up to this many values; larger ones are refused anyway. */
+const SMALL_ITEMS = 64;
+/** Stands for a field value too large to be valid (it is never a string or a number). */
+const TOO_LARGE = new Map<never, never>();
+
+export class IncomingFrame {
+  private constructor(
+    /** The `type` field, decoded; undefined when the frame is not a map or has none. */
+    readonly type: unknown,
+    /** Whether the frame is a map at all (a message must be). */
+    private readonly isMapFrame: boolean,
+    private readonly decodeMessage: (limits: Limits, tenant: string) => IncomingMessage,
+  ) {}
+
+  /** Scans (and for JSON parses) a frame; throws SeqgateError for a frame refused as a whole. */
+  static open(data: Buffer, isBinary: boolean, format: WireFormat, limits: Limits): IncomingFrame {
+    const maxDepth = limits.maxStateDepth + ENVELOPE_DEPTH;
+    if (format === 'json') {
+      const value = decodeFrame(data, isBinary, format, maxDepth);
+      return new IncomingFrame(field(value, 'type'), isMap(value), (l, tenant) => parseMessage(value, l, tenant));
+    }
+    if (!isBinary) throw new SeqgateError('WRONG_FRAME_TYPE', 'text frame on a msgpack connection; send binary frames');
+    const fault = scanMsgpack(data, maxDepth);
+    if (fault?.fault === 'too_deep') throw new SeqgateError('TOO_DEEP', `frame nests deeper than ${maxDepth} levels`, { limit: 'maxStateDepth', max: limits.maxStateDepth });
+    if (fault) throw new SeqgateError('MALFORMED_FRAME', `undecodable msgpack: ${fault.reason}`);
+    const root = msgpackChildren(data);
+    if (root.kind !== 'map') return new IncomingFrame(undefined, false, () => parseMessage(null, limits, ''));
+    const fields = new Map<string, Span>();
+    for (let i = 0; i < root.spans.length; i += 2) {
+      const key = root.spans[i]!;
+      // Field names are short strings; anything else is not a field this protocol reads.
+      if (key.items !== 1 || key.end - key.start > 64) continue;
+      const name = decode(data, key);
+      if (typeof name === 'string') fields.set(name, root.spans[i + 1]!);
+    }
+    const typeSpan = fields.get('type');
+    const type = typeSpan === undefined ? undefined : typeSpan.items === 1 ? decode(data, typeSpan) : TOO_LARGE;
+    return new IncomingFrame(type, true, (l, tenant) => messageOf(data, type, fields, l, tenant));
+  }
+
+  /** The whole message, validated as parseMessage() does; throws SeqgateError. */
+  message(limits: Limits, tenant: string): IncomingMessage {
+    if (!this.isMapFrame) throw new SeqgateError('INVALID_MESSAGE', 'a message must be a map', { field: 'type' });
+    return this.decodeMessage(limits, tenant);
+  }
+}
+
+function decode(data: Buffer, span: Span): unknown {
+  try {
+    return unpackr.unpack(data.subarray(span.start, span.end));
+  } catch (err) {
+    // The scanner accepted the bytes, so this is unexpected; it still only costs this frame.
+    throw new SeqgateError('MALFORMED_FRAME', `undecodable msgpack: ${(err as Error).message}`, {}, { cause: err });
+  }
+}
+
+/** A map of only the named fields, each decoded unless it holds more than `maxItems` values. */
+function partial(data: Buffer, fields: Map<string, Span>, names: readonly string[], maxItems: number): Map<string, unknown> {
+  const out = new Map<string, unknown>();
+  for (const name of names) {
+    const span = fields.get(name);
+    if (span !== undefined) out.set(name, span.items > maxItems ? TOO_LARGE : decode(data, span));
+  }
+  return out;
+}
+
+function messageOf(data: Buffer, type: unknown, fields: Map<string, Span>, limits: Limits, tenant: string): IncomingMessage {
+  switch (type) {
+    case 'ping': {
+      const nonce = fields.get('nonce');
+      // Canonical form takes at least one byte per value: more values than bytes allowed is over.
+      if (nonce !== undefined && nonce.items > limits.maxNonceBytes) {
+        throw new SeqgateError('INVALID_MESSAGE', `nonce exceeds ${limits.maxNonceBytes} bytes`, { field: 'nonce', limit: 'maxNonceBytes', max: limits.maxNonceBytes });
+      }
+      return parseMessage(partial(data, fields, ['type', 'nonce'], Infinity), limits, tenant);
+    }
+    case 'hello':
+      // A streams array beyond the limit is refused by its length, never decoded.
+      return parseMessage(helloOf(data, fields, limits), limits, tenant);
+    case 'put':
+      return { type, puts: putsOf(data, fields.get('puts'), limits, tenant) };
+    default:
+      return parseMessage(partial(data, fields, ['type'], 1), limits, tenant);
+  }
+}
+
+function helloOf(data: Buffer, fields: Map<string, Span>, limits: Limits): Map<string, unknown> {
+  const hello = partial(data, fields, ['type', 'protocol', 'token'], SMALL_ITEMS);
+  const streams = fields.get('streams');
+  if (streams !== undefined) {
+    const children = msgpackChildren(data, streams.start);
+    hello.set('streams', children.kind === 'array' && children.spans.length > limits.maxHelloStreams
+      ? new Array<null>(children.spans.length).fill(null)
+      : streams.items > (limits.maxHelloStreams + 1) * 2 ? TOO_LARGE : decode(data, streams));
+  }
+  return hello;
+}
+
+function putsOf(data: Buffer, span: Span | undefined, limits: Limits, tenant: string): ParsedPut[] {
+  const children = span === undefined ? undefined : msgpackChildren(data, span.start);
+  if (children?.kind !== 'array') throw new SeqgateError('INVALID_MESSAGE', 'puts must be an array', { field: 'puts' });
+  if (children.spans.length > limits.maxPutsPerFrame) {
+    throw new SeqgateError('TOO_MANY_PUTS', `${children.spans.length} puts exceed maxPutsPerFrame ${limits.maxPutsPerFrame}`, {
+      limit: 'maxPutsPerFrame', max: limits.maxPutsPerFrame,
+    });
+  }
+  return children.spans.map((put) => putOf(data, put, limits, tenant));
+}
+
+/** One put, as parsePut() would answer it; an oversize state is refused without being decoded. */
+function putOf(data: Buffer, span: Span, limits: Limits, tenant: string): ParsedPut {
+  if (span.items <= limits.maxStateBytes + PUT_ENVELOPE_ITEMS) return parsePut(decode(data, span), limits, tenant);
+  const children = msgpackChildren(data, span.start);
+  // Not a map: refused for that, whatever it holds.
+  if (children.kind !== 'map') return parsePut([], limits, tenant);
+  const put = new Map<unknown, unknown>();
+  let oversize = false;
+  for (let i = 0; i < children.spans.length; i += 2) {
+    const keySpan = children.spans[i]!;
+    const valueSpan = children.spans[i + 1]!;
+    const key = keySpan.items > SMALL_ITEMS ? TOO_LARGE : decode(data, keySpan);
+    if (key === 'state') {
+      // The last one counts, as when the map is decoded.
+      oversize = valueSpan.items > limits.maxStateBytes;
+      put.set(key, oversize ? null : decode(data, valueSpan));
+    } else {
+      put.set(key, valueSpan.items > SMALL_ITEMS ? TOO_LARGE : decode(data, valueSpan));
+    }
+  }
+  const parsed = parsePut(put, limits, tenant);
+  if (!parsed.ok || !oversize) return parsed;
+  return { ok: false, id: parsed.id, result: oversizeStateResult(parsed.id, limits) };
+}
