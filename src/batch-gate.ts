@@ -132,6 +132,7 @@ export function planBatch<Id>(batch: readonly Write[], reader: BatchReader<Id>, 
   const { now } = options;
   const streams = new Map<string, StreamState<Id>>();
   const docs = new Map<string, DocumentRow>();
+  const records = new Map<string, IdempotencyRecord>();
   const documents: DocumentUpsert[] = [];
   const idempotency: IdempotencyInsert[] = [];
   const results: Array<PutResult | DocResult> = [];
@@ -165,8 +166,10 @@ export function planBatch<Id>(batch: readonly Write[], reader: BatchReader<Id>, 
   for (const w of batch) {
     if (isDocWrite(w)) {
       if (w.op === 'create') {
-        const d = decideCreate(w, reader.idempotency(w.tenant, w.scope, w.idempotencyKey), now);
+        const slot = w.tenant + '\u0000' + w.scope + '\u0000' + w.idempotencyKey;
+        const d = decideCreate(w, records.get(slot) ?? reader.idempotency(w.tenant, w.scope, w.idempotencyKey), now);
         if (d.write !== null) {
+          records.set(slot, d.record);
           writeDocument(w.tenant, w.key, d.write, { kind: 'route', op: 'create' });
           idempotency.push({ tenant: w.tenant, scope: w.scope, idempotencyKey: w.idempotencyKey, record: d.record });
         }

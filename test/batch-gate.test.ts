@@ -67,12 +67,13 @@ describe('planBatch', () => {
   });
 
   it('with slack, evicts nothing until cap + slack is passed, then down to the cap in one read and one delete', () => {
-    expect([acksToEvict(10, 10, 4), acksToEvict(14, 10, 4), acksToEvict(15, 10, 4), acksToEvict(11, 10, 0)]).toEqual([0, 0, 5, 1]);
+    expect([acksToEvict(10, 10, 4), acksToEvict(14, 10, 4), acksToEvict(15, 10, 4), acksToEvict(11, 10, 0), acksToEvict(50, 10, 4)])
+      .toEqual([0, 0, 5, 1, 5]);
     const acks = Array.from({ length: 100 }, (_, i): [number, number] => [1, i + 1]);
     const { r, asked } = reader({ head: { epoch: 1, seq: 100, prunedThrough: 0, ackCount: 100 }, acks });
     const plan = planBatch<number>([put(101), put(102)], r, { contiguous: false, ackCapPerStream: 30, ackCapSlack: 70, now: 1 });
     const s = plan.streams[0]!;
-    // 101 acks > 30 + 70: the 71 oldest go (1..71), then 102 leaves 31, within the slack.
+    // 101 acks > 30 + 70: the 71 oldest go (1..71), back to the cap; then 102 leaves 31, within the slack.
     expect(s).toMatchObject({ head: { epoch: 1, seq: 102, prunedThrough: 71 }, ackCount: 31, evictThrough: { epoch: 1, seq: 71 } });
     expect(asked.filter((a) => a === 'oldestAcks')).toHaveLength(1);
   });

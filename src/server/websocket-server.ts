@@ -8,6 +8,7 @@ import { createLogger, type Logger } from '../log.js';
 import { PROTOCOL_VERSION, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK } from '../protocol/codec.js';
 import { limitsOf, type Limits } from '../protocol/messages.js';
 import { Pruner } from '../store/pruner.js';
+import { PostgresStore } from '../store/postgres-store.js';
 import { SqliteStore } from '../store/sqlite-store.js';
 import type { Store } from '../store/store.js';
 import { SEQGATE_VERSION } from '../version.js';
@@ -86,7 +87,20 @@ export class SeqgateServer {
         'bind a loopback address, or set --allow-insecure-open',
       );
     }
-    const store = options.store ?? new SqliteStore({
+    if (config.store === 'postgres' && config.databaseUrl === '') {
+      throw new ConfigError('--store postgres needs --database-url (or SEQGATE_DATABASE_URL, or DATABASE_URL)');
+    }
+    const store = options.store ?? (config.store === 'postgres' ? await PostgresStore.open({
+      connectionString: config.databaseUrl,
+      contiguous: config.contiguous,
+      ackCapPerStream: config.ackCapPerStream,
+      poolSize: config.pgPoolSize,
+      onEvent: (e) => {
+        if (e.kind === 'retry') log.debug({ err: e.cause, attempt: e.attempt }, 'batch decided again after a lock or connection failure');
+        else if (e.kind === 'outcome-unknown') log.warn({ err: e.cause, txid: e.txid }, 'connection lost after COMMIT was sent; resolving the outcome');
+        else log.info({ txid: e.txid, status: e.status }, 'outcome of a batch resolved');
+      },
+    }) : new SqliteStore({
       path: config.dbPath,
       synchronous: config.synchronous,
       contiguous: config.contiguous,
@@ -98,7 +112,7 @@ export class SeqgateServer {
         if (lost !== undefined) log.error({ err: lost, path: lost.path }, 'database file removed or replaced while open; refusing every write until restart');
         else log.warn({ db: config.dbPath }, 'database files are back at their paths; accepting writes again');
       },
-    });
+    }));
     let committer: Committer | undefined;
     const metrics = new Metrics({ connections: () => server.connectionCount, putsInFlight: () => committer?.inFlight ?? 0 });
     committer = new Committer(store, config.maxBatchPuts, guarded(log, 'batch observer', (info: BatchInfo) => {
@@ -148,7 +162,8 @@ export class SeqgateServer {
     pruner.start();
     server.watchTokens();
     log.info({
-      url: server.url, db: config.dbPath, synchronous: config.synchronous, contiguous: config.contiguous,
+      url: server.url, store: config.store, db: config.store === 'postgres' ? withoutPassword(config.databaseUrl) : config.dbPath,
+      synchronous: config.synchronous, contiguous: config.contiguous,
       incarnation: store.incarnation, auth: auth.enabled ? 'tokens' : 'open',
     }, 'seqgate listening');
     return server;
@@ -397,5 +412,16 @@ export class SeqgateServer {
       this.log.info('seqgate stopped');
     })();
     return this.closing;
+  }
+}
+
+/** A connection URL fit for a log line: the password, if any, is replaced. */
+function withoutPassword(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password !== '') u.password = '***';
+    return u.toString();
+  } catch {
+    return '(unparsable URL)';
   }
 }

@@ -127,10 +127,9 @@ export class ReferenceModel implements Store {
     }
     s.seq = p.seq;
     s.acks.push({ epoch: p.epoch, seq: p.seq, fingerprint: fp, ack });
-    // Cap: past cap + slack, the oldest acks go until cap remain; the newest (the head's) always stays.
-    if (s.acks.length > this.options.ackCapPerStream + (this.options.ackCapSlack ?? 0)) {
-      while (s.acks.length > this.options.ackCapPerStream) this.dropAck(s, 0);
-    }
+    // Cap: past cap + slack, the slack + 1 oldest acks go; the newest (the head's) always stays.
+    const slack = this.options.ackCapSlack ?? 0;
+    if (s.acks.length > this.options.ackCapPerStream + slack) for (let i = 0; i <= slack; i++) this.dropAck(s, 0);
     this.streams.set(sid, s);
     return { kind: 'ack', ack, replay: false };
   }
