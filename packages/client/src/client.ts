@@ -4,7 +4,7 @@ import {
   MSGPACK_FRAME_OVERHEAD, msgpackPutFrame, nameProblem, StateProblem, utf8Length,
 } from './encode.js';
 import {
-  ClientClosedError, ExpiredError, FencedError, ForbiddenError, GapError, InvalidPutError, OutboxError, ProtocolError,
+  AuthenticationError, ClientClosedError, ConnectionError, ExpiredError, FencedError, ForbiddenError, GapError, InvalidPutError, OutboxError, ProtocolError,
   SequenceReusedError, SeqgateClientError, ServerRollbackError, StaleError, TransientError, VersionConflictError,
   WriterConflictError,
 } from './errors.js';
@@ -190,7 +190,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
   private nextPos = 1;
   private fresh: Live[] = [];
   private entries: Live[] = [];
-  private toSettle: Array<{ entry: Live; result?: PutResult; error?: Error }> = [];
+  private toSettle: Array<{ entry: Live; result?: PutResult; error?: SeqgateClientError }> = [];
   private appendScheduled = false;
   /** Recordings scheduled or running; the client is not drained while one is. */
   private appending = 0;
@@ -499,7 +499,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
 
   // ---- settling ---------------------------------------------------------------------------
 
-  private settle(entry: Live, outcome: { result?: PutResult; error?: Error }): void {
+  private settle(entry: Live, outcome: { result?: PutResult; error?: SeqgateClientError }): void {
     if (entry.status === 'settling') return;
     entry.status = 'settling';
     this.toSettle.push({ entry, ...outcome });
@@ -525,7 +525,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     });
   }
 
-  private deliver(entry: Live, outcome: { result?: PutResult; error?: Error }): void {
+  private deliver(entry: Live, outcome: { result?: PutResult; error?: SeqgateClientError }): void {
     const put = this.refOf(entry);
     let settlement: PutSettlement;
     if (outcome.result !== undefined) {
@@ -584,7 +584,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
 
   // ---- connection -------------------------------------------------------------------------
 
-  private setState(state: ConnectionState, error?: Error): void {
+  private setState(state: ConnectionState, error?: SeqgateClientError): void {
     if (this.currentState === state) return;
     const previous = this.currentState;
     this.currentState = state;
@@ -600,8 +600,9 @@ export class SeqgateClient extends Emitter<ClientEvents> {
       ws = new this.WebSocketCtor(this.url, [SUBPROTOCOLS[this.format]]);
       ws.binaryType = 'arraybuffer';
     } catch (err) {
-      this.emit('error', new ProtocolError('CONNECT_FAILED', `cannot open a WebSocket to ${this.url}: ${(err as Error).message}`, true, { cause: err }));
-      this.setState('disconnected', err as Error);
+      const error = new ConnectionError('CONNECT_FAILED', `cannot open a WebSocket to ${this.url}: ${(err as Error).message}`, undefined, { cause: err });
+      this.emit('error', error);
+      this.setState('disconnected', error);
       this.scheduleReconnect(false);
       return;
     }
@@ -626,10 +627,10 @@ export class SeqgateClient extends Emitter<ClientEvents> {
       const code = event.code ?? 1006;
       const reason = event.reason ?? '';
       if (code === CLOSE_CODES.UNAUTHORIZED || code === CLOSE_CODES.TOKEN_REVOKED) {
-        this.stop(new ProtocolError(code === CLOSE_CODES.UNAUTHORIZED ? 'UNAUTHORIZED' : 'TOKEN_REVOKED',
-          `the server closed the connection: ${reason || code}`, false));
+        this.stop(new AuthenticationError(code === CLOSE_CODES.UNAUTHORIZED ? 'UNAUTHORIZED' : 'TOKEN_REVOKED',
+          `the server closed the connection (${code}${reason ? ' ' + reason : ''}): get a new token, retrying cannot succeed`, code));
       }
-      this.afterDisconnect(conn, new ProtocolError('CONNECTION_CLOSED', `connection closed (${code}${reason ? ' ' + reason : ''})`, true), false);
+      this.afterDisconnect(conn, new ConnectionError('CONNECTION_CLOSED', `connection closed (${code}${reason ? ' ' + reason : ''})`, code), false);
     };
     ws.onerror = () => undefined; // a close event always follows
     this.armWatchdog();
@@ -640,13 +641,13 @@ export class SeqgateClient extends Emitter<ClientEvents> {
       conn.ws.send(data);
       return true;
     } catch (err) {
-      this.dropConnection(conn, new ProtocolError('SEND_FAILED', `send failed: ${(err as Error).message}`, true, { cause: err }), false);
+      this.dropConnection(conn, new ConnectionError('SEND_FAILED', `send failed: ${(err as Error).message}`, undefined, { cause: err }), false);
       return false;
     }
   }
 
   /** Gives up on a connection now (dead or to be replaced); its unanswered puts go back to the queue. */
-  private dropConnection(conn: Conn, error: Error, immediate: boolean): void {
+  private dropConnection(conn: Conn, error: SeqgateClientError, immediate: boolean): void {
     if (conn !== this.conn) return;
     this.conn = null;
     const ws = conn.ws as WebSocketLike & { terminate?: () => void };
@@ -661,7 +662,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     this.afterDisconnect(conn, error, immediate);
   }
 
-  private afterDisconnect(conn: Conn, error: Error, immediate: boolean): void {
+  private afterDisconnect(conn: Conn, error: SeqgateClientError, immediate: boolean): void {
     const unanswered = [...conn.inflight.values()];
     conn.inflight.clear();
     for (const e of unanswered) if (e.status === 'inflight') e.status = 'queued';
@@ -694,7 +695,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
         msg = asRecord(decodeMsgpack(new Uint8Array(data as ArrayBuffer)));
       } else throw new Error('unexpected frame data type');
     } catch (err) {
-      const error = new ProtocolError('UNDECODABLE', `undecodable frame from the server: ${(err as Error).message}`, true, { cause: err });
+      const error = new ConnectionError('UNDECODABLE', `undecodable frame from the server: ${(err as Error).message}`, undefined, { cause: err });
       this.emit('error', error);
       this.dropConnection(conn, error, false);
       return;
@@ -940,7 +941,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     }
     if (this.needRebase) {
       // Contiguous mode cannot pass the hole in this epoch: reconnect and re-number (reconcile).
-      this.dropConnection(conn, new ProtocolError('REBASE', 'moving to a new epoch past a hole', true), true);
+      this.dropConnection(conn, new ConnectionError('REBASE', 'moving to a new epoch past a hole'), true);
       return;
     }
     this.pump();
@@ -1061,7 +1062,10 @@ export class SeqgateClient extends Emitter<ClientEvents> {
         this.dropConnection(conn, new ProtocolError(code, message, true), false);
         return;
       }
-      const error = code === 'FORBIDDEN' ? new ForbiddenError(`the server refused the hello: ${message}`) : new ProtocolError(code, `the server refused the hello: ${message}`, false);
+      const error = code === 'FORBIDDEN' ? new ForbiddenError(`the server refused the hello: ${message}`)
+        : code === 'UNAUTHORIZED' || code === 'TOKEN_REVOKED'
+          ? new AuthenticationError(code, `the server refused the token: ${message}; get a new token, retrying cannot succeed`, CLOSE_CODES[code])
+          : new ProtocolError(code, `the server refused the hello: ${message}`, false);
       this.stop(error);
       this.dropConnection(conn, error, false);
       return;
@@ -1107,6 +1111,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     if (why instanceof WriterConflictError) return new WriterConflictError(why.message, { cause: why.cause ?? why, put });
     if (why instanceof ForbiddenError) return new ForbiddenError(why.message, { cause: why, put });
     if (why instanceof OutboxError) return new OutboxError(why.message, { cause: why, put });
+    if (why instanceof AuthenticationError) return new AuthenticationError(why.code as 'UNAUTHORIZED' | 'TOKEN_REVOKED', why.message, why.closeCode, { cause: why, put });
     return new ProtocolError(why.code, `client stopped: ${why.message}`, false, { cause: why, put });
   }
 
@@ -1168,7 +1173,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
 
   private timedOut(conn: Conn, why: string): void {
     this.counters.timeouts++;
-    this.dropConnection(conn, new ProtocolError('TIMEOUT', `connection considered dead: ${why}`, true), false);
+    this.dropConnection(conn, new ConnectionError('TIMEOUT', `connection considered dead: ${why}`), false);
   }
 
   // ---- closing ----------------------------------------------------------------------------
