@@ -155,6 +155,9 @@ export class SeqgateServer {
       http.once('error', reject);
       http.listen(config.port, config.host, () => {
         http.off('error', reject);
+        // A listening server emits 'error' for accept failures (libuv absorbs EMFILE, not all of
+        // them); without a listener that would be thrown into the event loop.
+        http.on('error', (err) => log.error({ err }, 'HTTP server error; still listening'));
         resolve();
       });
     });

@@ -10,6 +10,7 @@ import {
   isDocWrite, type Ack, type DocResult, type Put, type PutResult, type Store, type StoredDocument, type StreamHead,
   type Write,
 } from './store.js';
+import { processClock } from './retention-clock.js';
 
 /**
  * The PostgreSQL store: any number of seqgate servers on one database behave as one server.
@@ -99,7 +100,8 @@ export class PostgresStore implements Store {
     /** The schema version found at start, before migrating (0: a new database). */
     readonly openedSchemaVersion: number,
   ) {
-    this.now = options.now ?? Date.now;
+    // Stamps through the process clock, which pruning cutoffs rely on (src/store/retention-clock.ts).
+    this.now = options.now ?? (() => processClock.now());
   }
 
   /** Connects, migrates (serialised across servers by a row lock) and reads the incarnation. */
