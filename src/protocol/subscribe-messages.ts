@@ -1,4 +1,5 @@
 import { SeqgateError } from '../errors.js';
+import { nameProblem } from '@seqgate/client/wire';
 import { field } from './codec.js';
 import type { CorrelationId, Limits } from './messages.js';
 
@@ -22,7 +23,6 @@ export interface UnsubscribeMessage {
   readonly id: CorrelationId;
 }
 
-const CONTROL = /[\u0000-\u001f\u007f]/;
 
 function subscriptionId(value: unknown, limits: Limits): CorrelationId {
   if (typeof value === 'string' && value.length > 0 && Buffer.byteLength(value, 'utf8') <= limits.maxIdBytes) return value;
@@ -33,7 +33,8 @@ function subscriptionId(value: unknown, limits: Limits): CorrelationId {
 export function parseSubscribe(value: unknown, limits: Limits): SubscribeMessage {
   const id = subscriptionId(field(value, 'id'), limits);
   const prefix = field(value, 'prefix') ?? '';
-  if (typeof prefix !== 'string' || Buffer.byteLength(prefix, 'utf8') > limits.maxKeyBytes || CONTROL.test(prefix)) {
+  // A prefix follows the rules of a key (PROTOCOL.md §4), except that it may be empty.
+  if (typeof prefix !== 'string' || (prefix !== '' && nameProblem(prefix, 'prefix', limits.maxKeyBytes) !== null)) {
     throw new SeqgateError('INVALID_MESSAGE', `prefix must be a string of at most ${limits.maxKeyBytes} UTF-8 bytes without control characters`, { field: 'prefix', id });
   }
   const from = field(value, 'from') ?? '-1';
