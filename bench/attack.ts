@@ -162,15 +162,19 @@ async function rawOpen(url: string, headers: Record<string, string> = {}): Promi
     'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==', 'Sec-WebSocket-Version: 13', 'Sec-WebSocket-Protocol: seqgate.v1',
     ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`), '', '',
   ].join('\r\n'));
-  let head = '';
+  let head = Buffer.alloc(0);
   await new Promise<void>((resolveHead, reject) => {
     const onData = (d: Buffer): void => {
-      head += d.toString('latin1');
-      if (head.includes('\r\n\r\n')) {
-        socket.off('data', onData);
-        if (head.startsWith('HTTP/1.1 101')) resolveHead();
-        else reject(new Error(head.split('\r\n')[0]));
-      }
+      head = Buffer.concat([head, d]);
+      const end = head.indexOf('\r\n\r\n');
+      if (end === -1) return;
+      socket.off('data', onData);
+      socket.pause();
+      // What followed the response (a close frame, sent at once) is the next reader's.
+      if (head.length > end + 4) socket.unshift(head.subarray(end + 4));
+      const status = head.subarray(0, end).toString('latin1');
+      if (status.startsWith('HTTP/1.1 101')) resolveHead();
+      else reject(new Error(status.split('\r\n')[0]));
     };
     socket.on('data', onData);
     socket.once('close', () => reject(new Error('closed during the upgrade')));
@@ -245,18 +249,19 @@ const ATTACKS: Attack[] = [
   },
   {
     name: 'keys-unauthenticated', finding: 4,
-    what: 'one client at a time without a token sends a put of a 170k-key state (just under 1 MiB), reconnecting when closed',
+    what: 'one client without a token floods puts of a 170k-key state (just under 1 MiB) without reading, reconnecting whenever it is dropped',
     args: ['--tokens', TOKENS],
     async run(url, stop) {
       const put = frame(manyKeysPut());
       let frames = 0;
+      let connections = 0;
       while (!stop()) {
         const s = track(await rawOpen(url));
-        s.write(put);
-        frames++;
-        await Promise.race([once(s, 'close'), sleep(30_000)]);
+        connections++;
+        s.resume();
+        frames += await flood(s, put, stop, 8 * MiB);
       }
-      return `${frames} frames`;
+      return `${frames} frames written on ${connections} connections`;
     },
   },
   {
@@ -287,6 +292,7 @@ const ATTACKS: Attack[] = [
         track(s);
         let closeCode: number | undefined;
         s.on('data', (d: Buffer) => { if (d[0] === 0x88 && d.length >= 4) closeCode = d.readUInt16BE(2); });
+        s.resume();
         await sleep(300);
         if (closeCode === 1013 || s.destroyed) refused++;
         else admitted++;

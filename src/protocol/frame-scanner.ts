@@ -171,3 +171,61 @@ export function scanJsonDepth(text: string, maxDepth: number): ScanFault | null 
   }
   return null;
 }
+
+/**
+ * The value of the top-level "type" field of a JSON text, if it is a string, found without
+ * parsing the text: the last one wins, as with JSON.parse. Undefined when the text is not an
+ * object, has no such field, or it is not a string. The text is not validated.
+ */
+export function peekJsonType(text: string): string | undefined {
+  let depth = 0;
+  let found: string | undefined;
+  // At depth 1: whether the next string is a key, and whether the last key read was "type".
+  let expectKey = false;
+  let afterTypeKey = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x22) {
+      const start = i;
+      for (i++; i < text.length; i++) {
+        const d = text.charCodeAt(i);
+        if (d === 0x5c) i++;
+        else if (d === 0x22) break;
+      }
+      if (depth !== 1) continue;
+      const token = text.slice(start, i + 1);
+      if (expectKey) {
+        afterTypeKey = stringOf(token) === 'type';
+        expectKey = false;
+      } else if (afterTypeKey) {
+        found = stringOf(token);
+        afterTypeKey = false;
+      }
+      continue;
+    }
+    if (c === 0x7b || c === 0x5b) {
+      if (depth === 1 && afterTypeKey) { found = undefined; afterTypeKey = false; }
+      depth++;
+      if (depth === 1) expectKey = c === 0x7b;
+    } else if (c === 0x7d || c === 0x5d) {
+      depth--;
+    } else if (depth === 1 && c === 0x2c) {
+      expectKey = true;
+      afterTypeKey = false;
+    } else if (depth === 1 && afterTypeKey && c !== 0x3a && c !== 0x20 && c !== 0x0a && c !== 0x0d && c !== 0x09) {
+      // A number, true, false or null: "type" is there but not a string.
+      found = undefined;
+      afterTypeKey = false;
+    }
+  }
+  return found;
+}
+
+function stringOf(token: string): string | undefined {
+  try {
+    const v: unknown = JSON.parse(token);
+    return typeof v === 'string' ? v : undefined;
+  } catch {
+    return undefined;
+  }
+}

@@ -1,7 +1,7 @@
 import { Unpackr } from 'msgpackr';
 import { SeqgateError } from '../errors.js';
-import { decodeFrame, ENVELOPE_DEPTH, field, isMap, type WireFormat } from './codec.js';
-import { indexMsgpack, type ScannedValue as Span } from './frame-scanner.js';
+import { ENVELOPE_DEPTH, field, isMap, type WireFormat } from './codec.js';
+import { indexMsgpack, peekJsonType, scanJsonDepth, type ScannedValue as Span } from './frame-scanner.js';
 import {
   oversizeStateResult, parseMessage, parsePut, type IncomingMessage, type Limits, type ParsedPut,
 } from './messages.js';
@@ -17,7 +17,9 @@ import {
  *   decoding would collapse, are counted as sent: PROTOCOL.md appendix).
  * Decoding a million-key map costs hundreds of milliseconds of a single-threaded server; counting
  * its items costs a few.
- * A JSON frame is parsed whole (JSON.parse has no partial mode); its depth is checked first.
+ * A JSON frame is parsed whole (JSON.parse has no partial mode) once its depth is checked, but
+ * only when its message is asked for: its `type` is found by a scan of the text first, so an
+ * unauthenticated connection's put is refused without being parsed.
  */
 
 // The same settings as the codec's unpacker (see codec.ts): no records, no structured clone,
@@ -50,7 +52,12 @@ export class IncomingFrame {
   static open(data: Buffer, isBinary: boolean, format: WireFormat, limits: Limits): IncomingFrame {
     const maxDepth = limits.maxStateDepth + ENVELOPE_DEPTH;
     if (format === 'json') {
-      const value = decodeFrame(data, isBinary, format, maxDepth);
+      if (isBinary) throw new SeqgateError('WRONG_FRAME_TYPE', 'binary frame on a JSON connection; send text frames');
+      const text = data.toString('utf8');
+      if (scanJsonDepth(text, maxDepth)) throw new SeqgateError('TOO_DEEP', `frame nests deeper than ${maxDepth} levels`, { limit: 'maxStateDepth', max: limits.maxStateDepth });
+      const type = peekJsonType(text);
+      if (type !== undefined) return new IncomingFrame(type, true, (l, tenant) => parseMessage(parseJson(text), l, tenant));
+      const value = parseJson(text);
       return new IncomingFrame(field(value, 'type'), isMap(value), (l, tenant) => parseMessage(value, l, tenant));
     }
     if (!isBinary) throw new SeqgateError('WRONG_FRAME_TYPE', 'text frame on a msgpack connection; send binary frames');
@@ -81,6 +88,14 @@ export class IncomingFrame {
   message(limits: Limits, tenant: string): IncomingMessage {
     if (!this.isMapFrame) throw new SeqgateError('INVALID_MESSAGE', 'a message must be a map', { field: 'type' });
     return this.decodeMessage(limits, tenant);
+  }
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new SeqgateError('MALFORMED_FRAME', `undecodable JSON: ${(err as Error).message}`, {}, { cause: err });
   }
 }
 
