@@ -1,15 +1,16 @@
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { join, relative } from 'node:path';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { Histogram } from './lib/histogram.js';
 import type { FromGenerator, GeneratorConfig, GeneratorResult, ToGenerator } from './lib/ipc.js';
-import { machineInfo, openFileLimit, processCpuMs, processMemory } from './lib/proc.js';
+import { machineInfo, openFileLimit, processCpuMs, processMemory, processWriteBytes } from './lib/proc.js';
 import { repoRoot } from './lib/paths.js';
 import { countAcksBefore, seedDatabase } from './lib/seed.js';
 import { backlogStreamName, loadStreamName } from './lib/workload.js';
-import { ARM_LABEL, plan, type Arm, type Cell } from './lib/cells.js';
+import { ARM_LABEL, cellTag, parseVariants, plan, type Arm, type Cell } from './lib/cells.js';
 import { renderResults, renderSvg, type CellResult, type PruneEvent, type RunReport } from './report.js';
 import type { MicroRow } from './micro/common.js';
 
@@ -36,6 +37,9 @@ const { values: args } = parseArgs({
     'out-dir': { type: 'string' },
     'work-dir': { type: 'string' },
     'server-node-args': { type: 'string' },
+    rounds: { type: 'string' },
+    variants: { type: 'string' },
+    'device-only': { type: 'boolean', default: false },
     list: { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
   },
@@ -54,6 +58,10 @@ if (args.help) {
   --out-dir DIR           where RESULTS.md and throughput.svg go (default bench/)
   --work-dir DIR          databases and seeds (default bench/.work; must be a real disk, not tmpfs)
   --server-node-args=ARGS node flags for every server process (note the =), e.g. --server-node-args="--cpu-prof --cpu-prof-dir=bench/.work/prof"
+  --rounds N              interleaved rounds of the device-shape group (default 3, quick 1)
+  --variants SPEC         more (b) configurations for the device-shape group, measured in every round:
+                          'name=--flag value --flag2 value;name2=ENV_VAR=value --flag value' (e.g. a lever switched off)
+  --device-only           run only the device-shape group (with --variants: measure levers interleaved)
   --list                  print the cell ids of the plan and exit
 `);
   process.exit(0);
@@ -80,10 +88,16 @@ const opts = {
   workDir: args['work-dir'] ?? join(root, 'bench', '.work'),
   only: args.only === undefined ? undefined : new RegExp(args.only),
   serverNodeArgs: (args['server-node-args'] ?? '').split(/\s+/).filter(Boolean),
+  rounds: Math.max(1, Math.floor(num(args.rounds, quick ? 1 : 3))),
+  variants: parseVariants(args.variants),
+  deviceOnly: args['device-only'],
+};
+const planOptions = {
+  quick, backlog: opts.backlog, idleConnections: opts.idleConnections, rounds: opts.rounds, variants: opts.variants, deviceOnly: opts.deviceOnly,
 };
 
 if (args.list) {
-  for (const cell of plan({ quick, backlog: opts.backlog, idleConnections: opts.idleConnections })) {
+  for (const cell of plan(planOptions)) {
     if (opts.only === undefined || opts.only.test(cell.id)) process.stdout.write(`${cell.id}\n`);
   }
   process.exit(0);
@@ -132,9 +146,9 @@ interface ServerProc {
   stop(): Promise<number | null>;
 }
 
-async function startServer(arm: Arm, dbPath: string | undefined, extra: readonly string[], logLevel: string): Promise<ServerProc> {
+async function startServer(arm: Arm, dbPath: string | undefined, extra: readonly string[], logLevel: string, env: Readonly<Record<string, string>> = {}): Promise<ServerProc> {
   const argv = ['--port', '0', '--log-format', 'json', '--log-level', logLevel, ...(dbPath ? ['--db-path', dbPath] : []), ...extra];
-  const child = spawn(process.execPath, [...opts.serverNodeArgs, SCRIPTS[arm], ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...opts.serverNodeArgs, SCRIPTS[arm], ...argv], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   const tail: string[] = [];
   const pruneEvents: PruneEvent[] = [];
   const keep = (line: string): void => {
@@ -222,9 +236,14 @@ function startGenerator(config: GeneratorConfig): GeneratorProc {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Seeds: each stream starts at the ack cap, so every put also evicts its stream's oldest ack.
+// Seeds: every load stream starts past the ack cap (steady state), so eviction is active from the
+// first put. Stream i holds cap + (i mod 64) acks: a server that evicts in chunks (a stream may
+// sit up to a margin above its cap) finds its streams at every phase of the chunk cycle, as in
+// a long-lived deployment, instead of all crossing the margin in the same round.
 
-const SEED_ACKS_PER_STREAM = 1000;
+const SEED_ACK_CAP = 1000;
+const SEED_PHASES = 64;
+const seedAcks = (i: number): number => SEED_ACK_CAP + (i % SEED_PHASES);
 const BACKLOG_ACKS_PER_STREAM = 500;
 const seedsDir = join(opts.workDir, 'seeds');
 const seedCache = new Map<string, string>();
@@ -239,7 +258,7 @@ async function seedFile(loadStreams: number, backlog: number): Promise<string> {
   const started = performance.now();
   const now = Date.now();
   const rows = await seedDatabase(path, [
-    { streamName: loadStreamName, streams: loadStreams, acksPerStream: SEED_ACKS_PER_STREAM, committedAt: now },
+    { streamName: loadStreamName, streams: loadStreams, acksPerStream: seedAcks, committedAt: now },
     ...(backlog > 0 ? [{
       streamName: backlogStreamName,
       streams: Math.ceil(backlog / BACKLOG_ACKS_PER_STREAM),
@@ -270,7 +289,7 @@ async function runCell(cell: Cell): Promise<CellResult> {
   }
   let rate = 0;
   if (cell.mode === 'open') {
-    const base = opts.openRate ?? (peak.b === undefined ? undefined : peak.b * (cell.rateOfPeak ?? 0.5));
+    const base = cell.fixedRate ?? opts.openRate ?? (peak.b === undefined ? undefined : peak.b * (cell.rateOfPeak ?? 0.5));
     if (base === undefined || base <= 0) return { cell, skipped: "no peak for (b) measured in this run (run a (b) closed sweep cell or pass --open-rate)" };
     rate = base;
   }
@@ -281,8 +300,8 @@ async function runCell(cell: Cell): Promise<CellResult> {
 
   // The first pruning pass is timed to begin with the measurement window (see the `at` below).
   const pruneIntervalMs = cell.alignPruning ? opts.warmupMs + (quick ? 2500 : 4000) : undefined;
-  const extra = pruneIntervalMs === undefined ? [] : ['--prune-interval-ms', String(pruneIntervalMs)];
-  const server = await startServer(cell.arm, dbPath, extra, cell.alignPruning ? 'debug' : 'info');
+  const extra = [...(pruneIntervalMs === undefined ? [] : ['--prune-interval-ms', String(pruneIntervalMs)]), ...(cell.serverArgs ?? [])];
+  const server = await startServer(cell.arm, dbPath, extra, cell.alignPruning ? 'debug' : 'info', cell.serverEnv);
   const generators: GeneratorProc[] = [];
   try {
     const nGen = Math.min(opts.generators, cell.connections);
@@ -332,11 +351,14 @@ async function runCell(cell: Cell): Promise<CellResult> {
     const windowEnd = windowStart + measureMs;
     let cpu0 = NaN;
     let cpu1 = NaN;
+    let load = NaN;
+    let io0 = NaN;
+    let io1 = NaN;
     let t0 = 0;
     let t1 = 0;
     const sampled = Promise.all([
-      sleep(Math.max(0, windowStart - Date.now())).then(() => { cpu0 = processCpuMs(server.pid); t0 = performance.now(); }),
-      sleep(Math.max(0, windowEnd - Date.now())).then(() => { cpu1 = processCpuMs(server.pid); t1 = performance.now(); }),
+      sleep(Math.max(0, windowStart - Date.now())).then(() => { cpu0 = processCpuMs(server.pid); io0 = processWriteBytes(server.pid); t0 = performance.now(); load = loadavg()[0]!; }),
+      sleep(Math.max(0, windowEnd - Date.now())).then(() => { cpu1 = processCpuMs(server.pid); io1 = processWriteBytes(server.pid); t1 = performance.now(); }),
     ]);
     const results = await withTimeout(Promise.all(generators.map((g) => g.result)), windowEnd - Date.now() + opts.drainMs + 60_000, 'load run');
     await sampled;
@@ -372,6 +394,7 @@ async function runCell(cell: Cell): Promise<CellResult> {
       sendLag: lag.toJSON(),
       serverCpuCores: serverCpuMs / wallMs,
       serverCpuUsPerPut: acked > 0 ? (serverCpuMs * 1000) / acked : NaN,
+      serverWriteBytesPerPut: acked > 0 ? (io1 - io0) / acked : NaN,
       genCpuCores: genCpuMs / measured,
       serverRss: mem.rss,
       serverPeakRss: mem.peakRss,
@@ -383,6 +406,7 @@ async function runCell(cell: Cell): Promise<CellResult> {
       windowEnd,
       pruneIntervalMs,
       serverReadyAt: server.readyAt,
+      loadAvg: load,
       ...(firstError ? { note: `first connect error: ${firstError}` } : {}),
     };
   } finally {
@@ -434,6 +458,7 @@ async function runMicro(file: string): Promise<MicroRow[]> {
 async function main(): Promise<void> {
   mkdirSync(opts.workDir, { recursive: true });
   const machine = machineInfo(opts.workDir);
+  const loadAtStart = loadavg();
   log(`${quick ? 'QUICK smoke run' : 'full run'}: ${machine.nproc} cpus (${machine.cpuModel}), node ${machine.node}, db on ${machine.fsType}`);
   if (machine.fsType === 'tmpfs') log('warning: the work directory is on tmpfs, so fsync costs nothing; pass --work-dir on a real disk');
 
@@ -445,11 +470,11 @@ async function main(): Promise<void> {
     }
   }
 
-  const cells = plan({ quick, backlog: opts.backlog, idleConnections: opts.idleConnections })
+  const cells = plan(planOptions)
     .filter((c) => opts.only === undefined || opts.only.test(c.id));
   const results: CellResult[] = [];
   for (const [i, cell] of cells.entries()) {
-    log(`cell ${i + 1}/${cells.length} ${cell.id} — ${ARM_LABEL[cell.arm]}`);
+    log(`cell ${i + 1}/${cells.length} ${cell.id} — ${ARM_LABEL[cell.arm]}${cell.variant ? ` [${cellTag(cell)}: ${[...Object.entries(cell.serverEnv ?? {}).map(([k, v]) => `${k}=${v}`), ...(cell.serverArgs ?? [])].join(' ')}]` : ''}`);
     let result: CellResult;
     try {
       result = await runCell(cell);
@@ -465,9 +490,9 @@ async function main(): Promise<void> {
     else {
       const h = Histogram.from(result.latency!);
       log(`  ${Math.round(result.ackedPerSec!)} acked/s, p50 ${(h.percentile(50) / 1000).toFixed(2)} ms, p99 ${(h.percentile(99) / 1000).toFixed(2)} ms, `
-        + `server ${result.serverCpuCores!.toFixed(2)} cores, gen ${result.genCpuCores!.toFixed(2)} cores, errors ${result.errors}`
+        + `server ${result.serverCpuCores!.toFixed(2)} cores, ${result.serverCpuUsPerPut!.toFixed(0)} µs/put, ${(result.serverWriteBytesPerPut! / 1024).toFixed(1)} KiB written/put, gen ${result.genCpuCores!.toFixed(2)} cores, load ${result.loadAvg?.toFixed(1)}, errors ${result.errors}`
         + `${result.errors ? ` ${JSON.stringify(result.errorKinds)}` : ''}`);
-      if (cell.arm === 'b' && cell.mode === 'closed' && cell.sweep && result.ackedPerSec! > (peak.b ?? 0)) {
+      if (cell.arm === 'b' && cell.variant === undefined && cell.mode === 'closed' && cell.sweep && result.ackedPerSec! > (peak.b ?? 0)) {
         peak.b = result.ackedPerSec!;
         peak.cell = cell.id;
       }
@@ -484,6 +509,7 @@ async function main(): Promise<void> {
     ...(npmArgs ? { npmCommand: npmArgs } : {}),
     machine,
     settings: { ...opts, only: opts.only?.source, peakB: peak.b, peakCell: peak.cell },
+    loadAvg: { start: loadAtStart, end: loadavg() },
     cells: results,
     micro,
   };

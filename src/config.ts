@@ -21,7 +21,19 @@ const MiB = 1024 * KiB;
 export const OPTIONS = {
   host: { kind: 'string', default: '127.0.0.1', doc: 'Interface to bind. Use 0.0.0.0 to listen on all interfaces.' },
   port: { kind: 'integer', default: 8787, min: 0, doc: 'TCP port for WebSocket and HTTP (0 picks a free port).' },
+  store: {
+    kind: 'enum', default: 'sqlite', values: ['sqlite', 'postgres'],
+    doc: 'sqlite: one server, one file, no database server. postgres: any number of servers on one PostgreSQL database (docs/SCALE-OUT.md).',
+  },
   dbPath: { kind: 'string', default: './data/seqgate.db', doc: 'SQLite database file; its folder is created if missing.' },
+  databaseUrl: {
+    kind: 'string', default: '',
+    doc: 'PostgreSQL connection URL for --store postgres, e.g. postgres://user@host:5432/db. DATABASE_URL is read when this is unset.',
+  },
+  pgPoolSize: {
+    kind: 'integer', default: 4, min: 1, unit: 'connections',
+    doc: 'PostgreSQL connections for reads, readiness and pruning; batches use one more of their own.',
+  },
   synchronous: {
     kind: 'enum',
     default: 'full',
@@ -38,7 +50,11 @@ export const OPTIONS = {
   },
   contiguous: { kind: 'boolean', default: false, doc: 'Refuse gaps: each seq must be head + 1 (1 in a new epoch).' },
   ackRetentionSeconds: { kind: 'integer', default: 86_400, min: 0, unit: 's', doc: 'Acks are kept at least this long after commit.' },
-  ackCapPerStream: { kind: 'integer', default: 1000, min: 1, unit: 'acks', doc: 'Most acks kept per stream; the oldest go first.' },
+  ackCapPerStream: { kind: 'integer', default: 1000, min: 1, unit: 'acks', doc: 'Newest acks always kept per stream; older ones are evicted, the oldest first.' },
+  ackCapSlack: {
+    kind: 'integer', default: 64, min: 0, unit: 'acks',
+    doc: 'SQLite store: acks a stream may hold above ackCapPerStream before its slack + 1 oldest are evicted in one delete (back to the cap); 0 evicts one per put, as the PostgreSQL store does.',
+  },
   pruneIntervalMs: { kind: 'integer', default: 10_000, min: 10, unit: 'ms', doc: 'Pause between pruning passes.' },
   pruneBatchRows: { kind: 'integer', default: 200, min: 1, unit: 'rows', doc: 'Acks pruned per step; the event loop runs between steps.' },
   maxBatchPuts: { kind: 'integer', default: 2000, min: 1, unit: 'puts', doc: 'Most puts committed in one transaction.' },
@@ -201,6 +217,11 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Con
       raw = next;
     }
     config[name] = parseValue(name, spec, raw, flag);
+  }
+  // The conventional variable of hosting platforms, used when no seqgate-specific URL is given.
+  if (config['databaseUrl'] === '' && env['DATABASE_URL']) config['databaseUrl'] = env['DATABASE_URL'];
+  if (config['store'] === 'postgres' && config['databaseUrl'] === '') {
+    throw new ConfigError('--store postgres needs --database-url (or SEQGATE_DATABASE_URL, or DATABASE_URL)');
   }
   return config as Config;
 }

@@ -245,12 +245,6 @@ export const ERRORS = {
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERRORS;
-export type PutErrorCode = {
-  [K in ErrorCode]: (typeof ERRORS)[K]['scope'] extends 'put' ? K : never;
-}[ErrorCode];
-export type MessageErrorCode = {
-  [K in ErrorCode]: (typeof ERRORS)[K]['scope'] extends 'message' ? K : never;
-}[ErrorCode];
 
 /** Typed error carrying a registry code, as thrown inside the server and the SDK. */
 export class SeqgateError extends Error {

@@ -79,4 +79,13 @@ describe('guarded listeners', () => {
     fail = false;
     await probeServing(port);
   });
+
+  it('log an error event of the listening HTTP server (an accept failure) instead of throwing it', async () => {
+    const { logger, errors } = capture();
+    t = await startTestServer({}, { logger });
+    const http = (t.server as unknown as { http: import('node:http').Server }).http;
+    expect(() => http.emit('error', Object.assign(new Error('accept ENOBUFS'), { code: 'ENOBUFS' }))).not.toThrow();
+    expect(errors.some((e) => e.msg === 'HTTP server error; still listening')).toBe(true);
+    await probeServing(Number(new URL(t.url).port));
+  });
 });

@@ -99,7 +99,9 @@ describe('the wire module MessagePack decoder', () => {
   const jsonish = fc.letrec<{ v: unknown }>((tie) => ({
     v: fc.oneof({ depthSize: 'small' }, fc.constant(null), fc.boolean(), number, text, fc.uint8Array({ maxLength: 300 }),
       fc.bigInt({ min: -(2n ** 63n), max: 2n ** 64n - 1n }),
-      fc.array(tie('v'), { maxLength: 20 }), fc.dictionary(text, tie('v'), { maxKeys: 20 })),
+      // msgpackr renames a `__proto__` key to `__proto_`; this decoder keeps it as an own property
+      // (tested below), so that one key is left out of the comparison.
+      fc.array(tie('v'), { maxLength: 20 }), fc.dictionary(text.filter((k) => k !== '__proto__'), tie('v'), { maxKeys: 20 })),
   })).v;
 
   it('reads what msgpackr writes exactly as msgpackr reads it', () => {

@@ -13,8 +13,8 @@ import { KEYS_PER_STREAM } from './workload.js';
 export interface SeedGroup {
   readonly streamName: (index: number) => string;
   readonly streams: number;
-  /** Acks per stream; the head sits at the last one (epoch 1, seq = acksPerStream). */
-  readonly acksPerStream: number;
+  /** Acks of stream `index`; the head sits at the last one (epoch 1, seq = that count). */
+  readonly acksPerStream: number | ((index: number) => number);
   /** committed_at of every seeded ack, ms since the Unix epoch. */
   readonly committedAt: number;
 }
@@ -38,8 +38,9 @@ export async function seedDatabase(path: string, groups: readonly SeedGroup[]): 
       for (const g of groups) {
         for (let i = 0; i < g.streams; i++) {
           const name = g.streamName(i);
-          const { id } = insertStream.get(DEFAULT_TENANT, name, g.acksPerStream, g.acksPerStream)!;
-          for (let seq = 1; seq <= g.acksPerStream; seq++) {
+          const count = typeof g.acksPerStream === 'number' ? g.acksPerStream : g.acksPerStream(i);
+          const { id } = insertStream.get(DEFAULT_TENANT, name, count, count)!;
+          for (let seq = 1; seq <= count; seq++) {
             fingerprint.writeUInt32BE(seq, 0);
             insertAck.run(id, seq, fingerprint, `${name}/k${seq % KEYS_PER_STREAM}`, Math.floor(seq / KEYS_PER_STREAM) + 1, g.committedAt);
             rows++;

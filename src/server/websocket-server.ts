@@ -8,6 +8,7 @@ import { createLogger, type Logger } from '../log.js';
 import { PROTOCOL_VERSION, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK } from '../protocol/codec.js';
 import { limitsOf, type Limits } from '../protocol/messages.js';
 import { Pruner } from '../store/pruner.js';
+import { PostgresStore } from '../store/postgres-store.js';
 import { SqliteStore } from '../store/sqlite-store.js';
 import type { Store } from '../store/store.js';
 import { SEQGATE_VERSION } from '../version.js';
@@ -86,18 +87,32 @@ export class SeqgateServer {
         'bind a loopback address, or set --allow-insecure-open',
       );
     }
-    const store = options.store ?? new SqliteStore({
+    if (config.store === 'postgres' && config.databaseUrl === '') {
+      throw new ConfigError('--store postgres needs --database-url (or SEQGATE_DATABASE_URL, or DATABASE_URL)');
+    }
+    const store = options.store ?? (config.store === 'postgres' ? await PostgresStore.open({
+      connectionString: config.databaseUrl,
+      contiguous: config.contiguous,
+      ackCapPerStream: config.ackCapPerStream,
+      poolSize: config.pgPoolSize,
+      onEvent: (e) => {
+        if (e.kind === 'retry') log.debug({ err: e.cause, attempt: e.attempt }, 'batch decided again after a lock or connection failure');
+        else if (e.kind === 'outcome-unknown') log.warn({ err: e.cause, txid: e.txid }, 'connection lost after COMMIT was sent; resolving the outcome');
+        else log.info({ txid: e.txid, status: e.status }, 'outcome of a batch resolved');
+      },
+    }) : new SqliteStore({
       path: config.dbPath,
       synchronous: config.synchronous,
       contiguous: config.contiguous,
       ackCapPerStream: config.ackCapPerStream,
+      ackCapSlack: config.ackCapSlack,
       startupCheck: config.startupCheck,
       maxPages: config.maxDbPages,
       onFileLost: (lost) => {
         if (lost !== undefined) log.error({ err: lost, path: lost.path }, 'database file removed or replaced while open; refusing every write until restart');
         else log.warn({ db: config.dbPath }, 'database files are back at their paths; accepting writes again');
       },
-    });
+    }));
     let committer: Committer | undefined;
     const metrics = new Metrics({ connections: () => server.connectionCount, putsInFlight: () => committer?.inFlight ?? 0 });
     committer = new Committer(store, config.maxBatchPuts, guarded(log, 'batch observer', (info: BatchInfo) => {
@@ -141,13 +156,17 @@ export class SeqgateServer {
       http.once('error', reject);
       http.listen(config.port, config.host, () => {
         http.off('error', reject);
+        // A listening server emits 'error' for accept failures (libuv absorbs EMFILE, not all of
+        // them); without a listener that would be thrown into the event loop.
+        http.on('error', (err) => log.error({ err }, 'HTTP server error; still listening'));
         resolve();
       });
     });
     pruner.start();
     server.watchTokens();
     log.info({
-      url: server.url, db: config.dbPath, synchronous: config.synchronous, contiguous: config.contiguous,
+      url: server.url, store: config.store, db: config.store === 'postgres' ? withoutPassword(config.databaseUrl) : config.dbPath,
+      synchronous: config.synchronous, contiguous: config.contiguous,
       incarnation: store.incarnation, auth: auth.enabled ? 'tokens' : 'open',
     }, 'seqgate listening');
     return server;
@@ -396,5 +415,16 @@ export class SeqgateServer {
       this.log.info('seqgate stopped');
     })();
     return this.closing;
+  }
+}
+
+/** A connection URL fit for a log line: the password, if any, is replaced. */
+function withoutPassword(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password !== '') u.password = '***';
+    return u.toString();
+  } catch {
+    return '(unparsable URL)';
   }
 }

@@ -31,8 +31,12 @@ export interface ClockSource {
 
 const SYSTEM: ClockSource = { wall: () => Date.now(), mono: () => performance.now() };
 
-/** Offsets closer than this are one segment (Date.now has 1 ms steps; NTP slews, it does not step this little). */
-const SAME_SEGMENT_MS = 50;
+/**
+ * Offsets closer than this are one segment, which keeps the smallest: Date.now has 1 ms steps, and
+ * a process descheduled between its two clock reads on a busy machine sees a jitter of that much.
+ * Merging is always safe (a smaller offset only keeps records longer); it only spares the log.
+ */
+const SAME_SEGMENT_MS = 1000;
 /** Segments kept at most; beyond, the two oldest merge (smallest offset, latest reading: only ever more cautious). */
 const MAX_SEGMENTS = 32;
 

@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ClientClosedError, MemoryOutbox, type PutSettlement } from '@seqgate/client';
 import { SqliteOutbox } from '@seqgate/client/node';
+import { KeyValueOutbox, type KeyValueStore } from '@seqgate/client/async-storage';
 import { ERRORS } from '../../src/errors.js';
 import { FaultProxy } from '../support/fault-proxy.js';
 import { startTestServer } from '../support/test-client.js';
@@ -39,6 +40,26 @@ const kinds: Array<[string, OutboxMaker]> = [
     },
   }],
 ];
+
+/** React Native's AsyncStorage as far as KeyValueOutbox uses it: strings, each key written atomically. */
+class MemoryAsyncStorage implements KeyValueStore {
+  readonly data = new Map<string, string>();
+  async getItem(key: string): Promise<string | null> { return this.data.get(key) ?? null; }
+  async setItem(key: string, value: string): Promise<void> {
+    if (typeof value !== 'string') throw new TypeError('AsyncStorage stores strings only');
+    this.data.set(key, value);
+  }
+  async removeItem(key: string): Promise<void> { this.data.delete(key); }
+}
+kinds.push(['KeyValueOutbox over an AsyncStorage fake', {
+  make: () => new KeyValueOutbox(new MemoryAsyncStorage()),
+  // A restart: a new outbox on what the store holds, through a copy (nothing shared but strings).
+  reopen: (o) => {
+    const copy = new MemoryAsyncStorage();
+    for (const [k, v] of (o as unknown as { kv: MemoryAsyncStorage }).kv.data) copy.data.set(k, v);
+    return new KeyValueOutbox(copy);
+  },
+}]);
 
 describe.each(kinds)('outbox contract: %s', (_, maker) => {
   it.each(outboxContract.map((c) => [c.name, c] as const))('%s', async (_name, c) => {
@@ -116,6 +137,8 @@ describe('the core client entry', () => {
     };
     visit('index.ts');
     visit('wire/index.ts');
+    visit('indexeddb.ts');
+    visit('async-storage.ts');
     const all = readdirSync(clientDir, { recursive: true }).map(String).filter((f) => f.endsWith('.ts'));
     // Every source file but the Node entry is reachable from the browser entries.
     expect([...seen].sort()).toEqual(all.filter((f) => f !== 'node.ts').sort());

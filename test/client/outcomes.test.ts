@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
-  ClientClosedError, ExpiredError, FencedError, ForbiddenError, InvalidPutError, MemoryOutbox, SequenceReusedError, StaleError,
+  AuthenticationError, ClientClosedError, ExpiredError, FencedError, ForbiddenError, InvalidPutError, MemoryOutbox, SequenceReusedError, StaleError,
   VersionConflictError, WriterConflictError, type EpochChange, type PutResult, type SeqgateClient, type TransientError,
 } from '@seqgate/client';
 import { storageUnavailable } from '../../src/gate.js';
@@ -179,7 +179,7 @@ describe('client outcomes against a real server', () => {
   });
 
   it('rejects a resent put whose ack was pruned with ExpiredError, and replays the one still stored', async () => {
-    const t = await server({ ackCapPerStream: 1 });
+    const t = await server({ ackCapPerStream: 1, ackCapSlack: 0 });
     const proxy = await FaultProxy.start(t.url);
     cleanups.push(() => proxy.close());
     // The first connection loses its first results frame: the three puts commit, their answers vanish.
@@ -264,7 +264,10 @@ describe('client outcomes against a real server', () => {
     const intruder = client(t.url, 'dev-auth', { token: 'wrong-token-0123456789' });
     const refused = await failure(intruder.put('dev-doc', 4));
     expect(refused.code).toBe('UNAUTHORIZED');
+    expect(refused).toBeInstanceOf(AuthenticationError);
     expect(intruder.state).toBe('stopped');
+    expect(intruder.stoppedBecause).toBeInstanceOf(AuthenticationError);
+    expect((intruder.stoppedBecause as AuthenticationError).closeCode).toBe(4401);
   });
 
   it('in contiguous mode, steps over a hole it left by moving to a new epoch', async () => {

@@ -10,6 +10,7 @@ import { parsePut } from '../../src/protocol/messages.js';
 import { SeqgateServer } from '../../src/server/websocket-server.js';
 import { DEFAULT_TENANT, type PutResult } from '../../src/store/store.js';
 import { DbChecker } from '../support/db-checker.js';
+import { createTestDatabase, PgChecker, postgresAvailable, type TestDatabase } from '../support/postgres.js';
 import { ReferenceModel } from '../support/reference-model.js';
 import { bigintSafe, TestClient, type Msg } from '../support/test-client.js';
 import { runProperty } from './harness.js';
@@ -24,10 +25,15 @@ import { runProperty } from './harness.js';
  * (the model's clock is pinned to the server's committedAt, so replays must carry the original
  * commit time), and every error detail. Heads are compared after each reconnect and restart, and
  * at the end of each sequence the database file (raw SQL) must hold exactly the model's heads,
- * acks (with fingerprints, after cap eviction) and documents.
+ * acks (with fingerprints, after cap eviction) and documents. The whole suite runs once on the
+ * SQLite store and once on the PostgreSQL store (a database created for the run, then dropped).
  */
 
+const PG = await postgresAvailable();
+
 const ACK_CAP = 4;
+/** Chunked eviction: a stream holds up to ACK_CAP + ACK_SLACK acks, then drops back to ACK_CAP. */
+const ACK_SLACK = 2;
 const STREAMS = 3;
 const KEYS = 3;
 
@@ -119,11 +125,17 @@ class Harness {
   private runs = 0;
   readonly counters: Record<string, number> = {};
 
+  private pg: TestDatabase | undefined;
+
   constructor(readonly config: Partial<Config>) {}
 
   async start(): Promise<void> {
+    if (this.config.store === 'postgres' && this.pg === undefined) {
+      this.pg = await createTestDatabase('seqgate_model', { fastCommits: true });
+      (this.config as { databaseUrl?: string }).databaseUrl = this.pg.url;
+    }
     this.server = await SeqgateServer.start(
-      { port: 0, dbPath: this.dbPath, synchronous: 'normal', ackCapPerStream: ACK_CAP, pruneIntervalMs: 3_600_000, ...this.config },
+      { port: 0, dbPath: this.dbPath, synchronous: 'normal', ackCapPerStream: ACK_CAP, ackCapSlack: ACK_SLACK, pruneIntervalMs: 3_600_000, ...this.config },
       { logger: pino({ level: 'silent' }) },
     );
   }
@@ -131,6 +143,7 @@ class Harness {
   async dispose(): Promise<void> {
     await this.server?.close();
     rmSync(this.dir, { recursive: true, force: true });
+    await this.pg?.drop();
   }
 
   bump(name: string, by = 1): void {
@@ -148,7 +161,7 @@ class Harness {
       prefix,
       writers: Array.from({ length: STREAMS }, () => ({ epoch: 1, next: 1 })),
       history: [],
-      model: new ReferenceModel({ contiguous: this.config.contiguous ?? false, ackCapPerStream: ACK_CAP, now: () => run.clock.now }),
+      model: new ReferenceModel({ contiguous: this.config.contiguous ?? false, ackCapPerStream: ACK_CAP, ackCapSlack: ACK_SLACK, now: () => run.clock.now }),
       clock: { now: 0 },
       log: [],
       main: await this.connect('msgpack'),
@@ -158,7 +171,7 @@ class Harness {
     try {
       for (const cmd of cmds) await this.step(run, cmd);
       await this.compareHeads(run, 'at the end');
-      this.compareFile(run);
+      await this.compareFile(run);
     } finally {
       run.main.ws.terminate();
       run.other.ws.terminate();
@@ -296,14 +309,15 @@ class Harness {
   }
 
   /** The file, read with raw SQL, holds exactly the model's heads, acks and documents. */
-  private compareFile(run: Run): void {
-    const db = new DbChecker(this.dbPath);
+  private async compareFile(run: Run): Promise<void> {
+    const sqlite = this.pg === undefined ? new DbChecker(this.dbPath) : undefined;
+    const db = sqlite ?? new PgChecker(this.pg!);
     try {
       const problems: string[] = [];
       for (let i = 0; i < STREAMS; i++) {
         const name = this.streamName(run, i);
         const s = run.model.streams.get(`${DEFAULT_TENANT}/${name}`);
-        const head = db.head(name);
+        const head = await db.head(name);
         if (s === undefined) {
           if (head !== undefined) problems.push(`${name}: stored head ${JSON.stringify(head)}, model has none`);
           continue;
@@ -312,9 +326,10 @@ class Harness {
         if (head === undefined || !isDeepStrictEqual({ epoch: head.epoch, seq: head.seq, prunedThrough: head.prunedThrough, ackCount: head.ackCount }, want)) {
           problems.push(`${name}: head ${JSON.stringify(head)}, model ${JSON.stringify(want)}`);
         }
-        if (db.countAcks(name) !== s.acks.length) problems.push(`${name}: ${db.countAcks(name)} ack rows, model ${s.acks.length}`);
+        const count = await db.countAcks(name);
+        if (count !== s.acks.length) problems.push(`${name}: ${count} ack rows, model ${s.acks.length}`);
         for (const a of s.acks) {
-          const stored = db.ack(name, a.epoch, a.seq);
+          const stored = await db.ack(name, a.epoch, a.seq);
           const want = {
             outcome: a.ack.outcome, key: a.ack.key, version: a.ack.version, deleted: a.ack.deleted,
             ifVersion: a.ack.ifVersion ?? null, committedAt: a.ack.committedAt, fingerprint: a.fingerprint,
@@ -326,14 +341,14 @@ class Harness {
       for (let i = 0; i < KEYS; i++) {
         const key = this.keyName(run, i);
         const d = run.model.docs.get(`${DEFAULT_TENANT}/${key}`);
-        const stored = db.document(key);
+        const stored = await db.document(key);
         const got = stored && { version: stored.version, deleted: stored.deleted, state: stored.stateBytes?.toString('hex') ?? null };
         const want = d && { version: d.version, deleted: d.deleted, state: d.state?.toString('hex') ?? null };
         if (!isDeepStrictEqual(got, want)) problems.push(`${key}: stored ${JSON.stringify(got)}, model ${JSON.stringify(want)}`);
       }
       if (problems.length > 0) throw new Error(`the database differs from the model:\n  ${problems.join('\n  ')}\nsteps:\n  ${run.log.slice(-40).join('\n  ')}`);
     } finally {
-      db.close();
+      sqlite?.close();
     }
   }
 }
@@ -377,10 +392,15 @@ function projectModel(m: PutResult): Record<string, unknown> {
 // ---------------------------------------------------------------------------------------------
 
 describe.each([
-  { mode: 'default', contiguous: false, numRuns: 300 },
-  { mode: 'contiguous', contiguous: true, numRuns: 150 },
-])('the gate in $mode mode, against the reference model', ({ mode, contiguous, numRuns }) => {
-  const h = new Harness({ contiguous });
+  { mode: 'default', store: 'sqlite' as const, contiguous: false, numRuns: 300 },
+  { mode: 'contiguous', store: 'sqlite' as const, contiguous: true, numRuns: 150 },
+  // Fewer runs on PostgreSQL: each command is a round trip to a database server, not a file.
+  ...(PG ? [
+    { mode: 'default, PostgreSQL', store: 'postgres' as const, contiguous: false, numRuns: 40 },
+    { mode: 'contiguous, PostgreSQL', store: 'postgres' as const, contiguous: true, numRuns: 20 },
+  ] : []),
+])('the gate in $mode mode, against the reference model', ({ mode, store, contiguous, numRuns }) => {
+  const h = new Harness({ contiguous, store });
   beforeAll(() => h.start());
   afterAll(() => h.dispose());
 

@@ -4,7 +4,7 @@
  * of its targets. Compiled with test/soak/tsconfig.json into dist/test/soak/run.js; it spawns the
  * server from dist/src/cli.js (`npm run build`).
  */
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -70,6 +70,7 @@ async function main(): Promise<number> {
   if (!existsSync(process.env.SEQGATE_TEST_CLI)) throw new Error(`${process.env.SEQGATE_TEST_CLI} is missing: run \`npm run build\` first`);
   const { runSoak, SHORT_RUN, verdict } = await import('./soak.js');
   const { FUZZ_SUMMARY, readFuzzSummary, renderReport } = await import('./report.js');
+  const { keepMeasuredSections } = await import('./report-sections.js');
 
   const minutes = values.minutes === undefined ? undefined : num('minutes', values.minutes, 0);
   const seed = Math.floor(num('seed', values.seed, Math.floor(Math.random() * 2 ** 31)));
@@ -101,7 +102,9 @@ async function main(): Promise<number> {
     const reportPath = resolve(root, values.report ?? join('docs', 'RELIABILITY.md'));
     const fuzz = readFuzzSummary(resolve(root, values['fuzz-summary'] ?? FUZZ_SUMMARY));
     mkdirSync(dirname(reportPath), { recursive: true });
-    writeFileSync(reportPath, renderReport(result, { command, passed: failures.length === 0, failures, repoRoot: root }, fuzz));
+    const previous = existsSync(reportPath) ? readFileSync(reportPath, 'utf8') : '';
+    const rendered = renderReport(result, { command, passed: failures.length === 0, failures, repoRoot: root }, fuzz);
+    writeFileSync(reportPath, keepMeasuredSections(previous, rendered));
     options.log(`report written to ${relative(process.cwd(), reportPath) || reportPath}`);
   }
   for (const f of failures) process.stderr.write(`soak FAILED: ${f}\n`);

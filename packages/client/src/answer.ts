@@ -1,5 +1,5 @@
 import {
-  ExpiredError, FencedError, ForbiddenError, GapError, InvalidPutError, OutboxError, ProtocolError, SequenceReusedError,
+  AuthenticationError, ExpiredError, FencedError, ForbiddenError, GapError, InvalidPutError, OutboxError, ProtocolError, SequenceReusedError,
   SeqgateClientError, ServerRollbackError, StaleError, TransientError, VersionConflictError, WriterConflictError,
 } from './errors.js';
 import type { Ack, Position, PutRef, PutResult, RollbackInfo } from './types.js';
@@ -26,11 +26,12 @@ export function storeAnswer(outcome: { result?: PutResult; error?: Error }): Sto
   if (e instanceof InvalidPutError) return { ...base, detail: { field: e.field, limit: e.limit ?? null, max: e.max ?? null, local: e.local } };
   if (e instanceof ServerRollbackError) return { ...base, detail: { rollback: e.rollback } };
   if (e instanceof ProtocolError) return { ...base, detail: { retryable: e.retryable } };
+  if (e instanceof AuthenticationError) return { ...base, detail: { closeCode: e.closeCode } };
   return base;
 }
 
 /** The settlement a stored answer stands for, with the error rebuilt as its own class. */
-export function loadAnswer(a: StoredAnswer, put: PutRef): { result?: PutResult; error?: Error } {
+export function loadAnswer(a: StoredAnswer, put: PutRef): { result?: PutResult; error?: SeqgateClientError } {
   if (a.ok) return { result: { outcome: 'applied', replay: a.replay, ack: a.ack } };
   const d = (a.detail ?? {}) as Record<string, unknown>;
   const o = { put };
@@ -49,6 +50,7 @@ export function loadAnswer(a: StoredAnswer, put: PutRef): { result?: PutResult; 
     case 'ServerRollbackError': return { error: new ServerRollbackError(d.rollback as RollbackInfo, o) };
     case 'OutboxError': return { error: new OutboxError(a.message, o) };
     case 'TransientError': return { error: new TransientError(a.code, a.message, o) };
+    case 'AuthenticationError': return { error: new AuthenticationError(a.code === 'TOKEN_REVOKED' ? 'TOKEN_REVOKED' : 'UNAUTHORIZED', a.message, Number(d.closeCode), o) };
     case 'ProtocolError': return { error: new ProtocolError(a.code, a.message, d.retryable === true, o) };
     default: return { error: new SeqgateClientError(a.code, a.message, o) };
   }

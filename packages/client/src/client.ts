@@ -1,18 +1,20 @@
+import { decideOutcome } from './core/outcome.js';
+import { later, numberBatch, renumber } from './core/numbering.js';
+import { planReconcile } from './core/reconcile.js';
 import { Emitter } from './emitter.js';
 import {
   decodeMsgpack, encodePutJson, encodePutMsgpack, encodeState, JSON_FRAME_OVERHEAD, jsonPutFrame, msgpackMessage,
   MSGPACK_FRAME_OVERHEAD, msgpackPutFrame, nameProblem, StateProblem, utf8Length,
 } from './encode.js';
 import {
-  ClientClosedError, ExpiredError, FencedError, ForbiddenError, GapError, InvalidPutError, OutboxError, ProtocolError,
-  SequenceReusedError, SeqgateClientError, ServerRollbackError, StaleError, TransientError, VersionConflictError,
-  WriterConflictError,
+  AuthenticationError, ClientClosedError, ConnectionError, FencedError, ForbiddenError, InvalidPutError, OutboxError, ProtocolError,
+  SeqgateClientError, ServerRollbackError, TransientError, WriterConflictError,
 } from './errors.js';
 import { CLOSE_CODES, PROTOCOL_VERSION, SUBPROTOCOLS } from './wire/constants.js';
 import { loadAnswer, storeAnswer, type StoredAnswer } from './answer.js';
 import { MemoryOutbox, type AnswerEntry, type Outbox, type OutboxEntry, type StreamRecord } from './outbox.js';
 import {
-  DEFAULT_LIMITS, type Ack, type ClientStats, type CloseReport, type ConnectionState, type EpochChange, type Head,
+  DEFAULT_LIMITS, type ClientStats, type CloseReport, type ConnectionState, type EpochChange, type Head,
   type Limits, type Position, type PutOptions, type PutRef, type PutResult, type PutSettlement, type RollbackInfo,
   type RollbackPolicy, type StateChange, type WelcomeInfo,
 } from './types.js';
@@ -24,13 +26,13 @@ import {
 export interface WebSocketLike {
   binaryType: string;
   readonly protocol: string;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- browsers, React Native and ws type their events differently
   onopen: ((event: any) => void) | null;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- browsers, React Native and ws type their events differently
   onmessage: ((event: any) => void) | null;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- browsers, React Native and ws type their events differently
   onclose: ((event: any) => void) | null;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- browsers, React Native and ws type their events differently
   onerror: ((event: any) => void) | null;
   send(data: string | ArrayBufferLike | ArrayBufferView): void;
   close(code?: number, reason?: string): void;
@@ -139,10 +141,6 @@ interface Conn {
 }
 
 
-function comparePositions(a: Position, b: Position): number {
-  return a.epoch !== b.epoch ? a.epoch - b.epoch : a.seq - b.seq;
-}
-
 function asRecord(v: unknown): Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : {};
 }
@@ -190,7 +188,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
   private nextPos = 1;
   private fresh: Live[] = [];
   private entries: Live[] = [];
-  private toSettle: Array<{ entry: Live; result?: PutResult; error?: Error }> = [];
+  private toSettle: Array<{ entry: Live; result?: PutResult; error?: SeqgateClientError }> = [];
   private appendScheduled = false;
   /** Recordings scheduled or running; the client is not drained while one is. */
   private appending = 0;
@@ -422,7 +420,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     const answered: Array<{ entry: Live; answer: StoredAnswer }> = [];
     for (const e of loaded.entries) {
       if (e.pos >= this.nextPos) this.nextPos = e.pos + 1;
-      if (e.answer != null) {
+      if (e.answer !== undefined && e.answer !== null) {
         // Answered before the last process ended, but never seen by its application.
         answered.push({ entry: { ...e, checkpoint: undefined, waiter: undefined, recovered: true, status: 'settling', appended: true,
           sentBefore: true, sentAt: 0, wire: undefined, wireBytes: 0 }, answer: e.answer });
@@ -468,17 +466,11 @@ export class SeqgateClient extends Emitter<ClientEvents> {
       for (const e of batch) e.waiter?.reject(this.stoppedError(this.refOf(e)));
       return;
     }
-    const before = this.record;
-    let nextSeq = before.nextSeq;
-    let checkpoint = before.checkpoint;
-    for (const e of batch) {
-      if (before.epoch !== null) {
-        e.epoch = before.epoch;
-        e.seq = nextSeq++;
-      }
-      if (e.checkpoint !== undefined) checkpoint = e.checkpoint.value;
-    }
-    const record: StreamRecord = { ...before, nextSeq, checkpoint };
+    const { positions, record } = numberBatch(this.record, batch);
+    batch.forEach((e, i) => {
+      e.epoch = positions[i]!.epoch;
+      e.seq = positions[i]!.seq;
+    });
     try {
       await this.outbox.append(this.stream, record, batch.map(toOutboxEntry));
     } catch (err) {
@@ -499,7 +491,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
 
   // ---- settling ---------------------------------------------------------------------------
 
-  private settle(entry: Live, outcome: { result?: PutResult; error?: Error }): void {
+  private settle(entry: Live, outcome: { result?: PutResult; error?: SeqgateClientError }): void {
     if (entry.status === 'settling') return;
     entry.status = 'settling';
     this.toSettle.push({ entry, ...outcome });
@@ -525,7 +517,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     });
   }
 
-  private deliver(entry: Live, outcome: { result?: PutResult; error?: Error }): void {
+  private deliver(entry: Live, outcome: { result?: PutResult; error?: SeqgateClientError }): void {
     const put = this.refOf(entry);
     let settlement: PutSettlement;
     if (outcome.result !== undefined) {
@@ -584,7 +576,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
 
   // ---- connection -------------------------------------------------------------------------
 
-  private setState(state: ConnectionState, error?: Error): void {
+  private setState(state: ConnectionState, error?: SeqgateClientError): void {
     if (this.currentState === state) return;
     const previous = this.currentState;
     this.currentState = state;
@@ -600,8 +592,9 @@ export class SeqgateClient extends Emitter<ClientEvents> {
       ws = new this.WebSocketCtor(this.url, [SUBPROTOCOLS[this.format]]);
       ws.binaryType = 'arraybuffer';
     } catch (err) {
-      this.emit('error', new ProtocolError('CONNECT_FAILED', `cannot open a WebSocket to ${this.url}: ${(err as Error).message}`, true, { cause: err }));
-      this.setState('disconnected', err as Error);
+      const error = new ConnectionError('CONNECT_FAILED', `cannot open a WebSocket to ${this.url}: ${(err as Error).message}`, undefined, { cause: err });
+      this.emit('error', error);
+      this.setState('disconnected', error);
       this.scheduleReconnect(false);
       return;
     }
@@ -626,10 +619,10 @@ export class SeqgateClient extends Emitter<ClientEvents> {
       const code = event.code ?? 1006;
       const reason = event.reason ?? '';
       if (code === CLOSE_CODES.UNAUTHORIZED || code === CLOSE_CODES.TOKEN_REVOKED) {
-        this.stop(new ProtocolError(code === CLOSE_CODES.UNAUTHORIZED ? 'UNAUTHORIZED' : 'TOKEN_REVOKED',
-          `the server closed the connection: ${reason || code}`, false));
+        this.stop(new AuthenticationError(code === CLOSE_CODES.UNAUTHORIZED ? 'UNAUTHORIZED' : 'TOKEN_REVOKED',
+          `the server closed the connection (${code}${reason ? ' ' + reason : ''}): get a new token, retrying cannot succeed`, code));
       }
-      this.afterDisconnect(conn, new ProtocolError('CONNECTION_CLOSED', `connection closed (${code}${reason ? ' ' + reason : ''})`, true), false);
+      this.afterDisconnect(conn, new ConnectionError('CONNECTION_CLOSED', `connection closed (${code}${reason ? ' ' + reason : ''})`, code), false);
     };
     ws.onerror = () => undefined; // a close event always follows
     this.armWatchdog();
@@ -640,13 +633,13 @@ export class SeqgateClient extends Emitter<ClientEvents> {
       conn.ws.send(data);
       return true;
     } catch (err) {
-      this.dropConnection(conn, new ProtocolError('SEND_FAILED', `send failed: ${(err as Error).message}`, true, { cause: err }), false);
+      this.dropConnection(conn, new ConnectionError('SEND_FAILED', `send failed: ${(err as Error).message}`, undefined, { cause: err }), false);
       return false;
     }
   }
 
   /** Gives up on a connection now (dead or to be replaced); its unanswered puts go back to the queue. */
-  private dropConnection(conn: Conn, error: Error, immediate: boolean): void {
+  private dropConnection(conn: Conn, error: SeqgateClientError, immediate: boolean): void {
     if (conn !== this.conn) return;
     this.conn = null;
     const ws = conn.ws as WebSocketLike & { terminate?: () => void };
@@ -661,7 +654,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     this.afterDisconnect(conn, error, immediate);
   }
 
-  private afterDisconnect(conn: Conn, error: Error, immediate: boolean): void {
+  private afterDisconnect(conn: Conn, error: SeqgateClientError, immediate: boolean): void {
     const unanswered = [...conn.inflight.values()];
     conn.inflight.clear();
     for (const e of unanswered) if (e.status === 'inflight') e.status = 'queued';
@@ -694,7 +687,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
         msg = asRecord(decodeMsgpack(new Uint8Array(data as ArrayBuffer)));
       } else throw new Error('unexpected frame data type');
     } catch (err) {
-      const error = new ProtocolError('UNDECODABLE', `undecodable frame from the server: ${(err as Error).message}`, true, { cause: err });
+      const error = new ConnectionError('UNDECODABLE', `undecodable frame from the server: ${(err as Error).message}`, undefined, { cause: err });
       this.emit('error', error);
       this.dropConnection(conn, error, false);
       return;
@@ -764,78 +757,48 @@ export class SeqgateClient extends Emitter<ClientEvents> {
    * re-numbers after a hole in contiguous mode.
    */
   private async reconcile(head: Head, incarnation: string): Promise<void> {
-    const r = this.record;
     const open = this.entries.filter((e) => e.status !== 'settling');
-
-    let rollback: RollbackInfo['reason'] | null = null;
-    if (r.incarnation !== null && r.incarnation !== incarnation) rollback = 'incarnation';
-    else if (r.lastAcked !== null && comparePositions(head, r.lastAcked) < 0) rollback = 'head-behind';
-
-    if (rollback !== null) {
-      const policy = this.rollbackPolicy;
-      const epoch = policy === 'reject' ? Math.max(head.epoch, r.epoch ?? 0) + 1 : (r.epoch ?? head.epoch + 1);
-      const info: RollbackInfo = {
-        reason: rollback, stream: this.stream, previousIncarnation: r.incarnation, incarnation,
-        lastAcked: r.lastAcked, head: { epoch: head.epoch, seq: head.seq }, pending: open.length, policy, epoch,
-      };
-      if (policy === 'reject') {
-        const record: StreamRecord = { ...r, epoch, nextSeq: 1, lastAcked: null, incarnation };
-        await this.outbox.replace(this.stream, record, []);
-        this.record = record;
-        this.needRebase = false;
-        this.emit('rollback', info);
-        this.emit('epoch', { epoch, previous: r.epoch, reason: 'rollback', head });
-        for (const e of open) {
-          e.appended = false;
-          this.settle(e, { error: new ServerRollbackError(info, { put: this.refOf(e) }) });
-        }
-        // Puts recorded after this point get the new epoch; ones waiting in `fresh` too.
-        return;
-      }
-      // resend: the gate decides each put again; forget acks the server no longer has.
-      this.record = { ...r, lastAcked: null, incarnation };
-      await this.outbox.settle(this.stream, this.record, [], this.takeSeen());
-      this.emit('rollback', info);
-    }
-
-    const rec = this.record;
-    if (rec.epoch === null) {
-      // No record: a new stream, or this writer lost its counter. A fresh epoch above the
-      // server's fences any older writer of the stream (docs/CLIENT.md, "Counter loss").
-      const epoch = head.epoch + 1;
-      await this.renumber(open, epoch, { ...rec, incarnation });
-      this.emit('epoch', { epoch, previous: null, reason: head.seq > 0 || head.epoch > 0 ? 'counter-loss' : 'new-stream', head });
-      return;
-    }
-    if (this.needRebase) {
-      const epoch = Math.max(head.epoch, rec.epoch) + 1;
-      await this.renumber(open, epoch, { ...rec, incarnation });
-      this.needRebase = false;
-      this.emit('epoch', { epoch, previous: rec.epoch, reason: 'gap', head });
-      return;
-    }
-    if (rec.incarnation !== incarnation) {
-      const record = { ...rec, incarnation };
-      await this.outbox.settle(this.stream, record, [], this.takeSeen());
-      this.record = record;
-    }
-  }
-
-  /**
-   * Numbers `open` from seq 1 of `epoch`, in their order. The outbox is written first: a put must
-   * never go out under a number the outbox does not hold, or a restart could number it again.
-   */
-  private async renumber(open: Live[], epoch: number, base: StreamRecord): Promise<void> {
-    const record: StreamRecord = { ...base, epoch, nextSeq: open.length + 1 };
-    const stored = open.map((e, i) => ({ ...toOutboxEntry(e), epoch, seq: i + 1 }));
-    await this.outbox.replace(this.stream, record, stored);
-    this.record = record;
-    open.forEach((e, i) => {
-      e.epoch = epoch;
-      e.seq = i + 1;
-      e.wire = undefined;
-      if (e.status === 'inflight') e.status = 'queued';
+    const plan = planReconcile({
+      stream: this.stream, record: this.record, head, incarnation, policy: this.rollbackPolicy, needRebase: this.needRebase, open: open.length,
     });
+    if (plan.kind === 'reject-open') {
+      await this.outbox.replace(this.stream, plan.record, []);
+      this.record = plan.record;
+      this.needRebase = false;
+      this.emit('rollback', plan.rollback);
+      this.emit('epoch', plan.epoch);
+      for (const e of open) {
+        e.appended = false;
+        this.settle(e, { error: new ServerRollbackError(plan.rollback, { put: this.refOf(e) }) });
+      }
+      // Puts recorded after this point get the new epoch; ones waiting in `fresh` too.
+      return;
+    }
+    if (plan.rollback !== null) {
+      this.record = plan.rollback.record;
+      await this.outbox.settle(this.stream, this.record, [], this.takeSeen());
+      this.emit('rollback', plan.rollback.info);
+    }
+    if (plan.renumber !== null) {
+      // The outbox is written first: a put must never go out under a number the outbox does not
+      // hold, or a restart could number it again.
+      const { positions, record } = renumber(plan.renumber.base, plan.renumber.epoch.epoch, open.length);
+      await this.outbox.replace(this.stream, record, open.map((e, i) => ({ ...toOutboxEntry(e), ...positions[i]! })));
+      this.record = record;
+      open.forEach((e, i) => {
+        e.epoch = positions[i]!.epoch;
+        e.seq = positions[i]!.seq;
+        e.wire = undefined;
+        if (e.status === 'inflight') e.status = 'queued';
+      });
+      this.needRebase = false;
+      this.emit('epoch', plan.renumber.epoch);
+      return;
+    }
+    if (plan.store !== null) {
+      await this.outbox.settle(this.stream, plan.store, [], this.takeSeen());
+      this.record = plan.store;
+    }
   }
 
   // ---- sending ----------------------------------------------------------------------------
@@ -940,101 +903,42 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     }
     if (this.needRebase) {
       // Contiguous mode cannot pass the hole in this epoch: reconnect and re-number (reconcile).
-      this.dropConnection(conn, new ProtocolError('REBASE', 'moving to a new epoch past a hole', true), true);
+      this.dropConnection(conn, new ConnectionError('REBASE', 'moving to a new epoch past a hole'), true);
       return;
     }
     this.pump();
   }
 
   private onResult(entry: Live, r: Record<string, unknown>): void {
-    const put = this.refOf(entry);
-    const outcome = r.outcome;
-    if (outcome === 'applied' || outcome === 'version_conflict') {
-      const ack = asRecord(r.ack) as unknown as Ack;
-      const replay = r.replay === true;
-      const position = { epoch: entry.epoch, seq: entry.seq };
-      const last = this.record.lastAcked;
-      if (last === null || comparePositions(position, last) > 0) this.record = { ...this.record, lastAcked: position };
-      this.transientAttempts = 0;
-      if (outcome === 'applied') this.settle(entry, { result: { outcome: 'applied', replay, ack } });
-      else this.settle(entry, { error: new VersionConflictError(ack, replay, { put }) });
-      return;
+    const d = decideOutcome(r, {
+      put: this.refOf(entry),
+      lastAcked: this.record.lastAcked,
+      isOpen: (p) => this.entries.some((e) => e.status !== 'settling' && e.epoch === p.epoch && e.seq === p.seq),
+    });
+    switch (d.kind) {
+      case 'resolve':
+        this.acked(entry);
+        this.settle(entry, { result: d.result });
+        return;
+      case 'reject':
+        if (d.acked) this.acked(entry);
+        this.settle(entry, { error: d.error });
+        if (d.stop !== null) this.stop(d.stop);
+        if (d.hole) this.noteHole();
+        return;
+      case 'requeue':
+        if (d.rebase) this.needRebase = true;
+        entry.status = 'queued';
+        return;
+      case 'retry':
+        this.retryLater(entry, d.error);
+        return;
     }
-    const error = asRecord(r.error);
-    const code = typeof error.code === 'string' ? error.code : 'UNKNOWN';
-    const message = typeof error.message === 'string' ? error.message : String(outcome);
-    switch (outcome) {
-      case 'fenced': {
-        const fenced = new FencedError(num(error.epoch), { put });
-        this.settle(entry, { error: fenced });
-        this.stop(fenced);
-        return;
-      }
-      case 'stale': {
-        const h = asRecord(error.head);
-        const head = { epoch: num(h.epoch), seq: num(h.seq) };
-        const last = this.record.lastAcked;
-        const ownSkip = last !== null && last.epoch === entry.epoch && last.seq > entry.seq;
-        const stale = new StaleError(head, num(error.prunedThrough), ownSkip, { put });
-        this.settle(entry, { error: stale });
-        if (!ownSkip) {
-          this.stop(new WriterConflictError(
-            `another writer moved stream ${this.stream} to ${head.epoch}:${head.seq} in this client's epoch ${entry.epoch}; this client stops writing`,
-            { cause: stale }));
-        }
-        return;
-      }
-      case 'sequence_reused': {
-        const reused = new SequenceReusedError({ put });
-        this.settle(entry, { error: reused });
-        this.stop(new WriterConflictError(
-          `position ${entry.epoch}:${entry.seq} of stream ${this.stream} was consumed by another payload; this client stops writing`,
-          { cause: reused }));
-        return;
-      }
-      case 'expired': {
-        const h = asRecord(error.head);
-        this.settle(entry, { error: new ExpiredError({ epoch: num(h.epoch), seq: num(h.seq) }, num(error.prunedThrough), { put }) });
-        return;
-      }
-      case 'gap': {
-        const x = asRecord(error.expected);
-        const expected = { epoch: num(x.epoch), seq: num(x.seq) };
-        if (expected.epoch === entry.epoch && expected.seq < entry.seq) {
-          // A lower seq is missing: either one of ours still on its way (wait and resend in
-          // order) or one we will never send (a hole: re-number in a new epoch).
-          const ours = this.entries.some((e) => e.status !== 'settling' && e.epoch === expected.epoch && e.seq === expected.seq);
-          if (!ours) this.needRebase = true;
-          entry.status = 'queued';
-          return;
-        }
-        this.settle(entry, { error: new GapError(expected, { put }) });
-        this.noteHole();
-        return;
-      }
-      case 'invalid': {
-        const field = typeof error.field === 'string' ? error.field : 'put';
-        const limit = typeof error.limit === 'string' ? error.limit : undefined;
-        const max = typeof error.max === 'number' ? error.max : undefined;
-        this.settle(entry, { error: new InvalidPutError(code === 'LIMIT_EXCEEDED' ? 'LIMIT_EXCEEDED' : 'INVALID_FIELD', message, field, limit, max, false, { put }) });
-        this.noteHole();
-        return;
-      }
-      case 'forbidden': {
-        this.settle(entry, { error: new ForbiddenError(message, { put }) });
-        this.noteHole();
-        return;
-      }
-      default: {
-        if (error.retryable === true) {
-          this.retryLater(entry, new TransientError(code, message, { put }));
-          return;
-        }
-        // An outcome this client does not know: consumed nothing, not retryable (PROTOCOL.md §14).
-        this.settle(entry, { error: new ProtocolError(code, message, false, { put }) });
-        this.noteHole();
-      }
-    }
+  }
+
+  private acked(entry: Live): void {
+    this.record = { ...this.record, lastAcked: later(this.record.lastAcked, { epoch: entry.epoch, seq: entry.seq }) };
+    this.transientAttempts = 0;
   }
 
   /** A put refused without consuming its seq leaves a hole, which contiguous mode never passes. */
@@ -1061,7 +965,10 @@ export class SeqgateClient extends Emitter<ClientEvents> {
         this.dropConnection(conn, new ProtocolError(code, message, true), false);
         return;
       }
-      const error = code === 'FORBIDDEN' ? new ForbiddenError(`the server refused the hello: ${message}`) : new ProtocolError(code, `the server refused the hello: ${message}`, false);
+      const error = code === 'FORBIDDEN' ? new ForbiddenError(`the server refused the hello: ${message}`)
+        : code === 'UNAUTHORIZED' || code === 'TOKEN_REVOKED'
+          ? new AuthenticationError(code, `the server refused the token: ${message}; get a new token, retrying cannot succeed`, CLOSE_CODES[code])
+          : new ProtocolError(code, `the server refused the hello: ${message}`, false);
       this.stop(error);
       this.dropConnection(conn, error, false);
       return;
@@ -1107,6 +1014,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     if (why instanceof WriterConflictError) return new WriterConflictError(why.message, { cause: why.cause ?? why, put });
     if (why instanceof ForbiddenError) return new ForbiddenError(why.message, { cause: why, put });
     if (why instanceof OutboxError) return new OutboxError(why.message, { cause: why, put });
+    if (why instanceof AuthenticationError) return new AuthenticationError(why.code as 'UNAUTHORIZED' | 'TOKEN_REVOKED', why.message, why.closeCode, { cause: why, put });
     return new ProtocolError(why.code, `client stopped: ${why.message}`, false, { cause: why, put });
   }
 
@@ -1168,7 +1076,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
 
   private timedOut(conn: Conn, why: string): void {
     this.counters.timeouts++;
-    this.dropConnection(conn, new ProtocolError('TIMEOUT', `connection considered dead: ${why}`, true), false);
+    this.dropConnection(conn, new ConnectionError('TIMEOUT', `connection considered dead: ${why}`), false);
   }
 
   // ---- closing ----------------------------------------------------------------------------

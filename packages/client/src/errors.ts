@@ -7,10 +7,38 @@ import type { Ack, Position, PutRef, RollbackInfo } from './types.js';
  * are its own (WRITER_CONFLICT, SERVER_ROLLBACK, CLOSED, …).
  */
 
-export type ClientErrorCode =
-  | 'SEQUENCE_REUSED' | 'FENCED' | 'STALE' | 'EXPIRED' | 'GAP' | 'INVALID_FIELD' | 'LIMIT_EXCEEDED'
-  | 'VERSION_CONFLICT' | 'STORAGE_UNAVAILABLE' | 'FORBIDDEN' | 'WRITER_CONFLICT' | 'SERVER_ROLLBACK'
-  | 'CLOSED' | 'OUTBOX_FAILED' | 'PROTOCOL' | (string & {});
+/**
+ * Every code the client itself gives an error (docs/CLIENT.md, "Error codes", lists exactly these;
+ * test/client/error-codes.test.ts checks both ways). Codes of the server's other answers (the
+ * message-scope codes of PROTOCOL.md §10, and retryable ones such as STORAGE_UNAVAILABLE) pass
+ * through unchanged on ProtocolError and TransientError.
+ */
+export const CLIENT_ERROR_CODES = {
+  SEQUENCE_REUSED: 'SequenceReusedError',
+  FENCED: 'FencedError',
+  STALE: 'StaleError',
+  EXPIRED: 'ExpiredError',
+  GAP: 'GapError',
+  INVALID_FIELD: 'InvalidPutError',
+  LIMIT_EXCEEDED: 'InvalidPutError',
+  VERSION_CONFLICT: 'VersionConflictError',
+  FORBIDDEN: 'ForbiddenError',
+  WRITER_CONFLICT: 'WriterConflictError',
+  SERVER_ROLLBACK: 'ServerRollbackError',
+  CLOSED: 'ClientClosedError',
+  OUTBOX_FAILED: 'OutboxError',
+  UNAUTHORIZED: 'AuthenticationError',
+  TOKEN_REVOKED: 'AuthenticationError',
+  CONNECT_FAILED: 'ConnectionError',
+  CONNECTION_CLOSED: 'ConnectionError',
+  TIMEOUT: 'ConnectionError',
+  SEND_FAILED: 'ConnectionError',
+  UNDECODABLE: 'ConnectionError',
+  REBASE: 'ConnectionError',
+  PROTOCOL: 'ProtocolError',
+} as const;
+
+export type ClientErrorCode = keyof typeof CLIENT_ERROR_CODES | (string & {});
 
 export class SeqgateClientError extends Error {
   override readonly name: string = 'SeqgateClientError';
@@ -169,6 +197,37 @@ export class OutboxError extends SeqgateClientError {
 export class ProtocolError extends SeqgateClientError {
   override readonly name = 'ProtocolError';
   constructor(code: string, message: string, readonly retryable: boolean, options: { cause?: unknown; put?: PutRef } = {}) {
+    super(code, message, options);
+  }
+}
+
+/**
+ * The server refused this client's token: `UNAUTHORIZED` (close 4401: no valid token) or
+ * `TOKEN_REVOKED` (close 4403: revoked, or its grant changed). The client stops; retrying with the
+ * same token cannot succeed. Get a new token (log in again) and start a new client.
+ */
+export class AuthenticationError extends SeqgateClientError {
+  override readonly name = 'AuthenticationError';
+  constructor(code: 'UNAUTHORIZED' | 'TOKEN_REVOKED', message: string, readonly closeCode: number, options: { cause?: unknown; put?: PutRef } = {}) {
+    super(code, message, options);
+  }
+}
+
+/**
+ * A connection failed or was given up (carried by `state` and `error` events, never by a put: the
+ * client reconnects and resends by itself). `CONNECT_FAILED`: the WebSocket could not be created;
+ * `CONNECTION_CLOSED`: it closed (`closeCode`); `TIMEOUT`: no welcome, pong or answer in time;
+ * `SEND_FAILED`; `UNDECODABLE`: a frame from the server did not decode; `REBASE`: the client
+ * reconnects on purpose to move to a new epoch (contiguous mode).
+ */
+export class ConnectionError extends SeqgateClientError {
+  override readonly name = 'ConnectionError';
+  constructor(
+    code: 'CONNECT_FAILED' | 'CONNECTION_CLOSED' | 'TIMEOUT' | 'SEND_FAILED' | 'UNDECODABLE' | 'REBASE',
+    message: string,
+    readonly closeCode?: number,
+    options: { cause?: unknown; put?: PutRef } = {},
+  ) {
     super(code, message, options);
   }
 }

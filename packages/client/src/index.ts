@@ -8,7 +8,7 @@ export { MemoryOutbox, type AnswerEntry, type Outbox, type OutboxEntry, type Sto
 export {
   SeqgateClientError, FencedError, StaleError, ExpiredError, SequenceReusedError, GapError, InvalidPutError,
   VersionConflictError, TransientError, ForbiddenError, WriterConflictError, ServerRollbackError, ClientClosedError,
-  OutboxError, ProtocolError, type ClientErrorCode,
+  OutboxError, ProtocolError, AuthenticationError, ConnectionError, CLIENT_ERROR_CODES, type ClientErrorCode,
 } from './errors.js';
 export {
   DEFAULT_LIMITS, type Ack, type ClientStats, type CloseReport, type ConnectionState, type EpochChange, type Head,

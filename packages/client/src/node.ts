@@ -138,7 +138,7 @@ export class SqliteOutbox implements Outbox {
   }
 
   private writeEntry(stream: string, e: OutboxEntry): void {
-    this.stmt.putEntry.run(stream, e.pos, e.epoch, e.seq, e.key, e.state, e.ifVersion, e.createdAt, e.answer == null ? null : JSON.stringify(e.answer));
+    this.stmt.putEntry.run(stream, e.pos, e.epoch, e.seq, e.key, e.state, e.ifVersion, e.createdAt, e.answer === undefined || e.answer === null ? null : JSON.stringify(e.answer));
   }
 
   async load(stream: string): Promise<{ record: StreamRecord | null; entries: OutboxEntry[] }> {

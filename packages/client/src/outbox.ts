@@ -115,7 +115,7 @@ export class MemoryOutbox implements Outbox {
   async replace(stream: string, record: StreamRecord, entries: readonly OutboxEntry[]): Promise<void> {
     const d = this.data(stream);
     d.record = { ...record };
-    const kept = [...d.entries.values()].filter((e) => e.answer != null);
+    const kept = [...d.entries.values()].filter((e) => e.answer !== undefined && e.answer !== null);
     d.entries = new Map([...kept, ...entries].map((e) => [e.pos, { ...e }]));
   }
 

@@ -1,4 +1,5 @@
 /** Public types of the client SDK. The wire shapes follow protocol/PROTOCOL.md §3. */
+import type { SeqgateClientError } from './errors.js';
 import { DEFAULT_WIRE_LIMITS } from './wire/constants.js';
 
 /** A stream position, ordered by epoch, then seq. */
@@ -90,7 +91,7 @@ export interface StateChange {
   readonly state: ConnectionState;
   readonly previous: ConnectionState;
   /** Why the connection ended or the client stopped, when known. */
-  readonly error?: Error;
+  readonly error?: SeqgateClientError;
 }
 
 /**
@@ -143,7 +144,7 @@ export interface PutSettlement {
   /** True for puts loaded from the outbox at start (their promises died with the old process). */
   readonly recovered: boolean;
   readonly result?: PutResult;
-  readonly error?: Error;
+  readonly error?: SeqgateClientError;
 }
 
 export interface WelcomeInfo {

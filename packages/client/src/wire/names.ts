@@ -1,7 +1,13 @@
 import { utf8Length } from './utf8.js';
 
-// Names may not hold C0 controls or DEL (PROTOCOL.md §4): they end up in logs, metrics and paths.
-const CONTROL = /[\u0000-\u001f\u007f]/;
+/** Names may not hold C0 controls or DEL (PROTOCOL.md §4): they end up in logs, metrics and paths. */
+function hasControl(s: string): boolean {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x20 || c === 0x7f) return true;
+  }
+  return false;
+}
 
 export interface NameProblem {
   readonly code: 'INVALID_FIELD' | 'LIMIT_EXCEEDED';
@@ -14,6 +20,6 @@ export function nameProblem(value: unknown, field: string, maxBytes: number): Na
   if (value.length === 0) return { code: 'INVALID_FIELD', message: `${field} must not be empty` };
   // A string of n UTF-16 units has at most 3n UTF-8 bytes: most names need no count.
   if (value.length * 3 > maxBytes && utf8Length(value) > maxBytes) return { code: 'LIMIT_EXCEEDED', message: `${field} exceeds ${maxBytes} UTF-8 bytes` };
-  if (CONTROL.test(value)) return { code: 'INVALID_FIELD', message: `${field} must not contain control characters` };
+  if (hasControl(value)) return { code: 'INVALID_FIELD', message: `${field} must not contain control characters` };
   return null;
 }

@@ -84,9 +84,9 @@ export function readUtf8(buf: Uint8Array, start: number, end: number): string {
   while (i < end) {
     const b = buf[i++]!;
     if (b < 0x80) { out += String.fromCharCode(b); continue; }
-    let need = 0;
-    let cp = 0;
-    let min = 0;
+    let need: number;
+    let cp: number;
+    let min: number;
     if (b >= 0xc2 && b <= 0xdf) { need = 1; cp = b & 0x1f; min = 0x80; }
     else if (b >= 0xe0 && b <= 0xef) { need = 2; cp = b & 0x0f; min = 0x800; }
     else if (b >= 0xf0 && b <= 0xf4) { need = 3; cp = b & 0x07; min = 0x10000; }
