@@ -1,15 +1,16 @@
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { join, relative } from 'node:path';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { Histogram } from './lib/histogram.js';
 import type { FromGenerator, GeneratorConfig, GeneratorResult, ToGenerator } from './lib/ipc.js';
-import { machineInfo, openFileLimit, processCpuMs, processMemory } from './lib/proc.js';
+import { machineInfo, openFileLimit, processCpuMs, processMemory, processWriteBytes } from './lib/proc.js';
 import { repoRoot } from './lib/paths.js';
 import { countAcksBefore, createPostgresSeed, seedDatabase } from './lib/seed.js';
 import { backlogStreamName, loadStreamName } from './lib/workload.js';
-import { ARM_LABEL, plan, POSTGRES_ARMS, type Arm, type Cell } from './lib/cells.js';
+import { ARM_LABEL, cellTag, parseVariants, plan, POSTGRES_ARMS, type Arm, type Cell } from './lib/cells.js';
 import { renderResults, renderSvg, type CellResult, type PruneEvent, type RunReport } from './report.js';
 import type { MicroRow } from './micro/common.js';
 
@@ -38,6 +39,9 @@ const { values: args } = parseArgs({
     'server-node-args': { type: 'string' },
     'pg-url': { type: 'string' },
     'skip-postgres': { type: 'boolean', default: false },
+    rounds: { type: 'string' },
+    variants: { type: 'string' },
+    'device-only': { type: 'boolean', default: false },
     list: { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
   },
@@ -59,6 +63,10 @@ if (args.help) {
   --pg-url URL            PostgreSQL for the (p) and (p2) arms, as an admin user that may create databases
                           (default SEQGATE_BENCH_PG_URL or postgres://postgres@127.0.0.1:5432/postgres)
   --skip-postgres         leave out the PostgreSQL arms
+  --rounds N              interleaved rounds of the device-shape group (default 3, quick 1)
+  --variants SPEC         more (b) configurations for the device-shape group, measured in every round:
+                          'name=--flag value --flag2 value;name2=ENV_VAR=value --flag value' (e.g. a lever switched off)
+  --device-only           run only the device-shape group (with --variants: measure levers interleaved)
   --list                  print the cell ids of the plan and exit
 `);
   process.exit(0);
@@ -85,12 +93,19 @@ const opts = {
   workDir: args['work-dir'] ?? join(root, 'bench', '.work'),
   only: args.only === undefined ? undefined : new RegExp(args.only),
   serverNodeArgs: (args['server-node-args'] ?? '').split(/\s+/).filter(Boolean),
+  rounds: Math.max(1, Math.floor(num(args.rounds, quick ? 1 : 3))),
+  variants: parseVariants(args.variants),
+  deviceOnly: args['device-only'],
   pgUrl: args['pg-url'] ?? process.env.SEQGATE_BENCH_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres',
   postgres: !args['skip-postgres'],
 };
+const planOptions = {
+  quick, backlog: opts.backlog, idleConnections: opts.idleConnections, rounds: opts.rounds, variants: opts.variants, deviceOnly: opts.deviceOnly,
+  postgres: opts.postgres,
+};
 
 if (args.list) {
-  for (const cell of plan({ quick, backlog: opts.backlog, idleConnections: opts.idleConnections, postgres: opts.postgres })) {
+  for (const cell of plan(planOptions)) {
     if (opts.only === undefined || opts.only.test(cell.id)) process.stdout.write(`${cell.id}\n`);
   }
   process.exit(0);
@@ -141,9 +156,9 @@ interface ServerProc {
   stop(): Promise<number | null>;
 }
 
-async function startServer(arm: Arm, dbPath: string | undefined, extra: readonly string[], logLevel: string): Promise<ServerProc> {
+async function startServer(arm: Arm, dbPath: string | undefined, extra: readonly string[], logLevel: string, env: Readonly<Record<string, string>> = {}): Promise<ServerProc> {
   const argv = ['--port', '0', '--log-format', 'json', '--log-level', logLevel, ...(dbPath ? ['--db-path', dbPath] : []), ...extra];
-  const child = spawn(process.execPath, [...opts.serverNodeArgs, SCRIPTS[arm], ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...opts.serverNodeArgs, SCRIPTS[arm], ...argv], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   const tail: string[] = [];
   const pruneEvents: PruneEvent[] = [];
   const keep = (line: string): void => {
@@ -231,9 +246,14 @@ function startGenerator(config: GeneratorConfig): GeneratorProc {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Seeds: each stream starts at the ack cap, so every put also evicts its stream's oldest ack.
+// Seeds: every load stream starts past the ack cap (steady state), so eviction is active from the
+// first put. Stream i holds cap + (i mod 64) acks: a server that evicts in chunks (a stream may
+// sit up to a margin above its cap) finds its streams at every phase of the chunk cycle, as in
+// a long-lived deployment, instead of all crossing the margin in the same round.
 
-const SEED_ACKS_PER_STREAM = 1000;
+const SEED_ACK_CAP = 1000;
+const SEED_PHASES = 64;
+const seedAcks = (i: number): number => SEED_ACK_CAP + (i % SEED_PHASES);
 const BACKLOG_ACKS_PER_STREAM = 500;
 const seedsDir = join(opts.workDir, 'seeds');
 const seedCache = new Map<string, string>();
@@ -248,7 +268,7 @@ async function seedFile(loadStreams: number, backlog: number): Promise<string> {
   const started = performance.now();
   const now = Date.now();
   const rows = await seedDatabase(path, [
-    { streamName: loadStreamName, streams: loadStreams, acksPerStream: SEED_ACKS_PER_STREAM, committedAt: now },
+    { streamName: loadStreamName, streams: loadStreams, acksPerStream: seedAcks, committedAt: now },
     ...(backlog > 0 ? [{
       streamName: backlogStreamName,
       streams: Math.ceil(backlog / BACKLOG_ACKS_PER_STREAM),
@@ -284,7 +304,7 @@ async function runCell(cell: Cell): Promise<CellResult> {
   }
   let rate = 0;
   if (cell.mode === 'open') {
-    const base = opts.openRate ?? (peak.b === undefined ? undefined : peak.b * (cell.rateOfPeak ?? 0.5));
+    const base = cell.fixedRate ?? opts.openRate ?? (peak.b === undefined ? undefined : peak.b * (cell.rateOfPeak ?? 0.5));
     if (base === undefined || base <= 0) return { cell, skipped: "no peak for (b) measured in this run (run a (b) closed sweep cell or pass --open-rate)" };
     rate = base;
   }
@@ -294,7 +314,7 @@ async function runCell(cell: Cell): Promise<CellResult> {
   const dbPath = cell.arm === 'a' || onPostgres ? undefined : join(dir, 'seqgate.db');
   if (dbPath) copyFileSync(await seedFile(cell.mode === 'idle' ? 0 : cell.connections, cell.backlog ?? 0), dbPath);
   const pgDb = onPostgres ? await createPostgresSeed(opts.pgUrl, [
-    { streamName: loadStreamName, streams: cell.connections, acksPerStream: SEED_ACKS_PER_STREAM, committedAt: Date.now() },
+    { streamName: loadStreamName, streams: cell.connections, acksPerStream: seedAcks, committedAt: Date.now() },
   ]) : undefined;
   if (pgDb) log(`  seeded ${pgDb.rows} acks into a fresh PostgreSQL database`);
 
@@ -302,12 +322,13 @@ async function runCell(cell: Cell): Promise<CellResult> {
   const pruneIntervalMs = cell.alignPruning ? opts.warmupMs + (quick ? 2500 : 4000) : undefined;
   const extra = [
     ...(pruneIntervalMs === undefined ? [] : ['--prune-interval-ms', String(pruneIntervalMs)]),
+    ...(cell.serverArgs ?? []),
     ...(pgDb ? ['--store', 'postgres', '--database-url', pgDb.url] : []),
   ];
   const servers: ServerProc[] = [];
   const generators: GeneratorProc[] = [];
   try {
-    for (let i = 0; i < (cell.arm === 'p2' ? 2 : 1); i++) servers.push(await startServer(cell.arm, dbPath, extra, cell.alignPruning ? 'debug' : 'info'));
+    for (let i = 0; i < (cell.arm === 'p2' ? 2 : 1); i++) servers.push(await startServer(cell.arm, dbPath, extra, cell.alignPruning ? 'debug' : 'info', cell.serverEnv));
     const server = servers[0]!;
     // Each server gets its own generator(s), so connections split evenly between servers.
     const nGen = Math.max(servers.length, Math.min(opts.generators, cell.connections));
@@ -357,11 +378,14 @@ async function runCell(cell: Cell): Promise<CellResult> {
     const windowEnd = windowStart + measureMs;
     let cpu0 = NaN;
     let cpu1 = NaN;
+    let load = NaN;
+    let io0 = NaN;
+    let io1 = NaN;
     let t0 = 0;
     let t1 = 0;
     const sampled = Promise.all([
-      sleep(Math.max(0, windowStart - Date.now())).then(() => { cpu0 = serversCpuMs(servers); t0 = performance.now(); }),
-      sleep(Math.max(0, windowEnd - Date.now())).then(() => { cpu1 = serversCpuMs(servers); t1 = performance.now(); }),
+      sleep(Math.max(0, windowStart - Date.now())).then(() => { cpu0 = serversCpuMs(servers); io0 = processWriteBytes(server.pid); t0 = performance.now(); load = loadavg()[0]!; }),
+      sleep(Math.max(0, windowEnd - Date.now())).then(() => { cpu1 = serversCpuMs(servers); io1 = processWriteBytes(server.pid); t1 = performance.now(); }),
     ]);
     const results = await withTimeout(Promise.all(generators.map((g) => g.result)), windowEnd - Date.now() + opts.drainMs + 60_000, 'load run');
     await sampled;
@@ -397,6 +421,7 @@ async function runCell(cell: Cell): Promise<CellResult> {
       sendLag: lag.toJSON(),
       serverCpuCores: serverCpuMs / wallMs,
       serverCpuUsPerPut: acked > 0 ? (serverCpuMs * 1000) / acked : NaN,
+      serverWriteBytesPerPut: acked > 0 ? (io1 - io0) / acked : NaN,
       genCpuCores: genCpuMs / measured,
       serverRss: mem.rss,
       serverPeakRss: mem.peakRss,
@@ -408,6 +433,7 @@ async function runCell(cell: Cell): Promise<CellResult> {
       windowEnd,
       pruneIntervalMs,
       serverReadyAt: server.readyAt,
+      loadAvg: load,
       ...(firstError ? { note: `first connect error: ${firstError}` } : {}),
     };
   } finally {
@@ -462,6 +488,7 @@ async function runMicro(file: string): Promise<MicroRow[]> {
 async function main(): Promise<void> {
   mkdirSync(opts.workDir, { recursive: true });
   const machine = machineInfo(opts.workDir);
+  const loadAtStart = loadavg();
   log(`${quick ? 'QUICK smoke run' : 'full run'}: ${machine.nproc} cpus (${machine.cpuModel}), node ${machine.node}, db on ${machine.fsType}`);
   if (machine.fsType === 'tmpfs') log('warning: the work directory is on tmpfs, so fsync costs nothing; pass --work-dir on a real disk');
 
@@ -473,11 +500,11 @@ async function main(): Promise<void> {
     }
   }
 
-  const cells = plan({ quick, backlog: opts.backlog, idleConnections: opts.idleConnections, postgres: opts.postgres })
+  const cells = plan(planOptions)
     .filter((c) => opts.only === undefined || opts.only.test(c.id));
   const results: CellResult[] = [];
   for (const [i, cell] of cells.entries()) {
-    log(`cell ${i + 1}/${cells.length} ${cell.id} — ${ARM_LABEL[cell.arm]}`);
+    log(`cell ${i + 1}/${cells.length} ${cell.id} — ${ARM_LABEL[cell.arm]}${cell.variant ? ` [${cellTag(cell)}: ${[...Object.entries(cell.serverEnv ?? {}).map(([k, v]) => `${k}=${v}`), ...(cell.serverArgs ?? [])].join(' ')}]` : ''}`);
     let result: CellResult;
     try {
       result = await runCell(cell);
@@ -493,9 +520,9 @@ async function main(): Promise<void> {
     else {
       const h = Histogram.from(result.latency!);
       log(`  ${Math.round(result.ackedPerSec!)} acked/s, p50 ${(h.percentile(50) / 1000).toFixed(2)} ms, p99 ${(h.percentile(99) / 1000).toFixed(2)} ms, `
-        + `server ${result.serverCpuCores!.toFixed(2)} cores, gen ${result.genCpuCores!.toFixed(2)} cores, errors ${result.errors}`
+        + `server ${result.serverCpuCores!.toFixed(2)} cores, ${result.serverCpuUsPerPut!.toFixed(0)} µs/put, ${(result.serverWriteBytesPerPut! / 1024).toFixed(1)} KiB written/put, gen ${result.genCpuCores!.toFixed(2)} cores, load ${result.loadAvg?.toFixed(1)}, errors ${result.errors}`
         + `${result.errors ? ` ${JSON.stringify(result.errorKinds)}` : ''}`);
-      if (cell.arm === 'b' && cell.mode === 'closed' && cell.sweep && result.ackedPerSec! > (peak.b ?? 0)) {
+      if (cell.arm === 'b' && cell.variant === undefined && cell.mode === 'closed' && cell.sweep && result.ackedPerSec! > (peak.b ?? 0)) {
         peak.b = result.ackedPerSec!;
         peak.cell = cell.id;
       }
@@ -512,6 +539,7 @@ async function main(): Promise<void> {
     ...(npmArgs ? { npmCommand: npmArgs } : {}),
     machine,
     settings: { ...opts, only: opts.only?.source, peakB: peak.b, peakCell: peak.cell },
+    loadAvg: { start: loadAtStart, end: loadavg() },
     cells: results,
     micro,
   };

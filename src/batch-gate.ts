@@ -1,6 +1,6 @@
 import { advanceHead, decide, type DocumentMeta, type StoredAck } from './gate.js';
 import { decideCreate, decideReplace, type DocumentRow, type IdempotencyRecord } from './document-gate.js';
-import { afterForgetting, comparePositions, overCap, type Position } from './retention.js';
+import { acksToEvict, afterForgetting, comparePositions, type Position } from './retention.js';
 import {
   isDocWrite, type Ack, type DocResult, type Head, type Put, type PutResult, type Write,
 } from './store/store.js';
@@ -36,6 +36,8 @@ export interface BatchReader<Id> {
 export interface BatchOptions {
   readonly contiguous: boolean;
   readonly ackCapPerStream: number;
+  /** How far above the cap a stream may go before eviction takes it back down to the cap (default 0). */
+  readonly ackCapSlack?: number;
   readonly now: number;
 }
 
@@ -142,13 +144,15 @@ export function planBatch<Id>(batch: readonly Write[], reader: BatchReader<Id>, 
     documents.push({ tenant, key, row, origin });
   };
 
-  const evictOldest = (s: StreamState<Id>): void => {
+  /** Evicts the oldest ack; `wanted` (this one included) sizes a read of stored acks. */
+  const evictOldest = (s: StreamState<Id>, wanted: number): void => {
     let oldest: Position | undefined;
     if (s.storedNext < s.stored.length) oldest = s.stored[s.storedNext++];
     else if (!s.storedExhausted && s.id !== null) {
-      s.stored = reader.oldestAcks(s.id, s.evictedThrough, EVICTION_READ);
+      const limit = Math.max(EVICTION_READ, wanted);
+      s.stored = reader.oldestAcks(s.id, s.evictedThrough, limit);
       s.storedNext = 0;
-      s.storedExhausted = s.stored.length < EVICTION_READ;
+      s.storedExhausted = s.stored.length < limit;
       oldest = s.stored[s.storedNext++];
     }
     // Stored acks all sit at or below the old head, so this batch's own acks come after them.
@@ -224,7 +228,8 @@ export function planBatch<Id>(batch: readonly Write[], reader: BatchReader<Id>, 
     state.dirty = true;
     state.inserted.push({ fingerprint: put.fingerprint, ack });
     state.ackCount++;
-    if (overCap(state.ackCount, options.ackCapPerStream)) evictOldest(state);
+    const due = acksToEvict(state.ackCount, options.ackCapPerStream, options.ackCapSlack ?? 0);
+    for (let i = due; i > 0; i--) evictOldest(state, i);
     results.push({ kind: 'ack', ack, replay: false });
   }
 

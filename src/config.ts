@@ -50,7 +50,11 @@ export const OPTIONS = {
   },
   contiguous: { kind: 'boolean', default: false, doc: 'Refuse gaps: each seq must be head + 1 (1 in a new epoch).' },
   ackRetentionSeconds: { kind: 'integer', default: 86_400, min: 0, unit: 's', doc: 'Acks are kept at least this long after commit.' },
-  ackCapPerStream: { kind: 'integer', default: 1000, min: 1, unit: 'acks', doc: 'Most acks kept per stream; the oldest go first.' },
+  ackCapPerStream: { kind: 'integer', default: 1000, min: 1, unit: 'acks', doc: 'Newest acks always kept per stream; older ones are evicted, the oldest first.' },
+  ackCapSlack: {
+    kind: 'integer', default: 64, min: 0, unit: 'acks',
+    doc: 'SQLite store: acks a stream may hold above ackCapPerStream before its slack + 1 oldest are evicted in one delete (back to the cap); 0 evicts one per put, as the PostgreSQL store does.',
+  },
   pruneIntervalMs: { kind: 'integer', default: 10_000, min: 10, unit: 'ms', doc: 'Pause between pruning passes.' },
   pruneBatchRows: { kind: 'integer', default: 200, min: 1, unit: 'rows', doc: 'Acks pruned per step; the event loop runs between steps.' },
   maxBatchPuts: { kind: 'integer', default: 2000, min: 1, unit: 'puts', doc: 'Most puts committed in one transaction.' },

@@ -16,11 +16,17 @@ export function comparePositions(a: Position, b: Position): number {
 }
 
 /**
- * A stream holding more than `cap` acks gives up its oldest one, one for each put it consumes.
- * The newest ack is never the one evicted: it is the head's, and the cap is at least 1.
+ * Cap eviction in chunks: how many of a stream's oldest acks to evict now that it holds
+ * `ackCount`. A stream may hold up to `cap + slack` acks; the put that takes it beyond that evicts
+ * its `slack + 1` oldest acks in one delete, which brings a stream at steady state back to exactly
+ * `cap`. So the newest `cap` acks are always kept (every retry among them replays), at most
+ * `cap + slack` are stored, and a stream pays for eviction once every `slack + 1` puts instead of
+ * on every put. With slack 0 each put past the cap evicts one ack. A stream far above the cap
+ * (the cap was lowered) sheds `slack + 1` per put, so no single batch deletes without bound.
+ * The newest ack is never evicted: it is the head's, and the cap is at least 1.
  */
-export function overCap(ackCount: number, cap: number): boolean {
-  return ackCount > cap;
+export function acksToEvict(ackCount: number, cap: number, slack: number): number {
+  return ackCount > cap + slack ? slack + 1 : 0;
 }
 
 /**

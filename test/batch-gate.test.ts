@@ -5,7 +5,7 @@ import { planBatch, type BatchReader } from '../src/batch-gate.js';
 import { failedBatch, storageUnavailable } from '../src/gate.js';
 import { ERRORS } from '../src/errors.js';
 import { putFingerprint } from '../src/protocol/canonical.js';
-import { afterForgetting, mayPrune, planPrune } from '../src/retention.js';
+import { acksToEvict, afterForgetting, mayPrune, planPrune } from '../src/retention.js';
 import { Committer } from '../src/server/committer.js';
 import type { Put, Store } from '../src/store/store.js';
 
@@ -64,6 +64,18 @@ describe('planBatch', () => {
     const s = plan.streams[0]!;
     expect(s).toMatchObject({ id: 7, head: { epoch: 1, seq: 5, prunedThrough: 3 }, ackCount: 2, evictThrough: { epoch: 1, seq: 3 } });
     expect(s.acks.map((a) => a.ack.seq)).toEqual([4, 5]);
+  });
+
+  it('with slack, evicts nothing until cap + slack is passed, then down to the cap in one read and one delete', () => {
+    expect([acksToEvict(10, 10, 4), acksToEvict(14, 10, 4), acksToEvict(15, 10, 4), acksToEvict(11, 10, 0), acksToEvict(50, 10, 4)])
+      .toEqual([0, 0, 5, 1, 5]);
+    const acks = Array.from({ length: 100 }, (_, i): [number, number] => [1, i + 1]);
+    const { r, asked } = reader({ head: { epoch: 1, seq: 100, prunedThrough: 0, ackCount: 100 }, acks });
+    const plan = planBatch<number>([put(101), put(102)], r, { contiguous: false, ackCapPerStream: 30, ackCapSlack: 70, now: 1 });
+    const s = plan.streams[0]!;
+    // 101 acks > 30 + 70: the 71 oldest go (1..71), back to the cap; then 102 leaves 31, within the slack.
+    expect(s).toMatchObject({ head: { epoch: 1, seq: 102, prunedThrough: 71 }, ackCount: 31, evictThrough: { epoch: 1, seq: 71 } });
+    expect(asked.filter((a) => a === 'oldestAcks')).toHaveLength(1);
   });
 
   it('finds a retry of a put consumed earlier in the same batch without asking the reader, and treats an evicted one as gone', () => {

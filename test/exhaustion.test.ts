@@ -1,6 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { readFileSync } from 'node:fs';
 import { connect as tcpConnect } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { Packr } from 'msgpackr';
@@ -10,6 +9,7 @@ import { SqliteStore } from '../src/store/sqlite-store.js';
 import type { DocResult, Put, PutResult, Store, StoredDocument, StreamHead, Write } from '../src/store/store.js';
 import { ChildServer, tempDb, type TempDb } from './support/child-server.js';
 import { DbChecker } from './support/db-checker.js';
+import { rssBytes, rssSampler } from './support/process-stats.js';
 import { startTestServer, TestClient, type Msg } from './support/test-client.js';
 
 /**
@@ -42,26 +42,6 @@ async function serve(args: string[] = []): Promise<ChildServer> {
   cleanup.push(() => child.dispose());
   await child.start();
   return child;
-}
-
-/** Resident memory of a process, from /proc. */
-function rssBytes(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  if (!m) throw new Error(`no VmRSS for ${pid}`);
-  return Number(m[1]) * 1024;
-}
-
-/** Samples a process's RSS every 25 ms; `peak` is the highest seen. */
-function rssSampler(pid: number): { peak: () => number; stop: () => void } {
-  let peak = rssBytes(pid);
-  const timer = setInterval(() => {
-    try {
-      peak = Math.max(peak, rssBytes(pid));
-    } catch {
-      // the process is gone; the test notices that elsewhere
-    }
-  }, 25);
-  return { peak: () => peak, stop: () => clearInterval(timer) };
 }
 
 function p99(latencies: readonly number[]): number {

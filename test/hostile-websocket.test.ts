@@ -6,7 +6,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { ChildServer, tempDb } from './support/child-server.js';
 import { DbChecker } from './support/db-checker.js';
-import { cpuMs, frame, RawWebSocket, rssBytes, rssSampler } from './support/raw-websocket.js';
+import { cpuMs, rssBytes, rssSampler } from './support/process-stats.js';
+import { frame, RawWebSocket } from './support/raw-websocket.js';
 import { TestClient, type Msg } from './support/test-client.js';
 
 /**

@@ -191,7 +191,7 @@ describe('POST /v1/streams/{stream}/puts', () => {
   });
 
   it('answers expired with 409 once the ack of the retried seq was dropped by the per-stream cap', async () => {
-    const capped = await startTestServer({ ackCapPerStream: 1 });
+    const capped = await startTestServer({ ackCapPerStream: 1, ackCapSlack: 0 });
     try {
       const one = { epoch: 1, seq: 1, key: 'k', state: 1 };
       await call(capped, 'POST', '/v1/streams/ex/puts', { json: one });

@@ -1,7 +1,7 @@
-import { readFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ChildServer, tempDb, type TempDb } from './support/child-server.js';
+import { rssBytes } from './support/process-stats.js';
 import { probeServing } from './support/raw-http.js';
 import { TestClient } from './support/test-client.js';
 
@@ -87,11 +87,6 @@ function putHead(key: string, length: number): string {
 /** A JSON string body of exactly `length` bytes. */
 function jsonBody(length: number): string {
   return `"${'x'.repeat(length - 2)}"`;
-}
-
-function rssBytes(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return Number(m![1]) * 1024;
 }
 
 describe('HTTP timeouts against the real server process', () => {

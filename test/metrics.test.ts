@@ -161,7 +161,7 @@ const cases: Case[] = [
 let main: TestServer;
 let contiguous: TestServer;
 beforeAll(async () => {
-  main = await startTestServer({ tokens, ackCapPerStream: 1 });
+  main = await startTestServer({ tokens, ackCapPerStream: 1, ackCapSlack: 0 });
   contiguous = await startTestServer({ contiguous: true, tokens });
 });
 afterAll(async () => {

@@ -45,6 +45,8 @@ function mk(spec: PutSpec): Put {
 interface StoreOptions {
   contiguous?: boolean;
   ackCapPerStream?: number;
+  /** Chunked cap eviction; a store that does not take it is only run with 0 (see SLACK_STORES). */
+  ackCapSlack?: number;
   /** PostgreSQL only: reuse an open store with these options (its tables emptied, its clock reset). */
   reuse?: boolean;
 }
@@ -91,7 +93,7 @@ const stores: Array<[string, (o: StoreOptions) => Harness | Promise<Harness>]> =
     const clock = { now: 1_000_000 };
     const store = new SqliteStore({
       path: ':memory:', synchronous: 'full', contiguous: o.contiguous ?? false,
-      ackCapPerStream: o.ackCapPerStream ?? 1000, now: () => clock.now,
+      ackCapPerStream: o.ackCapPerStream ?? 1000, ackCapSlack: o.ackCapSlack ?? 0, now: () => clock.now,
     });
     // A real storage fault: the connection refuses writes (SQLITE_READONLY) inside the transaction.
     const fail = () => { store.database.pragma('query_only = ON'); };
@@ -100,7 +102,9 @@ const stores: Array<[string, (o: StoreOptions) => Harness | Promise<Harness>]> =
   }],
   ['ReferenceModel', (o) => {
     const clock = { now: 1_000_000 };
-    const options = { contiguous: o.contiguous ?? false, ackCapPerStream: o.ackCapPerStream ?? 1000, now: () => clock.now, failNext: false };
+    const options = {
+      contiguous: o.contiguous ?? false, ackCapPerStream: o.ackCapPerStream ?? 1000, ackCapSlack: o.ackCapSlack ?? 0, now: () => clock.now, failNext: false,
+    };
     return { store: new ReferenceModel(options), clock, fail: () => { options.failNext = true; }, heal: () => { options.failNext = false; } };
   }],
   ...(PG ? [['PostgresStore', freshPostgres] as [string, (o: StoreOptions) => Promise<Harness>]] : []),
@@ -114,7 +118,10 @@ async function run(store: Store, ...specs: PutSpec[]): Promise<PutResult[]> {
   return store.apply(specs.map(mk));
 }
 
-describe.each(stores)('%s store contract', (_name, make) => {
+/** Stores that take `ackCapSlack` (the PostgreSQL store evicts one ack per put past the cap, i.e. slack 0). */
+const SLACK_STORES = new Set(['SqliteStore', 'ReferenceModel']);
+
+describe.each(stores)('%s store contract', (name, make) => {
   it('applies a first put and acks stream, epoch, seq, key, version 1 and commit time', async () => {
     const { store } = await make({});
     const [r] = await run(store, { seq: 1 });
@@ -173,6 +180,21 @@ describe.each(stores)('%s store contract', (_name, make) => {
     expect(outcomes(await run(store, { seq: 1 }, { seq: 2 }, { seq: 3 }, { seq: 4 })))
       .toEqual(['expired', 'expired', 'applied*', 'applied*']);
     expect((await store.heads('default', ['s']))[0]).toMatchObject({ seq: 4, prunedThrough: 2 });
+  });
+
+  it.skipIf(!SLACK_STORES.has(name))('with slack, keeps up to cap + slack acks, then evicts slack + 1 of them, back to the cap', async () => {
+    const { store } = await make({ ackCapPerStream: 2, ackCapSlack: 2 });
+    await run(store, { seq: 1 }, { seq: 2 }, { seq: 3 }, { seq: 4 });
+    // 4 acks = cap + slack: nothing evicted yet, every retry replays.
+    expect(outcomes(await run(store, { seq: 1 }, { seq: 4 }))).toEqual(['applied*', 'applied*']);
+    expect((await store.heads('default', ['s']))[0]).toMatchObject({ seq: 4, prunedThrough: 0 });
+    await run(store, { seq: 5 });
+    // The fifth ack takes the stream past cap + slack: 1, 2 and 3 go, the newest two (the cap) stay.
+    expect(outcomes(await run(store, { seq: 1 }, { seq: 3 }, { seq: 4 }, { seq: 5 })))
+      .toEqual(['expired', 'expired', 'applied*', 'applied*']);
+    expect((await store.heads('default', ['s']))[0]).toMatchObject({ seq: 5, prunedThrough: 3 });
+    await run(store, { seq: 6 }, { seq: 7 });
+    expect(outcomes(await run(store, { seq: 4 }, { seq: 7 }))).toEqual(['applied*', 'applied*']);
   });
 
   it('prunes acks older than the window but never a stream\'s latest ack, and never its head', async () => {
@@ -339,15 +361,19 @@ describe('every store against the reference model', () => {
       delete: fc.boolean(),
       ifVersion: fc.option(fc.integer({ min: 0, max: 4 }), { nil: null }),
     });
+    // Half the runs with slack 0, so that every store is compared in those.
+    const slackArb = fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 3 }));
     const stepArb = fc.oneof(
       fc.record({ kind: fc.constant('batch' as const), puts: fc.array(putArb, { minLength: 1, maxLength: 6 }) }),
       fc.record({ kind: fc.constant('tick' as const), ms: fc.integer({ min: 1, max: 2000 }) }),
       fc.record({ kind: fc.constant('prune' as const), windowMs: fc.integer({ min: 0, max: 3000 }) }),
     );
     await fc.assert(
-      fc.asyncProperty(fc.array(stepArb, { minLength: 1, maxLength: 25 }), fc.boolean(), fc.integer({ min: 1, max: 4 }), async (steps, contiguous, cap) => {
+      fc.asyncProperty(fc.array(stepArb, { minLength: 1, maxLength: 25 }), fc.boolean(), fc.integer({ min: 1, max: 4 }), slackArb, async (steps, contiguous, cap, slack) => {
         const sides: Harness[] = [];
-        for (const [, make] of stores) sides.push(await make({ contiguous, ackCapPerStream: cap, reuse: true }));
+        for (const [name, make] of stores) {
+          if (slack === 0 || SLACK_STORES.has(name)) sides.push(await make({ contiguous, ackCapPerStream: cap, ackCapSlack: slack, reuse: true }));
+        }
         for (const step of steps) {
           const answers: unknown[] = [];
           for (const side of sides) {

@@ -19,6 +19,7 @@ const store = new SqliteStore({
   synchronous: config.synchronous,
   contiguous: config.contiguous,
   ackCapPerStream: config.ackCapPerStream,
+  ackCapSlack: config.ackCapSlack,
 });
 const pruner = new Pruner(store, {
   retentionMs: config.ackRetentionSeconds * 1000,

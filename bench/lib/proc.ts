@@ -27,6 +27,16 @@ export function processCpuMs(pid: number): number {
   return ((utime + stime) * 1000) / ticksPerSecond();
 }
 
+/** Bytes a process (all its threads) caused to be written to storage, from /proc/<pid>/io; NaN if unreadable. */
+export function processWriteBytes(pid: number): number {
+  try {
+    const m = /^write_bytes:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/io`, 'utf8'));
+    return m ? Number(m[1]) : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
 /** VmRSS and VmHWM (peak resident set) of a process, in bytes. */
 export function processMemory(pid: number): { rss: number; peakRss: number } {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');

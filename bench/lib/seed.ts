@@ -15,8 +15,8 @@ import { KEYS_PER_STREAM } from './workload.js';
 export interface SeedGroup {
   readonly streamName: (index: number) => string;
   readonly streams: number;
-  /** Acks per stream; the head sits at the last one (epoch 1, seq = acksPerStream). */
-  readonly acksPerStream: number;
+  /** Acks of stream `index`; the head sits at the last one (epoch 1, seq = that count). */
+  readonly acksPerStream: number | ((index: number) => number);
   /** committed_at of every seeded ack, ms since the Unix epoch. */
   readonly committedAt: number;
 }
@@ -40,8 +40,9 @@ export async function seedDatabase(path: string, groups: readonly SeedGroup[]): 
       for (const g of groups) {
         for (let i = 0; i < g.streams; i++) {
           const name = g.streamName(i);
-          const { id } = insertStream.get(DEFAULT_TENANT, name, g.acksPerStream, g.acksPerStream)!;
-          for (let seq = 1; seq <= g.acksPerStream; seq++) {
+          const count = typeof g.acksPerStream === 'number' ? g.acksPerStream : g.acksPerStream(i);
+          const { id } = insertStream.get(DEFAULT_TENANT, name, count, count)!;
+          for (let seq = 1; seq <= count; seq++) {
             fingerprint.writeUInt32BE(seq, 0);
             insertAck.run(id, seq, fingerprint, `${name}/k${seq % KEYS_PER_STREAM}`, Math.floor(seq / KEYS_PER_STREAM) + 1, g.committedAt);
             rows++;
@@ -103,15 +104,16 @@ export async function createPostgresSeed(adminUrl: string, groups: readonly Seed
       await c.query('SET synchronous_commit = off');
       for (const g of groups) {
         const names = Array.from({ length: g.streams }, (_, i) => g.streamName(i));
+        const counts = names.map((_, i) => (typeof g.acksPerStream === 'number' ? g.acksPerStream : g.acksPerStream(i)));
         await c.query(
           `INSERT INTO seqgate.streams (tenant, name, epoch, seq, pruned_through, ack_count)
-           SELECT $1, n, 1, $3, 0, $3 FROM unnest($2::text[]) AS n`, [DEFAULT_TENANT, names, g.acksPerStream]);
+           SELECT $1, x.n, 1, x.c, 0, x.c FROM unnest($2::text[], $3::int[]) AS x(n, c)`, [DEFAULT_TENANT, names, counts]);
         const res = await c.query(
           `INSERT INTO seqgate.acks (stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at)
            SELECT s.id, 1, q, decode(lpad(to_hex(q), 8, '0') || repeat('ab', 12), 'hex'), 0,
-                  s.name || '/k' || (q % $3), q / $3 + 1, false, NULL, $4
-             FROM seqgate.streams s CROSS JOIN generate_series(1, $2::int) AS q WHERE s.name = ANY($1::text[])`,
-          [names, g.acksPerStream, KEYS_PER_STREAM, g.committedAt]);
+                  s.name || '/k' || (q % $2), q / $2 + 1, false, NULL, $3
+             FROM seqgate.streams s CROSS JOIN LATERAL generate_series(1, s.seq::int) AS q WHERE s.name = ANY($1::text[])`,
+          [names, KEYS_PER_STREAM, g.committedAt]);
         rows += res.rowCount ?? 0;
       }
       await c.query('VACUUM ANALYZE');

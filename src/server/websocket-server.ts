@@ -105,6 +105,7 @@ export class SeqgateServer {
       synchronous: config.synchronous,
       contiguous: config.contiguous,
       ackCapPerStream: config.ackCapPerStream,
+      ackCapSlack: config.ackCapSlack,
       startupCheck: config.startupCheck,
       maxPages: config.maxDbPages,
       onFileLost: (lost) => {

@@ -22,6 +22,8 @@ export interface SqliteStoreOptions {
   readonly synchronous: 'full' | 'normal';
   readonly contiguous: boolean;
   readonly ackCapPerStream: number;
+  /** Acks a stream may hold above the cap before eviction takes it back to the cap in one delete (default 0). */
+  readonly ackCapSlack?: number;
   /** Integrity check at open: 'quick' (default), 'full' (slow on large files) or 'off'. */
   readonly startupCheck?: 'quick' | 'full' | 'off';
   /** Upper bound on the file size in pages (0: none); a full database fails batches retryably. */
@@ -161,7 +163,8 @@ export class SqliteStore implements Store {
     };
     this.runBatch = this.db.transaction((batch: readonly Write[]) => {
       const plan = planBatch(batch, this.reader, {
-        contiguous: this.options.contiguous, ackCapPerStream: this.options.ackCapPerStream, now: this.now(),
+        contiguous: this.options.contiguous, ackCapPerStream: this.options.ackCapPerStream, ackCapSlack: this.options.ackCapSlack ?? 0,
+        now: this.now(),
       });
       this.write(plan);
       reach('before-commit');

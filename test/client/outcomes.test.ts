@@ -179,7 +179,7 @@ describe('client outcomes against a real server', () => {
   });
 
   it('rejects a resent put whose ack was pruned with ExpiredError, and replays the one still stored', async () => {
-    const t = await server({ ackCapPerStream: 1 });
+    const t = await server({ ackCapPerStream: 1, ackCapSlack: 0 });
     const proxy = await FaultProxy.start(t.url);
     cleanups.push(() => proxy.close());
     // The first connection loses its first results frame: the three puts commit, their answers vanish.

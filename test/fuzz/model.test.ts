@@ -32,6 +32,8 @@ import { runProperty } from './harness.js';
 const PG = await postgresAvailable();
 
 const ACK_CAP = 4;
+/** Chunked eviction: a stream holds up to ACK_CAP + ACK_SLACK acks, then drops back to ACK_CAP. */
+const ACK_SLACK = 2;
 const STREAMS = 3;
 const KEYS = 3;
 
@@ -133,7 +135,7 @@ class Harness {
       (this.config as { databaseUrl?: string }).databaseUrl = this.pg.url;
     }
     this.server = await SeqgateServer.start(
-      { port: 0, dbPath: this.dbPath, synchronous: 'normal', ackCapPerStream: ACK_CAP, pruneIntervalMs: 3_600_000, ...this.config },
+      { port: 0, dbPath: this.dbPath, synchronous: 'normal', ackCapPerStream: ACK_CAP, ackCapSlack: ACK_SLACK, pruneIntervalMs: 3_600_000, ...this.config },
       { logger: pino({ level: 'silent' }) },
     );
   }
@@ -159,7 +161,7 @@ class Harness {
       prefix,
       writers: Array.from({ length: STREAMS }, () => ({ epoch: 1, next: 1 })),
       history: [],
-      model: new ReferenceModel({ contiguous: this.config.contiguous ?? false, ackCapPerStream: ACK_CAP, now: () => run.clock.now }),
+      model: new ReferenceModel({ contiguous: this.config.contiguous ?? false, ackCapPerStream: ACK_CAP, ackCapSlack: ACK_SLACK, now: () => run.clock.now }),
       clock: { now: 0 },
       log: [],
       main: await this.connect('msgpack'),

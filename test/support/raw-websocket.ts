@@ -1,5 +1,4 @@
 import { once } from 'node:events';
-import { readFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 
 /**
@@ -116,31 +115,4 @@ function serverFrames(buf: Buffer): Array<{ opcode: number; payload: Buffer }> {
     pos = at + len;
   }
   return out;
-}
-
-/** Resident memory of a process, from /proc. */
-export function rssBytes(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  if (!m) throw new Error(`no VmRSS for ${pid}`);
-  return Number(m[1]) * 1024;
-}
-
-/** CPU time (user + system) a process has used, in ms, from /proc; clock ticks are 100 Hz on Linux. */
-export function cpuMs(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) * 10;
-}
-
-/** Samples a process's RSS every 25 ms; `peak` is the highest seen. */
-export function rssSampler(pid: number): { peak: () => number; stop: () => void } {
-  let peak = rssBytes(pid);
-  const timer = setInterval(() => {
-    try {
-      peak = Math.max(peak, rssBytes(pid));
-    } catch {
-      // the process is gone; the test notices that elsewhere
-    }
-  }, 25);
-  return { peak: () => peak, stop: () => clearInterval(timer) };
 }

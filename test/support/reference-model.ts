@@ -26,6 +26,8 @@ interface ModelDoc {
 export interface ReferenceOptions {
   readonly contiguous: boolean;
   readonly ackCapPerStream: number;
+  /** Acks a stream may hold above the cap before it is cut back to the cap (default 0). */
+  readonly ackCapSlack?: number;
   readonly now: () => number;
   /** Makes the next apply fail as a whole, as a storage fault would. */
   failNext?: boolean;
@@ -125,8 +127,9 @@ export class ReferenceModel implements Store {
     }
     s.seq = p.seq;
     s.acks.push({ epoch: p.epoch, seq: p.seq, fingerprint: fp, ack });
-    // Cap: the oldest acks go first; the newest (the head's) always stays.
-    while (s.acks.length > this.options.ackCapPerStream) this.dropAck(s, 0);
+    // Cap: past cap + slack, the slack + 1 oldest acks go; the newest (the head's) always stays.
+    const slack = this.options.ackCapSlack ?? 0;
+    if (s.acks.length > this.options.ackCapPerStream + slack) for (let i = 0; i <= slack; i++) this.dropAck(s, 0);
     this.streams.set(sid, s);
     return { kind: 'ack', ack, replay: false };
   }
