@@ -94,6 +94,7 @@ export class SeqgateServer {
       connectionString: config.databaseUrl,
       contiguous: config.contiguous,
       ackCapPerStream: config.ackCapPerStream,
+      ackCapSlack: config.ackCapSlack,
       poolSize: config.pgPoolSize,
       onEvent: (e) => {
         if (e.kind === 'retry') log.debug({ err: e.cause, attempt: e.attempt }, 'batch decided again after a lock or connection failure');
