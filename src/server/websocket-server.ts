@@ -106,6 +106,9 @@ export class SeqgateServer {
       contiguous: config.contiguous,
       ackCapPerStream: config.ackCapPerStream,
       ackCapSlack: config.ackCapSlack,
+      walCheckpoint: config.walCheckpoint,
+      maxWalBytes: config.maxWalBytes,
+      onCheckpointError: (err) => log.warn({ err }, 'WAL checkpoint failed; the next one retries'),
       startupCheck: config.startupCheck,
       maxPages: config.maxDbPages,
       onFileLost: (lost) => {
