@@ -11,6 +11,7 @@ import { bearerToken, mayReadDocument, mayReadStream, mayWrite, type Authenticat
 import type { Committer } from './committer.js';
 import { guarded } from './listener-guard.js';
 import type { Metrics } from './metrics.js';
+import { Readiness, READINESS_TIMEOUT_MS } from './readiness.js';
 import type { RequestBodies } from './request-bodies.js';
 import { parseRequestTarget } from './request-target.js';
 
@@ -57,6 +58,7 @@ interface Reply {
 }
 
 export function createHttpHandler(ctx: HttpContext): (req: IncomingMessage, res: ServerResponse) => void {
+  const readiness = new Readiness(ctx.store, READINESS_TIMEOUT_MS);
   const inFlightKeys = new Set<string>();
 
   const handle = async (req: IncomingMessage, route: string, parts: string[], format: WireFormat): Promise<Reply> => {
@@ -64,7 +66,7 @@ export function createHttpHandler(ctx: HttpContext): (req: IncomingMessage, res:
     if (route === 'healthz') return { status: 200, body: { status: 'ok' } };
     if (route === 'readyz') {
       try {
-        await ctx.store.ready();
+        await readiness.check();
         return { status: 200, body: { status: 'ready' } };
       } catch (err) {
         throw new HttpError('NOT_READY', `database does not accept writes: ${(err as Error).message}`);

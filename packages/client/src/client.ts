@@ -1,18 +1,20 @@
+import { decideOutcome } from './core/outcome.js';
+import { later, numberBatch, renumber } from './core/numbering.js';
+import { planReconcile } from './core/reconcile.js';
 import { Emitter } from './emitter.js';
 import {
   decodeMsgpack, encodePutJson, encodePutMsgpack, encodeState, JSON_FRAME_OVERHEAD, jsonPutFrame, msgpackMessage,
   MSGPACK_FRAME_OVERHEAD, msgpackPutFrame, nameProblem, StateProblem, utf8Length,
 } from './encode.js';
 import {
-  AuthenticationError, ClientClosedError, ConnectionError, ExpiredError, FencedError, ForbiddenError, GapError, InvalidPutError, OutboxError, ProtocolError,
-  SequenceReusedError, SeqgateClientError, ServerRollbackError, StaleError, TransientError, VersionConflictError,
-  WriterConflictError,
+  AuthenticationError, ClientClosedError, ConnectionError, FencedError, ForbiddenError, InvalidPutError, OutboxError, ProtocolError,
+  SeqgateClientError, ServerRollbackError, TransientError, WriterConflictError,
 } from './errors.js';
 import { CLOSE_CODES, PROTOCOL_VERSION, SUBPROTOCOLS } from './wire/constants.js';
 import { loadAnswer, storeAnswer, type StoredAnswer } from './answer.js';
 import { MemoryOutbox, type AnswerEntry, type Outbox, type OutboxEntry, type StreamRecord } from './outbox.js';
 import {
-  DEFAULT_LIMITS, type Ack, type ClientStats, type CloseReport, type ConnectionState, type EpochChange, type Head,
+  DEFAULT_LIMITS, type ClientStats, type CloseReport, type ConnectionState, type EpochChange, type Head,
   type Limits, type Position, type PutOptions, type PutRef, type PutResult, type PutSettlement, type RollbackInfo,
   type RollbackPolicy, type StateChange, type WelcomeInfo,
 } from './types.js';
@@ -138,10 +140,6 @@ interface Conn {
   nextPingAt: number;
 }
 
-
-function comparePositions(a: Position, b: Position): number {
-  return a.epoch !== b.epoch ? a.epoch - b.epoch : a.seq - b.seq;
-}
 
 function asRecord(v: unknown): Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : {};
@@ -468,17 +466,11 @@ export class SeqgateClient extends Emitter<ClientEvents> {
       for (const e of batch) e.waiter?.reject(this.stoppedError(this.refOf(e)));
       return;
     }
-    const before = this.record;
-    let nextSeq = before.nextSeq;
-    let checkpoint = before.checkpoint;
-    for (const e of batch) {
-      if (before.epoch !== null) {
-        e.epoch = before.epoch;
-        e.seq = nextSeq++;
-      }
-      if (e.checkpoint !== undefined) checkpoint = e.checkpoint.value;
-    }
-    const record: StreamRecord = { ...before, nextSeq, checkpoint };
+    const { positions, record } = numberBatch(this.record, batch);
+    batch.forEach((e, i) => {
+      e.epoch = positions[i]!.epoch;
+      e.seq = positions[i]!.seq;
+    });
     try {
       await this.outbox.append(this.stream, record, batch.map(toOutboxEntry));
     } catch (err) {
@@ -765,78 +757,48 @@ export class SeqgateClient extends Emitter<ClientEvents> {
    * re-numbers after a hole in contiguous mode.
    */
   private async reconcile(head: Head, incarnation: string): Promise<void> {
-    const r = this.record;
     const open = this.entries.filter((e) => e.status !== 'settling');
-
-    let rollback: RollbackInfo['reason'] | null = null;
-    if (r.incarnation !== null && r.incarnation !== incarnation) rollback = 'incarnation';
-    else if (r.lastAcked !== null && comparePositions(head, r.lastAcked) < 0) rollback = 'head-behind';
-
-    if (rollback !== null) {
-      const policy = this.rollbackPolicy;
-      const epoch = policy === 'reject' ? Math.max(head.epoch, r.epoch ?? 0) + 1 : (r.epoch ?? head.epoch + 1);
-      const info: RollbackInfo = {
-        reason: rollback, stream: this.stream, previousIncarnation: r.incarnation, incarnation,
-        lastAcked: r.lastAcked, head: { epoch: head.epoch, seq: head.seq }, pending: open.length, policy, epoch,
-      };
-      if (policy === 'reject') {
-        const record: StreamRecord = { ...r, epoch, nextSeq: 1, lastAcked: null, incarnation };
-        await this.outbox.replace(this.stream, record, []);
-        this.record = record;
-        this.needRebase = false;
-        this.emit('rollback', info);
-        this.emit('epoch', { epoch, previous: r.epoch, reason: 'rollback', head });
-        for (const e of open) {
-          e.appended = false;
-          this.settle(e, { error: new ServerRollbackError(info, { put: this.refOf(e) }) });
-        }
-        // Puts recorded after this point get the new epoch; ones waiting in `fresh` too.
-        return;
-      }
-      // resend: the gate decides each put again; forget acks the server no longer has.
-      this.record = { ...r, lastAcked: null, incarnation };
-      await this.outbox.settle(this.stream, this.record, [], this.takeSeen());
-      this.emit('rollback', info);
-    }
-
-    const rec = this.record;
-    if (rec.epoch === null) {
-      // No record: a new stream, or this writer lost its counter. A fresh epoch above the
-      // server's fences any older writer of the stream (docs/CLIENT.md, "Counter loss").
-      const epoch = head.epoch + 1;
-      await this.renumber(open, epoch, { ...rec, incarnation });
-      this.emit('epoch', { epoch, previous: null, reason: head.seq > 0 || head.epoch > 0 ? 'counter-loss' : 'new-stream', head });
-      return;
-    }
-    if (this.needRebase) {
-      const epoch = Math.max(head.epoch, rec.epoch) + 1;
-      await this.renumber(open, epoch, { ...rec, incarnation });
-      this.needRebase = false;
-      this.emit('epoch', { epoch, previous: rec.epoch, reason: 'gap', head });
-      return;
-    }
-    if (rec.incarnation !== incarnation) {
-      const record = { ...rec, incarnation };
-      await this.outbox.settle(this.stream, record, [], this.takeSeen());
-      this.record = record;
-    }
-  }
-
-  /**
-   * Numbers `open` from seq 1 of `epoch`, in their order. The outbox is written first: a put must
-   * never go out under a number the outbox does not hold, or a restart could number it again.
-   */
-  private async renumber(open: Live[], epoch: number, base: StreamRecord): Promise<void> {
-    const record: StreamRecord = { ...base, epoch, nextSeq: open.length + 1 };
-    const stored = open.map((e, i) => ({ ...toOutboxEntry(e), epoch, seq: i + 1 }));
-    await this.outbox.replace(this.stream, record, stored);
-    this.record = record;
-    open.forEach((e, i) => {
-      e.epoch = epoch;
-      e.seq = i + 1;
-      e.wire = undefined;
-      if (e.status === 'inflight') e.status = 'queued';
+    const plan = planReconcile({
+      stream: this.stream, record: this.record, head, incarnation, policy: this.rollbackPolicy, needRebase: this.needRebase, open: open.length,
     });
+    if (plan.kind === 'reject-open') {
+      await this.outbox.replace(this.stream, plan.record, []);
+      this.record = plan.record;
+      this.needRebase = false;
+      this.emit('rollback', plan.rollback);
+      this.emit('epoch', plan.epoch);
+      for (const e of open) {
+        e.appended = false;
+        this.settle(e, { error: new ServerRollbackError(plan.rollback, { put: this.refOf(e) }) });
+      }
+      // Puts recorded after this point get the new epoch; ones waiting in `fresh` too.
+      return;
+    }
+    if (plan.rollback !== null) {
+      this.record = plan.rollback.record;
+      await this.outbox.settle(this.stream, this.record, [], this.takeSeen());
+      this.emit('rollback', plan.rollback.info);
+    }
+    if (plan.renumber !== null) {
+      // The outbox is written first: a put must never go out under a number the outbox does not
+      // hold, or a restart could number it again.
+      const { positions, record } = renumber(plan.renumber.base, plan.renumber.epoch.epoch, open.length);
+      await this.outbox.replace(this.stream, record, open.map((e, i) => ({ ...toOutboxEntry(e), ...positions[i]! })));
+      this.record = record;
+      open.forEach((e, i) => {
+        e.epoch = positions[i]!.epoch;
+        e.seq = positions[i]!.seq;
+        e.wire = undefined;
+        if (e.status === 'inflight') e.status = 'queued';
+      });
+      this.needRebase = false;
+      this.emit('epoch', plan.renumber.epoch);
+      return;
+    }
+    if (plan.store !== null) {
+      await this.outbox.settle(this.stream, plan.store, [], this.takeSeen());
+      this.record = plan.store;
+    }
   }
 
   // ---- sending ----------------------------------------------------------------------------
@@ -948,94 +910,35 @@ export class SeqgateClient extends Emitter<ClientEvents> {
   }
 
   private onResult(entry: Live, r: Record<string, unknown>): void {
-    const put = this.refOf(entry);
-    const outcome = r.outcome;
-    if (outcome === 'applied' || outcome === 'version_conflict') {
-      const ack = asRecord(r.ack) as unknown as Ack;
-      const replay = r.replay === true;
-      const position = { epoch: entry.epoch, seq: entry.seq };
-      const last = this.record.lastAcked;
-      if (last === null || comparePositions(position, last) > 0) this.record = { ...this.record, lastAcked: position };
-      this.transientAttempts = 0;
-      if (outcome === 'applied') this.settle(entry, { result: { outcome: 'applied', replay, ack } });
-      else this.settle(entry, { error: new VersionConflictError(ack, replay, { put }) });
-      return;
+    const d = decideOutcome(r, {
+      put: this.refOf(entry),
+      lastAcked: this.record.lastAcked,
+      isOpen: (p) => this.entries.some((e) => e.status !== 'settling' && e.epoch === p.epoch && e.seq === p.seq),
+    });
+    switch (d.kind) {
+      case 'resolve':
+        this.acked(entry);
+        this.settle(entry, { result: d.result });
+        return;
+      case 'reject':
+        if (d.acked) this.acked(entry);
+        this.settle(entry, { error: d.error });
+        if (d.stop !== null) this.stop(d.stop);
+        if (d.hole) this.noteHole();
+        return;
+      case 'requeue':
+        if (d.rebase) this.needRebase = true;
+        entry.status = 'queued';
+        return;
+      case 'retry':
+        this.retryLater(entry, d.error);
+        return;
     }
-    const error = asRecord(r.error);
-    const code = typeof error.code === 'string' ? error.code : 'UNKNOWN';
-    const message = typeof error.message === 'string' ? error.message : String(outcome);
-    switch (outcome) {
-      case 'fenced': {
-        const fenced = new FencedError(num(error.epoch), { put });
-        this.settle(entry, { error: fenced });
-        this.stop(fenced);
-        return;
-      }
-      case 'stale': {
-        const h = asRecord(error.head);
-        const head = { epoch: num(h.epoch), seq: num(h.seq) };
-        const last = this.record.lastAcked;
-        const ownSkip = last !== null && last.epoch === entry.epoch && last.seq > entry.seq;
-        const stale = new StaleError(head, num(error.prunedThrough), ownSkip, { put });
-        this.settle(entry, { error: stale });
-        if (!ownSkip) {
-          this.stop(new WriterConflictError(
-            `another writer moved stream ${this.stream} to ${head.epoch}:${head.seq} in this client's epoch ${entry.epoch}; this client stops writing`,
-            { cause: stale }));
-        }
-        return;
-      }
-      case 'sequence_reused': {
-        const reused = new SequenceReusedError({ put });
-        this.settle(entry, { error: reused });
-        this.stop(new WriterConflictError(
-          `position ${entry.epoch}:${entry.seq} of stream ${this.stream} was consumed by another payload; this client stops writing`,
-          { cause: reused }));
-        return;
-      }
-      case 'expired': {
-        const h = asRecord(error.head);
-        this.settle(entry, { error: new ExpiredError({ epoch: num(h.epoch), seq: num(h.seq) }, num(error.prunedThrough), { put }) });
-        return;
-      }
-      case 'gap': {
-        const x = asRecord(error.expected);
-        const expected = { epoch: num(x.epoch), seq: num(x.seq) };
-        if (expected.epoch === entry.epoch && expected.seq < entry.seq) {
-          // A lower seq is missing: either one of ours still on its way (wait and resend in
-          // order) or one we will never send (a hole: re-number in a new epoch).
-          const ours = this.entries.some((e) => e.status !== 'settling' && e.epoch === expected.epoch && e.seq === expected.seq);
-          if (!ours) this.needRebase = true;
-          entry.status = 'queued';
-          return;
-        }
-        this.settle(entry, { error: new GapError(expected, { put }) });
-        this.noteHole();
-        return;
-      }
-      case 'invalid': {
-        const field = typeof error.field === 'string' ? error.field : 'put';
-        const limit = typeof error.limit === 'string' ? error.limit : undefined;
-        const max = typeof error.max === 'number' ? error.max : undefined;
-        this.settle(entry, { error: new InvalidPutError(code === 'LIMIT_EXCEEDED' ? 'LIMIT_EXCEEDED' : 'INVALID_FIELD', message, field, limit, max, false, { put }) });
-        this.noteHole();
-        return;
-      }
-      case 'forbidden': {
-        this.settle(entry, { error: new ForbiddenError(message, { put }) });
-        this.noteHole();
-        return;
-      }
-      default: {
-        if (error.retryable === true) {
-          this.retryLater(entry, new TransientError(code, message, { put }));
-          return;
-        }
-        // An outcome this client does not know: consumed nothing, not retryable (PROTOCOL.md §14).
-        this.settle(entry, { error: new ProtocolError(code, message, false, { put }) });
-        this.noteHole();
-      }
-    }
+  }
+
+  private acked(entry: Live): void {
+    this.record = { ...this.record, lastAcked: later(this.record.lastAcked, { epoch: entry.epoch, seq: entry.seq }) };
+    this.transientAttempts = 0;
   }
 
   /** A put refused without consuming its seq leaves a hole, which contiguous mode never passes. */
