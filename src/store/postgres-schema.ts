@@ -171,6 +171,77 @@ export const MIGRATIONS: readonly string[] = [
   END
   $fn$;
   `,
+  `
+  -- The change log (transactional outbox) of the changefeed; see src/store/change-log.ts.
+  -- One row per tenant: the last offset handed out and the highest one removed by retention.
+  CREATE TABLE seqgate.change_logs (
+    tenant          text   PRIMARY KEY,
+    last_offset     bigint NOT NULL DEFAULT 0,
+    trimmed_through bigint NOT NULL DEFAULT 0
+  );
+  -- origin: stream, epoch, seq for a put by sequence; route for an HTTP document write.
+  CREATE TABLE seqgate.changes (
+    tenant       text    NOT NULL,
+    "offset"     bigint  NOT NULL,
+    key          text    NOT NULL,
+    version      bigint  NOT NULL,
+    deleted      boolean NOT NULL,
+    state        bytea,
+    stream       text,
+    epoch        bigint,
+    seq          bigint,
+    route        text,
+    committed_at bigint  NOT NULL,
+    PRIMARY KEY (tenant, "offset")
+  );
+
+  -- write_batch again, now also appending the batch's changes (its json gains 'c').
+  CREATE OR REPLACE FUNCTION seqgate.write_batch(b json) RETURNS integer LANGUAGE plpgsql VOLATILE AS $fn$
+  DECLARE
+    moved integer;
+    tn text;
+    n bigint;
+    base bigint;
+  BEGIN
+    UPDATE seqgate.streams AS t SET epoch = x.e, seq = x.q, pruned_through = x.p, ack_count = x.c
+      FROM json_to_recordset(b->'s') AS x(i bigint, e bigint, q bigint, p bigint, c bigint)
+      WHERE t.id = x.i AND (t.epoch, t.seq) < (x.e, x.q);
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    IF moved <> json_array_length(b->'s') THEN
+      RAISE EXCEPTION 'a stream head would not move forward' USING ERRCODE = 'SGH01';
+    END IF;
+    DELETE FROM seqgate.acks AS a USING json_to_recordset(b->'s') AS x(i bigint, ee bigint, eq bigint)
+      WHERE x.ee IS NOT NULL AND a.stream_id = x.i AND (a.epoch, a.seq) <= (x.ee, x.eq);
+    INSERT INTO seqgate.acks (stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at)
+      SELECT x.i, x.e, x.q, decode(x.f, 'base64'), x.o, x.k, x.v, x.d, x.iv, x.ca
+      FROM json_to_recordset(b->'a') AS x(i bigint, e bigint, q bigint, f text, o smallint, k text, v bigint, d boolean, iv bigint, ca bigint);
+    INSERT INTO seqgate.documents AS t (tenant, key, version, deleted, state, updated_at)
+      SELECT x.t, x.k, x.v, x.d, decode(x.s, 'base64'), x.u
+      FROM json_to_recordset(b->'d') AS x(t text, k text, v bigint, d boolean, s text, u bigint)
+      ON CONFLICT (tenant, key) DO UPDATE SET version = excluded.version, deleted = excluded.deleted,
+        state = excluded.state, updated_at = excluded.updated_at;
+    INSERT INTO seqgate.idempotency AS t (tenant, scope, key, fingerprint, doc_key, version, created_at)
+      SELECT x.t, x.sc, x.k, decode(x.f, 'base64'), x.dk, x.v, x.ca
+      FROM json_to_recordset(b->'i') AS x(t text, sc text, k text, f text, dk text, v bigint, ca bigint)
+      ON CONFLICT (tenant, scope, key) DO UPDATE SET fingerprint = excluded.fingerprint, doc_key = excluded.doc_key,
+        version = excluded.version, created_at = excluded.created_at;
+    -- The change log: per tenant, in C order (after every other lock of the batch), the log row is
+    -- locked by this upsert until COMMIT. Offsets are so handed out in commit order: a transaction
+    -- gets offset N+1 only after the one holding N has committed (or rolled back, in which case N
+    -- was never visible and is handed out again). A reader can never see N+1 before N.
+    FOR tn, n IN SELECT x.t, count(*) FROM json_to_recordset(b->'c') AS x(t text) GROUP BY x.t ORDER BY x.t COLLATE "C" LOOP
+      INSERT INTO seqgate.change_logs AS l (tenant, last_offset) VALUES (tn, n)
+        ON CONFLICT (tenant) DO UPDATE SET last_offset = l.last_offset + excluded.last_offset
+        RETURNING l.last_offset - n INTO base;
+      INSERT INTO seqgate.changes (tenant, "offset", key, version, deleted, state, stream, epoch, seq, route, committed_at)
+        SELECT tn, base + x.n, x.k, x.v, x.d, decode(x.s, 'base64'), x.sn, x.e, x.q, x.r, x.ca
+        FROM json_to_recordset(b->'c') AS x(t text, n bigint, k text, v bigint, d boolean, s text, sn text, e bigint, q bigint, r text, ca bigint)
+        WHERE x.t = tn;
+    END LOOP;
+    RETURN moved;
+  END
+  $fn$;
+  `,
 ];
 
 export const PG_SCHEMA_VERSION = MIGRATIONS.length;

@@ -7,6 +7,8 @@ import { planPrune } from '../retention.js';
 import { reach } from '../crash-points.js';
 import { DatabaseUnusableError, migrate } from './sqlite-schema.js';
 import { WalCheckpointer } from './wal-checkpointer.js';
+import { changeOrigin, type ChangePage, type ChangeQuery, type ChangeRetention, type Snapshot } from './change-log.js';
+import { SqliteChangeLog } from './sqlite-change-log.js';
 import { FileIdentity, type FileLostError } from './file-identity.js';
 import { processClock } from './retention-clock.js';
 
@@ -43,6 +45,8 @@ export interface SqliteStoreOptions {
   readonly onCheckpointError?: (err: Error) => void;
   /** Told when the database file (or its -wal) is found removed or replaced, and when it is back. */
   readonly onFileLost?: (lost: FileLostError | undefined) => void;
+  /** Append every document change to the change log (default true; false only to measure its cost). */
+  readonly changeLog?: boolean;
 }
 
 interface StreamRow {
@@ -75,6 +79,8 @@ export class SqliteStore implements Store {
   private readonly db: Database.Database;
   private readonly now: () => number;
   private readonly stmt;
+  private readonly changes: SqliteChangeLog;
+  private readonly logChanges: boolean;
   private readonly runBatch: (batch: readonly Write[]) => Array<PutResult | DocResult>;
   private readonly reader: BatchReader<number>;
   private readonly runPrune: (olderThan: number, maxRows: number) => { pruned: number; done: boolean };
@@ -121,6 +127,8 @@ export class SqliteStore implements Store {
       : new FileIdentity([options.path, `${options.path}-wal`], options.onFileLost);
 
     const db = this.db;
+    this.changes = new SqliteChangeLog(db);
+    this.logChanges = options.changeLog ?? true;
     this.stmt = {
       getStream: db.prepare<[string, string], StreamRow>(
         'SELECT id, epoch, seq, pruned_through, ack_count FROM streams WHERE tenant = ? AND name = ?'),
@@ -272,9 +280,15 @@ export class SqliteStore implements Store {
         );
       }
     }
+    this.changes.beginBatch();
     for (const d of plan.documents) {
       stmt.upsertDoc.run(d.tenant, d.key, d.row.version, d.row.deleted ? 1 : 0, d.row.state, d.row.updatedAt);
+      // The change log row goes in the same transaction: it commits exactly when the document does.
+      if (this.logChanges) {
+        this.changes.append(d.tenant, d.key, d.row.version, d.row.deleted, d.row.state, changeOrigin(d.origin, d.row.deleted), d.row.updatedAt);
+      }
     }
+    this.changes.endBatch();
     for (const i of plan.idempotency) {
       stmt.insertIdempotency.run(i.tenant, i.scope, i.idempotencyKey, i.record.fingerprint, i.record.key, i.record.version, i.record.createdAt);
     }
@@ -363,6 +377,25 @@ export class SqliteStore implements Store {
   /** The background checkpointer, if the store runs one; for tests. */
   get walCheckpointer(): WalCheckpointer | undefined {
     return this.checkpointer;
+  }
+
+  async readChanges(tenant: string, query: ChangeQuery): Promise<ChangePage> {
+    return this.changes.read(tenant, query);
+  }
+
+  async changeTail(tenant: string): Promise<number> {
+    return this.changes.tail(tenant);
+  }
+
+  async snapshot(tenant: string, prefixes: readonly string[], afterKey: string | null, limit: number): Promise<Snapshot> {
+    // One read transaction: the documents and the offset come from the same moment.
+    return this.db.transaction(() => this.changes.snapshot(tenant, prefixes, afterKey, limit))();
+  }
+
+  async trimChanges(policy: ChangeRetention, maxRows: number): Promise<{ removed: number; done: boolean }> {
+    const step = this.db.transaction(() => this.changes.trim(policy, maxRows)).immediate();
+    if (step.removed > 0) this.checkpointer?.committed();
+    return step;
   }
 
   async close(): Promise<void> {
