@@ -96,6 +96,7 @@ export class SeqgateServer {
       connectionString: config.databaseUrl,
       contiguous: config.contiguous,
       ackCapPerStream: config.ackCapPerStream,
+      ackCapSlack: config.ackCapSlack,
       poolSize: config.pgPoolSize,
       changeLog: config.changefeed,
       onEvent: (e) => {
