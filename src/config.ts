@@ -40,6 +40,14 @@ export const OPTIONS = {
     values: ['full', 'normal'],
     doc: 'full: every acked put survives power loss. normal: survives a process crash, not power loss.',
   },
+  walCheckpoint: {
+    kind: 'enum', default: 'background', values: ['background', 'commit'],
+    doc: 'background: a worker thread copies the WAL into the database file beside the commits; commit: SQLite\'s own checkpoint, inside the commit that fills 1000 pages.',
+  },
+  maxWalBytes: {
+    kind: 'integer', default: 64 * MiB, min: 1 * MiB, unit: 'bytes',
+    doc: 'walCheckpoint background: WAL size past which the server finishes a checkpoint between two batches so the WAL rewinds to its start.',
+  },
   startupCheck: {
     kind: 'enum', default: 'quick', values: ['quick', 'full', 'off'],
     doc: 'Integrity check of the database file at start; a damaged file is refused (exit 3). full is slow on large files.',
