@@ -71,12 +71,13 @@ async function freshPostgres(o: StoreOptions): Promise<Harness> {
       DELETE FROM seqgate.streams; DELETE FROM seqgate.documents; DELETE FROM seqgate.acks; DELETE FROM seqgate.idempotency;
       DELETE FROM seqgate.changes; DELETE FROM seqgate.change_logs;
     END IF; END $$`);
-  const cacheKey = `${o.contiguous ?? false}/${o.ackCapPerStream ?? 1000}`;
+  const cacheKey = `${o.contiguous ?? false}/${o.ackCapPerStream ?? 1000}/${o.ackCapSlack ?? 0}`;
   let cached = o.reuse ? reusable.get(cacheKey) : undefined;
   if (cached === undefined) {
     const c = { now: 1_000_000 };
     const s = await PostgresStore.open({
-      connectionString: db.url, contiguous: o.contiguous ?? false, ackCapPerStream: o.ackCapPerStream ?? 1000, now: () => c.now, poolSize: 2,
+      connectionString: db.url, contiguous: o.contiguous ?? false, ackCapPerStream: o.ackCapPerStream ?? 1000, ackCapSlack: o.ackCapSlack ?? 0,
+      now: () => c.now, poolSize: 2,
     });
     cached = { store: s, clock: c };
     if (o.reuse) reusable.set(cacheKey, cached);
@@ -120,8 +121,8 @@ async function run(store: Store, ...specs: PutSpec[]): Promise<PutResult[]> {
   return store.apply(specs.map(mk));
 }
 
-/** Stores that take `ackCapSlack` (the PostgreSQL store evicts one ack per put past the cap, i.e. slack 0). */
-const SLACK_STORES = new Set(['SqliteStore', 'ReferenceModel']);
+/** Stores that take `ackCapSlack`: all of them. */
+const SLACK_STORES = new Set(['SqliteStore', 'ReferenceModel', 'PostgresStore']);
 
 describe.each(stores)('%s store contract', (name, make) => {
   it('applies a first put and acks stream, epoch, seq, key, version 1 and commit time', async () => {

@@ -96,6 +96,7 @@ export class SeqgateServer {
       connectionString: config.databaseUrl,
       contiguous: config.contiguous,
       ackCapPerStream: config.ackCapPerStream,
+      ackCapSlack: config.ackCapSlack,
       poolSize: config.pgPoolSize,
       changeLog: config.changefeed,
       onEvent: (e) => {
@@ -109,6 +110,9 @@ export class SeqgateServer {
       contiguous: config.contiguous,
       ackCapPerStream: config.ackCapPerStream,
       ackCapSlack: config.ackCapSlack,
+      walCheckpoint: config.walCheckpoint,
+      maxWalBytes: config.maxWalBytes,
+      onCheckpointError: (err) => log.warn({ err }, 'WAL checkpoint failed; the next one retries'),
       startupCheck: config.startupCheck,
       maxPages: config.maxDbPages,
       changeLog: config.changefeed,

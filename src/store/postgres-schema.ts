@@ -12,6 +12,60 @@ import { DatabaseUnusableError } from './sqlite-schema.js';
  * The batch runs as two statements (src/store/postgres-store.ts): `begin_batch` takes the locks and
  * then reads, in fresh statements, what the gate needs; `write_batch` writes what the gate decided.
  */
+/** begin_batch as released in migration 1 (kept verbatim: released migrations never change). */
+const BEGIN_BATCH_V1 = `  CREATE FUNCTION seqgate.begin_batch(b json, cap bigint)
+  RETURNS TABLE (kind smallint, id bigint, tenant text, name text, epoch bigint, seq bigint, n1 bigint, n2 bigint,
+                 flag boolean, state bytea, fingerprint bytea, outcome smallint, akey text, if_version bigint, scope text)
+  LANGUAGE plpgsql VOLATILE AS $fn$
+  #variable_conflict use_column
+  BEGIN
+    INSERT INTO seqgate.streams AS s (tenant, name)
+      SELECT x.t, x.n FROM json_to_recordset(b->'s') AS x(t text, n text) ORDER BY x.t COLLATE "C", x.n COLLATE "C"
+      ON CONFLICT (tenant, name) DO NOTHING;
+    PERFORM 1 FROM seqgate.streams s JOIN json_to_recordset(b->'s') AS x(t text, n text) ON s.tenant = x.t AND s.name = x.n
+      ORDER BY s.tenant COLLATE "C", s.name COLLATE "C" FOR UPDATE OF s;
+    INSERT INTO seqgate.documents AS d (tenant, key)
+      SELECT x.t, x.k FROM json_to_recordset(b->'d') AS x(t text, k text) ORDER BY x.t COLLATE "C", x.k COLLATE "C"
+      ON CONFLICT (tenant, key) DO NOTHING;
+    PERFORM 1 FROM seqgate.documents d JOIN json_to_recordset(b->'d') AS x(t text, k text) ON d.tenant = x.t AND d.key = x.k
+      ORDER BY d.tenant COLLATE "C", d.key COLLATE "C" FOR UPDATE OF d;
+    INSERT INTO seqgate.idempotency AS i (tenant, scope, key)
+      SELECT x.t, x.sc, x.k FROM json_to_recordset(b->'i') AS x(t text, sc text, k text)
+      ORDER BY x.t COLLATE "C", x.sc COLLATE "C", x.k COLLATE "C"
+      ON CONFLICT (tenant, scope, key) DO NOTHING;
+    PERFORM 1 FROM seqgate.idempotency i JOIN json_to_recordset(b->'i') AS x(t text, sc text, k text)
+      ON i.tenant = x.t AND i.scope = x.sc AND i.key = x.k
+      ORDER BY i.tenant COLLATE "C", i.scope COLLATE "C", i.key COLLATE "C" FOR UPDATE OF i;
+
+    RETURN QUERY SELECT 0::smallint, s.id, s.tenant, s.name, s.epoch, s.seq, s.pruned_through, s.ack_count,
+        NULL::boolean, NULL::bytea, NULL::bytea, NULL::smallint, NULL::text, NULL::bigint, NULL::text
+      FROM seqgate.streams s JOIN json_to_recordset(b->'s') AS x(t text, n text) ON s.tenant = x.t AND s.name = x.n;
+    RETURN QUERY SELECT 1::smallint, NULL::bigint, d.tenant, d.key, NULL::bigint, NULL::bigint, d.version, d.updated_at,
+        d.deleted, CASE WHEN x.full THEN d.state END, NULL::bytea, NULL::smallint, NULL::text, NULL::bigint, NULL::text
+      FROM seqgate.documents d JOIN json_to_recordset(b->'d') AS x(t text, k text, "full" boolean) ON d.tenant = x.t AND d.key = x.k
+      WHERE d.version > 0;
+    RETURN QUERY SELECT 2::smallint, a.stream_id, NULL::text, NULL::text, a.epoch, a.seq, a.version, a.committed_at,
+        a.deleted, NULL::bytea, a.fingerprint, a.outcome, a.key, a.if_version, NULL::text
+      FROM json_to_recordset(b->'p') AS p(t text, n text, e bigint, q bigint)
+      JOIN seqgate.streams s ON s.tenant = p.t AND s.name = p.n
+      JOIN seqgate.acks a ON a.stream_id = s.id AND a.epoch = p.e AND a.seq = p.q
+      WHERE (p.e, p.q) <= (s.epoch, s.seq);
+    RETURN QUERY SELECT 3::smallint, s.id, NULL::text, NULL::text, o.epoch, o.seq, NULL::bigint, NULL::bigint,
+        NULL::boolean, NULL::bytea, NULL::bytea, NULL::smallint, NULL::text, NULL::bigint, NULL::text
+      FROM seqgate.streams s JOIN json_to_recordset(b->'s') AS x(t text, n text, c bigint) ON s.tenant = x.t AND s.name = x.n
+      CROSS JOIN LATERAL (
+        SELECT a.epoch, a.seq FROM seqgate.acks a WHERE a.stream_id = s.id ORDER BY a.epoch, a.seq
+        LIMIT CASE WHEN s.ack_count + x.c > cap THEN x.c ELSE 0 END) o;
+    RETURN QUERY SELECT 4::smallint, NULL::bigint, i.tenant, i.key, NULL::bigint, NULL::bigint, i.version, i.created_at,
+        NULL::boolean, NULL::bytea, i.fingerprint, NULL::smallint, i.doc_key, NULL::bigint, i.scope
+      FROM seqgate.idempotency i JOIN json_to_recordset(b->'i') AS x(t text, sc text, k text)
+        ON i.tenant = x.t AND i.scope = x.sc AND i.key = x.k
+      WHERE i.fingerprint IS NOT NULL;
+    RETURN QUERY SELECT 9::smallint, txid_current(), NULL::text, NULL::text, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint,
+        NULL::boolean, NULL::bytea, NULL::bytea, NULL::smallint, NULL::text, NULL::bigint, NULL::text;
+  END
+  $fn$;`;
+
 export const MIGRATIONS: readonly string[] = [
   `
   CREATE TABLE seqgate.meta (
@@ -85,58 +139,7 @@ export const MIGRATIONS: readonly string[] = [
   -- returns what the gate needs: heads, documents, acks the puts may replay, the oldest acks the
   -- cap may evict, idempotency records, and the transaction id (to resolve a lost COMMIT).
   -- kind: 0 stream, 1 document, 2 ack, 3 oldest ack, 4 idempotency record, 9 transaction id.
-  CREATE FUNCTION seqgate.begin_batch(b json, cap bigint)
-  RETURNS TABLE (kind smallint, id bigint, tenant text, name text, epoch bigint, seq bigint, n1 bigint, n2 bigint,
-                 flag boolean, state bytea, fingerprint bytea, outcome smallint, akey text, if_version bigint, scope text)
-  LANGUAGE plpgsql VOLATILE AS $fn$
-  #variable_conflict use_column
-  BEGIN
-    INSERT INTO seqgate.streams AS s (tenant, name)
-      SELECT x.t, x.n FROM json_to_recordset(b->'s') AS x(t text, n text) ORDER BY x.t COLLATE "C", x.n COLLATE "C"
-      ON CONFLICT (tenant, name) DO NOTHING;
-    PERFORM 1 FROM seqgate.streams s JOIN json_to_recordset(b->'s') AS x(t text, n text) ON s.tenant = x.t AND s.name = x.n
-      ORDER BY s.tenant COLLATE "C", s.name COLLATE "C" FOR UPDATE OF s;
-    INSERT INTO seqgate.documents AS d (tenant, key)
-      SELECT x.t, x.k FROM json_to_recordset(b->'d') AS x(t text, k text) ORDER BY x.t COLLATE "C", x.k COLLATE "C"
-      ON CONFLICT (tenant, key) DO NOTHING;
-    PERFORM 1 FROM seqgate.documents d JOIN json_to_recordset(b->'d') AS x(t text, k text) ON d.tenant = x.t AND d.key = x.k
-      ORDER BY d.tenant COLLATE "C", d.key COLLATE "C" FOR UPDATE OF d;
-    INSERT INTO seqgate.idempotency AS i (tenant, scope, key)
-      SELECT x.t, x.sc, x.k FROM json_to_recordset(b->'i') AS x(t text, sc text, k text)
-      ORDER BY x.t COLLATE "C", x.sc COLLATE "C", x.k COLLATE "C"
-      ON CONFLICT (tenant, scope, key) DO NOTHING;
-    PERFORM 1 FROM seqgate.idempotency i JOIN json_to_recordset(b->'i') AS x(t text, sc text, k text)
-      ON i.tenant = x.t AND i.scope = x.sc AND i.key = x.k
-      ORDER BY i.tenant COLLATE "C", i.scope COLLATE "C", i.key COLLATE "C" FOR UPDATE OF i;
-
-    RETURN QUERY SELECT 0::smallint, s.id, s.tenant, s.name, s.epoch, s.seq, s.pruned_through, s.ack_count,
-        NULL::boolean, NULL::bytea, NULL::bytea, NULL::smallint, NULL::text, NULL::bigint, NULL::text
-      FROM seqgate.streams s JOIN json_to_recordset(b->'s') AS x(t text, n text) ON s.tenant = x.t AND s.name = x.n;
-    RETURN QUERY SELECT 1::smallint, NULL::bigint, d.tenant, d.key, NULL::bigint, NULL::bigint, d.version, d.updated_at,
-        d.deleted, CASE WHEN x.full THEN d.state END, NULL::bytea, NULL::smallint, NULL::text, NULL::bigint, NULL::text
-      FROM seqgate.documents d JOIN json_to_recordset(b->'d') AS x(t text, k text, "full" boolean) ON d.tenant = x.t AND d.key = x.k
-      WHERE d.version > 0;
-    RETURN QUERY SELECT 2::smallint, a.stream_id, NULL::text, NULL::text, a.epoch, a.seq, a.version, a.committed_at,
-        a.deleted, NULL::bytea, a.fingerprint, a.outcome, a.key, a.if_version, NULL::text
-      FROM json_to_recordset(b->'p') AS p(t text, n text, e bigint, q bigint)
-      JOIN seqgate.streams s ON s.tenant = p.t AND s.name = p.n
-      JOIN seqgate.acks a ON a.stream_id = s.id AND a.epoch = p.e AND a.seq = p.q
-      WHERE (p.e, p.q) <= (s.epoch, s.seq);
-    RETURN QUERY SELECT 3::smallint, s.id, NULL::text, NULL::text, o.epoch, o.seq, NULL::bigint, NULL::bigint,
-        NULL::boolean, NULL::bytea, NULL::bytea, NULL::smallint, NULL::text, NULL::bigint, NULL::text
-      FROM seqgate.streams s JOIN json_to_recordset(b->'s') AS x(t text, n text, c bigint) ON s.tenant = x.t AND s.name = x.n
-      CROSS JOIN LATERAL (
-        SELECT a.epoch, a.seq FROM seqgate.acks a WHERE a.stream_id = s.id ORDER BY a.epoch, a.seq
-        LIMIT CASE WHEN s.ack_count + x.c > cap THEN x.c ELSE 0 END) o;
-    RETURN QUERY SELECT 4::smallint, NULL::bigint, i.tenant, i.key, NULL::bigint, NULL::bigint, i.version, i.created_at,
-        NULL::boolean, NULL::bytea, i.fingerprint, NULL::smallint, i.doc_key, NULL::bigint, i.scope
-      FROM seqgate.idempotency i JOIN json_to_recordset(b->'i') AS x(t text, sc text, k text)
-        ON i.tenant = x.t AND i.scope = x.sc AND i.key = x.k
-      WHERE i.fingerprint IS NOT NULL;
-    RETURN QUERY SELECT 9::smallint, txid_current(), NULL::text, NULL::text, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint,
-        NULL::boolean, NULL::bytea, NULL::bytea, NULL::smallint, NULL::text, NULL::bigint, NULL::text;
-  END
-  $fn$;
+${BEGIN_BATCH_V1}
 
   -- Step two: write what the gate decided. The head guard (a head only moves forward) and the ack
   -- primary key are a second line of defence behind the locks; either failing rolls the batch back
@@ -241,6 +244,16 @@ export const MIGRATIONS: readonly string[] = [
     RETURN moved;
   END
   $fn$;
+  `,
+  // 3: chunked cap eviction (--ack-cap-slack). begin_batch reads as many of a stream's oldest acks
+  // as the batch may evict: none until the stream would pass cap + slack, then at most what takes
+  // it back to the cap, and never more than slack + 1 per put.
+  `
+  DROP FUNCTION seqgate.begin_batch(json, bigint);
+  ${BEGIN_BATCH_V1
+    .replace('CREATE FUNCTION seqgate.begin_batch(b json, cap bigint)', 'CREATE FUNCTION seqgate.begin_batch(b json, cap bigint, slack bigint)')
+    .replace('LIMIT CASE WHEN s.ack_count + x.c > cap THEN x.c ELSE 0 END) o;',
+      'LIMIT CASE WHEN s.ack_count + x.c > cap + slack THEN least(s.ack_count + x.c - cap, x.c * (slack + 1)) ELSE 0 END) o;')}
   `,
 ];
 

@@ -35,6 +35,8 @@ export interface PostgresStoreOptions {
   readonly connectionString: string;
   readonly contiguous: boolean;
   readonly ackCapPerStream: number;
+  /** Chunked cap eviction (src/retention.ts, acksToEvict); 0: one ack per put past the cap. */
+  readonly ackCapSlack?: number;
   /** Connections for reads (hello heads, GET documents), readiness and pruning. */
   readonly poolSize?: number;
   /** Clock for commit times; tests pin it. */
@@ -174,7 +176,7 @@ export class PostgresStore implements Store {
     const client = await this.connection();
     let rows: BatchRow[];
     try {
-      const res = (await client.query(`BEGIN; SELECT * FROM seqgate.begin_batch(${pg.escapeLiteral(JSON.stringify(lockRequest(batch)))}::json, ${this.options.ackCapPerStream})`)) as unknown as pg.QueryResult[];
+      const res = (await client.query(`BEGIN; SELECT * FROM seqgate.begin_batch(${pg.escapeLiteral(JSON.stringify(lockRequest(batch)))}::json, ${this.options.ackCapPerStream}, ${this.options.ackCapSlack ?? 0})`)) as unknown as pg.QueryResult[];
       rows = res[1]!.rows as BatchRow[];
     } catch (err) {
       await this.rollback(client, err);
@@ -185,7 +187,9 @@ export class PostgresStore implements Store {
     try {
       const loaded = readerOver(rows);
       txid = loaded.txid;
-      plan = planBatch(batch, loaded.reader, { contiguous: this.options.contiguous, ackCapPerStream: this.options.ackCapPerStream, now: this.now() });
+      plan = planBatch(batch, loaded.reader, {
+        contiguous: this.options.contiguous, ackCapPerStream: this.options.ackCapPerStream, ackCapSlack: this.options.ackCapSlack ?? 0, now: this.now(),
+      });
       reach('before-commit');
     } catch (err) {
       await this.rollback(client, err);
