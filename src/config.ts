@@ -61,7 +61,7 @@ export const OPTIONS = {
   ackCapPerStream: { kind: 'integer', default: 1000, min: 1, unit: 'acks', doc: 'Newest acks always kept per stream; older ones are evicted, the oldest first.' },
   ackCapSlack: {
     kind: 'integer', default: 64, min: 0, unit: 'acks',
-    doc: 'SQLite store: acks a stream may hold above ackCapPerStream before its slack + 1 oldest are evicted in one delete (back to the cap); 0 evicts one per put, as the PostgreSQL store does.',
+    doc: 'Acks a stream may hold above ackCapPerStream before its slack + 1 oldest are evicted in one delete (back to the cap); 0 evicts one per put.',
   },
   pruneIntervalMs: { kind: 'integer', default: 10_000, min: 10, unit: 'ms', doc: 'Pause between pruning passes.' },
   pruneBatchRows: { kind: 'integer', default: 200, min: 1, unit: 'rows', doc: 'Acks pruned per step; the event loop runs between steps.' },
