@@ -1,3 +1,4 @@
+import type { ChangePage, ChangeQuery, ChangeRetention, Snapshot } from '../src/store/change-log.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { connect as tcpConnect } from 'node:net';
@@ -627,6 +628,22 @@ class SlowDiskStore implements Store {
 
   pruneIdempotency(olderThan: number, maxRows: number): Promise<number> {
     return this.inner.pruneIdempotency(olderThan, maxRows);
+  }
+
+  readChanges(tenant: string, query: ChangeQuery): Promise<ChangePage> {
+    return this.inner.readChanges(tenant, query);
+  }
+
+  changeTail(tenant: string): Promise<number> {
+    return this.inner.changeTail(tenant);
+  }
+
+  snapshot(tenant: string, prefixes: readonly string[], afterKey: string | null, limit: number): Promise<Snapshot> {
+    return this.inner.snapshot(tenant, prefixes, afterKey, limit);
+  }
+
+  trimChanges(policy: ChangeRetention, maxRows: number): Promise<{ removed: number; done: boolean }> {
+    return this.inner.trimChanges(policy, maxRows);
   }
 
   close(): Promise<void> {

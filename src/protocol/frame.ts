@@ -143,6 +143,10 @@ function messageOf(data: Buffer, type: unknown, fields: Map<string, Span>, limit
       return parseMessage(helloOf(data, fields, limits), limits, tenant);
     case 'put':
       return { type, puts: putsOf(data, fields.get('puts'), limits, tenant) };
+    case 'subscribe':
+    case 'unsubscribe':
+      // Changefeed messages hold scalars only; anything larger is refused by its shape.
+      return parseMessage(partial(data, fields, ['type', 'id', 'prefix', 'from'], 1), limits, tenant);
     default:
       return parseMessage(partial(data, fields, ['type'], 1), limits, tenant);
   }

@@ -12,6 +12,7 @@ import type { Put, Store } from '../store/store.js';
 import { mayReadStream, mayWrite, type Authenticator, type Principal } from './auth.js';
 import type { Committer } from './committer.js';
 import type { Metrics } from './metrics.js';
+import { Subscriptions, type SubscriptionContext } from './subscription.js';
 
 /**
  * One client connection: frames in, answers out in the order of the frames that caused them.
@@ -86,6 +87,8 @@ export interface ConnectionContext {
   readonly onClose: (conn: Connection) => void;
   /** The connection authenticated with a hello's token. */
   readonly onAuthenticated: (conn: Connection) => void;
+  /** The changefeed's subscriptions (absent: subscribe is an unknown type). */
+  readonly changes?: SubscriptionContext;
 }
 
 type Entry =
@@ -121,6 +124,7 @@ export class Connection {
   /** Shutdown: no more reading, but what was read is still answered. */
   private stoppedForGood = false;
   private flushScheduled = false;
+  private readonly subscriptions: Subscriptions | undefined;
   private readonly inbound: Inbound[] = [];
   private turnBytes = 0;
   private turnFrames = 0;
@@ -151,6 +155,7 @@ export class Connection {
       ctx.log.debug({ err }, 'connection error');
       this.decidedToClose();
     });
+    this.subscriptions = ctx.changes && new Subscriptions(ctx.changes, this);
     if (principalOrNone === undefined) {
       this.authTimer = setTimeout(() => {
         this.authTimer = undefined;
@@ -302,6 +307,14 @@ export class Connection {
     const principal = this.principalOrNone!;
 
     switch (message.type) {
+      case 'subscribe':
+      case 'unsubscribe':
+        if (this.subscriptions === undefined) {
+          this.outbox.push({ kind: 'message', message: errorMessage(new SeqgateError('UNKNOWN_TYPE', `unknown message type "${message.type}"`, { field: 'type' })) });
+          this.flush();
+        } else if (message.type === 'subscribe') this.subscriptions.subscribe(message, principal);
+        else this.subscriptions.unsubscribe(message.id);
+        return;
       case 'ping':
         // Answered at once, ahead of pending results: it measures liveness, not progress.
         this.send({ type: 'pong', nonce: message.nonce });
@@ -559,6 +572,7 @@ export class Connection {
     if (this.closed) return;
     this.closed = true;
     this.closing = true;
+    this.subscriptions?.closeAll();
     this.inbound.length = 0;
     clearTimeout(this.slowTimer);
     clearTimeout(this.authTimer);
