@@ -392,6 +392,17 @@ export function checks(report: RunReport): Check[] {
       ...(errorNote(b, dup) ? { note: errorNote(b, dup) } : {}),
     });
   } else out.push({ target: '10 % duplicate retries cost ≤ 10 % throughput', measured: '–', verdict: 'NOT MEASURED' });
+
+  const p = byId.get(headlineId('p'));
+  const pgTarget = `(p) one server on PostgreSQL ≥ 10,000 acked puts/s (${point})`;
+  if (measuredOk(p)) {
+    out.push({
+      target: pgTarget,
+      measured: `${int(p.ackedPerSec)} acked puts/s${measuredOk(b) ? ` (${fixed(p.ackedPerSec / b.ackedPerSec)} × (b) on SQLite)` : ''}`,
+      verdict: verdictOf(p.ackedPerSec >= 10_000, p),
+      ...(errorNote(p) ? { note: errorNote(p) } : {}),
+    });
+  } else if (p !== undefined) out.push({ target: pgTarget, measured: '–', verdict: 'NOT MEASURED', ...(p.skipped || p.failure ? { note: p.skipped ?? p.failure } : {}) });
   return out;
 }
 
@@ -448,6 +459,23 @@ export function renderResults(report: RunReport): string {
 
   lines.push('## Throughput against connections', '', '![acked puts/s against connections](throughput.svg)', '');
 
+  const pgCells = report.cells.filter((r) => r.cell.arm === 'p' || r.cell.arm === 'p2');
+  if (pgCells.length > 0) {
+    lines.push('## PostgreSQL (--store postgres)', '',
+      'Same workload, generator and seed as (b): each stream starts at the ack cap, so every put also evicts. The database is the',
+      "machine's PostgreSQL on loopback (default settings, synchronous_commit on), a fresh database per cell. Server CPU counts the",
+      'seqgate processes only; PostgreSQL shares the same two cores.', '',
+      '| cell | servers | acked puts/s | p50 ms | p99 ms | seqgate CPU (cores) | (b) on SQLite, same point |', '|---|---|---|---|---|---|---|');
+    const byId = new Map(report.cells.map((c) => [c.cell.id, c]));
+    for (const r of pgCells) {
+      const twin = byId.get(r.cell.id.replace(/^p2?-/, 'b-'));
+      if (!measuredOk(r)) { lines.push(`| \`${r.cell.id}\` | ${r.cell.arm === 'p2' ? 2 : 1} | ${r.skipped ?? r.failure ?? '–'} | | | | |`); continue; }
+      const h = Histogram.from(r.latency!);
+      lines.push(`| \`${r.cell.id}\` | ${r.cell.arm === 'p2' ? 2 : 1} | ${int(r.ackedPerSec)} | ${ms(h.percentile(50))} | ${ms(h.percentile(99))} | ${fixed(r.serverCpuCores)} | ${measuredOk(twin) ? int(twin.ackedPerSec) : '–'} |`);
+    }
+    lines.push('');
+  }
+
   lines.push('## Every cell', '');
   lines.push('Arms: ' + (Object.keys(ARM_LABEL) as Arm[]).map((a) => `${a} = ${ARM_LABEL[a]}`).join('; ') + '.', '');
   lines.push('| cell | arm | mode | conns | window | state | dup | puts/frame | target puts/s | acked puts/s | fresh puts/s | p50 ms | p99 ms | p99.9 ms | max ms '
@@ -503,7 +531,7 @@ export function renderResults(report: RunReport): string {
   return lines.join('\n');
 }
 
-const COLORS: Record<Arm, string> = { a: '#7f7f7f', b: '#1f77b4', c: '#d62728' };
+const COLORS: Record<Arm, string> = { a: '#7f7f7f', b: '#1f77b4', c: '#d62728', p: '#2ca02c', p2: '#9467bd' };
 
 function esc(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');

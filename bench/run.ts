@@ -8,9 +8,9 @@ import { Histogram } from './lib/histogram.js';
 import type { FromGenerator, GeneratorConfig, GeneratorResult, ToGenerator } from './lib/ipc.js';
 import { machineInfo, openFileLimit, processCpuMs, processMemory, processWriteBytes } from './lib/proc.js';
 import { repoRoot } from './lib/paths.js';
-import { countAcksBefore, seedDatabase } from './lib/seed.js';
+import { countAcksBefore, createPostgresSeed, seedDatabase } from './lib/seed.js';
 import { backlogStreamName, loadStreamName } from './lib/workload.js';
-import { ARM_LABEL, cellTag, parseVariants, plan, type Arm, type Cell } from './lib/cells.js';
+import { ARM_LABEL, cellTag, parseVariants, plan, POSTGRES_ARMS, type Arm, type Cell } from './lib/cells.js';
 import { renderResults, renderSvg, type CellResult, type PruneEvent, type RunReport } from './report.js';
 import type { MicroRow } from './micro/common.js';
 
@@ -37,6 +37,8 @@ const { values: args } = parseArgs({
     'out-dir': { type: 'string' },
     'work-dir': { type: 'string' },
     'server-node-args': { type: 'string' },
+    'pg-url': { type: 'string' },
+    'skip-postgres': { type: 'boolean', default: false },
     rounds: { type: 'string' },
     variants: { type: 'string' },
     'device-only': { type: 'boolean', default: false },
@@ -58,6 +60,9 @@ if (args.help) {
   --out-dir DIR           where RESULTS.md and throughput.svg go (default bench/)
   --work-dir DIR          databases and seeds (default bench/.work; must be a real disk, not tmpfs)
   --server-node-args=ARGS node flags for every server process (note the =), e.g. --server-node-args="--cpu-prof --cpu-prof-dir=bench/.work/prof"
+  --pg-url URL            PostgreSQL for the (p) and (p2) arms, as an admin user that may create databases
+                          (default SEQGATE_BENCH_PG_URL or postgres://postgres@127.0.0.1:5432/postgres)
+  --skip-postgres         leave out the PostgreSQL arms
   --rounds N              interleaved rounds of the device-shape group (default 3, quick 1)
   --variants SPEC         more (b) configurations for the device-shape group, measured in every round:
                           'name=--flag value --flag2 value;name2=ENV_VAR=value --flag value' (e.g. a lever switched off)
@@ -91,9 +96,12 @@ const opts = {
   rounds: Math.max(1, Math.floor(num(args.rounds, quick ? 1 : 3))),
   variants: parseVariants(args.variants),
   deviceOnly: args['device-only'],
+  pgUrl: args['pg-url'] ?? process.env.SEQGATE_BENCH_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres',
+  postgres: !args['skip-postgres'],
 };
 const planOptions = {
   quick, backlog: opts.backlog, idleConnections: opts.idleConnections, rounds: opts.rounds, variants: opts.variants, deviceOnly: opts.deviceOnly,
+  postgres: opts.postgres,
 };
 
 if (args.list) {
@@ -108,6 +116,8 @@ const SCRIPTS: Record<Arm | 'generator', string> = {
   a: join(DIST, 'bench', 'arms', 'echo-server.js'),
   b: join(DIST, 'src', 'cli.js'),
   c: join(DIST, 'bench', 'arms', 'naive-server.js'),
+  p: join(DIST, 'src', 'cli.js'),
+  p2: join(DIST, 'src', 'cli.js'),
   generator: join(DIST, 'bench', 'load-generator.js'),
 };
 for (const script of Object.values(SCRIPTS)) {
@@ -276,6 +286,11 @@ async function seedFile(loadStreams: number, backlog: number): Promise<string> {
 
 const peak = { b: undefined as number | undefined, cell: undefined as string | undefined };
 
+/** Server CPU time of a cell: every server process of it (the database server is not included). */
+function serversCpuMs(servers: readonly ServerProc[]): number {
+  return servers.reduce((sum, s) => sum + processCpuMs(s.pid), 0);
+}
+
 function split(total: number, parts: number): number[] {
   const base = Math.floor(total / parts);
   return Array.from({ length: parts }, (_, i) => base + (i < total % parts ? 1 : 0));
@@ -295,22 +310,34 @@ async function runCell(cell: Cell): Promise<CellResult> {
   }
 
   const dir = mkdtempSync(join(opts.workDir, `${cell.id}-`));
-  const dbPath = cell.arm === 'a' ? undefined : join(dir, 'seqgate.db');
+  const onPostgres = POSTGRES_ARMS.includes(cell.arm);
+  const dbPath = cell.arm === 'a' || onPostgres ? undefined : join(dir, 'seqgate.db');
   if (dbPath) copyFileSync(await seedFile(cell.mode === 'idle' ? 0 : cell.connections, cell.backlog ?? 0), dbPath);
+  const pgDb = onPostgres ? await createPostgresSeed(opts.pgUrl, [
+    { streamName: loadStreamName, streams: cell.connections, acksPerStream: seedAcks, committedAt: Date.now() },
+  ]) : undefined;
+  if (pgDb) log(`  seeded ${pgDb.rows} acks into a fresh PostgreSQL database`);
 
   // The first pruning pass is timed to begin with the measurement window (see the `at` below).
   const pruneIntervalMs = cell.alignPruning ? opts.warmupMs + (quick ? 2500 : 4000) : undefined;
-  const extra = [...(pruneIntervalMs === undefined ? [] : ['--prune-interval-ms', String(pruneIntervalMs)]), ...(cell.serverArgs ?? [])];
-  const server = await startServer(cell.arm, dbPath, extra, cell.alignPruning ? 'debug' : 'info', cell.serverEnv);
+  const extra = [
+    ...(pruneIntervalMs === undefined ? [] : ['--prune-interval-ms', String(pruneIntervalMs)]),
+    ...(cell.serverArgs ?? []),
+    ...(pgDb ? ['--store', 'postgres', '--database-url', pgDb.url] : []),
+  ];
+  const servers: ServerProc[] = [];
   const generators: GeneratorProc[] = [];
   try {
-    const nGen = Math.min(opts.generators, cell.connections);
+    for (let i = 0; i < (cell.arm === 'p2' ? 2 : 1); i++) servers.push(await startServer(cell.arm, dbPath, extra, cell.alignPruning ? 'debug' : 'info', cell.serverEnv));
+    const server = servers[0]!;
+    // Each server gets its own generator(s), so connections split evenly between servers.
+    const nGen = Math.max(servers.length, Math.min(opts.generators, cell.connections));
     const shares = split(cell.connections, nGen);
     let offset = 0;
     const measureMs = cell.mode === 'open' ? opts.openMeasureMs : opts.measureMs;
     for (const share of shares) {
       generators.push(startGenerator({
-        url: server.url,
+        url: servers[generators.length % servers.length]!.url,
         connections: share,
         connectionOffset: offset,
         mode: cell.mode,
@@ -357,8 +384,8 @@ async function runCell(cell: Cell): Promise<CellResult> {
     let t0 = 0;
     let t1 = 0;
     const sampled = Promise.all([
-      sleep(Math.max(0, windowStart - Date.now())).then(() => { cpu0 = processCpuMs(server.pid); io0 = processWriteBytes(server.pid); t0 = performance.now(); load = loadavg()[0]!; }),
-      sleep(Math.max(0, windowEnd - Date.now())).then(() => { cpu1 = processCpuMs(server.pid); io1 = processWriteBytes(server.pid); t1 = performance.now(); }),
+      sleep(Math.max(0, windowStart - Date.now())).then(() => { cpu0 = serversCpuMs(servers); io0 = processWriteBytes(server.pid); t0 = performance.now(); load = loadavg()[0]!; }),
+      sleep(Math.max(0, windowEnd - Date.now())).then(() => { cpu1 = serversCpuMs(servers); io1 = processWriteBytes(server.pid); t1 = performance.now(); }),
     ]);
     const results = await withTimeout(Promise.all(generators.map((g) => g.result)), windowEnd - Date.now() + opts.drainMs + 60_000, 'load run');
     await sampled;
@@ -413,13 +440,16 @@ async function runCell(cell: Cell): Promise<CellResult> {
     const closing = performance.now();
     await Promise.all(generators.map((g) => g.close()));
     const stopping = performance.now();
-    const code = await server.stop();
+    const codes = await Promise.all(servers.map((s) => s.stop()));
     const stopped = performance.now();
     if (stopped - closing > 5000) {
       log(`  slow teardown: generators closed in ${((stopping - closing) / 1000).toFixed(1)} s, server stopped in ${((stopped - stopping) / 1000).toFixed(1)} s`);
     }
-    if (code !== 0 && code !== null) log(`server ${cell.arm} exited with ${code}; last lines:\n${server.tail.slice(-10).join('\n')}`);
-    const events = [...server.pruneEvents];
+    for (const [i, code] of codes.entries()) {
+      if (code !== 0 && code !== null) log(`server ${cell.arm} exited with ${code}; last lines:\n${servers[i]!.tail.slice(-10).join('\n')}`);
+    }
+    await pgDb?.drop().catch((err: Error) => log(`could not drop the PostgreSQL database: ${err.message}`));
+    const events = servers.flatMap((s) => s.pruneEvents);
     let backlogLeft: number | undefined;
     if (dbPath && cell.backlog) {
       try {

@@ -40,6 +40,14 @@ export const OPTIONS = {
     values: ['full', 'normal'],
     doc: 'full: every acked put survives power loss. normal: survives a process crash, not power loss.',
   },
+  walCheckpoint: {
+    kind: 'enum', default: 'background', values: ['background', 'commit'],
+    doc: 'background: a worker thread copies the WAL into the database file beside the commits; commit: SQLite\'s own checkpoint, inside the commit that fills 1000 pages.',
+  },
+  maxWalBytes: {
+    kind: 'integer', default: 64 * MiB, min: 1 * MiB, unit: 'bytes',
+    doc: 'walCheckpoint background: WAL size past which the server finishes a checkpoint between two batches so the WAL rewinds to its start.',
+  },
   startupCheck: {
     kind: 'enum', default: 'quick', values: ['quick', 'full', 'off'],
     doc: 'Integrity check of the database file at start; a damaged file is refused (exit 3). full is slow on large files.',
@@ -53,7 +61,7 @@ export const OPTIONS = {
   ackCapPerStream: { kind: 'integer', default: 1000, min: 1, unit: 'acks', doc: 'Newest acks always kept per stream; older ones are evicted, the oldest first.' },
   ackCapSlack: {
     kind: 'integer', default: 64, min: 0, unit: 'acks',
-    doc: 'SQLite store: acks a stream may hold above ackCapPerStream before its slack + 1 oldest are evicted in one delete (back to the cap); 0 evicts one per put, as the PostgreSQL store does.',
+    doc: 'Acks a stream may hold above ackCapPerStream before its slack + 1 oldest are evicted in one delete (back to the cap); 0 evicts one per put.',
   },
   pruneIntervalMs: { kind: 'integer', default: 10_000, min: 10, unit: 'ms', doc: 'Pause between pruning passes.' },
   pruneBatchRows: { kind: 'integer', default: 200, min: 1, unit: 'rows', doc: 'Acks pruned per step; the event loop runs between steps.' },
@@ -127,6 +135,34 @@ export const OPTIONS = {
   },
   idempotencyRetentionSeconds: {
     kind: 'integer', default: 86_400, min: 0, unit: 's', doc: 'Idempotency-Key records are kept at least this long.',
+  },
+  changefeed: {
+    kind: 'boolean', default: true,
+    doc: 'Keep the change log (every document change, in the commit that made it) for /v1/changes and subscribe. Writes made while it is off never reach the log.',
+  },
+  changesRetentionSeconds: {
+    kind: 'integer', default: 604_800, min: 0, unit: 's',
+    doc: 'Changes are kept at least this long after commit; 0 keeps them until changesMaxPerTenant removes them.',
+  },
+  changesMaxPerTenant: {
+    kind: 'integer', default: 0, min: 0, unit: 'changes',
+    doc: "Most changes kept per tenant's log, the oldest go first; 0 means no cap.",
+  },
+  changesCompact: {
+    kind: 'boolean', default: false,
+    doc: 'Retention removes only changes a later change of the same key superseded: the log always replays to the current documents and no offset expires.',
+  },
+  changesLongPollMs: {
+    kind: 'integer', default: 20_000, min: 100, unit: 'ms',
+    doc: 'How long a live=long-poll read waits for a change before answering 204.',
+  },
+  changesSseMaxMs: {
+    kind: 'integer', default: 60_000, min: 1000, unit: 'ms',
+    doc: 'A live=sse response ends after this long; the client reconnects from its last offset.',
+  },
+  changesPollIntervalMs: {
+    kind: 'integer', default: 1000, min: 10, unit: 'ms',
+    doc: 'How often waiting changefeed readers look for changes committed by other servers on the same database.',
   },
   logLevel: {
     kind: 'enum', default: 'info', values: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],

@@ -204,6 +204,24 @@ export const ERRORS = {
     status: 503,
     summary: '/readyz: the database does not accept writes right now.',
   },
+  INVALID_OFFSET: {
+    scope: 'message',
+    retryable: false,
+    status: 400,
+    summary: 'Changefeed: the offset is neither `-1`, `now` nor of the form this server mints.',
+  },
+  OFFSET_EXPIRED: {
+    scope: 'message',
+    retryable: false,
+    status: 410,
+    summary: 'Changefeed: retention removed changes after this offset; restart from a snapshot (`earliest` gives the oldest offset still readable).',
+  },
+  OFFSET_UNKNOWN: {
+    scope: 'message',
+    retryable: false,
+    status: 410,
+    summary: "Changefeed: the offset belongs to another database (a replaced or restored file) or lies beyond the log's end; restart from a snapshot.",
+  },
   UNAUTHORIZED: {
     scope: 'close',
     retryable: false,

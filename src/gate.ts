@@ -21,9 +21,10 @@ export type Decision =
   | { readonly kind: 'replay'; readonly ack: Ack }
   | { readonly kind: 'reject'; readonly rejection: Rejection }
   /** Consumes the seq: the head moves to (put.epoch, put.seq) and `ack` is stored. */
-  | { readonly kind: 'consume'; readonly ack: Ack; readonly write: DocumentWrite | null };
+  | { readonly kind: 'consume'; readonly ack: Ack; readonly write: DocumentChange | null };
 
-export interface DocumentWrite {
+/** What a consumed put does to its document: the new version and state (null state: deleted). */
+export interface DocumentChange {
   readonly version: number;
   readonly deleted: boolean;
   readonly state: Buffer | null;
@@ -39,7 +40,7 @@ export interface GateInputs {
 }
 
 /** Every stored ack sits at or below its stream's head, so a put above the head needs no lookup. */
-export function mayHaveStoredAck(put: Put, head: Head): boolean {
+function mayHaveStoredAck(put: Put, head: Head): boolean {
   return put.epoch < head.epoch || (put.epoch === head.epoch && put.seq <= head.seq);
 }
 
@@ -89,7 +90,7 @@ export function decide(put: Put, inputs: GateInputs): Decision {
     // Deleting what does not exist changes nothing, so the version does not move.
     return { kind: 'consume', write: null, ack: { outcome: 'applied', ...base, version, deleted: true } };
   }
-  const write: DocumentWrite = { version: version + 1, deleted: put.state === null, state: put.state };
+  const write: DocumentChange = { version: version + 1, deleted: put.state === null, state: put.state };
   return { kind: 'consume', write, ack: { outcome: 'applied', ...base, version: write.version, deleted: write.deleted } };
 }
 

@@ -1,4 +1,4 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -9,6 +9,7 @@ import WebSocket from 'ws';
 import { ConfigError } from '../src/config.js';
 import { AuthConfigError } from '../src/server/auth.js';
 import { SeqgateServer } from '../src/server/websocket-server.js';
+import { Cleanup } from './support/cleanup.js';
 import { put, startTestServer, TestClient, type Msg, type TestServer } from './support/test-client.js';
 
 /**
@@ -88,16 +89,9 @@ function closedWithin(c: TestClient, ms: number): Promise<{ code: number; reason
   return Promise.race([c.closed, new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), ms))]);
 }
 
-const cleanup: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const f of cleanup.splice(0).reverse()) await f();
-});
-
-async function serve(overrides: Parameters<typeof startTestServer>[0] = {}, options: Parameters<typeof startTestServer>[1] = {}): Promise<TestServer> {
-  const t = await startTestServer(overrides, options);
-  cleanup.push(() => t.stop());
-  return t;
-}
+const cleanup = new Cleanup();
+const serve = (overrides: Parameters<typeof startTestServer>[0] = {}, options: Parameters<typeof startTestServer>[1] = {}): Promise<TestServer> =>
+  cleanup.server(overrides, options);
 
 function tokensFile(content: string): { path: string; dir: string } {
   const dir = mkdtempSync(join(tmpdir(), 'seqgate-tokens-'));

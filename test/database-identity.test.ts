@@ -1,7 +1,8 @@
 import { renameSync, rmSync } from 'node:fs';
 import Database from 'better-sqlite3';
-import { afterEach, describe, expect, it } from 'vitest';
-import { ChildServer, tempDb } from './support/child-server.js';
+import { describe, expect, it } from 'vitest';
+import { ChildServer } from './support/child-server.js';
+import { Cleanup } from './support/cleanup.js';
 import { TestClient, type Msg } from './support/test-client.js';
 
 /**
@@ -12,25 +13,14 @@ import { TestClient, type Msg } from './support/test-client.js';
  * /readyz 503. /readyz must also fail while a full database fails puts.
  */
 
-const cleanup: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const f of cleanup.splice(0).reverse()) await f();
-});
+const cleanup = new Cleanup();
 
 async function serve(args: string[] = []): Promise<{ server: ChildServer; dbPath: string }> {
-  const db = tempDb('seqgate-identity-');
-  cleanup.push(() => db.remove());
-  const server = new ChildServer({ dbPath: db.dbPath, args: ['--synchronous', 'normal', ...args] });
-  cleanup.push(() => server.dispose());
-  await server.start();
-  return { server, dbPath: db.dbPath };
+  const server = await cleanup.child({ args: ['--synchronous', 'normal', ...args] }, 'seqgate-identity-');
+  return { server, dbPath: server.options.dbPath };
 }
 
-async function connect(server: ChildServer): Promise<TestClient> {
-  const c = await TestClient.connect(server.url);
-  cleanup.push(() => { c.ws.terminate(); });
-  return c;
-}
+const connect = (server: ChildServer): Promise<TestClient> => cleanup.client(server.url);
 
 async function get(server: ChildServer, path: string): Promise<{ status: number; body: Msg }> {
   const res = await fetch(`http://127.0.0.1:${server.port}${path}`);

@@ -1,3 +1,4 @@
+import type { ChangePage, ChangeQuery, ChangeRetention, Snapshot } from '../src/store/change-log.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { connect as tcpConnect } from 'node:net';
@@ -505,6 +506,86 @@ describe('oversize frames and states', () => {
   });
 });
 
+/**
+ * States of 170k short keys in an order that must be sorted: just under 1 MiB of msgpack, fifteen
+ * times maxStateBytes. Decoding and sorting one took 300-700 ms of the event loop before the
+ * server learnt to refuse it by counting its values (and, without a token, before looking at it).
+ */
+const KEYS_TOKEN = 'Tkeys-attack-token-0123456789';
+const KEY_SENDERS = 2;
+const UNAUTHENTICATED_KEY_SENDERS = 1;
+
+function manyKeysFrame(seq: number): Buffer {
+  const state: Record<string, number> = {};
+  const n = 170_000;
+  for (let i = 0; i < n; i++) state[((i * 7919) % n).toString(36)] = 1;
+  return new Packr({ useRecords: false, variableMapSize: true })
+    .pack({ type: 'put', puts: [{ id: seq, stream: 'keys', epoch: 1, seq, key: 'keys-doc', state }] });
+}
+
+describe('states of 170k keys, with and without a token', () => {
+  it('are refused without being decoded (LIMIT_EXCEEDED, or UNAUTHORIZED and 4401), memory stays under the bound, and the control p99 stays within 2x', { timeout: 180_000, retry: 2 }, async () => {
+    const flags = { maxFrameBytes: 1 * MiB, connectionInFlightBytes: 4 * MiB, outboundHighWaterBytes: 1 * MiB };
+    const server = await serve(['--tokens', JSON.stringify({ tokens: [{ token: KEYS_TOKEN, tenant: 'default' }] })]);
+    const pid = server.pid!;
+    const control = await startControl(`${server.url}/?token=${KEYS_TOKEN}`);
+    const base = await control.measure();
+    const rssBase = rssBytes(pid);
+    const sampler = rssSampler(pid);
+
+    let abusing = true;
+    const counts = { limitExceeded: 0, unauthorized: 0, unexpected: [] as string[] };
+    const frame = manyKeysFrame(1);
+    const abusers: Array<Promise<void>> = [];
+    for (let i = 0; i < KEY_SENDERS; i++) {
+      abusers.push((async () => {
+        const ws = new WebSocket(server.url, 'seqgate.v1', { headers: { authorization: `Bearer ${KEYS_TOKEN}` } });
+        ws.on('error', () => undefined);
+        cleanup.push(() => ws.terminate());
+        await once(ws, 'open');
+        while (abusing) {
+          const answer = nextMessage(ws, 30_000);
+          ws.send(frame);
+          const m = packr.unpack(await answer) as { results?: Array<{ outcome: string; error?: { code: string } }> };
+          if (m.results?.[0]?.outcome === 'invalid' && m.results[0].error?.code === 'LIMIT_EXCEEDED') counts.limitExceeded++;
+          else counts.unexpected.push(`keys: ${JSON.stringify(m).slice(0, 200)}`);
+          await sleep(PACE_MS);
+        }
+      })());
+    }
+    for (let i = 0; i < UNAUTHENTICATED_KEY_SENDERS; i++) {
+      abusers.push((async () => {
+        while (abusing) {
+          const ws = await openClient(server.url);
+          const closed = closeOf(ws);
+          ws.send(frame);
+          const c = await closed;
+          if (c.code === 4401) counts.unauthorized++;
+          else counts.unexpected.push(`unauthenticated keys: close ${c.code}`);
+          await sleep(PACE_MS);
+        }
+      })());
+    }
+
+    await sleep(500);
+    const during = await control.measure();
+    abusing = false;
+    await Promise.all(abusers);
+    sampler.stop();
+    const { base: b, abuse: a } = report('170k-key states', base, during);
+    const peak = sampler.peak();
+    const bound = (KEY_SENDERS + UNAUTHENTICATED_KEY_SENDERS) * perConnectionBound(flags) + RUNTIME_SLACK;
+    process.stdout.write(`[exhaustion] keys: ${JSON.stringify({ ...counts, unexpected: counts.unexpected.length })}; RSS ${(rssBase / MiB).toFixed(1)} MiB -> peak ${(peak / MiB).toFixed(1)} MiB, bound +${(bound / MiB).toFixed(1)} MiB\n`);
+
+    expect(counts.unexpected).toEqual([]);
+    expect(counts.limitExceeded).toBeGreaterThan(0);
+    expect(counts.unauthorized).toBeGreaterThan(0);
+    expect(peak - rssBase, 'server RSS growth during the attack, in bytes').toBeLessThan(bound);
+    expect(a, 'control p99 during the attack').toBeLessThanOrEqual(2 * b);
+    expectControlStored(server.options.dbPath, control.seq);
+  });
+});
+
 /** A SQLite store whose commits wait until released: a disk that has become very slow. */
 class SlowDiskStore implements Store {
   readonly incarnation: string;
@@ -547,6 +628,22 @@ class SlowDiskStore implements Store {
 
   pruneIdempotency(olderThan: number, maxRows: number): Promise<number> {
     return this.inner.pruneIdempotency(olderThan, maxRows);
+  }
+
+  readChanges(tenant: string, query: ChangeQuery): Promise<ChangePage> {
+    return this.inner.readChanges(tenant, query);
+  }
+
+  changeTail(tenant: string): Promise<number> {
+    return this.inner.changeTail(tenant);
+  }
+
+  snapshot(tenant: string, prefixes: readonly string[], afterKey: string | null, limit: number): Promise<Snapshot> {
+    return this.inner.snapshot(tenant, prefixes, afterKey, limit);
+  }
+
+  trimChanges(policy: ChangeRetention, maxRows: number): Promise<{ removed: number; done: boolean }> {
+    return this.inner.trimChanges(policy, maxRows);
   }
 
   close(): Promise<void> {

@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { Packr, Unpackr } from 'msgpackr';
 import { describe, expect, it } from 'vitest';
-import { scanJsonDepth, scanMsgpack } from '../src/protocol/frame-scanner.js';
+import { indexMsgpack, peekJsonType, scanJsonDepth, scanMsgpack } from '../src/protocol/frame-scanner.js';
 import { MSGPACK_EXTENSIONS } from './support/msgpack-extensions.js';
 
 const packr = new Packr({ useRecords: false, structuredClone: false, moreTypes: false });
@@ -286,5 +286,67 @@ describe('scanJsonDepth', () => {
       }),
       { numRuns: 500 },
     );
+  });
+});
+
+describe('peekJsonType', () => {
+  it('finds the top-level string type as JSON.parse would read it, without parsing the rest', () => {
+    const cases: Array<[string, string | undefined]> = [
+      ['{"type":"put","puts":[]}', 'put'],
+      ['{ "puts" : [ {"type":"ping"} ], "type" : "hello" }', 'hello'],
+      ['{"type":"put","type":"ping"}', 'ping'],
+      ['{"a":"type","b":{"type":"x"},"type":"p\\u0069ng"}', 'ping'],
+      ['{"type":1}', undefined],
+      ['{"type":["put"]}', undefined],
+      ['{"type":{"k":"put"}}', undefined],
+      ['["type","put"]', undefined],
+      ['{"x":"\\"type\\"","y":"put"}', undefined],
+      ['{}', undefined],
+      ['"put"', undefined],
+    ];
+    for (const [text, type] of cases) {
+      expect(peekJsonType(text), text).toBe(type);
+      const parsed: unknown = JSON.parse(text);
+      const real = typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed) ? (parsed as { type?: unknown }).type : undefined;
+      expect(typeof real === 'string' ? real : undefined, text).toBe(type);
+    }
+  });
+
+  it('agrees with JSON.parse on arbitrary JSON objects', () => {
+    fc.assert(fc.property(fc.dictionary(fc.oneof(fc.constant('type'), fc.string()), fc.jsonValue()), fc.boolean(), (obj, spaced) => {
+      const text = JSON.stringify(obj, null, spaced ? 1 : undefined);
+      const real = (JSON.parse(text) as { type?: unknown }).type;
+      expect(peekJsonType(text)).toBe(typeof real === 'string' ? real : undefined);
+    }), { numRuns: 500 });
+  });
+});
+
+describe('indexMsgpack', () => {
+  it('records where each value down to the indexed depth lies and how many values it holds', () => {
+    const buf = packr.pack({ type: 'put', puts: [{ id: 1, state: { a: [1, 2, 3], b: 'x' } }, 'p'] });
+    const scanned = indexMsgpack(buf, 16, 3);
+    if ('fault' in scanned) throw new Error(scanned.fault);
+    const { root } = scanned;
+    // map, "type", "put", "puts", array, put map, "id", 1, "state", state map (8 values), "p"
+    expect(root).toMatchObject({ start: 0, end: buf.length, items: 18 });
+    const [, typeValue, , puts] = root.children!;
+    expect(unpackr.unpack(buf.subarray(typeValue!.start, typeValue!.end))).toBe('put');
+    expect(puts!.children).toHaveLength(2);
+    const [put, p] = puts!.children!;
+    expect(unpackr.unpack(buf.subarray(put!.start, put!.end))).toEqual(new Map<string, unknown>([['id', 1], ['state', new Map<string, unknown>([['a', [1, 2, 3]], ['b', 'x']])]]));
+    const state = put!.children![3]!;
+    expect(state.items).toBe(8);
+    expect(state.children).toBeUndefined();
+    expect(p!.items).toBe(1);
+    expect(p!.children).toBeUndefined();
+    expect(scanMsgpack(buf, 16)).toBeNull();
+  });
+
+  it('gives the same verdict as scanMsgpack on any bytes', () => {
+    fc.assert(fc.property(fc.uint8Array({ maxLength: 64 }), fc.integer({ min: 1, max: 6 }), (bytes, depth) => {
+      const fault = scanMsgpack(bytes, depth);
+      const scanned = indexMsgpack(bytes, depth, 3);
+      expect('fault' in scanned ? scanned : null).toEqual(fault);
+    }), { numRuns: 2000 });
   });
 });

@@ -88,7 +88,7 @@ function manyKeys(keys = 170_000): Record<string, number> {
 describe('finding 2: pongs count against the outbound bound', () => {
   for (const who of ['unauthenticated', 'authenticated'] as const) {
     it(`a ${who} client that pings with large nonces and never reads is paused and closed with 1008; the server does not grow`, { timeout: 60_000 }, async () => {
-      const server = await serve(['--tokens', TOKENS, '--slow-consumer-timeout-ms', '1500', '--auth-timeout-ms', '60000']);
+      const server = await serve(['--tokens', TOKENS, '--slow-consumer-timeout-ms', '1500']);
       const pid = server.pid!;
       const r = await raw(server.url, who === 'authenticated' ? bearer : {});
       // The client reads nothing from here on.
@@ -210,6 +210,25 @@ describe('finding 4: no per-put work before authentication, oversize states refu
     expect(spent, 'server CPU for the attack frames, ms').toBeLessThan(FRAMES * CPU_PER_FRAME_MS);
   });
 
+  it('over JSON too: an unauthenticated put of a 100k-key state is answered UNAUTHORIZED without being parsed', { timeout: 60_000 }, async () => {
+    const server = await serve(['--tokens', TOKENS]);
+    const pid = server.pid!;
+    const text = Buffer.from(JSON.stringify({ type: 'put', puts: [{ id: 1, stream: 'attack', epoch: 1, seq: 1, key: 'k', state: manyKeys(100_000) }] }));
+    expect(text.length).toBeLessThan(1 * MiB);
+    const attack = frame(text, 1);
+    const before = cpuMs(pid);
+    for (let i = 0; i < FRAMES; i++) {
+      const r = await RawWebSocket.open(server.url, {}, 'seqgate.v1.json');
+      cleanup.push(() => r.destroy());
+      r.socket.write(attack);
+      await Promise.race([r.ended, sleep(10_000)]);
+      expect(r.closeCodes()).toEqual([4401]);
+    }
+    const spent = cpuMs(pid) - before;
+    process.stdout.write(`[hostile] ${FRAMES} unauthenticated JSON 100k-key puts: server CPU ${spent} ms\n`);
+    expect(spent, 'server CPU for the attack frames, ms').toBeLessThan(FRAMES * CPU_PER_FRAME_MS);
+  });
+
   it('authenticated puts of a 170k-key state are answered LIMIT_EXCEEDED without being decoded or sorted', { timeout: 60_000 }, async () => {
     const server = await serve(['--tokens', TOKENS]);
     const pid = server.pid!;
@@ -252,7 +271,7 @@ describe('finding 5: unauthenticated connections hold nothing for long', () => {
   });
 
   it('an unauthenticated connection that only pings is closed with 4401 after authTimeoutMs; beyond maxUnauthenticatedConnections the oldest goes', { timeout: 60_000 }, async () => {
-    const server = await serve(['--tokens', TOKENS, '--auth-timeout-ms', '1000', '--max-unauthenticated-connections', '5']);
+    const server = await serve(['--tokens', TOKENS, '--auth-timeout-ms', '1000']);
     const pinger = await client(server.url);
     const timer = setInterval(() => pinger.send({ type: 'ping', nonce: 1 }), 100);
     cleanup.push(() => clearInterval(timer));
@@ -263,11 +282,12 @@ describe('finding 5: unauthenticated connections hold nothing for long', () => {
     expect(performance.now() - opened).toBeGreaterThan(900);
     expect(pinger.messages.length, 'pongs before the deadline').toBeGreaterThan(3);
 
+    const capped = await serve(['--tokens', TOKENS, '--max-unauthenticated-connections', '5']);
     const six = [];
-    for (let i = 0; i < 6; i++) six.push(await client(server.url));
+    for (let i = 0; i < 6; i++) six.push(await client(capped.url));
     expect(await six[0]!.closed).toEqual({ code: 1013, reason: 'TOO_MANY_CONNECTIONS' });
     // An authenticated connection does not count against that cap.
-    const c = await client(server.url, { headers: bearer });
+    const c = await client(capped.url, { headers: bearer });
     await sleep(200);
     expect(c.ws.readyState).toBe(WebSocket.OPEN);
     expect(six.slice(1).every((x) => x.ws.readyState === WebSocket.OPEN)).toBe(true);

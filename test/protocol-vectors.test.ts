@@ -85,6 +85,17 @@ function fromMeaning(m: unknown): unknown {
   return m;
 }
 
+/** A server message's meaning as the server holds it: only `$bin` (a change's state) becomes bytes. */
+function withBins(m: unknown): unknown {
+  if (Array.isArray(m)) return m.map(withBins);
+  if (m !== null && typeof m === 'object') {
+    const o = m as Record<string, unknown>;
+    if (typeof o.$bin === 'string') return bytes(o.$bin);
+    return Object.fromEntries(Object.entries(o).map(([k, x]) => [k, withBins(x)]));
+  }
+  return m;
+}
+
 function expectFrameRefused(decode: () => unknown, code: string, field: string | undefined): void {
   let caught: unknown;
   try {
@@ -247,7 +258,7 @@ describe('server vectors', () => {
     const outcomes = new Set(serverVectors.flatMap((v) => ((v.decoded as { results?: Array<{ outcome: string }> }).results ?? []).map((r) => r.outcome)));
     expect([...outcomes].sort()).toEqual(['applied', 'error', 'expired', 'fenced', 'forbidden', 'gap', 'invalid', 'sequence_reused', 'stale', 'version_conflict']);
     const types = new Set(serverVectors.map((v) => (v.decoded as { type: string }).type));
-    expect([...types].sort()).toEqual(['error', 'pong', 'results', 'welcome']);
+    expect([...types].sort()).toEqual(['changes', 'error', 'pong', 'results', 'subscribed', 'unsubscribed', 'welcome']);
     const codes = new Set(serverVectors.map((v) => (v.decoded as { code?: string }).code).filter((c) => c !== undefined));
     for (const c of ['MALFORMED_FRAME', 'WRONG_FRAME_TYPE', 'TOO_DEEP', 'INVALID_MESSAGE', 'UNKNOWN_TYPE', 'TOO_MANY_PUTS', 'TOO_MANY_STREAMS', 'UNSUPPORTED_VERSION', 'UNAUTHORIZED', 'FORBIDDEN']) {
       expect(codes).toContain(c);
@@ -258,9 +269,12 @@ describe('server vectors', () => {
     '%s decodes to its meaning and is exactly what the server encoder writes for it',
     (_name, v) => {
       expect(meaning(clientUnpackr.unpack(bytes(v.hex)))).toEqual(v.decoded);
-      expect(JSON.parse(v.json!)).toEqual(v.decoded);
-      expect((encodeMessage(v.decoded as object, 'msgpack') as Buffer).toString('hex')).toBe(v.hex);
-      expect(encodeMessage(v.decoded as object, 'json')).toBe(v.json);
+      // Only a changefeed message with a state (a bin) has no JSON form.
+      if (v.json !== null) {
+        expect(JSON.parse(v.json)).toEqual(v.decoded);
+        expect(encodeMessage(v.decoded as object, 'json')).toBe(v.json);
+      }
+      expect((encodeMessage(withBins(v.decoded) as object, 'msgpack') as Buffer).toString('hex')).toBe(v.hex);
     },
   );
 

@@ -3,9 +3,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { RetentionClock, type ClockSource } from '../src/store/retention-clock.js';
 import { ChildServer, tempDb } from './support/child-server.js';
+import { Cleanup } from './support/cleanup.js';
 import { TestClient, type Msg } from './support/test-client.js';
 
 /**
@@ -98,10 +99,7 @@ describe('RetentionClock', () => {
 
 const SHIM = fileURLToPath(new URL('./support/clock-shim.mjs', import.meta.url));
 
-const cleanup: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const f of cleanup.splice(0).reverse()) await f();
-});
+const cleanup = new Cleanup();
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -135,11 +133,7 @@ async function serveWithShim(args: string[]): Promise<Shifted> {
   };
 }
 
-async function connect(server: ChildServer): Promise<TestClient> {
-  const c = await TestClient.connect(server.url);
-  cleanup.push(() => { c.ws.terminate(); });
-  return c;
-}
+const connect = (server: ChildServer): Promise<TestClient> => cleanup.client(server.url);
 
 async function roundTrip(c: TestClient, seq: number, stream = 's'): Promise<Msg> {
   const id = `${stream}#${seq}#${c.results().length}`;

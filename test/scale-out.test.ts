@@ -1,5 +1,6 @@
 import { isDeepStrictEqual } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { PG_SCHEMA_VERSION } from '../src/store/postgres-schema.js';
 import { ChildServer, tempDb, type TempDb } from './support/child-server.js';
 import { createTestDatabase, postgresAvailable, type TestDatabase } from './support/postgres.js';
 import { ackBytes, PutDriver, type DriverPut, type WireResult } from './support/put-driver.js';
@@ -76,7 +77,7 @@ describe.skipIf(!PG)('N seqgate servers on one PostgreSQL database', () => {
     // Started together: their migrations queue on one row lock and all of them succeed.
     const ready = await Promise.all(servers.map((s) => s.start()));
     expect(new Set(ready.map((r) => r.incarnation)).size).toBe(1);
-    expect(await sql('SELECT version FROM seqgate.schema_version')).toEqual([{ version: 1 }]);
+    expect(await sql('SELECT version FROM seqgate.schema_version')).toEqual([{ version: PG_SCHEMA_VERSION }]);
   }, 90_000);
 
   afterAll(async () => {

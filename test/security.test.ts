@@ -4,7 +4,8 @@ import { request as httpRequest } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Packr } from 'msgpackr';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { Cleanup } from './support/cleanup.js';
 import { DbChecker } from './support/db-checker.js';
 import { startTestServer, TestClient, type Format, type Msg, type TestServer } from './support/test-client.js';
 
@@ -20,28 +21,11 @@ import { startTestServer, TestClient, type Format, type Msg, type TestServer } f
 
 const packr = new Packr({ useRecords: false });
 
-const cleanup: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const f of cleanup.splice(0).reverse()) await f();
-});
-
-async function serve(overrides: Parameters<typeof startTestServer>[0] = {}): Promise<TestServer> {
-  const t = await startTestServer(overrides);
-  cleanup.push(() => t.stop());
-  return t;
-}
-
-async function connect(url: string, format: Format = 'msgpack', headers: Record<string, string> = {}): Promise<TestClient> {
-  const c = await TestClient.connect(url, format, { headers });
-  cleanup.push(() => { c.ws.terminate(); });
-  return c;
-}
-
-function checker(dbPath: string): DbChecker {
-  const db = new DbChecker(dbPath);
-  cleanup.push(() => db.close());
-  return db;
-}
+const cleanup = new Cleanup();
+const serve = (overrides: Parameters<typeof startTestServer>[0] = {}): Promise<TestServer> => cleanup.server(overrides);
+const connect = (url: string, format: Format = 'msgpack', headers: Record<string, string> = {}): Promise<TestClient> =>
+  cleanup.client(url, format, { headers });
+const checker = (dbPath: string): DbChecker => cleanup.checker(dbPath);
 
 interface Res { status: number; headers: Record<string, string | string[] | undefined>; text: string; body: Msg }
 

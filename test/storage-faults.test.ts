@@ -1,13 +1,13 @@
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { pino } from 'pino';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { SeqgateServer } from '../src/server/websocket-server.js';
 import type { SqliteStore } from '../src/store/sqlite-store.js';
 import { ChildExitError, ChildServer } from './support/child-server.js';
+import { Cleanup } from './support/cleanup.js';
 import { DbChecker } from './support/db-checker.js';
 import { startTestServer, TestClient, type Msg, type TestServer } from './support/test-client.js';
 
@@ -19,34 +19,11 @@ import { startTestServer, TestClient, type Msg, type TestServer } from './suppor
  * raw SQL (test/support/db-checker.ts), not through the store.
  */
 
-const cleanup: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const f of cleanup.splice(0).reverse()) await f();
-});
-
-function tempDir(prefix: string): string {
-  const dir = mkdtempSync(join(tmpdir(), prefix));
-  cleanup.push(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-async function serve(overrides: Parameters<typeof startTestServer>[0] = {}): Promise<TestServer> {
-  const t = await startTestServer(overrides);
-  cleanup.push(() => t.stop());
-  return t;
-}
-
-async function connect(url: string): Promise<TestClient> {
-  const c = await TestClient.connect(url);
-  cleanup.push(() => { c.ws.terminate(); });
-  return c;
-}
-
-function checker(dbPath: string): DbChecker {
-  const db = new DbChecker(dbPath);
-  cleanup.push(() => db.close());
-  return db;
-}
+const cleanup = new Cleanup();
+const tempDir = (prefix: string): string => cleanup.tempDir(prefix);
+const serve = (overrides: Parameters<typeof startTestServer>[0] = {}): Promise<TestServer> => cleanup.server(overrides);
+const connect = (url: string): Promise<TestClient> => cleanup.client(url);
+const checker = (dbPath: string): DbChecker => cleanup.checker(dbPath);
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 

@@ -3,7 +3,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { canonicalEncode, putFingerprint } from '../src/protocol/canonical.js';
 import { PostgresStore } from '../src/store/postgres-store.js';
 import { SqliteStore } from '../src/store/sqlite-store.js';
-import type { Put, PutResult, Store } from '../src/store/store.js';
+import type { Put, PutResult, Store, Write } from '../src/store/store.js';
+import type { Change } from '../src/store/change-log.js';
 import { createTestDatabase, postgresAvailable, type TestDatabase } from './support/postgres.js';
 import { ReferenceModel } from './support/reference-model.js';
 
@@ -68,13 +69,15 @@ async function freshPostgres(o: StoreOptions): Promise<Harness> {
   await db.query(`DO $$ BEGIN
     IF to_regclass('seqgate.streams') IS NOT NULL THEN
       DELETE FROM seqgate.streams; DELETE FROM seqgate.documents; DELETE FROM seqgate.acks; DELETE FROM seqgate.idempotency;
+      DELETE FROM seqgate.changes; DELETE FROM seqgate.change_logs;
     END IF; END $$`);
-  const cacheKey = `${o.contiguous ?? false}/${o.ackCapPerStream ?? 1000}`;
+  const cacheKey = `${o.contiguous ?? false}/${o.ackCapPerStream ?? 1000}/${o.ackCapSlack ?? 0}`;
   let cached = o.reuse ? reusable.get(cacheKey) : undefined;
   if (cached === undefined) {
     const c = { now: 1_000_000 };
     const s = await PostgresStore.open({
-      connectionString: db.url, contiguous: o.contiguous ?? false, ackCapPerStream: o.ackCapPerStream ?? 1000, now: () => c.now, poolSize: 2,
+      connectionString: db.url, contiguous: o.contiguous ?? false, ackCapPerStream: o.ackCapPerStream ?? 1000, ackCapSlack: o.ackCapSlack ?? 0,
+      now: () => c.now, poolSize: 2,
     });
     cached = { store: s, clock: c };
     if (o.reuse) reusable.set(cacheKey, cached);
@@ -118,8 +121,8 @@ async function run(store: Store, ...specs: PutSpec[]): Promise<PutResult[]> {
   return store.apply(specs.map(mk));
 }
 
-/** Stores that take `ackCapSlack` (the PostgreSQL store evicts one ack per put past the cap, i.e. slack 0). */
-const SLACK_STORES = new Set(['SqliteStore', 'ReferenceModel']);
+/** Stores that take `ackCapSlack`: all of them. */
+const SLACK_STORES = new Set(['SqliteStore', 'ReferenceModel', 'PostgresStore']);
 
 describe.each(stores)('%s store contract', (name, make) => {
   it('applies a first put and acks stream, epoch, seq, key, version 1 and commit time', async () => {
@@ -391,6 +394,209 @@ describe('every store against the reference model', () => {
         for (const side of sides) expect(await side.store.heads('default', streams)).toEqual(model);
       }),
       { numRuns: PG ? 100 : 300 },
+    );
+  });
+});
+
+/** Every change of a tenant's log from the start, read in small pages as a consumer would. */
+async function allChanges(store: Store, tenant = 'default', prefixes: readonly string[] = ['']): Promise<Change[]> {
+  const out: Change[] = [];
+  let after = 0;
+  for (;;) {
+    const page = await store.readChanges(tenant, { after, prefixes, limit: 3, maxScan: 5 });
+    expect(page.expired).toBe(false);
+    out.push(...page.changes);
+    if (page.next === after && page.changes.length === 0) return out;
+    after = page.next;
+  }
+}
+
+function doc(key: string, state: unknown, tenant = 'default'): Write {
+  return { op: 'replace', tenant, key, state: canonicalEncode(state, LIMITS, 'state'), ifVersion: null };
+}
+
+describe.each(stores)('%s change log contract', (_name, make) => {
+  it('appends one change per applied put, in the same batch, with origin, version and commit time', async () => {
+    const { store } = await make({});
+    await run(store, { seq: 1, key: 'a', state: { x: 1 } }, { seq: 2, key: 'b', state: { x: 2 } }, { seq: 3, key: 'a', delete: true });
+    const changes = await allChanges(store);
+    expect(changes.map((c) => [c.offset, c.key, c.version, c.deleted, c.origin, c.committedAt])).toEqual([
+      [1, 'a', 1, false, { stream: 's', epoch: 1, seq: 1 }, 1_000_000],
+      [2, 'b', 1, false, { stream: 's', epoch: 1, seq: 2 }, 1_000_000],
+      [3, 'a', 2, true, { stream: 's', epoch: 1, seq: 3 }, 1_000_000],
+    ]);
+    expect(changes[0]!.state).toEqual(canonicalEncode({ x: 1 }, LIMITS, 'state'));
+    expect(changes[2]!.state).toBeNull();
+    expect(await store.changeTail('default')).toBe(3);
+  });
+
+  it('appends nothing for a replay, a rejection, a version conflict or a delete of nothing', async () => {
+    const { store } = await make({});
+    await run(store, { seq: 5, key: 'a' });
+    await run(store,
+      { seq: 5, key: 'a' }, // replay
+      { seq: 5, key: 'a', state: { other: true } }, // sequence_reused
+      { seq: 3, key: 'a' }, // stale
+      { seq: 6, key: 'a', ifVersion: 7 }, // version_conflict
+      { seq: 7, key: 'never', delete: true }, // deleting nothing
+      { seq: 1, epoch: 0, key: 'a' }, // fenced
+    );
+    expect((await allChanges(store)).map((c) => c.offset)).toEqual([1]);
+    expect(await store.changeTail('default')).toBe(1);
+  });
+
+  it('appends nothing when a batch fails to commit, and continues at the next offset afterwards', async () => {
+    const { store, fail, heal } = await make({});
+    await run(store, { seq: 1 });
+    await fail();
+    await expect(store.apply([mk({ seq: 2 }), mk({ seq: 3 })])).rejects.toThrow();
+    await heal();
+    expect(await store.changeTail('default')).toBe(1);
+    await run(store, { seq: 2 });
+    expect((await allChanges(store)).map((c) => [c.offset, c.origin])).toEqual([
+      [1, { stream: 's', epoch: 1, seq: 1 }], [2, { stream: 's', epoch: 1, seq: 2 }],
+    ]);
+  });
+
+  it('logs document writes that change something, with their route, and nothing for unchanged or refused ones', async () => {
+    const { store } = await make({});
+    await store.apply([doc('d', { v: 1 })]);
+    await store.apply([doc('d', { v: 1 })]); // same state: unchanged
+    await store.apply([{ op: 'replace', tenant: 'default', key: 'd', state: null, ifVersion: 5 }]); // precondition failed
+    await store.apply([{ op: 'replace', tenant: 'default', key: 'd', state: null, ifVersion: null }]);
+    await store.apply([{ op: 'replace', tenant: 'default', key: 'd', state: null, ifVersion: null }]); // deleting nothing
+    const create: Write = {
+      op: 'create', tenant: 'default', scope: 'POST /v1/docs', idempotencyKey: 'k1', fingerprint: Buffer.alloc(16, 1),
+      key: 'gen-1', state: canonicalEncode({ c: 1 }, LIMITS, 'state'),
+    };
+    await store.apply([create]);
+    await store.apply([{ ...create, key: 'gen-2' }]); // replay of the same key: nothing new
+    expect((await allChanges(store)).map((c) => [c.offset, c.key, c.version, c.deleted, c.origin])).toEqual([
+      [1, 'd', 1, false, { route: 'PUT /v1/docs/{key}' }],
+      [2, 'd', 2, true, { route: 'DELETE /v1/docs/{key}' }],
+      [3, 'gen-1', 1, false, { route: 'POST /v1/docs' }],
+    ]);
+  });
+
+  it('numbers each tenant on its own, strictly increasing, and never reuses an offset after retention emptied the log', async () => {
+    const { store, clock } = await make({});
+    await run(store, { seq: 1, tenant: 't1' }, { seq: 1, tenant: 't2' }, { seq: 2, tenant: 't1' });
+    expect((await allChanges(store, 't1')).map((c) => c.offset)).toEqual([1, 2]);
+    expect((await allChanges(store, 't2')).map((c) => c.offset)).toEqual([1]);
+    clock.now += 10_000;
+    let done = false;
+    while (!done) done = (await store.trimChanges({ olderThan: clock.now, maxChanges: 0, compact: false }, 100)).done;
+    const gone = await store.readChanges('t1', { after: 0, prefixes: [''], limit: 10, maxScan: 10 });
+    expect(gone).toMatchObject({ expired: true, changes: [], tail: 2, trimmedThrough: 2 });
+    await run(store, { seq: 3, tenant: 't1' });
+    const page = await store.readChanges('t1', { after: 2, prefixes: [''], limit: 10, maxScan: 10 });
+    expect(page.changes.map((c) => c.offset)).toEqual([3]);
+    expect(page).toMatchObject({ expired: false, next: 3, tail: 3 });
+  });
+
+  it('filters by key prefix and limit; next moves past what was looked at even when nothing matched', async () => {
+    const { store } = await make({});
+    await run(store, ...Array.from({ length: 8 }, (_, i) => ({ seq: i + 1, key: i % 4 === 0 ? `a/${i}` : `b/${i}` })));
+    const first = await store.readChanges('default', { after: 0, prefixes: ['a/'], limit: 1, maxScan: 100 });
+    expect(first.changes.map((c) => c.key)).toEqual(['a/0']);
+    expect(first.next).toBe(1);
+    const second = await store.readChanges('default', { after: 1, prefixes: ['a/'], limit: 10, maxScan: 3 });
+    expect(second.changes).toEqual([]);
+    expect(second.next).toBe(4);
+    const third = await store.readChanges('default', { after: 4, prefixes: ['a/', 'b/7'], limit: 10, maxScan: 100 });
+    expect(third.changes.map((c) => c.key)).toEqual(['a/4', 'b/7']);
+    expect(third).toMatchObject({ next: 8, tail: 8 });
+    expect((await store.readChanges('default', { after: 0, prefixes: [], limit: 10, maxScan: 100 })).changes).toEqual([]);
+  });
+
+  it('retention by count removes the oldest changes and marks readers behind them expired', async () => {
+    const { store } = await make({});
+    await run(store, ...Array.from({ length: 6 }, (_, i) => ({ seq: i + 1, key: `k${i % 2}` })));
+    await store.trimChanges({ olderThan: -Infinity, maxChanges: 4, compact: false }, 100);
+    expect((await store.readChanges('default', { after: 1, prefixes: [''], limit: 10, maxScan: 10 })).expired).toBe(true);
+    const page = await store.readChanges('default', { after: 2, prefixes: [''], limit: 10, maxScan: 10 });
+    expect(page.changes.map((c) => c.offset)).toEqual([3, 4, 5, 6]);
+  });
+
+  it('compaction keeps the latest change of each key, so the log still replays to the documents', async () => {
+    const { store, clock } = await make({});
+    await run(store, { seq: 1, key: 'a', state: 1 }, { seq: 2, key: 'b', state: 2 }, { seq: 3, key: 'a', state: 3 }, { seq: 4, key: 'b', delete: true }, { seq: 5, key: 'c', state: 5 });
+    clock.now += 10_000;
+    await run(store, { seq: 6, key: 'c', state: 6 });
+    let done = false;
+    while (!done) done = (await store.trimChanges({ olderThan: clock.now, maxChanges: 0, compact: true }, 100)).done;
+    const changes = await allChanges(store);
+    // a@1, b@2 and c@5 are older than the window and superseded; c@6 is inside the window.
+    expect(changes.map((c) => [c.offset, c.key, c.version])).toEqual([[3, 'a', 2], [4, 'b', 2], [6, 'c', 2]]);
+    expect((await store.readChanges('default', { after: 0, prefixes: [''], limit: 10, maxScan: 10 })).expired).toBe(false);
+  });
+
+  it('snapshots the current documents under the prefixes with the offset they correspond to, in pages', async () => {
+    const { store } = await make({});
+    await run(store, { seq: 1, key: 'a/1', state: 1 }, { seq: 2, key: 'a/2', state: 2 }, { seq: 3, key: 'b/1', state: 3 }, { seq: 4, key: 'a/3', state: 4 }, { seq: 5, key: 'a/2', delete: true });
+    const one = await store.snapshot('default', ['a/'], null, 1);
+    expect(one.offset).toBe(5);
+    expect(one.documents.map((d) => [d.key, d.version])).toEqual([['a/1', 1]]);
+    expect(one.nextKey).toBe('a/1');
+    const two = await store.snapshot('default', ['a/'], one.nextKey, 10);
+    expect(two.documents.map((d) => [d.key, d.version])).toEqual([['a/3', 1]]);
+    expect(two.nextKey).toBeNull();
+    const both = await store.snapshot('default', ['b/', 'a/3'], null, 10);
+    expect(both.documents.map((d) => d.key)).toEqual(['a/3', 'b/1']);
+    expect(both.documents[1]!.state).toEqual(canonicalEncode(3, LIMITS, 'state'));
+  });
+});
+
+describe('change log against the reference model', () => {
+  it('logs the same changes as the model, and replaying the log from 0 yields exactly the stored documents', async () => {
+    const keyArb = fc.constantFrom('a', 'b', 'c/1', 'c/2');
+    const putArb = fc.record({
+      stream: fc.constantFrom('s1', 's2'),
+      epoch: fc.integer({ min: 1, max: 2 }),
+      seq: fc.integer({ min: 1, max: 8 }),
+      key: keyArb,
+      state: fc.integer({ min: 0, max: 2 }),
+      delete: fc.boolean(),
+      ifVersion: fc.option(fc.integer({ min: 0, max: 3 }), { nil: null }),
+    });
+    const docArb = fc.record({ key: keyArb, state: fc.option(fc.integer({ min: 0, max: 2 }), { nil: null }) });
+    const stepArb = fc.oneof(
+      fc.record({ kind: fc.constant('batch' as const), puts: fc.array(putArb, { minLength: 1, maxLength: 5 }) }),
+      fc.record({ kind: fc.constant('doc' as const), writes: fc.array(docArb, { minLength: 1, maxLength: 3 }) }),
+    );
+    await fc.assert(
+      fc.asyncProperty(fc.array(stepArb, { minLength: 1, maxLength: 20 }), async (steps) => {
+        const sides: Harness[] = [];
+        for (const [, make] of stores) sides.push(await make({ reuse: true }));
+        for (const step of steps) {
+          for (const side of sides) {
+            if (step.kind === 'batch') await side.store.apply(step.puts.map((p) => mk(p)));
+            else {
+              await side.store.apply(step.writes.map((w): Write => ({
+                op: 'replace', tenant: 'default', key: w.key, ifVersion: null,
+                state: w.state === null ? null : canonicalEncode(w.state, LIMITS, 'state'),
+              })));
+            }
+          }
+        }
+        const logs = await Promise.all(sides.map((s) => allChanges(s.store)));
+        for (const log of logs) expect(log).toEqual(logs[1]);
+        for (const side of sides) {
+          const replayed = new Map<string, Change>();
+          for (const c of await allChanges(side.store)) replayed.set(c.key, c);
+          for (const key of ['a', 'b', 'c/1', 'c/2']) {
+            const stored = await side.store.document('default', key);
+            const last = replayed.get(key);
+            if (stored === undefined || (stored.deleted && last === undefined)) {
+              expect(last).toBeUndefined();
+              continue;
+            }
+            expect(last).toBeDefined();
+            expect([last!.version, last!.deleted, last!.state]).toEqual([stored.version, stored.deleted, stored.state]);
+          }
+        }
+      }),
+      { numRuns: PG ? 60 : 200 },
     );
   });
 });

@@ -2,9 +2,10 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { ChildServer, tempDb } from './support/child-server.js';
+import { ChildServer } from './support/child-server.js';
+import { Cleanup } from './support/cleanup.js';
 import { put, TestClient } from './support/test-client.js';
 
 /**
@@ -14,10 +15,7 @@ import { put, TestClient } from './support/test-client.js';
  * symlink over the old one and deletes the old folder, so `tokens.json` itself never changes.
  */
 
-const cleanup: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const f of cleanup.splice(0).reverse()) await f();
-});
+const cleanup = new Cleanup();
 
 const token = (): string => `T${randomBytes(18).toString('base64url')}`;
 const ALPHA = token();
@@ -68,20 +66,9 @@ function withBearer(t: string): WebSocket.ClientOptions {
   return { headers: { authorization: `Bearer ${t}` } };
 }
 
-async function startServer(mount: SecretMount): Promise<ChildServer> {
-  const db = tempDb();
-  cleanup.push(() => db.remove());
-  const server = new ChildServer({ dbPath: db.dbPath, args: ['--tokens-file', mount.tokensFile] });
-  cleanup.push(() => server.dispose());
-  await server.start();
-  return server;
-}
+const startServer = (mount: SecretMount): Promise<ChildServer> => cleanup.child({ args: ['--tokens-file', mount.tokensFile] });
 
-async function connect(server: ChildServer, t: string): Promise<TestClient> {
-  const c = await TestClient.connect(server.url, 'msgpack', withBearer(t));
-  cleanup.push(() => { c.ws.terminate(); });
-  return c;
-}
+const connect = (server: ChildServer, t: string): Promise<TestClient> => cleanup.client(server.url, 'msgpack', withBearer(t));
 
 async function httpStatus(server: ChildServer, t: string): Promise<number> {
   const res = await fetch(`http://127.0.0.1:${server.port}/v1/streams/s`, { headers: { authorization: `Bearer ${t}` } });

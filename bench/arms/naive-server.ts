@@ -20,6 +20,8 @@ const store = new SqliteStore({
   contiguous: config.contiguous,
   ackCapPerStream: config.ackCapPerStream,
   ackCapSlack: config.ackCapSlack,
+  walCheckpoint: config.walCheckpoint,
+  maxWalBytes: config.maxWalBytes,
 });
 const pruner = new Pruner(store, {
   retentionMs: config.ackRetentionSeconds * 1000,

@@ -1,12 +1,17 @@
 /** The benchmark matrix: which cells run, in which order, with which knobs. */
 
-export type Arm = 'a' | 'b' | 'c';
+export type Arm = 'a' | 'b' | 'c' | 'p' | 'p2';
 
 export const ARM_LABEL: Record<Arm, string> = {
   a: '(a) echo: ws + codec, no storage',
   b: '(b) seqgate: synchronous=FULL, pruning on',
   c: '(c) naive: one transaction per put',
+  p: '(p) seqgate --store postgres: one server on the local PostgreSQL',
+  p2: '(p2) seqgate --store postgres: two servers on one PostgreSQL, connections split between them',
 };
+
+/** Arms that run on PostgreSQL (left out with --skip-postgres). */
+export const POSTGRES_ARMS: readonly Arm[] = ['p', 'p2'];
 
 export type Mode = 'closed' | 'open' | 'idle';
 
@@ -78,6 +83,8 @@ export function parseVariants(spec: string | undefined): Variant[] {
 
 export interface PlanOptions {
   readonly quick: boolean;
+  /** Include the PostgreSQL arms. */
+  readonly postgres?: boolean;
   readonly backlog: number;
   readonly idleConnections: number;
   /** Interleaved rounds of the device-shape group. */
@@ -202,6 +209,7 @@ export function plan(o: PlanOptions): Cell[] {
   if (o.quick) {
     for (const arm of arms) cells.push(closedCell(arm, 100, 64, 200, 0, 1, true));
     cells.push(closedCell('b', 10, 64, 200, 0, 1, true));
+    if (o.postgres) for (const arm of POSTGRES_ARMS) cells.push(closedCell(arm, 100, 64, 200, 0, 1));
     cells.push(closedCell('b', 100, 64, 200, 0.1, 1));
     cells.push(openCell('b', undefined));
     cells.push(openCell('b', o.backlog));
@@ -217,6 +225,14 @@ export function plan(o: PlanOptions): Cell[] {
   for (const arm of ['b', 'c'] as const) cells.push(closedCell(arm, 100, 64, 200, 0.1, 1));
   // Same puts in flight as the headline point (6400), packed 64 to a frame instead of 1.
   for (const arm of arms) cells.push(closedCell(arm, 100, 1, 200, 0, 64));
+  // The PostgreSQL arms at the headline point and the one-put-in-flight device shapes.
+  if (o.postgres) {
+    for (const arm of POSTGRES_ARMS) {
+      cells.push(closedCell(arm, 100, 64, 200, 0, 1));
+      cells.push(closedCell(arm, 100, 1, 200, 0, 1));
+      cells.push(closedCell(arm, 1000, 1, 200, 0, 1));
+    }
+  }
   cells.push(openCell('b', undefined));
   cells.push(openCell('a', undefined));
   cells.push(openCell('b', o.backlog));

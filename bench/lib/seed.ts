@@ -1,5 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import Database from 'better-sqlite3';
+import pg from 'pg';
+import { PostgresStore } from '../../src/store/postgres-store.js';
 import { SqliteStore } from '../../src/store/sqlite-store.js';
 import { DEFAULT_TENANT } from '../../src/store/store.js';
 import { KEYS_PER_STREAM } from './workload.js';
@@ -64,4 +66,63 @@ export function countAcksBefore(path: string, before: number): number {
   } finally {
     db.close();
   }
+}
+
+/**
+ * The PostgreSQL arms' database: created empty (random name) on the server at `adminUrl`,
+ * migrated by seqgate itself, then seeded with the same rows as seedDatabase (each load stream at
+ * the ack cap, so every put also evicts), written with one SQL statement per group.
+ */
+export async function createPostgresSeed(adminUrl: string, groups: readonly SeedGroup[]): Promise<{ url: string; rows: number; drop(): Promise<void> }> {
+  const name = `seqgate_bench_${randomBytes(5).toString('hex')}`;
+  const admin = new pg.Client({ connectionString: adminUrl });
+  await admin.connect();
+  try {
+    await admin.query(`CREATE DATABASE ${name}`);
+  } finally {
+    await admin.end();
+  }
+  const u = new URL(adminUrl);
+  u.pathname = `/${name}`;
+  const url = u.toString();
+  const drop = async (): Promise<void> => {
+    const a = new pg.Client({ connectionString: adminUrl });
+    await a.connect();
+    try {
+      await a.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+    } finally {
+      await a.end();
+    }
+  };
+  let rows = 0;
+  try {
+    const store = await PostgresStore.open({ connectionString: url, contiguous: false, ackCapPerStream: 1000, poolSize: 1 });
+    await store.close();
+    const c = new pg.Client({ connectionString: url });
+    await c.connect();
+    try {
+      await c.query('SET synchronous_commit = off');
+      for (const g of groups) {
+        const names = Array.from({ length: g.streams }, (_, i) => g.streamName(i));
+        const counts = names.map((_, i) => (typeof g.acksPerStream === 'number' ? g.acksPerStream : g.acksPerStream(i)));
+        await c.query(
+          `INSERT INTO seqgate.streams (tenant, name, epoch, seq, pruned_through, ack_count)
+           SELECT $1, x.n, 1, x.c, 0, x.c FROM unnest($2::text[], $3::int[]) AS x(n, c)`, [DEFAULT_TENANT, names, counts]);
+        const res = await c.query(
+          `INSERT INTO seqgate.acks (stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at)
+           SELECT s.id, 1, q, decode(lpad(to_hex(q), 8, '0') || repeat('ab', 12), 'hex'), 0,
+                  s.name || '/k' || (q % $2), q / $2 + 1, false, NULL, $3
+             FROM seqgate.streams s CROSS JOIN LATERAL generate_series(1, s.seq::int) AS q WHERE s.name = ANY($1::text[])`,
+          [names, KEYS_PER_STREAM, g.committedAt]);
+        rows += res.rowCount ?? 0;
+      }
+      await c.query('VACUUM ANALYZE');
+    } finally {
+      await c.end();
+    }
+  } catch (err) {
+    await drop().catch(() => undefined);
+    throw err;
+  }
+  return { url, rows, drop };
 }

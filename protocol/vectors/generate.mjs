@@ -182,7 +182,19 @@ const clientMessages = [
 ];
 
 // Frames and puts a server must refuse; `expect` is the answer.
+const changefeedMessages = [
+  clientVector('subscribe-from-start', { type: 'subscribe', id: 'feed-1', prefix: 'room/', from: '-1' },
+    'Changefeed (PROTOCOL.md §16): every change of keys under room/ from the start of the log, then live ones.'),
+  clientVector('subscribe-resume', { type: 'subscribe', id: 7, from: '0000000000000042_6f1c2a0e' },
+    'Resumes after a reconnect from the last `next` processed; no prefix means every readable key.'),
+  clientVector('unsubscribe', { type: 'unsubscribe', id: 'feed-1' }, 'Ends a subscription; answered with unsubscribed.'),
+];
+
 const rejected = [
+  { name: 'subscribe-offset-not-a-string', direction: 'client', hex: pack({ type: 'subscribe', id: 1, from: -1 }).toString('hex'), json: '{"type":"subscribe","id":1,"from":-1}',
+    decoded: { type: 'subscribe', id: 1, from: -1 }, expect: { error: 'INVALID_OFFSET', field: 'from' }, notes: 'from is a string: "-1", "now" or an offset the server sent.' },
+  { name: 'subscribe-without-id', direction: 'client', hex: pack({ type: 'subscribe', from: 'now' }).toString('hex'), json: '{"type":"subscribe","from":"now"}',
+    decoded: { type: 'subscribe', from: 'now' }, expect: { error: 'INVALID_MESSAGE', field: 'id' }, notes: 'Every subscription is named by an id.' },
   { name: 'frame-extension-type', direction: 'client', hex: '82a474797065a470696e67a56e6f6e6365d6ff00000000', json: null,
     decoded: null, expect: { error: 'MALFORMED_FRAME' }, notes: 'A msgpack timestamp (extension type -1) as the nonce: the whole frame is refused.' },
   { name: 'frame-trailing-bytes', direction: 'client', hex: pack({ type: 'ping' }).toString('hex') + 'c0', json: null,
@@ -191,8 +203,8 @@ const rejected = [
     decoded: null, expect: { error: 'MALFORMED_FRAME' }, notes: 'The last byte of the nonce string is missing.' },
   { name: 'frame-not-a-map', direction: 'client', hex: pack(['put']).toString('hex'), json: '["put"]',
     decoded: ['put'], expect: { error: 'INVALID_MESSAGE', field: 'type' }, notes: 'A message is a map.' },
-  { name: 'frame-unknown-type', direction: 'client', hex: pack({ type: 'subscribe' }).toString('hex'), json: '{"type":"subscribe"}',
-    decoded: { type: 'subscribe' }, expect: { error: 'UNKNOWN_TYPE', field: 'type' }, notes: 'An unknown message type refuses the frame.' },
+  { name: 'frame-unknown-type', direction: 'client', hex: pack({ type: 'publish' }).toString('hex'), json: '{"type":"publish"}',
+    decoded: { type: 'publish' }, expect: { error: 'UNKNOWN_TYPE', field: 'type' }, notes: 'An unknown message type refuses the frame.' },
   { name: 'hello-unsupported-version', direction: 'client', hex: pack({ type: 'hello', protocol: 2 }).toString('hex'), json: '{"type":"hello","protocol":2}',
     decoded: { type: 'hello', protocol: 2 }, expect: { error: 'UNSUPPORTED_VERSION' }, notes: 'This server speaks protocol 1 only; the error lists supported:[1].' },
   ...[
@@ -297,8 +309,13 @@ const serverPackr = new Packr({ useRecords: false, structuredClone: false, moreT
 function widen(v) {
   if (typeof v === 'number') return Number.isInteger(v) && (v > 0xffffffff || v < -0x80000000) ? BigInt(v) : v;
   if (Array.isArray(v)) return v.map(widen);
+  if (v instanceof Uint8Array) return v;
   if (v !== null && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, widen(x)]));
   return v;
+}
+/** A server message holding a bin (a change's state): JSON cannot carry it, `decoded` writes it as $bin. */
+function serverVectorBinary(name, message, decoded, notes) {
+  return { name, direction: 'server', hex: serverPackr.pack(widen(message)).toString('hex'), json: null, decoded, notes };
 }
 function serverVector(name, message, notes) {
   return { name, direction: 'server', hex: serverPackr.pack(widen(message)).toString('hex'), json: JSON.stringify(message), decoded: message, notes };
@@ -367,7 +384,7 @@ const serverMessages = [
     'A put message whose puts is not an array.'),
   serverVector('error-nonce-too-large', { type: 'error', code: 'INVALID_MESSAGE', message: 'nonce exceeds 1024 bytes', retryable: false, field: 'nonce', limit: 'maxNonceBytes', max: 1024 },
     'A ping whose nonce is over maxNonceBytes in canonical form; it is not echoed.'),
-  serverVector('error-unknown-type', { type: 'error', code: 'UNKNOWN_TYPE', message: 'unknown message type "subscribe"', retryable: false, field: 'type' },
+  serverVector('error-unknown-type', { type: 'error', code: 'UNKNOWN_TYPE', message: 'unknown message type "publish"', retryable: false, field: 'type' },
     'Answer to frame-unknown-type.'),
   serverVector('error-too-many-puts', { type: 'error', code: 'TOO_MANY_PUTS', message: '1001 puts exceed maxPutsPerFrame 1000', retryable: false, limit: 'maxPutsPerFrame', max: 1000 },
     'None of the puts was processed; split the frame.'),
@@ -383,11 +400,37 @@ const serverMessages = [
     'A hello whose heads could not be read; send the hello again.'),
 ];
 
+const kitchenState = canonical(new Map([['temp', 21.5]]));
+const changeOffset = (n) => `${String(n).padStart(16, '0')}_6f1c2a0e`;
+const changefeedServerMessages = [
+  serverVector('subscribed', { type: 'subscribed', id: 'feed-1', offset: changeOffset(0) }, 'Answer to subscribe-from-start: the position it starts after.'),
+  serverVectorBinary('changes', {
+    type: 'changes', id: 'feed-1',
+    changes: [
+      { offset: changeOffset(7), key: 'room/kitchen', version: 3, deleted: false, state: kitchenState, origin: { stream: 'sensor-1', epoch: 1, seq: 42 }, committedAt },
+      { offset: changeOffset(9), key: 'room/hall', version: 2, deleted: true, state: null, origin: { route: 'DELETE /v1/docs/{key}' }, committedAt },
+    ],
+    next: changeOffset(9), upToDate: true,
+  }, {
+    type: 'changes', id: 'feed-1',
+    changes: [
+      { offset: changeOffset(7), key: 'room/kitchen', version: 3, deleted: false, state: { $bin: kitchenState.toString('hex') }, origin: { stream: 'sensor-1', epoch: 1, seq: 42 }, committedAt },
+      { offset: changeOffset(9), key: 'room/hall', version: 2, deleted: true, state: null, origin: { route: 'DELETE /v1/docs/{key}' }, committedAt },
+    ],
+    next: changeOffset(9), upToDate: true,
+  }, 'Two changes under msgpack: a put (state is a bin holding the canonical bytes of {"temp":21.5}) and an HTTP delete. Under the JSON subprotocol the state is the JSON value {"temp":21.5}.'),
+  serverVector('changes-caught-up', { type: 'changes', id: 7, changes: [], next: changeOffset(42), upToDate: true },
+    'A subscription that reached the end of the log says so once, with the offset to save.'),
+  serverVector('unsubscribed', { type: 'unsubscribed', id: 'feed-1' }, 'Nothing more of this id follows.'),
+  serverVector('error-offset-expired', { type: 'error', code: 'OFFSET_EXPIRED', message: 'changes after this offset were removed by retention; restart from a snapshot', retryable: false, earliest: changeOffset(120), id: 7 },
+    'The subscription has ended; restart from GET /v1/changes/snapshot (PROTOCOL.md §16.5).'),
+];
+
 function write(file, vectors) {
   writeFileSync(join(here, file), JSON.stringify(vectors, null, 2) + '\n');
 }
 
-write('client-messages.json', [...clientMessages, ...rejected]);
-write('server-messages.json', serverMessages);
+write('client-messages.json', [...clientMessages, ...changefeedMessages, ...rejected]);
+write('server-messages.json', [...serverMessages, ...changefeedServerMessages]);
 write('canonical-values.json', canonicalValues);
 write('canonical-puts.json', canonicalPuts);

@@ -15,6 +15,10 @@ export function canonicalEncode(value: unknown, limits: CanonicalLimits, path: s
   return Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength);
 }
 
+/** A fingerprint is this many leading bytes of the SHA-256 (PROTOCOL.md §6.4). */
+const FINGERPRINT_BYTES = 16;
+
+/** Keys and ifVersion are bounded by their own limits before they are fingerprinted. */
 const UNBOUNDED: CanonicalLimits = {
   maxBytes: 2 ** 31,
   maxDepth: 1024,
@@ -34,5 +38,5 @@ export function putFingerprint(key: string, state: Buffer | null, ifVersion: num
   hash.update(Uint8Array.of(state === null ? 0xc3 : 0xc2));
   hash.update(state ?? Uint8Array.of(0xc0));
   hash.update(ifVersion === null ? Uint8Array.of(0xc0) : encodeBytes(ifVersion, UNBOUNDED, 'ifVersion'));
-  return hash.digest().subarray(0, 16);
+  return hash.digest().subarray(0, FINGERPRINT_BYTES);
 }

@@ -12,10 +12,39 @@ export type ScanFault =
   | { fault: 'malformed'; reason: string }
   | { fault: 'too_deep'; depth: number };
 
+/** Where one value of a scanned msgpack frame lies, and how many values it holds (itself included). */
+export interface ScannedValue {
+  readonly start: number;
+  end: number;
+  /** Values in the span: 1 for a scalar, 1 + every nested key, value and element for a container. */
+  items: number;
+  /**
+   * For a map or array within the indexed depth: the values nested directly in it, a map's keys
+   * and values alternately (key, value, key, …). Undefined for scalars and deeper containers.
+   */
+  readonly children?: ScannedValue[];
+}
+
 /** Scans one msgpack value that must span `buf` exactly. Returns null when the frame is sound. */
 export function scanMsgpack(buf: Uint8Array, maxDepth: number): ScanFault | null {
-  // remaining[i] = items still to read in the container at depth i+1
+  const scanned = indexMsgpack(buf, maxDepth, 0);
+  return 'fault' in scanned ? scanned : null;
+}
+
+/**
+ * scanMsgpack() that also records, in the same pass, where each value down to `indexDepth` levels
+ * lies and how many values it holds (the root is level 0; 3 reaches a put's fields). A reader can
+ * then decode only the parts it needs, and refuse a part by its item count before paying for
+ * decoding it.
+ */
+export function indexMsgpack(buf: Uint8Array, maxDepth: number, indexDepth: number): ScanFault | { root: ScannedValue } {
+  // remaining[i] = items still to read in the container at depth i+1; opened[i] its index node
+  // (or null beyond indexDepth) and counted[i] the value count when it opened.
   const remaining: number[] = [];
+  const opened: Array<ScannedValue | null> = [];
+  const counted: number[] = [];
+  let count = 0;
+  let root: ScannedValue | undefined;
   let pos = 0;
   let rootDone = false;
   const len = buf.length;
@@ -25,6 +54,9 @@ export function scanMsgpack(buf: Uint8Array, maxDepth: number): ScanFault | null
 
   while (pos < len) {
     if (rootDone) return { fault: 'malformed', reason: 'trailing bytes after the value' };
+    const start = pos;
+    const depth = remaining.length;
+    count++;
     const b = buf[pos++]!;
     let skip = 0;
     let children = -1;
@@ -78,6 +110,13 @@ export function scanMsgpack(buf: Uint8Array, maxDepth: number): ScanFault | null
       pos += skip;
     }
 
+    let node: ScannedValue | null = null;
+    if (depth <= indexDepth) {
+      node = depth < indexDepth && children >= 0 ? { start, end: pos, items: 1, children: [] } : { start, end: pos, items: 1 };
+      if (depth === 0) root = node;
+      else opened[depth - 1]!.children!.push(node);
+    }
+
     // The value just read fills one slot of its parent.
     if (remaining.length > 0) remaining[remaining.length - 1]! -= 1;
 
@@ -86,15 +125,25 @@ export function scanMsgpack(buf: Uint8Array, maxDepth: number): ScanFault | null
       if (children > len - pos) return truncated();
       if (remaining.length + 1 > maxDepth) return { fault: 'too_deep', depth: remaining.length + 1 };
       remaining.push(children);
+      opened.push(node);
+      counted.push(count);
     } else if (children === 0 && remaining.length + 1 > maxDepth) {
       return { fault: 'too_deep', depth: remaining.length + 1 };
     }
 
-    while (remaining.length > 0 && remaining[remaining.length - 1] === 0) remaining.pop();
+    while (remaining.length > 0 && remaining[remaining.length - 1] === 0) {
+      remaining.pop();
+      const closing = opened.pop()!;
+      const at = counted.pop()!;
+      if (closing !== null) {
+        closing.end = pos;
+        closing.items = count - at + 1;
+      }
+    }
     if (remaining.length === 0) rootDone = true;
   }
-  if (!rootDone) return truncated();
-  return null;
+  if (!rootDone || root === undefined) return truncated();
+  return { root };
 }
 
 function truncated(): ScanFault {
@@ -123,82 +172,60 @@ export function scanJsonDepth(text: string, maxDepth: number): ScanFault | null 
   return null;
 }
 
-/** Where one value of a scanned msgpack frame lies, and how many values it holds (itself included). */
-export interface Span {
-  readonly start: number;
-  readonly end: number;
-  /** Values in the span: 1 for a scalar, 1 + every nested key, value and element for a container. */
-  readonly items: number;
-}
-
-export interface Children {
-  readonly kind: 'map' | 'array' | 'scalar';
-  /** A map's keys and values alternately (key, value, key, …), or an array's elements. */
-  readonly spans: Span[];
-}
-
-// Set by headerAt() next to its return value, to spare an allocation per value.
-let headerChildren = 0;
-
 /**
- * The end of the header and payload of the value at `pos`; sets `headerChildren` to the number of
- * values nested directly in it. Only for bytes that scanMsgpack() accepted.
+ * The value of the top-level "type" field of a JSON text, if it is a string, found without
+ * parsing the text: the last one wins, as with JSON.parse. Undefined when the text is not an
+ * object, has no such field, or it is not a string. The text is not validated.
  */
-function headerAt(buf: Uint8Array, view: DataView, pos: number): number {
-  const b = buf[pos]!;
-  headerChildren = 0;
-  if (b <= 0x7f || b >= 0xe0 || b === 0xc0 || b === 0xc2 || b === 0xc3) return pos + 1;
-  if (b <= 0x8f) { headerChildren = (b & 0x0f) * 2; return pos + 1; }
-  if (b <= 0x9f) { headerChildren = b & 0x0f; return pos + 1; }
-  if (b <= 0xbf) return pos + 1 + (b & 0x1f);
-  switch (b) {
-    case 0xc4: case 0xd9: return pos + 2 + buf[pos + 1]!;
-    case 0xc5: case 0xda: return pos + 3 + view.getUint16(pos + 1);
-    case 0xc6: case 0xdb: return pos + 5 + view.getUint32(pos + 1);
-    case 0xca: return pos + 5;
-    case 0xcb: return pos + 9;
-    case 0xcc: case 0xd0: return pos + 2;
-    case 0xcd: case 0xd1: return pos + 3;
-    case 0xce: case 0xd2: return pos + 5;
-    case 0xcf: case 0xd3: return pos + 9;
-    case 0xdc: headerChildren = view.getUint16(pos + 1); return pos + 3;
-    case 0xdd: headerChildren = view.getUint32(pos + 1); return pos + 5;
-    case 0xde: headerChildren = view.getUint16(pos + 1) * 2; return pos + 3;
-    case 0xdf: headerChildren = view.getUint32(pos + 1) * 2; return pos + 5;
-    default: throw new RangeError(`byte 0x${b.toString(16)} at ${pos}: not a value scanMsgpack() accepted`);
+export function peekJsonType(text: string): string | undefined {
+  let depth = 0;
+  let found: string | undefined;
+  // At depth 1: whether the next string is a key, and whether the last key read was "type".
+  let expectKey = false;
+  let afterTypeKey = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x22) {
+      const start = i;
+      for (i++; i < text.length; i++) {
+        const d = text.charCodeAt(i);
+        if (d === 0x5c) i++;
+        else if (d === 0x22) break;
+      }
+      if (depth !== 1) continue;
+      const token = text.slice(start, i + 1);
+      if (expectKey) {
+        afterTypeKey = stringOf(token) === 'type';
+        expectKey = false;
+      } else if (afterTypeKey) {
+        found = stringOf(token);
+        afterTypeKey = false;
+      }
+      continue;
+    }
+    if (c === 0x7b || c === 0x5b) {
+      if (depth === 1 && afterTypeKey) { found = undefined; afterTypeKey = false; }
+      depth++;
+      if (depth === 1) expectKey = c === 0x7b;
+    } else if (c === 0x7d || c === 0x5d) {
+      depth--;
+    } else if (depth === 1 && c === 0x2c) {
+      expectKey = true;
+      afterTypeKey = false;
+    } else if (depth === 1 && afterTypeKey && c !== 0x3a && c !== 0x20 && c !== 0x0a && c !== 0x0d && c !== 0x09) {
+      // A number, true, false or null: "type" is there but not a string.
+      found = undefined;
+      afterTypeKey = false;
+    }
   }
+  return found;
 }
 
-/** The span of the value starting at `pos`. */
-function spanAt(buf: Uint8Array, view: DataView, pos: number): Span {
-  const start = pos;
-  let pending = 1;
-  let items = 0;
-  while (pending > 0) {
-    pos = headerAt(buf, view, pos);
-    pending += headerChildren - 1;
-    items++;
+function stringOf(token: string): string | undefined {
+  try {
+    const v: unknown = JSON.parse(token);
+    return typeof v === 'string' ? v : undefined;
+  } catch {
+    return undefined;
   }
-  return { start, end: pos, items };
-}
-
-/**
- * The values nested directly in the value at `start` of a frame that scanMsgpack() accepted, each
- * with its span, without decoding any of them. A reader can then decode only the parts it needs,
- * and refuse a part by its item count before paying for decoding it.
- */
-export function msgpackChildren(buf: Uint8Array, start = 0): Children {
-  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  const b = buf[start]!;
-  let pos = headerAt(buf, view, start);
-  const count = headerChildren;
-  const kind = (b >= 0x80 && b <= 0x8f) || b === 0xde || b === 0xdf ? 'map'
-    : (b >= 0x90 && b <= 0x9f) || b === 0xdc || b === 0xdd ? 'array' : 'scalar';
-  const spans: Span[] = [];
-  for (let i = 0; i < count; i++) {
-    const span = spanAt(buf, view, pos);
-    spans.push(span);
-    pos = span.end;
-  }
-  return { kind, spans };
 }

@@ -1,7 +1,7 @@
 import { Unpackr } from 'msgpackr';
 import { SeqgateError } from '../errors.js';
-import { decodeFrame, ENVELOPE_DEPTH, field, isMap, type WireFormat } from './codec.js';
-import { msgpackChildren, scanMsgpack, type Span } from './frame-scanner.js';
+import { ENVELOPE_DEPTH, field, isMap, type WireFormat } from './codec.js';
+import { indexMsgpack, peekJsonType, scanJsonDepth, type ScannedValue as Span } from './frame-scanner.js';
 import {
   oversizeStateResult, parseMessage, parsePut, type IncomingMessage, type Limits, type ParsedPut,
 } from './messages.js';
@@ -17,7 +17,9 @@ import {
  *   decoding would collapse, are counted as sent: PROTOCOL.md appendix).
  * Decoding a million-key map costs hundreds of milliseconds of a single-threaded server; counting
  * its items costs a few.
- * A JSON frame is parsed whole (JSON.parse has no partial mode); its depth is checked first.
+ * A JSON frame is parsed whole (JSON.parse has no partial mode) once its depth is checked, but
+ * only when its message is asked for: its `type` is found by a scan of the text first, so an
+ * unauthenticated connection's put is refused without being parsed.
  */
 
 // The same settings as the codec's unpacker (see codec.ts): no records, no structured clone,
@@ -50,22 +52,32 @@ export class IncomingFrame {
   static open(data: Buffer, isBinary: boolean, format: WireFormat, limits: Limits): IncomingFrame {
     const maxDepth = limits.maxStateDepth + ENVELOPE_DEPTH;
     if (format === 'json') {
-      const value = decodeFrame(data, isBinary, format, maxDepth);
+      if (isBinary) throw new SeqgateError('WRONG_FRAME_TYPE', 'binary frame on a JSON connection; send text frames');
+      const text = data.toString('utf8');
+      if (scanJsonDepth(text, maxDepth)) throw new SeqgateError('TOO_DEEP', `frame nests deeper than ${maxDepth} levels`, { limit: 'maxStateDepth', max: limits.maxStateDepth });
+      const type = peekJsonType(text);
+      if (type !== undefined) return new IncomingFrame(type, true, (l, tenant) => parseMessage(parseJson(text), l, tenant));
+      const value = parseJson(text);
       return new IncomingFrame(field(value, 'type'), isMap(value), (l, tenant) => parseMessage(value, l, tenant));
     }
     if (!isBinary) throw new SeqgateError('WRONG_FRAME_TYPE', 'text frame on a msgpack connection; send binary frames');
-    const fault = scanMsgpack(data, maxDepth);
-    if (fault?.fault === 'too_deep') throw new SeqgateError('TOO_DEEP', `frame nests deeper than ${maxDepth} levels`, { limit: 'maxStateDepth', max: limits.maxStateDepth });
-    if (fault) throw new SeqgateError('MALFORMED_FRAME', `undecodable msgpack: ${fault.reason}`);
-    const root = msgpackChildren(data);
-    if (root.kind !== 'map') return new IncomingFrame(undefined, false, () => parseMessage(null, limits, ''));
+    // One pass checks the structure and records where the message's fields, its puts and their
+    // fields lie (levels 0-3), with how many values each holds.
+    const scanned = indexMsgpack(data, maxDepth, 3);
+    if ('fault' in scanned) {
+      if (scanned.fault === 'too_deep') throw new SeqgateError('TOO_DEEP', `frame nests deeper than ${maxDepth} levels`, { limit: 'maxStateDepth', max: limits.maxStateDepth });
+      throw new SeqgateError('MALFORMED_FRAME', `undecodable msgpack: ${scanned.reason}`);
+    }
+    const { root } = scanned;
+    if (!isMapAt(data, root)) return new IncomingFrame(undefined, false, () => parseMessage(null, limits, ''));
     const fields = new Map<string, Span>();
-    for (let i = 0; i < root.spans.length; i += 2) {
-      const key = root.spans[i]!;
+    const spans = root.children!;
+    for (let i = 0; i < spans.length; i += 2) {
+      const key = spans[i]!;
       // Field names are short strings; anything else is not a field this protocol reads.
       if (key.items !== 1 || key.end - key.start > 64) continue;
       const name = decode(data, key);
-      if (typeof name === 'string') fields.set(name, root.spans[i + 1]!);
+      if (typeof name === 'string') fields.set(name, spans[i + 1]!);
     }
     const typeSpan = fields.get('type');
     const type = typeSpan === undefined ? undefined : typeSpan.items === 1 ? decode(data, typeSpan) : TOO_LARGE;
@@ -77,6 +89,24 @@ export class IncomingFrame {
     if (!this.isMapFrame) throw new SeqgateError('INVALID_MESSAGE', 'a message must be a map', { field: 'type' });
     return this.decodeMessage(limits, tenant);
   }
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new SeqgateError('MALFORMED_FRAME', `undecodable JSON: ${(err as Error).message}`, {}, { cause: err });
+  }
+}
+
+function isMapAt(data: Buffer, span: Span): boolean {
+  const b = data[span.start]!;
+  return (b >= 0x80 && b <= 0x8f) || b === 0xde || b === 0xdf;
+}
+
+function isArrayAt(data: Buffer, span: Span): boolean {
+  const b = data[span.start]!;
+  return (b >= 0x90 && b <= 0x9f) || b === 0xdc || b === 0xdd;
 }
 
 function decode(data: Buffer, span: Span): unknown {
@@ -113,6 +143,10 @@ function messageOf(data: Buffer, type: unknown, fields: Map<string, Span>, limit
       return parseMessage(helloOf(data, fields, limits), limits, tenant);
     case 'put':
       return { type, puts: putsOf(data, fields.get('puts'), limits, tenant) };
+    case 'subscribe':
+    case 'unsubscribe':
+      // Changefeed messages hold scalars only; anything larger is refused by its shape.
+      return parseMessage(partial(data, fields, ['type', 'id', 'prefix', 'from'], 1), limits, tenant);
     default:
       return parseMessage(partial(data, fields, ['type'], 1), limits, tenant);
   }
@@ -122,36 +156,36 @@ function helloOf(data: Buffer, fields: Map<string, Span>, limits: Limits): Map<s
   const hello = partial(data, fields, ['type', 'protocol', 'token'], SMALL_ITEMS);
   const streams = fields.get('streams');
   if (streams !== undefined) {
-    const children = msgpackChildren(data, streams.start);
-    hello.set('streams', children.kind === 'array' && children.spans.length > limits.maxHelloStreams
-      ? new Array<null>(children.spans.length).fill(null)
+    const count = isArrayAt(data, streams) ? streams.children!.length : 0;
+    hello.set('streams', count > limits.maxHelloStreams
+      ? new Array<null>(count).fill(null)
       : streams.items > (limits.maxHelloStreams + 1) * 2 ? TOO_LARGE : decode(data, streams));
   }
   return hello;
 }
 
 function putsOf(data: Buffer, span: Span | undefined, limits: Limits, tenant: string): ParsedPut[] {
-  const children = span === undefined ? undefined : msgpackChildren(data, span.start);
-  if (children?.kind !== 'array') throw new SeqgateError('INVALID_MESSAGE', 'puts must be an array', { field: 'puts' });
-  if (children.spans.length > limits.maxPutsPerFrame) {
-    throw new SeqgateError('TOO_MANY_PUTS', `${children.spans.length} puts exceed maxPutsPerFrame ${limits.maxPutsPerFrame}`, {
+  if (span === undefined || !isArrayAt(data, span)) throw new SeqgateError('INVALID_MESSAGE', 'puts must be an array', { field: 'puts' });
+  const puts = span.children!;
+  if (puts.length > limits.maxPutsPerFrame) {
+    throw new SeqgateError('TOO_MANY_PUTS', `${puts.length} puts exceed maxPutsPerFrame ${limits.maxPutsPerFrame}`, {
       limit: 'maxPutsPerFrame', max: limits.maxPutsPerFrame,
     });
   }
-  return children.spans.map((put) => putOf(data, put, limits, tenant));
+  return puts.map((put) => putOf(data, put, limits, tenant));
 }
 
 /** One put, as parsePut() would answer it; an oversize state is refused without being decoded. */
 function putOf(data: Buffer, span: Span, limits: Limits, tenant: string): ParsedPut {
   if (span.items <= limits.maxStateBytes + PUT_ENVELOPE_ITEMS) return parsePut(decode(data, span), limits, tenant);
-  const children = msgpackChildren(data, span.start);
   // Not a map: refused for that, whatever it holds.
-  if (children.kind !== 'map') return parsePut([], limits, tenant);
+  if (!isMapAt(data, span)) return parsePut([], limits, tenant);
+  const fields = span.children!;
   const put = new Map<unknown, unknown>();
   let oversize = false;
-  for (let i = 0; i < children.spans.length; i += 2) {
-    const keySpan = children.spans[i]!;
-    const valueSpan = children.spans[i + 1]!;
+  for (let i = 0; i < fields.length; i += 2) {
+    const keySpan = fields[i]!;
+    const valueSpan = fields[i + 1]!;
     const key = keySpan.items > SMALL_ITEMS ? TOO_LARGE : decode(data, keySpan);
     if (key === 'state') {
       // The last one counts, as when the map is decoded.

@@ -4,6 +4,7 @@ import type { Ack, Put, PutResult, StreamHead } from '../store/store.js';
 import { CanonicalError, canonicalEncode, putFingerprint } from './canonical.js';
 import { field, fieldNames, isMap } from './codec.js';
 import { nameProblem as wireNameProblem } from '@seqgate/client/wire';
+import { parseSubscribe, parseUnsubscribe, type SubscribeMessage, type UnsubscribeMessage } from './subscribe-messages.js';
 
 /**
  * The messages of PROTOCOL.md: what a decoded frame must look like, and the shapes the server
@@ -47,7 +48,9 @@ export type ParsedPut =
 export type IncomingMessage =
   | { readonly type: 'hello'; readonly streams: readonly string[]; readonly token: string | undefined }
   | { readonly type: 'put'; readonly puts: readonly ParsedPut[] }
-  | { readonly type: 'ping'; readonly nonce: unknown };
+  | { readonly type: 'ping'; readonly nonce: unknown }
+  | SubscribeMessage
+  | UnsubscribeMessage;
 
 export interface WireError {
   readonly code: string;
@@ -223,6 +226,10 @@ export function parseMessage(value: unknown, limits: Limits, tenant: string): In
     }
     case 'ping':
       return { type, nonce: checkedNonce(field(value, 'nonce') ?? null, limits) };
+    case 'subscribe':
+      return parseSubscribe(value, limits);
+    case 'unsubscribe':
+      return parseUnsubscribe(value, limits);
     default:
       throw new SeqgateError('UNKNOWN_TYPE', `unknown message type "${type.slice(0, 64)}"`, { field: 'type' });
   }

@@ -28,8 +28,8 @@ export interface Principal {
 }
 
 const EVERYTHING: Access = { streams: [''], documents: [''] };
-export const OPEN_PRINCIPAL: Principal = { tenant: DEFAULT_TENANT, tokenId: 'open', write: EVERYTHING, read: EVERYTHING };
-export const MIN_TOKEN_LENGTH = 16;
+const OPEN_PRINCIPAL: Principal = { tenant: DEFAULT_TENANT, tokenId: 'open', write: EVERYTHING, read: EVERYTHING };
+const MIN_TOKEN_LENGTH = 16;
 
 interface Entry {
   readonly digest: Buffer;
@@ -64,7 +64,7 @@ function access(value: unknown, where: string): Access {
   return { streams: prefixes(v.streams, `${where}.streams`), documents: prefixes(v.documents, `${where}.documents`) };
 }
 
-export function parseTokens(text: string, source: string): Entry[] {
+function parseTokens(text: string, source: string): Entry[] {
   let doc: unknown;
   try {
     doc = JSON.parse(text);

@@ -12,6 +12,7 @@ import type { Put, Store } from '../store/store.js';
 import { mayReadStream, mayWrite, type Authenticator, type Principal } from './auth.js';
 import type { Committer } from './committer.js';
 import type { Metrics } from './metrics.js';
+import { Subscriptions, type SubscriptionContext } from './subscription.js';
 
 /**
  * One client connection: frames in, answers out in the order of the frames that caused them.
@@ -23,9 +24,10 @@ import type { Metrics } from './metrics.js';
  *   `outboundHighWaterBytes`: above it reading stops, and a client that leaves it there is closed;
  * - unanswered put bytes count against `connectionInFlightBytes` and the server-wide budget;
  * - a message still arriving (fragments included) counts against the server-wide budget;
- * - per event-loop turn it gets at most TURN_BUDGET_BYTES / TURN_BUDGET_FRAMES of frame handling;
- *   what arrived beyond that waits, reading paused, for the next turn, so one busy connection
- *   cannot hold up everyone else's puts;
+ * - per event-loop turn it gets at most TURN_BUDGET_BYTES / TURN_BUDGET_FRAMES / TURN_BUDGET_MS of
+ *   frame handling; what arrived beyond that waits, reading paused, for the next turn (or, after a
+ *   turn that took longer than TURN_BUDGET_MS, for as long as that turn took), so one busy
+ *   connection cannot hold up everyone else's puts;
  * - once the server decides to close it, nothing more it sends is handled, and the socket is
  *   destroyed CLOSE_GRACE_MS later whether or not the client completes the close handshake.
  */
@@ -34,6 +36,14 @@ import type { Metrics } from './metrics.js';
 export const TURN_BUDGET_BYTES = 64 * 1024;
 /** Frames one connection may have handled per event-loop turn before yielding. */
 export const TURN_BUDGET_FRAMES = 64;
+/**
+ * Time one connection's frames may take in one turn, in ms. A connection whose frames took longer
+ * (frames that are expensive to scan, such as a megabyte of tiny map entries) is not read from for
+ * as long again, so that it gets at most about half of the event loop while others wait.
+ */
+export const TURN_BUDGET_MS = 10;
+/** The longest such pause, in ms. */
+const MAX_COOLDOWN_MS = 1000;
 /** How long a connection the server closes has to complete the close handshake, in ms. */
 export const CLOSE_GRACE_MS = 1000;
 /**
@@ -77,6 +87,8 @@ export interface ConnectionContext {
   readonly onClose: (conn: Connection) => void;
   /** The connection authenticated with a hello's token. */
   readonly onAuthenticated: (conn: Connection) => void;
+  /** The changefeed's subscriptions (absent: subscribe is an unknown type). */
+  readonly changes?: SubscriptionContext;
 }
 
 type Entry =
@@ -107,12 +119,18 @@ export class Connection {
   private closed = false;
   /** The server decided to close: nothing read from now on is handled. */
   private closing = false;
+  /** Closing for shutdown: reading goes on (unhandled) so the close handshake completes quickly. */
+  private readWhileClosing = false;
   /** Shutdown: no more reading, but what was read is still answered. */
   private stoppedForGood = false;
   private flushScheduled = false;
+  private readonly subscriptions: Subscriptions | undefined;
   private readonly inbound: Inbound[] = [];
   private turnBytes = 0;
   private turnFrames = 0;
+  private turnMs = 0;
+  /** Sitting out after a turn that took more than TURN_BUDGET_MS. */
+  private cooldown: NodeJS.Timeout | undefined;
   private turnScheduled: NodeJS.Immediate | undefined;
   /** Bytes of a message still arriving (an upper bound: what was read since the last whole one). */
   private partialBytes = 0;
@@ -137,6 +155,7 @@ export class Connection {
       ctx.log.debug({ err }, 'connection error');
       this.decidedToClose();
     });
+    this.subscriptions = ctx.changes && new Subscriptions(ctx.changes, this);
     if (principalOrNone === undefined) {
       this.authTimer = setTimeout(() => {
         this.authTimer = undefined;
@@ -221,7 +240,7 @@ export class Connection {
   }
 
   private turnHasRoom(): boolean {
-    return this.turnBytes < TURN_BUDGET_BYTES && this.turnFrames < TURN_BUDGET_FRAMES;
+    return this.cooldown === undefined && this.turnBytes < TURN_BUDGET_BYTES && this.turnFrames < TURN_BUDGET_FRAMES && this.turnMs < TURN_BUDGET_MS;
   }
 
   /** Handles waiting frames as far as this turn's share and the flow limits allow. */
@@ -230,7 +249,7 @@ export class Connection {
       const next = this.inbound.shift()!;
       this.handle(next.data, next.isBinary);
     }
-    if (this.inbound.length > 0 && !this.flowPaused) this.scheduleTurn();
+    if (this.inbound.length > 0 && !this.flowPaused && this.cooldown === undefined) this.scheduleTurn();
     this.applyPause();
   }
 
@@ -240,11 +259,32 @@ export class Connection {
       this.turnScheduled = undefined;
       this.turnBytes = 0;
       this.turnFrames = 0;
-      this.drain();
+      if (this.cooldown === undefined) {
+        this.turnMs = 0;
+        this.drain();
+      }
     });
   }
 
   private handle(data: Buffer, isBinary: boolean): void {
+    const started = performance.now();
+    try {
+      this.handleFrame(data, isBinary);
+    } finally {
+      this.turnMs += performance.now() - started;
+      if (this.turnMs >= TURN_BUDGET_MS && this.cooldown === undefined && !this.closing) {
+        const ms = Math.min(this.turnMs, MAX_COOLDOWN_MS);
+        this.cooldown = setTimeout(() => {
+          this.cooldown = undefined;
+          this.turnMs = 0;
+          this.drain();
+        }, ms);
+        this.applyPause();
+      }
+    }
+  }
+
+  private handleFrame(data: Buffer, isBinary: boolean): void {
     this.turnBytes += data.length;
     this.turnFrames++;
     this.scheduleTurn();
@@ -267,6 +307,14 @@ export class Connection {
     const principal = this.principalOrNone!;
 
     switch (message.type) {
+      case 'subscribe':
+      case 'unsubscribe':
+        if (this.subscriptions === undefined) {
+          this.outbox.push({ kind: 'message', message: errorMessage(new SeqgateError('UNKNOWN_TYPE', `unknown message type "${message.type}"`, { field: 'type' })) });
+          this.flush();
+        } else if (message.type === 'subscribe') this.subscriptions.subscribe(message, principal);
+        else this.subscriptions.unsubscribe(message.id);
+        return;
       case 'ping':
         // Answered at once, ahead of pending results: it measures liveness, not progress.
         this.send({ type: 'pong', nonce: message.nonce });
@@ -462,15 +510,17 @@ export class Connection {
 
   /**
    * Reading is paused while over a flow limit, while frames wait for the next turn, and after
-   * shutdown stopped it. A closing connection reads again (dropping every frame unread) only to
-   * find the client's close frame, and only if the client reads: one that leaves its answers
-   * unread will not answer the close either, and reading what it still sends is wasted work.
+   * shutdown stopped it. A connection closed for shutdown reads again (dropping every frame
+   * unhandled) only to find the client's close frame, and only if the client reads: one that
+   * leaves its answers unread will not answer the close either. Any other closing connection
+   * reads nothing more: even unhandled, a client's megabyte frames cost copying and unmasking,
+   * and it sees the close code in the close frame it was sent whether or not its answer is read.
    */
   private applyPause(): void {
     if (this.closed) return;
     const pause = this.closing
-      ? this.ws.bufferedAmount > this.outboundLimit
-      : this.stoppedForGood || this.flowPaused || this.partialPaused || this.inbound.length > 0;
+      ? !this.readWhileClosing || this.ws.bufferedAmount > this.outboundLimit
+      : this.stoppedForGood || this.flowPaused || this.partialPaused || this.cooldown !== undefined || this.inbound.length > 0;
     if (pause === this.socketPaused) return;
     this.socketPaused = pause;
     if (pause) this.ws.pause();
@@ -500,6 +550,7 @@ export class Connection {
    */
   close(code: number, reason: string): void {
     if (this.closing || this.closed) return;
+    this.readWhileClosing = code === ERRORS.GOING_AWAY.closeCode;
     this.decidedToClose();
     this.ws.close(code, reason);
   }
@@ -521,10 +572,12 @@ export class Connection {
     if (this.closed) return;
     this.closed = true;
     this.closing = true;
+    this.subscriptions?.closeAll();
     this.inbound.length = 0;
     clearTimeout(this.slowTimer);
     clearTimeout(this.authTimer);
     clearTimeout(this.graceTimer);
+    clearTimeout(this.cooldown);
     if (this.turnScheduled !== undefined) clearImmediate(this.turnScheduled);
     this.releasePartial();
     // Unanswered puts still commit (the client may retry them); their bytes leave the budget then.

@@ -11,8 +11,10 @@ import { bearerToken, mayReadDocument, mayReadStream, mayWrite, type Authenticat
 import type { Committer } from './committer.js';
 import { guarded } from './listener-guard.js';
 import type { Metrics } from './metrics.js';
+import { Readiness, READINESS_TIMEOUT_MS } from './readiness.js';
 import type { RequestBodies } from './request-bodies.js';
-import { parseRequestTarget } from './request-target.js';
+import { parseRequestTarget, type RequestTarget } from './request-target.js';
+import { isChangesPath } from './changes-http.js';
 
 /**
  * The HTTP API, on the same port as the WebSocket. Puts go through the same validation, gate,
@@ -31,6 +33,8 @@ export interface HttpContext {
   readonly bodies: RequestBodies;
   /** A body that sends nothing for this long is answered 408 and its connection closed. */
   readonly bodyIdleTimeoutMs: number;
+  /** The changefeed's reader (changes-http.ts), which owns /v1/changes. */
+  readonly changes?: (req: IncomingMessage, res: ServerResponse, target: RequestTarget) => void;
 }
 
 const CREATE_SCOPE = 'POST /v1/docs';
@@ -57,6 +61,7 @@ interface Reply {
 }
 
 export function createHttpHandler(ctx: HttpContext): (req: IncomingMessage, res: ServerResponse) => void {
+  const readiness = new Readiness(ctx.store, READINESS_TIMEOUT_MS);
   const inFlightKeys = new Set<string>();
 
   const handle = async (req: IncomingMessage, route: string, parts: string[], format: WireFormat): Promise<Reply> => {
@@ -64,7 +69,7 @@ export function createHttpHandler(ctx: HttpContext): (req: IncomingMessage, res:
     if (route === 'healthz') return { status: 200, body: { status: 'ok' } };
     if (route === 'readyz') {
       try {
-        await ctx.store.ready();
+        await readiness.check();
         return { status: 200, body: { status: 'ready' } };
       } catch (err) {
         throw new HttpError('NOT_READY', `database does not accept writes: ${(err as Error).message}`);
@@ -170,6 +175,11 @@ export function createHttpHandler(ctx: HttpContext): (req: IncomingMessage, res:
 
   const listener = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const target = parseRequestTarget(req.url);
+    if (ctx.changes !== undefined && target !== undefined && isChangesPath(target.segments)) {
+      res.once('finish', () => ctx.metrics.httpRequests.inc({ route: 'changes', status: String(res.statusCode) }));
+      ctx.changes(req, res, target);
+      return;
+    }
     const parts = target?.segments ?? [];
     const route = target === undefined ? 'unknown' : routeOf(parts);
     const format = responseFormat(req);

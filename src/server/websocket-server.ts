@@ -13,6 +13,7 @@ import { SqliteStore } from '../store/sqlite-store.js';
 import type { Store } from '../store/store.js';
 import { SEQGATE_VERSION } from '../version.js';
 import { Authenticator, bearerToken, isLoopbackHost } from './auth.js';
+import { Changefeed } from './changefeed.js';
 import { Committer, type BatchInfo } from './committer.js';
 import { CLOSE_GRACE_MS, Connection, type InFlightBudget } from './connection.js';
 import { createHttpHandler } from './http-api.js';
@@ -75,6 +76,7 @@ export class SeqgateServer {
     private readonly wss: WebSocketServer,
     private readonly committer: Committer,
     private readonly pruner: Pruner,
+    readonly changefeed: Changefeed,
   ) {}
 
   static async start(overrides: Partial<Config> = {}, options: StartOptions = {}): Promise<SeqgateServer> {
@@ -94,7 +96,9 @@ export class SeqgateServer {
       connectionString: config.databaseUrl,
       contiguous: config.contiguous,
       ackCapPerStream: config.ackCapPerStream,
+      ackCapSlack: config.ackCapSlack,
       poolSize: config.pgPoolSize,
+      changeLog: config.changefeed,
       onEvent: (e) => {
         if (e.kind === 'retry') log.debug({ err: e.cause, attempt: e.attempt }, 'batch decided again after a lock or connection failure');
         else if (e.kind === 'outcome-unknown') log.warn({ err: e.cause, txid: e.txid }, 'connection lost after COMMIT was sent; resolving the outcome');
@@ -106,8 +110,12 @@ export class SeqgateServer {
       contiguous: config.contiguous,
       ackCapPerStream: config.ackCapPerStream,
       ackCapSlack: config.ackCapSlack,
+      walCheckpoint: config.walCheckpoint,
+      maxWalBytes: config.maxWalBytes,
+      onCheckpointError: (err) => log.warn({ err }, 'WAL checkpoint failed; the next one retries'),
       startupCheck: config.startupCheck,
       maxPages: config.maxDbPages,
+      changeLog: config.changefeed,
       onFileLost: (lost) => {
         if (lost !== undefined) log.error({ err: lost, path: lost.path }, 'database file removed or replaced while open; refusing every write until restart');
         else log.warn({ db: config.dbPath }, 'database files are back at their paths; accepting writes again');
@@ -115,7 +123,9 @@ export class SeqgateServer {
     }));
     let committer: Committer | undefined;
     const metrics = new Metrics({ connections: () => server.connectionCount, putsInFlight: () => committer?.inFlight ?? 0 });
+    const changefeed = new Changefeed(store, config, auth, log);
     committer = new Committer(store, config.maxBatchPuts, guarded(log, 'batch observer', (info: BatchInfo) => {
+      changefeed.committed();
       metrics.observeBatch(info);
       options.onBatch?.(info);
     }), log);
@@ -149,7 +159,7 @@ export class SeqgateServer {
         return false;
       },
     });
-    const server: SeqgateServer = new SeqgateServer(config, store, log, metrics, auth, http, wss, committer, pruner);
+    const server: SeqgateServer = new SeqgateServer(config, store, log, metrics, auth, http, wss, committer, pruner, changefeed);
     server.attach(options.maxInFlightBytes ?? config.maxInFlightBytes);
 
     await new Promise<void>((resolve, reject) => {
@@ -163,6 +173,7 @@ export class SeqgateServer {
       });
     });
     pruner.start();
+    changefeed.start();
     server.watchTokens();
     log.info({
       url: server.url, store: config.store, db: config.store === 'postgres' ? withoutPassword(config.databaseUrl) : config.dbPath,
@@ -225,6 +236,7 @@ export class SeqgateServer {
         this.unauthenticated.delete(conn);
       },
       onAuthenticated: (conn: Connection) => this.unauthenticated.delete(conn),
+      changes: this.changefeed.subscriptions,
     };
 
     const upgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
@@ -292,9 +304,17 @@ export class SeqgateServer {
    * HTTP connections. A socket counts as HTTP from its accept until it is upgraded or closed.
    */
   private acceptHttp(budget: SharedBudget): void {
+    // A flood must not turn into a flood of log lines: one warning per second at most, with a count.
+    let refused = 0;
+    let lastWarning = -Infinity;
     this.http.on('connection', guarded(this.log, 'HTTP connection', (socket: Socket) => {
       if (this.httpSockets.size >= this.config.maxHttpConnections) {
-        this.log.warn({ remote: socket.remoteAddress, max: this.config.maxHttpConnections }, 'refused an HTTP connection: maxHttpConnections reached');
+        refused++;
+        if (performance.now() - lastWarning >= 1000) {
+          lastWarning = performance.now();
+          this.log.warn({ refused, max: this.config.maxHttpConnections }, 'refused HTTP connections: maxHttpConnections reached');
+          refused = 0;
+        }
         refuseSocket(socket, 503, 'Service Unavailable', {
           code: 'TOO_MANY_CONNECTIONS', message: 'the server holds maxHttpConnections HTTP connections already', retryable: true,
         }, 'Retry-After: 1\r\n');
@@ -306,6 +326,7 @@ export class SeqgateServer {
     this.http.on('request', createHttpHandler({
       store: this.store, committer: this.committer, limits: this.limits, auth: this.auth, metrics: this.metrics, log: this.log,
       bodies: new RequestBodies(budget), bodyIdleTimeoutMs: this.config.httpBodyIdleTimeoutMs,
+      changes: this.changefeed.http,
     }));
   }
 
@@ -398,6 +419,7 @@ export class SeqgateServer {
       for (const conn of this.connections) conn.stop();
       await this.pruner.stop();
       await this.committer.idle();
+      await this.changefeed.stop();
       const deadline = Date.now() + 5000;
       while ([...this.connections].some((c) => !c.settled) && Date.now() < deadline) {
         await new Promise((resolve) => setTimeout(resolve, 5));

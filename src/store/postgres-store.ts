@@ -7,6 +7,9 @@ import { storageUnavailable, type StoredAck } from '../gate.js';
 import { comparePositions, planPrune, type Position } from '../retention.js';
 import { migratePostgres } from './postgres-schema.js';
 import {
+  changeOrigin, planTrim, type Change, type ChangePage, type ChangeQuery, type ChangeRetention, type Snapshot,
+} from './change-log.js';
+import {
   isDocWrite, type Ack, type DocResult, type Put, type PutResult, type Store, type StoredDocument, type StreamHead,
   type Write,
 } from './store.js';
@@ -32,10 +35,14 @@ export interface PostgresStoreOptions {
   readonly connectionString: string;
   readonly contiguous: boolean;
   readonly ackCapPerStream: number;
+  /** Chunked cap eviction (src/retention.ts, acksToEvict); 0: one ack per put past the cap. */
+  readonly ackCapSlack?: number;
   /** Connections for reads (hello heads, GET documents), readiness and pruning. */
   readonly poolSize?: number;
   /** Clock for commit times; tests pin it. */
   readonly now?: () => number;
+  /** Append every document change to the change log (default true; false only to measure its cost). */
+  readonly changeLog?: boolean;
   /** Reports outcomes it had to resolve and batches it decided again (for logs and tests). */
   readonly onEvent?: (event: PostgresStoreEvent) => void;
 }
@@ -90,6 +97,7 @@ class Unknown extends Error {}
 export class PostgresStore implements Store {
   private batchClient: pg.Client | undefined;
   private pruneCursor: [number, number, number, number] = [-1, -1, -1, -1];
+  private readonly changeTrimCursor = new Map<string, number>();
   private closed = false;
   private readonly now: () => number;
 
@@ -168,7 +176,7 @@ export class PostgresStore implements Store {
     const client = await this.connection();
     let rows: BatchRow[];
     try {
-      const res = (await client.query(`BEGIN; SELECT * FROM seqgate.begin_batch(${pg.escapeLiteral(JSON.stringify(lockRequest(batch)))}::json, ${this.options.ackCapPerStream})`)) as unknown as pg.QueryResult[];
+      const res = (await client.query(`BEGIN; SELECT * FROM seqgate.begin_batch(${pg.escapeLiteral(JSON.stringify(lockRequest(batch)))}::json, ${this.options.ackCapPerStream}, ${this.options.ackCapSlack ?? 0})`)) as unknown as pg.QueryResult[];
       rows = res[1]!.rows as BatchRow[];
     } catch (err) {
       await this.rollback(client, err);
@@ -179,14 +187,16 @@ export class PostgresStore implements Store {
     try {
       const loaded = readerOver(rows);
       txid = loaded.txid;
-      plan = planBatch(batch, loaded.reader, { contiguous: this.options.contiguous, ackCapPerStream: this.options.ackCapPerStream, now: this.now() });
+      plan = planBatch(batch, loaded.reader, {
+        contiguous: this.options.contiguous, ackCapPerStream: this.options.ackCapPerStream, ackCapSlack: this.options.ackCapSlack ?? 0, now: this.now(),
+      });
       reach('before-commit');
     } catch (err) {
       await this.rollback(client, err);
       throw err;
     }
     try {
-      await client.query(`SELECT seqgate.write_batch(${pg.escapeLiteral(JSON.stringify(writeRequest(plan)))}::json); COMMIT`);
+      await client.query(`SELECT seqgate.write_batch(${pg.escapeLiteral(JSON.stringify(writeRequest(plan, this.options.changeLog ?? true)))}::json); COMMIT`);
     } catch (err) {
       if (!connectionLost(err)) {
         // The write failed before COMMIT ran: the transaction is aborted, nothing is stored.
@@ -326,6 +336,105 @@ export class PostgresStore implements Store {
     return res.rowCount ?? 0;
   }
 
+  /**
+   * One statement, so one snapshot: the log row and the changes agree, and every change at or below
+   * the row's last_offset is committed (offsets are handed out under the row's lock, see write_batch).
+   */
+  async readChanges(tenant: string, q: ChangeQuery): Promise<ChangePage> {
+    const { rows } = await this.pool.query<ChangeRowPg & { last_offset: number; trimmed_through: number }>(
+      `SELECT l.last_offset, l.trimmed_through, c."offset", c.key, c.version, c.deleted, c.state, c.stream, c.epoch, c.seq, c.route, c.committed_at
+         FROM seqgate.change_logs l
+         LEFT JOIN LATERAL (
+           SELECT * FROM seqgate.changes c
+            WHERE c.tenant = l.tenant AND c."offset" > $2 AND c."offset" <= least(l.last_offset, $2 + $3)
+              AND $2 >= l.trimmed_through AND EXISTS (SELECT 1 FROM unnest($4::text[]) p WHERE starts_with(c.key, p))
+            ORDER BY c."offset" LIMIT $5) c ON true
+        WHERE l.tenant = $1`,
+      [tenant, q.after, Math.max(1, q.maxScan), q.prefixes, Math.max(0, q.limit)]);
+    const tail = rows[0]?.last_offset ?? 0;
+    const trimmedThrough = rows[0]?.trimmed_through ?? 0;
+    if (q.after < trimmedThrough) return { expired: true, changes: [], next: q.after, tail, trimmedThrough };
+    const changes = rows.filter((r) => r.offset !== null).map(toChange);
+    const end = Math.min(tail, q.after + Math.max(1, q.maxScan));
+    const next = q.limit > 0 && changes.length >= q.limit ? changes[changes.length - 1]!.offset : Math.max(q.after, end);
+    return { expired: false, changes, next, tail, trimmedThrough };
+  }
+
+  async changeTail(tenant: string): Promise<number> {
+    const { rows } = await this.pool.query<{ last_offset: number }>('SELECT last_offset FROM seqgate.change_logs WHERE tenant = $1', [tenant]);
+    return rows[0]?.last_offset ?? 0;
+  }
+
+  /** In one REPEATABLE READ transaction: the documents and the offset come from the same snapshot. */
+  async snapshot(tenant: string, prefixes: readonly string[], afterKey: string | null, limit: number): Promise<Snapshot> {
+    const client = await this.pool.connect();
+    try {
+      await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+      const offset = (await client.query<{ last_offset: number }>('SELECT last_offset FROM seqgate.change_logs WHERE tenant = $1', [tenant])).rows[0]?.last_offset ?? 0;
+      const docs = (await client.query<{ key: string; version: number; state: Buffer }>(
+        `SELECT key, version, state FROM seqgate.documents
+          WHERE tenant = $1 AND version > 0 AND NOT deleted AND state IS NOT NULL
+            AND ($2::text IS NULL OR key COLLATE "C" > $2::text COLLATE "C")
+            AND EXISTS (SELECT 1 FROM unnest($3::text[]) p WHERE starts_with(key, p))
+          ORDER BY key COLLATE "C" LIMIT $4`,
+        [tenant, afterKey, prefixes, limit + 1])).rows;
+      await client.query('COMMIT');
+      const page = docs.slice(0, limit);
+      return { offset, documents: page, nextKey: docs.length > limit ? page[page.length - 1]!.key : null };
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      throw err;
+    } finally {
+      client.release();
+    }
+  }
+
+  /**
+   * One retention step per tenant, deciding with planTrim like SQLite. Safe with several servers:
+   * each step locks the tenant's log row first (as writers do, last), so steps on one tenant run
+   * one after the other and trimmed_through only rises.
+   */
+  async trimChanges(policy: ChangeRetention, maxRows: number): Promise<{ removed: number; done: boolean }> {
+    const tenants = (await this.pool.query<{ tenant: string }>('SELECT tenant FROM seqgate.change_logs ORDER BY tenant COLLATE "C"')).rows;
+    let removed = 0;
+    let budget = maxRows;
+    for (const { tenant } of tenants) {
+      if (budget <= 0) return { removed, done: false };
+      const client = await this.pool.connect();
+      let reachedNewer: boolean;
+      try {
+        await client.query('BEGIN');
+        const last = (await client.query<{ last_offset: number }>('SELECT last_offset FROM seqgate.change_logs WHERE tenant = $1 FOR UPDATE', [tenant])).rows[0]?.last_offset ?? 0;
+        const cursor = this.changeTrimCursor.get(tenant) ?? 0;
+        const want = budget;
+        const rows = (await client.query<{ offset: number; version: number; committed_at: number; current: number | null }>(
+          `SELECT c."offset", c.version, c.committed_at, d.version AS current FROM seqgate.changes c
+             LEFT JOIN seqgate.documents d ON d.tenant = c.tenant AND d.key = c.key
+            WHERE c.tenant = $1 AND c."offset" > $2 ORDER BY c."offset" LIMIT $3`, [tenant, cursor, want])).rows;
+        budget -= rows.length;
+        const plan = planTrim(rows.map((r) => ({ offset: r.offset, version: r.version, committedAt: r.committed_at, currentVersion: r.current ?? undefined })), policy, last, want, cursor);
+        if (plan.remove.length > 0) {
+          await client.query('DELETE FROM seqgate.changes WHERE tenant = $1 AND "offset" = ANY($2::bigint[])', [tenant, plan.remove]);
+        }
+        if (plan.trimmedThrough > 0) {
+          await client.query('UPDATE seqgate.change_logs SET trimmed_through = greatest(trimmed_through, $2) WHERE tenant = $1', [tenant, plan.trimmedThrough]);
+        }
+        await client.query('COMMIT');
+        removed += plan.remove.length;
+        if (policy.compact && !plan.reachedNewer) this.changeTrimCursor.set(tenant, plan.walked);
+        else this.changeTrimCursor.delete(tenant);
+        reachedNewer = plan.reachedNewer;
+      } catch (err) {
+        await client.query('ROLLBACK').catch(() => undefined);
+        throw err;
+      } finally {
+        client.release();
+      }
+      if (!reachedNewer) return { removed, done: false };
+    }
+    return { removed, done: true };
+  }
+
   /** For tests and tooling inside this package: a query on the store's pool. */
   query<R extends pg.QueryResultRow>(text: string, values?: unknown[]): Promise<pg.QueryResult<R>> {
     return this.pool.query<R>(text, values);
@@ -431,7 +540,7 @@ function readerOver(rows: readonly BatchRow[]): { reader: BatchReader<number>; t
 }
 
 /** What write_batch writes: the plan, with a document written twice in the batch sent once (its last state). */
-function writeRequest(plan: BatchPlan<number>): unknown {
+function writeRequest(plan: BatchPlan<number>, logChanges: boolean): unknown {
   const s: unknown[] = [];
   const a: unknown[] = [];
   for (const w of plan.streams) {
@@ -452,5 +561,35 @@ function writeRequest(plan: BatchPlan<number>): unknown {
   const i = plan.idempotency.map((r) => ({
     t: r.tenant, sc: r.scope, k: r.idempotencyKey, f: r.record.fingerprint.toString('base64'), dk: r.record.key, v: r.record.version, ca: r.record.createdAt,
   }));
-  return { s, a, d: [...docs.values()], i };
+  // Every document upsert is one change, in batch order; n numbers a tenant's changes of the batch
+  // from 1, and write_batch adds the tenant's last offset under the log row's lock.
+  const c: unknown[] = [];
+  if (logChanges) {
+    const perTenant = new Map<string, number>();
+    for (const d of plan.documents) {
+      const n = (perTenant.get(d.tenant) ?? 0) + 1;
+      perTenant.set(d.tenant, n);
+      const origin = changeOrigin(d.origin, d.row.deleted);
+      const put = 'stream' in origin ? origin : undefined;
+      c.push({
+        t: d.tenant, n, k: d.key, v: d.row.version, d: d.row.deleted, s: d.row.state?.toString('base64') ?? null,
+        sn: put?.stream ?? null, e: put?.epoch ?? null, q: put?.seq ?? null, r: put === undefined ? (origin as { route: string }).route : null,
+        ca: d.row.updatedAt,
+      });
+    }
+  }
+  return { s, a, d: [...docs.values()], i, c };
+}
+
+interface ChangeRowPg {
+  offset: number; key: string; version: number; deleted: boolean; state: Buffer | null;
+  stream: string | null; epoch: number | null; seq: number | null; route: string | null; committed_at: number;
+}
+
+function toChange(r: ChangeRowPg): Change {
+  return {
+    offset: r.offset, key: r.key, version: r.version, deleted: r.deleted, state: r.state,
+    origin: r.stream !== null ? { stream: r.stream, epoch: r.epoch!, seq: r.seq! } : { route: r.route ?? '' },
+    committedAt: r.committed_at,
+  };
 }

@@ -5,12 +5,20 @@ import type { Store } from './store.js';
 /**
  * Background pruning of acks and Idempotency-Key records. Each pass walks acks older than the
  * retention window in small steps and pauses between steps for three times as long as the step
- * took, so a large backlog takes about a quarter of the event loop and ingestion is never stalled
- * behind it; then it deletes expired Idempotency-Key records the same way.
+ * took (at most MAX_STEP_PAUSE_MS), so a large backlog takes about a quarter of the event loop and
+ * ingestion is never stalled behind it; then it deletes expired Idempotency-Key records the same way.
  * Retention is a minimum: a record may outlive it by up to one pass interval, and a wall-clock step
  * never shortens it (the cutoff comes from the RetentionClock, which measures age by the monotonic
  * clock). A stream's latest ack is never pruned, and heads are never deleted.
  */
+/**
+ * Longest pause between two steps. A step slowed down by a busy moment (a checkpoint, a burst of
+ * puts) would otherwise stall the rest of the backlog for three times that long.
+ */
+const MAX_STEP_PAUSE_MS = 50;
+/** The pause is this many times the step it follows: the step gets about 1 / (1 + 3) of the loop. */
+const PAUSE_PER_STEP_TIME = 3;
+
 export interface PrunerOptions {
   readonly retentionMs: number;
   /** Idempotency-Key record retention; records are not pruned when absent. */
@@ -95,7 +103,7 @@ export class Pruner {
   /** Pace a backlog to about a quarter of the event loop, so puts keep their latency. */
   private pace(started: number): Promise<void> {
     const spent = performance.now() - started;
-    return new Promise<void>((resolve) => setTimeout(resolve, Math.min(50, spent * 3)));
+    return new Promise<void>((resolve) => setTimeout(resolve, Math.min(MAX_STEP_PAUSE_MS, spent * PAUSE_PER_STEP_TIME)));
   }
 
   async stop(): Promise<void> {

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type Database from 'better-sqlite3';
+import { createChangeLogTables } from './sqlite-change-log.js';
 
 /**
  * On-disk schema, versioned by `PRAGMA user_version`. Each migration moves the file one version
@@ -73,6 +74,8 @@ const MIGRATIONS: ReadonlyArray<(db: Database.Database) => void> = [
       CREATE INDEX idempotency_by_time ON idempotency (created_at);
     `);
   },
+  // The change log (transactional outbox) of the changefeed.
+  createChangeLogTables,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -6,6 +6,9 @@ import { storageUnavailable, type StoredAck } from '../gate.js';
 import { planPrune } from '../retention.js';
 import { reach } from '../crash-points.js';
 import { DatabaseUnusableError, migrate } from './sqlite-schema.js';
+import { WalCheckpointer } from './wal-checkpointer.js';
+import { changeOrigin, type ChangePage, type ChangeQuery, type ChangeRetention, type Snapshot } from './change-log.js';
+import { SqliteChangeLog } from './sqlite-change-log.js';
 import { FileIdentity, type FileLostError } from './file-identity.js';
 import { processClock } from './retention-clock.js';
 
@@ -24,14 +27,26 @@ export interface SqliteStoreOptions {
   readonly ackCapPerStream: number;
   /** Acks a stream may hold above the cap before eviction takes it back to the cap in one delete (default 0). */
   readonly ackCapSlack?: number;
+  /**
+   * Who copies the WAL back into the database file: 'commit' (default) is SQLite's own
+   * autocheckpoint, inside the COMMIT that pushes the WAL past 1000 pages; 'background' is a worker
+   * thread running PASSIVE checkpoints beside the commits (see wal-checkpointer.ts).
+   */
+  readonly walCheckpoint?: 'commit' | 'background';
+  /** 'background' only: WAL size in bytes above which a checkpoint rewinds the WAL (default 64 MiB). */
+  readonly maxWalBytes?: number;
   /** Integrity check at open: 'quick' (default), 'full' (slow on large files) or 'off'. */
   readonly startupCheck?: 'quick' | 'full' | 'off';
   /** Upper bound on the file size in pages (0: none); a full database fails batches retryably. */
   readonly maxPages?: number;
   /** Clock for commit times (default: the process's RetentionClock, which pruning cutoffs rely on); tests pin it. */
   readonly now?: () => number;
+  /** Told when a background checkpoint fails (the next one retries). */
+  readonly onCheckpointError?: (err: Error) => void;
   /** Told when the database file (or its -wal) is found removed or replaced, and when it is back. */
   readonly onFileLost?: (lost: FileLostError | undefined) => void;
+  /** Append every document change to the change log (default true; false only to measure its cost). */
+  readonly changeLog?: boolean;
 }
 
 interface StreamRow {
@@ -64,12 +79,18 @@ export class SqliteStore implements Store {
   private readonly db: Database.Database;
   private readonly now: () => number;
   private readonly stmt;
+  private readonly changes: SqliteChangeLog;
+  private readonly logChanges: boolean;
   private readonly runBatch: (batch: readonly Write[]) => Array<PutResult | DocResult>;
   private readonly reader: BatchReader<number>;
   private readonly runPrune: (olderThan: number, maxRows: number) => { pruned: number; done: boolean };
   private pruneCursor: [number, number, number, number] = [-1, -1, -1, -1];
   /** Whether the last batch failed to commit; readiness then needs a probe that really commits. */
   private lastWriteFailed = false;
+  private readonly checkpointer: WalCheckpointer | undefined;
+  private readonly maxWalBytes: number;
+  /** A checkpoint on this connection is scheduled, to let the WAL rewind. */
+  private rewinding = false;
   /** The files SQLite has open; checked before every commit and readiness answer. */
   private readonly files: FileIdentity | undefined;
 
@@ -90,11 +111,24 @@ export class SqliteStore implements Store {
     if (options.maxPages) this.db.pragma(`max_page_count = ${options.maxPages}`);
     this.openedSchemaVersion = migrate(this.db);
     this.incarnation = (this.db.prepare("SELECT value FROM meta WHERE name = 'incarnation'").get() as { value: string }).value;
+    const maxWalBytes = options.maxWalBytes ?? 64 * 1024 * 1024;
+    this.maxWalBytes = maxWalBytes;
+    if (options.walCheckpoint === 'background' && options.path !== ':memory:' && options.path !== '') {
+      this.db.pragma('wal_autocheckpoint = 0');
+      // After a checkpoint rewinds the WAL, the file is truncated back to this size.
+      this.db.pragma(`journal_size_limit = ${maxWalBytes}`);
+      this.checkpointer = new WalCheckpointer({
+        path: options.path, synchronous: options.synchronous, intervalMs: 100,
+        ...(options.onCheckpointError ? { onError: options.onCheckpointError } : {}),
+      });
+    }
     this.files = options.path === ':memory:' || options.path === '' ? undefined
       // The files a restart reads acks from. A lost -shm is rebuilt from the WAL at the next open.
       : new FileIdentity([options.path, `${options.path}-wal`], options.onFileLost);
 
     const db = this.db;
+    this.changes = new SqliteChangeLog(db);
+    this.logChanges = options.changeLog ?? true;
     this.stmt = {
       getStream: db.prepare<[string, string], StreamRow>(
         'SELECT id, epoch, seq, pruned_through, ack_count FROM streams WHERE tenant = ? AND name = ?'),
@@ -196,12 +230,35 @@ export class SqliteStore implements Store {
     try {
       const results = this.runBatch(batch);
       this.lastWriteFailed = false;
+      if (this.checkpointer !== undefined) this.afterCommit(this.checkpointer);
       return results;
     } catch (err) {
       this.lastWriteFailed = true;
       // The transaction rolled back: nothing of the batch was applied or consumed.
       throw storageUnavailable(err);
     }
+  }
+
+  /**
+   * Hands the new WAL frames to the background checkpointer. Once the WAL file passes its bound,
+   * this connection runs one PASSIVE checkpoint after the batch's answers are out: the worker has
+   * copied nearly every frame by then, so it is short, and when it leaves no frame behind the next
+   * write rewinds the WAL (truncated to journal_size_limit). Busy (the worker is mid-checkpoint):
+   * the next commit tries again.
+   */
+  private afterCommit(checkpointer: WalCheckpointer): void {
+    checkpointer.committed();
+    if (this.rewinding || checkpointer.walBytes() <= this.maxWalBytes) return;
+    this.rewinding = true;
+    setImmediate(() => {
+      this.rewinding = false;
+      if (!this.db.open) return;
+      try {
+        this.db.pragma('wal_checkpoint(PASSIVE)');
+      } catch (err) {
+        this.options.onCheckpointError?.(err as Error);
+      }
+    });
   }
 
   /** Carries out a plan of the gate, inside the batch's transaction. */
@@ -223,9 +280,15 @@ export class SqliteStore implements Store {
         );
       }
     }
+    this.changes.beginBatch();
     for (const d of plan.documents) {
       stmt.upsertDoc.run(d.tenant, d.key, d.row.version, d.row.deleted ? 1 : 0, d.row.state, d.row.updatedAt);
+      // The change log row goes in the same transaction: it commits exactly when the document does.
+      if (this.logChanges) {
+        this.changes.append(d.tenant, d.key, d.row.version, d.row.deleted, d.row.state, changeOrigin(d.origin, d.row.deleted), d.row.updatedAt);
+      }
     }
+    this.changes.endBatch();
     for (const i of plan.idempotency) {
       stmt.insertIdempotency.run(i.tenant, i.scope, i.idempotencyKey, i.record.fingerprint, i.record.key, i.record.version, i.record.createdAt);
     }
@@ -287,7 +350,9 @@ export class SqliteStore implements Store {
   }
 
   async prune(olderThan: number, maxRows: number): Promise<{ pruned: number; done: boolean }> {
-    return this.runPrune(olderThan, maxRows);
+    const step = this.runPrune(olderThan, maxRows);
+    if (step.pruned > 0) this.checkpointer?.committed();
+    return step;
   }
 
   private pruneInTransaction(olderThan: number, maxRows: number): { pruned: number; done: boolean } {
@@ -309,7 +374,33 @@ export class SqliteStore implements Store {
     return this.db;
   }
 
+  /** The background checkpointer, if the store runs one; for tests. */
+  get walCheckpointer(): WalCheckpointer | undefined {
+    return this.checkpointer;
+  }
+
+  async readChanges(tenant: string, query: ChangeQuery): Promise<ChangePage> {
+    return this.changes.read(tenant, query);
+  }
+
+  async changeTail(tenant: string): Promise<number> {
+    return this.changes.tail(tenant);
+  }
+
+  async snapshot(tenant: string, prefixes: readonly string[], afterKey: string | null, limit: number): Promise<Snapshot> {
+    // One read transaction: the documents and the offset come from the same moment.
+    return this.db.transaction(() => this.changes.snapshot(tenant, prefixes, afterKey, limit))();
+  }
+
+  async trimChanges(policy: ChangeRetention, maxRows: number): Promise<{ removed: number; done: boolean }> {
+    const step = this.db.transaction(() => this.changes.trim(policy, maxRows)).immediate();
+    if (step.removed > 0) this.checkpointer?.committed();
+    return step;
+  }
+
   async close(): Promise<void> {
+    // The worker's connection closes first, so the store's is the last and checkpoints at close.
+    await this.checkpointer?.close();
     if (this.db.open) this.db.close();
   }
 }

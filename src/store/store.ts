@@ -6,6 +6,8 @@
  * test/store-contract.test.ts holds every implementation to the same behaviour.
  */
 
+import type { ChangeLog } from './change-log.js';
+
 export const DEFAULT_TENANT = 'default';
 
 /** A put that passed shape and limit checks. */
@@ -118,7 +120,7 @@ export function isDocWrite(w: Write): w is DocWrite {
   return 'op' in w;
 }
 
-export interface Store {
+export interface Store extends ChangeLog {
   /** Random id created with the database; it changes when the database is replaced. */
   readonly incarnation: string;
   /**

@@ -344,7 +344,7 @@ describe('conformance: a server with --ack-cap-per-stream 2 --ack-cap-slack 0', 
       for (const name of ['frame-extension-type', 'frame-trailing-bytes', 'frame-truncated']) {
         await refuse(() => c.sendRaw(Buffer.from(vector('client-messages.json', name).hex, 'hex'), true), 'MALFORMED_FRAME');
       }
-      await refuse(() => c.send({ type: 'subscribe' }), 'UNKNOWN_TYPE', { field: 'type' });
+      await refuse(() => c.send({ type: 'publish' }), 'UNKNOWN_TYPE', { field: 'type' });
       await refuse(() => c.sendRaw('{"type":"ping"}', false), 'WRONG_FRAME_TYPE');
       await refuse(() => c.send(['put']), 'INVALID_MESSAGE', { field: 'type' });
       await refuse(() => c.send({ type: 'put', puts: 'many' }), 'INVALID_MESSAGE', { field: 'puts' });

@@ -27,6 +27,10 @@ acked puts). With --minutes N: kills the server for N minutes, then drains and c
   --fuzz-summary F   the fuzz suite's summary to include (default test/fuzz/.last-run.json,
                      or SEQGATE_FUZZ_SUMMARY)
   --keep-db          keep the database folder and print its path
+  --store S          sqlite (default) or postgres: the server runs with --store postgres on a
+                     database created for the run on --pg-url, dropped afterwards
+  --pg-url URL       PostgreSQL admin URL for --store postgres
+                     (default postgres://postgres@127.0.0.1:5432/postgres)
 `;
 
 function repoRoot(): string {
@@ -51,6 +55,8 @@ async function main(): Promise<number> {
       'no-report': { type: 'boolean' },
       'fuzz-summary': { type: 'string' },
       'keep-db': { type: 'boolean' },
+      store: { type: 'string' },
+      'pg-url': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -72,6 +78,7 @@ async function main(): Promise<number> {
   const { FUZZ_SUMMARY, readFuzzSummary, renderReport } = await import('./report.js');
   const { keepMeasuredSections } = await import('./report-sections.js');
 
+  if (values.store !== undefined && values.store !== 'sqlite' && values.store !== 'postgres') throw new Error(`--store must be sqlite or postgres, not ${values.store}`);
   const minutes = values.minutes === undefined ? undefined : num('minutes', values.minutes, 0);
   const seed = Math.floor(num('seed', values.seed, Math.floor(Math.random() * 2 ** 31)));
   const killMs = minutes === undefined ? undefined : Math.round(minutes * 60_000);
@@ -83,10 +90,11 @@ async function main(): Promise<number> {
     rate: num('rate', values.rate, minutes === undefined ? SHORT_RUN.rate ?? 0 : 2000),
     ...(killMs === undefined ? {} : { minDurationMs: killMs, maxKillPhaseMs: killMs, drainTimeoutMs: 60_000 }),
     keepDb: values['keep-db'] === true,
+    ...(values.store === 'postgres' ? { postgresAdminUrl: values['pg-url'] ?? 'postgres://postgres@127.0.0.1:5432/postgres' } : {}),
     log: (line: string) => process.stdout.write(`[soak ${new Date().toISOString().slice(11, 19)}] ${line}\n`),
   };
   const command = ['npm run soak --', ...process.argv.slice(2)].join(' ').replace(/ --$/, '');
-  options.log(`seed ${seed}; ${minutes === undefined ? 'short run' : `${minutes} minutes of kills`}; server ${process.env.SEQGATE_TEST_CLI}`);
+  options.log(`seed ${seed}; ${minutes === undefined ? 'short run' : `${minutes} minutes of kills`}; store ${values.store ?? 'sqlite'}; server ${process.env.SEQGATE_TEST_CLI}`);
 
   const result = await runSoak(options);
   const failures = verdict(result);

@@ -1,6 +1,7 @@
 import { statSync } from 'node:fs';
 import { ChildServer, tempDb } from '../support/child-server.js';
 import { checkAfterKill, checkDatabase, type CheckResult } from './checker.js';
+import { createSoakDatabase, snapshotPostgres } from './postgres-snapshot.js';
 import { DEFAULT_PROBABILITIES, Lane, StreamBook, SoakClient, Workload, type Probabilities, type WorkloadStats } from './workload.js';
 
 /**
@@ -37,6 +38,11 @@ export interface SoakOptions {
   readonly log?: (line: string) => void;
   /** Keep the database folder (its path is in the result) instead of deleting it. */
   readonly keepDb?: boolean;
+  /**
+   * Run the server with --store postgres on a database created for the run (on the PostgreSQL at
+   * this admin URL) and dropped after; the checks read a SQLite snapshot of it (postgres-snapshot.ts).
+   */
+  readonly postgresAdminUrl?: string;
 }
 
 export const SHORT_RUN: Omit<SoakOptions, 'seed'> = {
@@ -105,7 +111,18 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
   const w = new Workload(options.seed, options.probabilities ?? DEFAULT_PROBABILITIES, options.disconnectMeanMs);
   const killRng = w.rng;
   const db = tempDb('seqgate-soak-');
-  const child = new ChildServer({ dbPath: db.dbPath, args: ['--ack-cap-per-stream', String(ACK_CAP)] });
+  const pgDb = options.postgresAdminUrl === undefined ? undefined : await createSoakDatabase(options.postgresAdminUrl);
+  const snapshotPath = `${db.dbPath}.snapshot`;
+  /** The file the checks read: the SQLite database, or a snapshot of the PostgreSQL one. */
+  const checkedFile = async (): Promise<string> => {
+    if (pgDb === undefined) return db.dbPath;
+    await snapshotPostgres(pgDb.url, snapshotPath);
+    return snapshotPath;
+  };
+  const child = new ChildServer({
+    dbPath: db.dbPath,
+    args: ['--ack-cap-per-stream', String(ACK_CAP), ...(pgDb ? ['--store', 'postgres', '--database-url', pgDb.url] : [])],
+  });
   const books: StreamBook[] = [];
   const clients: SoakClient[] = [];
   const kills: KillRecord[] = [];
@@ -172,7 +189,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
       if (exit.signal !== 'SIGKILL') {
         w.violation(`kill ${kills.length + 1}: the server had already ended (${JSON.stringify(exit)}) before SIGKILL\n${child.stderr.slice(-2000)}`);
       }
-      for (const problem of checkAfterKill(db.dbPath, books)) w.violation(`after kill ${kills.length + 1}: ${problem}`);
+      for (const problem of checkAfterKill(await checkedFile(), books)) w.violation(`after kill ${kills.length + 1}: ${problem}`);
       let ready;
       try {
         ready = await child.restart();
@@ -207,15 +224,17 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     }
 
     const checkStart = Date.now();
-    check = checkDatabase(db.dbPath, options.seed, books);
+    check = checkDatabase(await checkedFile(), options.seed, books);
     checkMs = Date.now() - checkStart;
-    dbBytes = fileSize(db.dbPath);
+    dbBytes = fileSize(pgDb === undefined ? db.dbPath : snapshotPath);
     log(`check: ${check.ackRows} ack rows, ${check.documents} documents, ${check.violationCount} violations, ${checkMs} ms`);
   } finally {
     if (refill !== undefined) clearInterval(refill);
     await Promise.all(clients.map((c) => c.stop()));
     await child.dispose();
     if (options.keepDb !== true) db.remove();
+    if (options.keepDb !== true) await pgDb?.drop().catch((err: Error) => log(`could not drop the soak database: ${err.message}`));
+    else if (pgDb !== undefined) log(`PostgreSQL database kept: ${pgDb.url}`);
   }
 
   const violations = [...w.violations, ...(check?.violations ?? [])];

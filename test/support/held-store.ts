@@ -1,3 +1,4 @@
+import type { ChangeQuery, ChangeRetention } from '../../src/store/change-log.js';
 import type { SqliteStore } from '../../src/store/sqlite-store.js';
 import { isDocWrite, type DocResult, type Put, type PutResult, type Store, type StreamHead, type Write } from '../../src/store/store.js';
 
@@ -40,6 +41,10 @@ export class HeldStore implements Store {
   }
 
   ready() { return this.inner.ready(); }
+  readChanges(tenant: string, query: ChangeQuery) { return this.inner.readChanges(tenant, query); }
+  changeTail(tenant: string) { return this.inner.changeTail(tenant); }
+  snapshot(tenant: string, prefixes: readonly string[], afterKey: string | null, limit: number) { return this.inner.snapshot(tenant, prefixes, afterKey, limit); }
+  trimChanges(policy: ChangeRetention, maxRows: number) { return this.inner.trimChanges(policy, maxRows); }
   prune(olderThan: number, maxRows: number) { return this.inner.prune(olderThan, maxRows); }
   pruneIdempotency(olderThan: number, maxRows: number) { return this.inner.pruneIdempotency(olderThan, maxRows); }
   close(): Promise<void> { return this.inner.close(); }

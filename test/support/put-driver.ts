@@ -1,5 +1,5 @@
-import { Packr, Unpackr } from 'msgpackr';
-import WebSocket from 'ws';
+import { Packr } from 'msgpackr';
+import { ReconnectingSocket } from './reconnecting-socket.js';
 
 /**
  * A pipelined writer for the scale-out tests: sends a fixed list of puts over one msgpack
@@ -11,7 +11,6 @@ import WebSocket from 'ws';
  */
 
 const packr = new Packr({ useRecords: false });
-const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number' });
 
 export interface DriverPut {
   readonly id: string;
@@ -41,9 +40,8 @@ export interface DriverOptions {
 export class PutDriver {
   /** Every answer each put got, in arrival order; the last one is final unless retryable. */
   readonly answers = new Map<string, WireResult[]>();
-  connections = 0;
   lostConnections = 0;
-  private ws: WebSocket | undefined;
+  private readonly socket: ReconnectingSocket;
   private next = 0;
   private readonly resend: DriverPut[] = [];
   private readonly inFlight = new Map<string, DriverPut>();
@@ -53,10 +51,30 @@ export class PutDriver {
   private stopped = false;
 
   constructor(
-    private readonly url: () => string,
+    url: () => string,
     private readonly puts: readonly DriverPut[],
     private readonly options: DriverOptions,
-  ) {}
+  ) {
+    this.socket = new ReconnectingSocket(url, Math.random, {
+      // No hello: the puts go out as soon as the connection is open.
+      opened: () => {
+        this.pump();
+        return null;
+      },
+      welcome: () => undefined,
+      results: (results) => {
+        for (const r of results) this.onResult(r as unknown as WireResult);
+        this.pump();
+      },
+      problem: () => undefined,
+      lost: () => this.onLost(),
+      reconnectDelayMs: () => 20 + Math.random() * 80,
+    });
+  }
+
+  get connections(): number {
+    return this.socket.connections;
+  }
 
   /** Resolves once every put has a final (non-retryable) answer. */
   run(): Promise<void> {
@@ -64,11 +82,11 @@ export class PutDriver {
     const timer = setTimeout(() => this.failed(new Error(
       `put driver timed out: ${this.finished}/${this.puts.length} answered, ${this.inFlight.size} in flight, ${this.lostConnections} connections lost`,
     )), this.options.timeoutMs);
-    this.connect();
+    this.socket.start();
     return finishedAll.finally(() => {
       clearTimeout(timer);
       this.stopped = true;
-      this.ws?.terminate();
+      this.socket.terminate();
     });
   }
 
@@ -78,33 +96,13 @@ export class PutDriver {
     return list?.[list.length - 1];
   }
 
-  private connect(): void {
+  private onLost(): void {
     if (this.stopped) return;
-    const ws = new WebSocket(this.url(), 'seqgate.v1', { perMessageDeflate: false, handshakeTimeout: 5000 });
-    ws.binaryType = 'nodebuffer';
-    this.ws = ws;
-    ws.on('open', () => {
-      this.connections++;
-      this.pump();
-    });
-    ws.on('message', (data: Buffer) => {
-      if (this.ws !== ws) return;
-      const msg = unpackr.unpack(data) as { type: string; results?: WireResult[] };
-      if (msg.type !== 'results') return;
-      for (const r of msg.results!) this.onResult(r);
-      this.pump();
-    });
-    ws.on('error', () => undefined);
-    ws.on('close', () => {
-      if (this.ws !== ws || this.stopped) return;
-      this.lostConnections++;
-      // Unanswered puts go back in front, in their original order.
-      const lost = [...this.inFlight.values()];
-      this.inFlight.clear();
-      this.resend.unshift(...lost);
-      this.ws = undefined;
-      setTimeout(() => this.connect(), 20 + Math.random() * 80);
-    });
+    this.lostConnections++;
+    // Unanswered puts go back in front, in their original order.
+    const lost = [...this.inFlight.values()];
+    this.inFlight.clear();
+    this.resend.unshift(...lost);
   }
 
   private onResult(r: WireResult): void {
@@ -123,8 +121,7 @@ export class PutDriver {
   }
 
   private pump(): void {
-    const ws = this.ws;
-    if (ws === undefined || ws.readyState !== WebSocket.OPEN) return;
+    if (!this.socket.isOpen) return;
     while (this.inFlight.size < this.options.window) {
       const frame: DriverPut[] = [];
       while (frame.length < this.options.perFrame && this.inFlight.size + frame.length < this.options.window) {
@@ -137,7 +134,7 @@ export class PutDriver {
       }
       if (frame.length === 0) return;
       for (const p of frame) this.inFlight.set(p.id, p);
-      ws.send(packr.pack({ type: 'put', puts: frame.map(({ id, stream, epoch, seq, key, state, ifVersion }) => ({ id, stream, epoch, seq, key, state, ...(ifVersion !== undefined ? { ifVersion } : {}) })) }));
+      this.socket.send({ type: 'put', puts: frame.map(({ id, stream, epoch, seq, key, state, ifVersion }) => ({ id, stream, epoch, seq, key, state, ...(ifVersion !== undefined ? { ifVersion } : {}) })) });
     }
   }
 }

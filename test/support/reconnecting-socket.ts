@@ -2,10 +2,10 @@ import { Packr, Unpackr } from 'msgpackr';
 import WebSocket from 'ws';
 
 /**
- * The transport half of a long-running test writer (the SIGKILL test's and the soak's clients):
- * one msgpack connection at a time that sends a hello when it opens, hands welcomes and results
- * to its owner, and after any death (a killed server, a dropped connection) reconnects with
- * jittered exponential backoff until stopped. What to send and how to judge the answers stays
+ * The transport half of a long-running test writer (the SIGKILL test's and the soak's clients, the
+ * scale-out tests' PutDriver): one msgpack connection at a time that sends a hello when it opens
+ * (if its owner wants one), hands welcomes and results to its owner, and after any death (a killed
+ * server, a dropped connection) reconnects with jittered exponential backoff until stopped. What to send and how to judge the answers stays
  * with the owner; a message from a connection that has since been replaced is never delivered.
  */
 
@@ -20,8 +20,8 @@ const HANDSHAKE_TIMEOUT_MS = 5000;
 const CLOSE_GRACE_MS = 5000;
 
 export interface ReconnectingSocketEvents {
-  /** A connection opened; returns the streams its hello asks heads for. */
-  readonly opened: () => readonly string[];
+  /** A connection opened; returns the streams its hello asks heads for, or null to send no hello. */
+  readonly opened: () => readonly string[] | null;
   readonly welcome: (msg: Record<string, unknown>) => void;
   /** The results of one `results` message, in order. */
   readonly results: (results: Array<Record<string, unknown>>) => void;
@@ -31,6 +31,8 @@ export interface ReconnectingSocketEvents {
   readonly lost: () => void;
   /** Asked before each new connection; false stops reconnecting (the run has failed). */
   readonly mayConnect?: () => boolean;
+  /** Delay before reconnect attempt `attempt` (0-based); the default doubles from 10 ms to 250 ms, jittered. */
+  readonly reconnectDelayMs?: (attempt: number) => number;
 }
 
 export class ReconnectingSocket {
@@ -79,7 +81,8 @@ export class ReconnectingSocket {
     ws.on('open', () => {
       if (this.ws !== ws) return;
       this.connections++;
-      ws.send(packr.pack({ type: 'hello', protocol: 1, streams: this.events.opened() }));
+      const streams = this.events.opened();
+      if (streams !== null) ws.send(packr.pack({ type: 'hello', protocol: 1, streams }));
     });
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       if (this.ws !== ws) return;
@@ -95,10 +98,17 @@ export class ReconnectingSocket {
       this.ws = undefined;
       this.events.lost();
       if (this.stopped) return;
-      const delay = Math.min(BACKOFF_CAP_MS, BACKOFF_FIRST_MS * 2 ** this.attempt) * (0.5 + this.rng());
+      const delay = this.events.reconnectDelayMs?.(this.attempt) ?? Math.min(BACKOFF_CAP_MS, BACKOFF_FIRST_MS * 2 ** this.attempt) * (0.5 + this.rng());
       this.attempt++;
       this.reconnectTimer = setTimeout(() => this.connect(), delay);
     });
+  }
+
+  /** Cuts the connection at once and for good: no close handshake, no reconnects. */
+  terminate(): void {
+    this.stopped = true;
+    if (this.reconnectTimer !== undefined) clearTimeout(this.reconnectTimer);
+    this.ws?.terminate();
   }
 
   /** Closes for good: no reconnects; waits for the close handshake, cutting it short after a grace period. */

@@ -2,6 +2,9 @@ import {
   isDocWrite, type Ack, type DocResult, type DocWrite, type Put, type PutResult, type Store, type StoredDocument,
   type StreamHead, type Write,
 } from '../../src/store/store.js';
+import type {
+  Change, ChangeLog, ChangeOrigin, ChangePage, ChangeQuery, ChangeRetention, Snapshot,
+} from '../../src/store/change-log.js';
 
 /**
  * An in-memory model of PROTOCOL.md's gate, written from the spec's table and deliberately not
@@ -33,8 +36,16 @@ export interface ReferenceOptions {
   failNext?: boolean;
 }
 
-export class ReferenceModel implements Store {
+interface ModelLog {
+  last: number;
+  trimmedThrough: number;
+  changes: Change[];
+}
+
+export class ReferenceModel implements Store, ChangeLog {
   readonly incarnation = 'reference-model';
+  /** The change log per tenant: every change in offset order, as the spec describes it. */
+  readonly logs = new Map<string, ModelLog>();
   readonly streams = new Map<string, ModelStream>();
   readonly docs = new Map<string, ModelDoc>();
 
@@ -62,6 +73,7 @@ export class ReferenceModel implements Store {
         return { kind: 'created', key: prior.key, version: 1, deleted: false, createdAt: prior.createdAt, replay: true };
       }
       this.docs.set(`${w.tenant}/${w.key}`, { version: 1, deleted: false, state: w.state, updatedAt: now });
+      this.appendChange(w.tenant, w.key, 1, false, w.state, { route: 'POST /v1/docs' }, now);
       this.idempotency.set(id, { fingerprint: w.fingerprint.toString('hex'), key: w.key, createdAt: now });
       return { kind: 'created', key: w.key, version: 1, deleted: false, createdAt: now, replay: false };
     }
@@ -75,6 +87,7 @@ export class ReferenceModel implements Store {
     const same = w.state === null ? !exists : exists && doc.state !== null && doc.state.equals(w.state);
     if (same) return { kind: 'written', key: w.key, version, deleted: !exists, changed: false, updatedAt: doc?.updatedAt ?? now };
     this.docs.set(did, { version: version + 1, deleted: w.state === null, state: w.state, updatedAt: now });
+    this.appendChange(w.tenant, w.key, version + 1, w.state === null, w.state, { route: w.state === null ? 'DELETE /v1/docs/{key}' : 'PUT /v1/docs/{key}' }, now);
     return { kind: 'written', key: w.key, version: version + 1, deleted: w.state === null, changed: true, updatedAt: now };
   }
 
@@ -118,11 +131,15 @@ export class ReferenceModel implements Store {
     if (p.ifVersion !== null && !(p.ifVersion === 0 ? !exists : exists && version === p.ifVersion)) {
       ack = { outcome: 'version_conflict', stream: p.stream, epoch: p.epoch, seq: p.seq, key: p.key, version, deleted: !exists, ifVersion: p.ifVersion, committedAt: now };
     } else if (p.state === null) {
-      if (exists) this.docs.set(did, { version: version + 1, deleted: true, state: null, updatedAt: now });
+      if (exists) {
+        this.docs.set(did, { version: version + 1, deleted: true, state: null, updatedAt: now });
+        this.appendChange(p.tenant, p.key, version + 1, true, null, { stream: p.stream, epoch: p.epoch, seq: p.seq }, now);
+      }
       const v = exists ? version + 1 : version;
       ack = { outcome: 'applied', stream: p.stream, epoch: p.epoch, seq: p.seq, key: p.key, version: v, deleted: true, committedAt: now };
     } else {
       this.docs.set(did, { version: version + 1, deleted: false, state: p.state, updatedAt: now });
+      this.appendChange(p.tenant, p.key, version + 1, false, p.state, { stream: p.stream, epoch: p.epoch, seq: p.seq }, now);
       ack = { outcome: 'applied', stream: p.stream, epoch: p.epoch, seq: p.seq, key: p.key, version: version + 1, deleted: false, committedAt: now };
     }
     s.seq = p.seq;
@@ -177,6 +194,71 @@ export class ReferenceModel implements Store {
       }
     }
     return n;
+  }
+
+  private appendChange(tenant: string, key: string, version: number, deleted: boolean, state: Buffer | null, origin: ChangeOrigin, now: number): void {
+    let log = this.logs.get(tenant);
+    if (log === undefined) this.logs.set(tenant, (log = { last: 0, trimmedThrough: 0, changes: [] }));
+    log.last++;
+    log.changes.push({ offset: log.last, key, version, deleted, state, origin, committedAt: now });
+  }
+
+  async readChanges(tenant: string, q: ChangeQuery): Promise<ChangePage> {
+    const log = this.logs.get(tenant) ?? { last: 0, trimmedThrough: 0, changes: [] };
+    if (q.after < log.trimmedThrough) return { expired: true, changes: [], next: q.after, tail: log.last, trimmedThrough: log.trimmedThrough };
+    const end = Math.min(log.last, q.after + Math.max(1, q.maxScan));
+    const changes: Change[] = [];
+    let next = Math.max(q.after, end);
+    for (const c of log.changes) {
+      if (c.offset <= q.after || c.offset > end) continue;
+      if (!q.prefixes.some((p) => c.key.startsWith(p))) continue;
+      if (changes.length >= q.limit) break;
+      changes.push(c);
+      if (changes.length === q.limit) next = c.offset;
+    }
+    if (q.limit <= 0 || q.prefixes.length === 0) next = Math.max(q.after, end);
+    return { expired: false, changes, next, tail: log.last, trimmedThrough: log.trimmedThrough };
+  }
+
+  async changeTail(tenant: string): Promise<number> {
+    return this.logs.get(tenant)?.last ?? 0;
+  }
+
+  async snapshot(tenant: string, prefixes: readonly string[], afterKey: string | null, limit: number): Promise<Snapshot> {
+    const keys = [...this.docs.keys()]
+      .filter((id) => id.startsWith(`${tenant}/`))
+      .map((id) => id.slice(tenant.length + 1))
+      .filter((k) => prefixes.some((p) => k.startsWith(p)))
+      .filter((k) => afterKey === null || Buffer.compare(Buffer.from(k), Buffer.from(afterKey)) > 0)
+      .sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+    const documents = [];
+    for (const key of keys) {
+      const d = this.docs.get(`${tenant}/${key}`)!;
+      if (d.deleted || d.state === null) continue;
+      documents.push({ key, version: d.version, state: d.state });
+    }
+    const page = documents.slice(0, limit);
+    return { offset: this.logs.get(tenant)?.last ?? 0, documents: page, nextKey: documents.length > limit ? page[page.length - 1]!.key : null };
+  }
+
+  async trimChanges(policy: ChangeRetention, maxRows: number): Promise<{ removed: number; done: boolean }> {
+    let removed = 0;
+    for (const [tenant, log] of this.logs) {
+      const capThrough = policy.maxChanges > 0 ? log.last - policy.maxChanges : 0;
+      const keep: Change[] = [];
+      let stillOld = true;
+      for (const c of log.changes) {
+        // Retention walks from the oldest change and stops at the first one still due to stay.
+        stillOld &&= c.committedAt < policy.olderThan || c.offset <= capThrough;
+        const superseded = (this.docs.get(`${tenant}/${c.key}`)?.version ?? 0) > c.version;
+        if (stillOld && removed < maxRows && (!policy.compact || superseded)) {
+          removed++;
+          if (!policy.compact) log.trimmedThrough = c.offset;
+        } else keep.push(c);
+      }
+      log.changes = keep;
+    }
+    return { removed, done: removed < maxRows };
   }
 
   async close(): Promise<void> {}

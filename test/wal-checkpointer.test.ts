@@ -1,0 +1,88 @@
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { putFingerprint } from '../src/protocol/canonical.js';
+import { SqliteStore } from '../src/store/sqlite-store.js';
+import type { Put } from '../src/store/store.js';
+
+/**
+ * WAL checkpoints off the commit path (--wal-checkpoint background): the store's connection never
+ * checkpoints, a worker thread does, the WAL stays bounded under continuous writes, and every
+ * commit is in the database after a reopen. (The crash suites run the real server with this
+ * default and prove that acked puts survive SIGKILL at any moment, checkpoints included.)
+ */
+
+const dirs: string[] = [];
+afterEach(() => {
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+function tempPath(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'seqgate-wal-'));
+  dirs.push(dir);
+  return join(dir, 'db.sqlite');
+}
+
+/** A state of about 3 KiB, different per seq, so each put dirties its own page. */
+function put(stream: string, seq: number): Put {
+  const key = `${stream}/k${seq}`;
+  const state = Buffer.concat([Buffer.from([0xc5, 0x0c, 0x00]), Buffer.alloc(3072, seq & 0xff)]);
+  return { tenant: 'default', stream, epoch: 1, seq, key, state, ifVersion: null, fingerprint: putFingerprint(key, state, null) };
+}
+
+const MAX_WAL = 1024 * 1024;
+
+async function writeBatches(store: SqliteStore, batches: number, perBatch: number, onEach?: () => void): Promise<void> {
+  let seq = 0;
+  for (let b = 0; b < batches; b++) {
+    const puts = Array.from({ length: perBatch }, () => put('s', ++seq));
+    const results = await store.apply(puts);
+    expect(results.every((r) => r.kind === 'ack' && !r.replay)).toBe(true);
+    onEach?.();
+    // Commits keep coming, but the event loop turns between them, as in the server.
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}
+
+describe('background WAL checkpoints', () => {
+  it('checkpoint on a worker, keep the WAL bounded under continuous writes, and lose nothing across a reopen', async () => {
+    const path = tempPath();
+    const store = new SqliteStore({
+      path, synchronous: 'full', contiguous: false, ackCapPerStream: 100_000, walCheckpoint: 'background', maxWalBytes: MAX_WAL,
+    });
+    expect(store.database.pragma('wal_autocheckpoint', { simple: true })).toBe(0);
+    let maxWal = 0;
+    // 300 batches × 10 puts × ~3 KiB: about 9 MiB of pages through a WAL bounded at 1 MiB.
+    await writeBatches(store, 300, 10, () => { maxWal = Math.max(maxWal, statSync(`${path}-wal`).size); });
+    const checkpointer = store.walCheckpointer!;
+    const deadline = Date.now() + 5000;
+    while (checkpointer.checkpoints === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(checkpointer.checkpoints).toBeGreaterThan(0);
+    expect(checkpointer.last!.checkpointed).toBeGreaterThan(0);
+    // Past the bound the store finishes a checkpoint between batches and the WAL rewinds: a few
+    // batches (about 150 KiB each here) over the bound at most, against 9 MiB written.
+    expect(maxWal).toBeLessThan(2 * MAX_WAL);
+    await store.close();
+
+    const again = new SqliteStore({ path, synchronous: 'full', contiguous: false, ackCapPerStream: 100_000 });
+    try {
+      expect((await again.heads('default', ['s']))[0]).toMatchObject({ epoch: 1, seq: 3000 });
+      expect((await again.document('default', 's/k3000'))?.state).toEqual(put('s', 3000).state);
+      const [r] = await again.apply([put('s', 1)]);
+      expect(r).toMatchObject({ kind: 'ack', replay: true });
+    } finally {
+      await again.close();
+    }
+  });
+
+  it('leaves checkpoints to SQLite inside the commit with walCheckpoint commit (the default of the store class)', async () => {
+    const store = new SqliteStore({ path: tempPath(), synchronous: 'full', contiguous: false, ackCapPerStream: 10 });
+    try {
+      expect(store.walCheckpointer).toBeUndefined();
+      expect(store.database.pragma('wal_autocheckpoint', { simple: true })).toBe(1000);
+    } finally {
+      await store.close();
+    }
+  });
+});
