@@ -9,7 +9,8 @@ import { PutDriver, type DriverPut, type WireResult } from './support/put-driver
 /**
  * PostgreSQL restarted under load, with two seqgate servers on it: every put is answered or told
  * to retry, nothing acked is lost, and ingestion resumes by itself. It restarts the machine's
- * shared PostgreSQL (a few seconds), so it runs only with SEQGATE_TEST_PG_RESTART=1 (.ci/run sets it).
+ * shared PostgreSQL (a few seconds), so it runs only with SEQGATE_TEST_PG_RESTART=1: .ci/run runs it on
+ * its own after `npm test`, since every other PostgreSQL suite would see the restart too.
  */
 
 const ENABLED = process.env['SEQGATE_TEST_PG_RESTART'] === '1' && (await postgresAvailable());

@@ -304,9 +304,17 @@ export class SeqgateServer {
    * HTTP connections. A socket counts as HTTP from its accept until it is upgraded or closed.
    */
   private acceptHttp(budget: SharedBudget): void {
+    // A flood must not turn into a flood of log lines: one warning per second at most, with a count.
+    let refused = 0;
+    let lastWarning = -Infinity;
     this.http.on('connection', guarded(this.log, 'HTTP connection', (socket: Socket) => {
       if (this.httpSockets.size >= this.config.maxHttpConnections) {
-        this.log.warn({ remote: socket.remoteAddress, max: this.config.maxHttpConnections }, 'refused an HTTP connection: maxHttpConnections reached');
+        refused++;
+        if (performance.now() - lastWarning >= 1000) {
+          lastWarning = performance.now();
+          this.log.warn({ refused, max: this.config.maxHttpConnections }, 'refused HTTP connections: maxHttpConnections reached');
+          refused = 0;
+        }
         refuseSocket(socket, 503, 'Service Unavailable', {
           code: 'TOO_MANY_CONNECTIONS', message: 'the server holds maxHttpConnections HTTP connections already', retryable: true,
         }, 'Retry-After: 1\r\n');
