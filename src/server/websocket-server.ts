@@ -128,7 +128,7 @@ export class SeqgateServer {
       changefeed.committed();
       metrics.observeBatch(info);
       options.onBatch?.(info);
-    }), log);
+    }), log, config.batchWaitMs);
     const pruner = new Pruner(store, {
       retentionMs: config.ackRetentionSeconds * 1000,
       idempotencyRetentionMs: config.idempotencyRetentionSeconds * 1000,
