@@ -2,7 +2,7 @@ import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type WebSocket from 'ws';
 import { reach } from '../crash-points.js';
-import { ERRORS, SeqgateError } from '../errors.js';
+import { ERRORS, errorBody, SeqgateError } from '../errors.js';
 import { encodeMessage, type WireFormat } from '../protocol/codec.js';
 import { IncomingFrame } from '../protocol/frame.js';
 import {
@@ -105,7 +105,8 @@ export class Connection {
   alive = true;
   /** When the connection opened (performance.now()); the oldest unauthenticated one is evicted first. */
   readonly openedAt = performance.now();
-  private readonly outbox: Entry[] = [];
+  /** Answers in the order their frames were read; a put's waits here until its batch commits. */
+  private readonly pendingAnswers: Entry[] = [];
   private inFlightBytes = 0;
   /** Over a flow limit (hysteresis: until all are back under half). */
   private flowPaused = false;
@@ -187,7 +188,7 @@ export class Connection {
 
   /** True when every frame read so far has been answered and handed to the socket. */
   get settled(): boolean {
-    return this.outbox.length === 0;
+    return this.pendingAnswers.length === 0;
   }
 
   get authenticated(): boolean {
@@ -331,7 +332,7 @@ export class Connection {
       case 'subscribe':
       case 'unsubscribe':
         if (this.subscriptions === undefined) {
-          this.outbox.push({ kind: 'message', message: errorMessage(new SeqgateError('UNKNOWN_TYPE', `unknown message type "${message.type}"`, { field: 'type' })) });
+          this.pendingAnswers.push({ kind: 'message', message: errorMessage(new SeqgateError('UNKNOWN_TYPE', `unknown message type "${message.type}"`, { field: 'type' })) });
           this.flush();
         } else if (message.type === 'subscribe') this.subscriptions.subscribe(message, principal);
         else this.subscriptions.unsubscribe(message.id);
@@ -344,18 +345,18 @@ export class Connection {
       case 'hello': {
         const denied = message.streams.find((stream) => !mayReadStream(principal, stream));
         if (denied !== undefined) {
-          this.outbox.push({ kind: 'message', message: errorMessage(new SeqgateError('FORBIDDEN', `token may not read stream ${denied}`, { stream: denied })) });
+          this.pendingAnswers.push({ kind: 'message', message: errorMessage(new SeqgateError('FORBIDDEN', `token may not read stream ${denied}`, { stream: denied })) });
           this.flush();
           return;
         }
         const entry: Entry = { kind: 'message', message: undefined };
-        this.outbox.push(entry);
+        this.pendingAnswers.push(entry);
         // Heads are read after every earlier put has committed, so they include this client's own.
         void this.ctx.committer.barrier()
           .then(() => this.ctx.store.heads(principal.tenant, message.streams))
           .then((heads) => { entry.message = { ...this.ctx.welcome(), heads: headsForWire(heads) }; })
           .catch((err: Error) => {
-            entry.message = { type: 'error', code: 'STORAGE_UNAVAILABLE', message: `heads unavailable: ${err.message}`, retryable: true };
+            entry.message = { type: 'error', ...errorBody('STORAGE_UNAVAILABLE', `heads unavailable: ${err.message}`) };
           })
           .finally(() => this.flush());
         return;
@@ -378,7 +379,7 @@ export class Connection {
           }
         }
         const entry: Entry = { kind: 'results', results, pending: valid.length, bytes: data.length };
-        this.outbox.push(entry);
+        this.pendingAnswers.push(entry);
         if (valid.length === 0) {
           for (const r of results) this.ctx.metrics.countOutcome(r!.outcome, false, 'ws');
           this.flush();
@@ -406,7 +407,7 @@ export class Connection {
     if (!(caught instanceof SeqgateError)) this.ctx.log.error({ err: caught }, 'unexpected error while reading a frame');
     this.ctx.log.debug({ code: err.code }, 'rejected frame');
     this.ctx.metrics.rejectedFrames.inc({ code: err.code });
-    this.outbox.push({ kind: 'message', message: errorMessage(err) });
+    this.pendingAnswers.push({ kind: 'message', message: errorMessage(err) });
     this.flush();
     if (err.code === 'UNAUTHORIZED') this.close(ERRORS.UNAUTHORIZED.closeCode, 'UNAUTHORIZED');
   }
@@ -438,11 +439,11 @@ export class Connection {
     });
   }
 
-  /** Sends every answer at the front of the outbox that is ready; results coalesce into one frame. */
+  /** Sends every answer at the front of pendingAnswers that is ready; results coalesce into one frame. */
   private flush(): void {
     let batch: WireResult[] = [];
-    while (this.outbox.length > 0) {
-      const head = this.outbox[0]!;
+    while (this.pendingAnswers.length > 0) {
+      const head = this.pendingAnswers[0]!;
       if (head.kind === 'results') {
         if (head.pending > 0) break;
         for (const r of head.results) batch.push(r!);
@@ -454,7 +455,7 @@ export class Connection {
         }
         this.send(head.message);
       }
-      this.outbox.shift();
+      this.pendingAnswers.shift();
     }
     if (batch.length > 0) this.send({ type: 'results', results: batch }, () => reach('after-ack'));
     this.updateFlow();
@@ -469,7 +470,7 @@ export class Connection {
     } catch (err) {
       // Only echoed client values (a ping's nonce) can make encoding fail; answer, never crash.
       this.ctx.log.warn({ err }, 'could not encode an answer');
-      frame = encodeMessage({ type: 'error', code: 'INVALID_MESSAGE', message: 'the answer could not be encoded', retryable: false }, this.format);
+      frame = encodeMessage({ type: 'error', ...errorBody('INVALID_MESSAGE', 'the answer could not be encoded') }, this.format);
     }
     this.ws.send(frame, (err) => {
       if (err === undefined || err === null) sent?.();

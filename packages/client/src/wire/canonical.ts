@@ -198,7 +198,9 @@ function keySortString(k: string | number | bigint, limits: CanonicalLimits, pat
     if (n <= 0xffff) return String.fromCharCode(0xda, n >> 8, n & 0xff) + k;
     return String.fromCharCode(0xdb, (n >>> 24) & 0xff, (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff) + k;
   }
-  const kw = new Writer(16, limits.maxBytes, path, limits.bytesLimitName);
+  // One writer for every key: a key is encoded whole before the next one (no user code runs).
+  const kw = keyWriter;
+  kw.reset(limits.maxBytes, path, limits.bytesLimitName);
   if (typeof k === 'string') writeString(kw, k);
   else if (typeof k === 'number') writeNumberInt(kw, k);
   else writeBigInt(kw, k);
@@ -206,6 +208,8 @@ function keySortString(k: string | number | bigint, limits: CanonicalLimits, pat
   for (let i = 0; i < kw.pos; i++) out += String.fromCharCode(kw.buf[i]!);
   return out;
 }
+
+const keyWriter = new Writer(64, 0, '', '');
 
 function isPlainObject(v: object): v is Record<string, unknown> {
   const proto = Object.getPrototypeOf(v);
