@@ -130,6 +130,9 @@ export class Connection {
   private turnBytes = 0;
   private turnFrames = 0;
   private turnMs = 0;
+  private readStarted = 0;
+  /** Of the current read, the time already counted by handle(). */
+  private handledInRead = 0;
   /** Sitting out after a turn that took more than TURN_BUDGET_MS. */
   private cooldown: NodeJS.Timeout | undefined;
   private turnScheduled: NodeJS.Immediate | undefined;
@@ -146,7 +149,19 @@ export class Connection {
   ) {
     // Counted before ws parses the bytes, so a message that completes in this read is released
     // by its 'message' event right after.
-    socket.prependListener('data', (chunk: Buffer) => this.arrived(chunk.length));
+    // Before and after ws parses a read: the time between is what this connection's bytes cost
+    // (copying, unmasking, and the frames handled), counted against its share of the turn.
+    socket.prependListener('data', (chunk: Buffer) => {
+      this.readStarted = performance.now();
+      this.handledInRead = 0;
+      this.arrived(chunk.length);
+    });
+    socket.on('data', () => {
+      if (this.closed) return;
+      this.turnMs += performance.now() - this.readStarted - this.handledInRead;
+      this.scheduleTurn();
+      this.coolDownIfOver();
+    });
     ws.on('message', (data: Buffer, isBinary: boolean) => this.receive(data, isBinary));
     ws.on('ping', () => { this.releasePartial(); this.updateFlow(); });
     ws.on('pong', () => { this.releasePartial(); this.alive = true; });
@@ -272,17 +287,23 @@ export class Connection {
     try {
       this.handleFrame(data, isBinary);
     } finally {
-      this.turnMs += performance.now() - started;
-      if (this.turnMs >= TURN_BUDGET_MS && this.cooldown === undefined && !this.closing) {
-        const ms = Math.min(this.turnMs, MAX_COOLDOWN_MS);
-        this.cooldown = setTimeout(() => {
-          this.cooldown = undefined;
-          this.turnMs = 0;
-          this.drain();
-        }, ms);
-        this.applyPause();
-      }
+      const ms = performance.now() - started;
+      this.turnMs += ms;
+      this.handledInRead += ms;
+      this.coolDownIfOver();
     }
+  }
+
+  /** Over this turn's time: sit out as long as the turn took (reading paused, frames wait). */
+  private coolDownIfOver(): void {
+    if (this.turnMs < TURN_BUDGET_MS || this.cooldown !== undefined || this.closing || this.closed) return;
+    const ms = Math.min(this.turnMs, MAX_COOLDOWN_MS);
+    this.cooldown = setTimeout(() => {
+      this.cooldown = undefined;
+      this.turnMs = 0;
+      this.drain();
+    }, ms);
+    this.applyPause();
   }
 
   private handleFrame(data: Buffer, isBinary: boolean): void {

@@ -38,7 +38,7 @@ export interface SubscriptionHost {
   updateFlow(): void;
 }
 
-export const MAX_SUBSCRIPTIONS_PER_CONNECTION = 64;
+const MAX_SUBSCRIPTIONS_PER_CONNECTION = 64;
 
 /** Subscribers sharing a page (ChangeFeed.read) share its changes' JSON too: encoded once, sent to all. */
 const encoded = new WeakMap<Change, string>();
