@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
-import { ERRORS, type ErrorCode, type ErrorSpec } from '../errors.js';
+import { ERRORS, errorBody, type ErrorCode, type ErrorSpec } from '../errors.js';
 import type { ChangeFeed } from '../feed/change-feed.js';
 import { changeJson } from '../feed/change-wire.js';
 import { formatOffset, incarnationTag, parseOffset } from '../feed/offset.js';
@@ -256,7 +256,7 @@ export function createChangesHandler(ctx: ChangesHttpContext): (req: IncomingMes
       if (code === 'METHOD_NOT_ALLOWED') headers.allow = 'GET, HEAD';
       if (spec.retryable) headers['retry-after'] = '1';
       res.writeHead(spec.status ?? 400, headers);
-      res.end(req.method === 'HEAD' ? undefined : JSON.stringify({ error: { code, message, retryable: spec.retryable, ...details } }));
+      res.end(req.method === 'HEAD' ? undefined : JSON.stringify({ error: errorBody(code, message, details) }));
     });
   };
 }

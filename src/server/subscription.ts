@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type WebSocket from 'ws';
-import { ERRORS, SeqgateError, type ErrorCode } from '../errors.js';
+import { errorBody, SeqgateError, type ErrorCode } from '../errors.js';
 import type { ChangeFeed } from '../feed/change-feed.js';
 import { changeForMsgpack, changeJson } from '../feed/change-wire.js';
 import { formatOffset, incarnationTag, parseOffset } from '../feed/offset.js';
@@ -198,7 +198,7 @@ export class Subscriptions {
 
   private fail(id: CorrelationId, err: SeqgateError): void {
     const code: ErrorCode = err.code;
-    this.send({ type: 'error', code, message: err.message, retryable: ERRORS[code].retryable, ...err.details, id });
+    this.send({ type: 'error', ...errorBody(code, err.message, err.details), id });
   }
 
   private send(message: object): void {

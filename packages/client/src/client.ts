@@ -571,7 +571,8 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     this.seenFlushScheduled = true;
     setTimeout(() => {
       this.seenFlushScheduled = false;
-      if (this.seen.length === 0 || this.settleScheduled) return;
+      // After close() the outbox may be closed too; what is left is reported again next time.
+      if (this.closed || this.seen.length === 0 || this.settleScheduled) return;
       void this.run(() => this.flushSeen());
     }, 0);
   }
