@@ -34,7 +34,7 @@ export interface ChangesHttpContext {
 }
 
 /** Most changes in one response, and most log offsets one request looks at for a filtered read. */
-export const MAX_CHANGES_PER_RESPONSE = 1000;
+const MAX_CHANGES_PER_RESPONSE = 1000;
 const MAX_SCAN = 10_000;
 const SNAPSHOT_PAGE = 1000;
 const SSE_KEEPALIVE_MS = 15_000;

@@ -38,7 +38,7 @@ export interface SubscriptionHost {
   updateFlow(): void;
 }
 
-export const MAX_SUBSCRIPTIONS_PER_CONNECTION = 64;
+const MAX_SUBSCRIPTIONS_PER_CONNECTION = 64;
 const PAGE_CHANGES = 1000;
 const MAX_SCAN = 10_000;
 /** A subscription at the tail re-checks at least this often, whatever the feed says. */
