@@ -66,6 +66,10 @@ export const OPTIONS = {
   pruneIntervalMs: { kind: 'integer', default: 10_000, min: 10, unit: 'ms', doc: 'Pause between pruning passes.' },
   pruneBatchRows: { kind: 'integer', default: 200, min: 1, unit: 'rows', doc: 'Acks pruned per step; the event loop runs between steps.' },
   maxBatchPuts: { kind: 'integer', default: 2000, min: 1, unit: 'puts', doc: 'Most puts committed in one transaction.' },
+  batchWaitMs: {
+    kind: 'integer', default: 0, min: 0, unit: 'ms',
+    doc: 'When no batch is committing, how long the first put waits for others to join its batch (fewer commits at low rates, for that much latency); 0: commit at the end of the event-loop turn.',
+  },
   maxFrameBytes: { kind: 'integer', default: 1 * MiB, min: 1024, unit: 'bytes', doc: 'Largest WebSocket message (ws maxPayload).' },
   maxPutsPerFrame: { kind: 'integer', default: 1000, min: 1, unit: 'puts', doc: 'Most puts in one put message.' },
   maxStateBytes: { kind: 'integer', default: 64 * KiB, min: 16, unit: 'bytes', doc: 'Largest state, measured in canonical msgpack.' },

@@ -5,10 +5,11 @@ import { describe, expect, it } from 'vitest';
 
 /**
  * README's "Layout" is the map of the architecture; this keeps it true, the way config.test.ts
- * keeps the options table true. Granularity: every folder under src/ and every file directly in
- * src/ must be on the map (a new module or folder is a change of architecture), while files inside
- * a folder may be listed or not. Every path that is on the map must exist, as a folder when it ends
- * in "/" and as a file otherwise.
+ * keeps the options table true. Granularity: every folder under src/ and under each package's
+ * src/ (packages/<name>/src/), and every file directly in one of those, must be on the map (a new
+ * module or folder is a change of architecture), while files inside a subfolder may be listed or
+ * not. Every path that is on the map must exist, as a folder when it ends in "/" and as a file
+ * otherwise.
  *
  * The map is the first fenced block under "## Layout". Each line is `<indent><path>  <meaning>`;
  * a path is relative to the nearest less-indented folder above it, or to the repository root.
@@ -47,16 +48,19 @@ function layoutProblems(readme: string, root: string): string[] {
       problems.push(`the map lists ${path} as a ${path.endsWith('/') ? 'folder' : 'file'}, but it is not one`);
     }
   }
-  const walk = (dir: string): void => {
+  const walk = (top: string, dir: string): void => {
     for (const entry of readdirSync(join(root, dir), { withFileTypes: true })) {
       if (entry.name.startsWith('.')) continue;
       const path = `${dir}${entry.name}${entry.isDirectory() ? '/' : ''}`;
-      const required = entry.isDirectory() || dir === 'src/';
+      const required = entry.isDirectory() || dir === top;
       if (required && !onMap.has(path)) problems.push(`${path} is not on the map`);
-      if (entry.isDirectory()) walk(path);
+      if (entry.isDirectory()) walk(top, path);
     }
   };
-  walk('src/');
+  const packages = existsSync(join(root, 'packages')) ? readdirSync(join(root, 'packages')) : [];
+  for (const top of ['src/', ...packages.map((p) => `packages/${p}/src/`)]) {
+    if (existsSync(join(root, top))) walk(top, top);
+  }
   return problems;
 }
 
@@ -66,13 +70,16 @@ describe('README layout', () => {
     expect(layoutProblems(readme, ROOT), 'update the map in README.md ("## Layout")').toEqual([]);
   });
 
-  it('notices a missing folder, a missing top-level file, a listed path that is gone and a file listed as a folder', () => {
+  it('notices a missing folder (also in a package), a missing top-level file, a listed path that is gone and a file listed as a folder', () => {
     const root = mkdtempSync(join(tmpdir(), 'seqgate-layout-'));
     try {
       mkdirSync(join(root, 'src/store/sql'), { recursive: true });
       writeFileSync(join(root, 'src/gate.ts'), '');
       writeFileSync(join(root, 'src/cli.ts'), '');
       writeFileSync(join(root, 'src/store/store.ts'), '');
+      mkdirSync(join(root, 'packages/web/src/wire'), { recursive: true });
+      writeFileSync(join(root, 'packages/web/src/index.ts'), '');
+      writeFileSync(join(root, 'packages/web/src/wire/codec.ts'), '');
       const readme = [
         '## Layout', '', '```',
         'src/           the code',
@@ -81,10 +88,15 @@ describe('README layout', () => {
         '    store.ts/  wrongly a folder',
         '    gone.ts    removed',
         'test/          not there',
+        'packages/web/  a package',
+        '  src/index.ts its entry',
         '```', '', '## Next', '```', 'src/ignored.ts', '```',
       ].join('\n');
-      expect(mapPaths(readme)).toEqual(['src/', 'src/gate.ts', 'src/store/', 'src/store/store.ts/', 'src/store/gone.ts', 'test/']);
+      expect(mapPaths(readme)).toEqual([
+        'src/', 'src/gate.ts', 'src/store/', 'src/store/store.ts/', 'src/store/gone.ts', 'test/', 'packages/web/', 'packages/web/src/index.ts',
+      ]);
       expect(layoutProblems(readme, root).sort()).toEqual([
+        'packages/web/src/wire/ is not on the map',
         'src/cli.ts is not on the map',
         'src/store/sql/ is not on the map',
         'the map lists src/store/gone.ts, which does not exist',

@@ -51,11 +51,51 @@ export function indexMsgpack(buf: Uint8Array, maxDepth: number, indexDepth: numb
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
 
   const need = (n: number): boolean => pos + n <= len;
+  // Closes every container whose last item was just read.
+  const closeFilled = (): void => {
+    while (remaining.length > 0 && remaining[remaining.length - 1] === 0) {
+      remaining.pop();
+      const closing = opened.pop()!;
+      const at = counted.pop()!;
+      if (closing !== null) {
+        closing.end = pos;
+        closing.items = count - at + 1;
+      }
+    }
+  };
 
   while (pos < len) {
     if (rootDone) return { fault: 'malformed', reason: 'trailing bytes after the value' };
-    const start = pos;
     const depth = remaining.length;
+    if (depth > indexDepth) {
+      // Below the indexed levels, runs of one-byte values and short strings (the bulk of a large
+      // map or array) are skipped in a tight loop: this is most of the time spent on such frames.
+      const top = depth - 1;
+      let left = remaining[top]!;
+      let p = pos;
+      let skipped = 0;
+      while (left > 0 && p < len) {
+        const b = buf[p]!;
+        if (b <= 0x7f || b >= 0xe0 || b === 0xc0 || b === 0xc2 || b === 0xc3) p++;
+        else if (b >= 0xa0 && b <= 0xbf) {
+          p += 1 + (b & 0x1f);
+          if (p > len) return truncated();
+        } else break;
+        left--;
+        skipped++;
+      }
+      if (skipped > 0) {
+        pos = p;
+        count += skipped;
+        remaining[top] = left;
+        if (left === 0) {
+          closeFilled();
+          if (remaining.length === 0) rootDone = true;
+        }
+        continue;
+      }
+    }
+    const start = pos;
     count++;
     const b = buf[pos++]!;
     let skip = 0;
@@ -131,15 +171,7 @@ export function indexMsgpack(buf: Uint8Array, maxDepth: number, indexDepth: numb
       return { fault: 'too_deep', depth: remaining.length + 1 };
     }
 
-    while (remaining.length > 0 && remaining[remaining.length - 1] === 0) {
-      remaining.pop();
-      const closing = opened.pop()!;
-      const at = counted.pop()!;
-      if (closing !== null) {
-        closing.end = pos;
-        closing.items = count - at + 1;
-      }
-    }
+    closeFilled();
     if (remaining.length === 0) rootDone = true;
   }
   if (!rootDone || root === undefined) return truncated();

@@ -1,5 +1,5 @@
 import type { Config } from '../config.js';
-import { ERRORS, SeqgateError } from '../errors.js';
+import { errorBody, SeqgateError } from '../errors.js';
 import type { Ack, Put, PutResult, StreamHead } from '../store/store.js';
 import { CanonicalError, canonicalEncode, putFingerprint } from './canonical.js';
 import { field, fieldNames, isMap } from './codec.js';
@@ -173,13 +173,10 @@ export function parsePut(raw: unknown, limits: Limits, tenant: string, context: 
     return { ok: true, id, put };
   } catch (err) {
     if (!(err instanceof Invalid)) throw err;
-    const error: WireError = {
-      code: err.code,
-      message: err.message,
-      retryable: false,
+    const error: WireError = errorBody(err.code, err.message, {
       field: err.field,
       ...(err.limit !== undefined ? { limit: err.limit, max: limits[err.limit as keyof Limits] } : {}),
-    };
+    });
     return { ok: false, id, result: { id, outcome: 'invalid', error } };
   }
 }
@@ -255,14 +252,13 @@ function checkedNonce(nonce: unknown, limits: Limits): unknown {
 export function oversizeStateResult(id: CorrelationId, limits: Limits): WireResult {
   return {
     id, outcome: 'invalid',
-    error: {
-      code: 'LIMIT_EXCEEDED', message: `state exceeds ${limits.maxStateBytes} bytes`, retryable: false,
+    error: errorBody('LIMIT_EXCEEDED', `state exceeds ${limits.maxStateBytes} bytes`, {
       field: 'state', limit: 'maxStateBytes', max: limits.maxStateBytes,
-    },
+    }),
   };
 }
 
-export function wireAck(ack: Ack): WireAck {
+function wireAck(ack: Ack): WireAck {
   return {
     stream: ack.stream,
     epoch: ack.epoch,
@@ -277,38 +273,35 @@ export function wireAck(ack: Ack): WireAck {
 
 export function wireResult(id: CorrelationId, result: PutResult): WireResult {
   if (result.kind === 'ack') return { id, outcome: result.ack.outcome, replay: result.replay, ack: wireAck(result.ack) };
-  const { retryable } = ERRORS[result.code];
   switch (result.outcome) {
     case 'sequence_reused':
-      return { id, outcome: result.outcome, error: { code: result.code, message: 'seq already used by a put with a different payload', retryable } };
+      return { id, outcome: result.outcome, error: errorBody(result.code, 'seq already used by a put with a different payload') };
     case 'fenced':
-      return { id, outcome: result.outcome, error: { code: result.code, message: `epoch is fenced; the stream is at epoch ${result.epoch}`, retryable, epoch: result.epoch } };
+      return { id, outcome: result.outcome, error: errorBody(result.code, `epoch is fenced; the stream is at epoch ${result.epoch}`, { epoch: result.epoch }) };
     case 'stale':
     case 'expired':
       return {
         id, outcome: result.outcome,
-        error: {
-          code: result.code,
-          message: result.outcome === 'stale' ? 'seq is at or below the head and was never applied' : 'seq is at or below the pruned-through mark',
-          retryable,
-          head: { epoch: result.head.epoch, seq: result.head.seq },
-          prunedThrough: result.head.prunedThrough,
-        },
+        error: errorBody(
+          result.code,
+          result.outcome === 'stale' ? 'seq is at or below the head and was never applied' : 'seq is at or below the pruned-through mark',
+          { head: { epoch: result.head.epoch, seq: result.head.seq }, prunedThrough: result.head.prunedThrough },
+        ),
       };
     case 'gap':
-      return { id, outcome: result.outcome, error: { code: result.code, message: `expected seq ${result.expected.seq}`, retryable, expected: result.expected } };
+      return { id, outcome: result.outcome, error: errorBody(result.code, `expected seq ${result.expected.seq}`, { expected: result.expected }) };
     case 'error':
-      return { id, outcome: result.outcome, error: { code: result.code, message: result.message, retryable } };
+      return { id, outcome: result.outcome, error: errorBody(result.code, result.message) };
   }
 }
 
 /** The answer to a put the token's grant does not cover; nothing was consumed. */
 export function forbiddenResult(id: CorrelationId): WireResult {
-  return { id, outcome: 'forbidden', error: { code: 'FORBIDDEN', message: 'token may not write this stream or document', retryable: false } };
+  return { id, outcome: 'forbidden', error: errorBody('FORBIDDEN', 'token may not write this stream or document') };
 }
 
 export function errorMessage(err: SeqgateError): object {
-  return { type: 'error', code: err.code, message: err.message, retryable: err.retryable, ...err.details };
+  return { type: 'error', ...errorBody(err.code, err.message, err.details) };
 }
 
 export function headsForWire(heads: readonly StreamHead[]): object[] {

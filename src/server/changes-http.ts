@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
-import { ERRORS, type ErrorCode, type ErrorSpec } from '../errors.js';
+import { ERRORS, errorBody, type ErrorCode, type ErrorSpec } from '../errors.js';
 import type { ChangeFeed } from '../feed/change-feed.js';
 import { changeJson } from '../feed/change-wire.js';
 import { formatOffset, incarnationTag, parseOffset } from '../feed/offset.js';
@@ -34,7 +34,7 @@ export interface ChangesHttpContext {
 }
 
 /** Most changes in one response, and most log offsets one request looks at for a filtered read. */
-export const MAX_CHANGES_PER_RESPONSE = 1000;
+const MAX_CHANGES_PER_RESPONSE = 1000;
 const MAX_SCAN = 10_000;
 const SNAPSHOT_PAGE = 1000;
 const SSE_KEEPALIVE_MS = 15_000;
@@ -74,7 +74,7 @@ export function createChangesHandler(ctx: ChangesHttpContext): (req: IncomingMes
   const readPage = async (read: Read, after: number, scanBudget = MAX_SCAN * 10): Promise<Page> => {
     let from = after;
     for (;;) {
-      const page = await ctx.store.readChanges(read.tenant, { after: from, prefixes: read.prefixes, limit: read.limit, maxScan: MAX_SCAN });
+      const page = await ctx.feed.read(read.tenant, { after: from, prefixes: read.prefixes, limit: read.limit, maxScan: MAX_SCAN });
       if (page.expired) {
         throw new ChangesError('OFFSET_EXPIRED', `changes after offset ${offset(from)} were removed by retention; restart from GET /v1/changes/snapshot`, {
           earliest: offset(page.trimmedThrough),
@@ -256,7 +256,7 @@ export function createChangesHandler(ctx: ChangesHttpContext): (req: IncomingMes
       if (code === 'METHOD_NOT_ALLOWED') headers.allow = 'GET, HEAD';
       if (spec.retryable) headers['retry-after'] = '1';
       res.writeHead(spec.status ?? 400, headers);
-      res.end(req.method === 'HEAD' ? undefined : JSON.stringify({ error: { code, message, retryable: spec.retryable, ...details } }));
+      res.end(req.method === 'HEAD' ? undefined : JSON.stringify({ error: errorBody(code, message, details) }));
     });
   };
 }

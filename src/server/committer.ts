@@ -7,6 +7,11 @@ import type { DocResult, Put, PutResult, Store, Write } from '../store/store.js'
  * Group commit. Puts that arrive within one event-loop turn, from any connection, are committed
  * in one store batch; batches run one at a time in arrival order, so two puts of one stream (or
  * two streams writing one key) behave exactly as if sent one by one.
+ *
+ * Batch formation: under load a batch is whatever arrived while the previous one committed. When
+ * the committer is idle, the first put starts a batch at the end of its event-loop turn, or, with
+ * `batchWaitMs` > 0, after waiting that long for others to join (fewer, larger commits at low
+ * rates, for that much latency). A full batch (`maxBatchPuts`) never waits.
  */
 
 interface Submission {
@@ -25,6 +30,8 @@ export class Committer {
   private running = false;
   private runningSize = 0;
   private scheduled = false;
+  private waitTimer: NodeJS.Timeout | undefined;
+  private queued = 0;
   private idleWaiters: Array<() => void> = [];
 
   constructor(
@@ -32,6 +39,7 @@ export class Committer {
     private readonly maxBatchPuts: number,
     private readonly onBatch?: (info: BatchInfo) => void,
     private readonly log?: Logger,
+    private readonly batchWaitMs = 0,
   ) {}
 
   /** Resolves after the batch holding these puts has committed (or failed as a whole). */
@@ -40,7 +48,8 @@ export class Committer {
   submit(puts: readonly Write[]): Promise<Array<PutResult | DocResult>> {
     return new Promise((resolve) => {
       this.queue.push({ puts, resolve });
-      this.schedule();
+      this.queued += puts.length;
+      this.schedule(true);
     });
   }
 
@@ -61,19 +70,37 @@ export class Committer {
   }
 
   get queuedPuts(): number {
-    let n = 0;
-    for (const s of this.queue) n += s.puts.length;
-    return n;
+    return this.queued;
   }
 
-  private schedule(): void {
-    if (this.running || this.scheduled) return;
+  /** `fromIdle`: a put arrived while no batch ran; only then may the batch wait to fill. */
+  private schedule(fromIdle: boolean): void {
+    if (this.running) return;
+    if (this.scheduled) {
+      // A batch waiting to fill stops waiting once it is full.
+      if (this.waitTimer !== undefined && this.queued >= this.maxBatchPuts) {
+        clearTimeout(this.waitTimer);
+        this.waitTimer = undefined;
+        setImmediate(() => this.fire());
+      }
+      return;
+    }
     this.scheduled = true;
+    if (fromIdle && this.batchWaitMs > 0 && this.queued < this.maxBatchPuts) {
+      this.waitTimer = setTimeout(() => {
+        this.waitTimer = undefined;
+        this.fire();
+      }, this.batchWaitMs);
+      return;
+    }
     // setImmediate runs after the I/O phase, so every frame read in this turn joins the batch.
-    setImmediate(() => {
-      this.scheduled = false;
-      void this.run();
-    });
+    setImmediate(() => this.fire());
+  }
+
+  private fire(): void {
+    if (!this.scheduled) return;
+    this.scheduled = false;
+    void this.run();
   }
 
   private async run(): Promise<void> {
@@ -89,6 +116,7 @@ export class Committer {
       count++;
     }
     const taken = this.queue.splice(0, count);
+    this.queued -= size;
     const batch: Write[] = [];
     for (const s of taken) for (const p of s.puts) batch.push(p);
     this.runningSize = batch.length;
@@ -111,7 +139,7 @@ export class Committer {
     }
     this.running = false;
     this.runningSize = 0;
-    if (this.queue.length > 0) this.schedule();
+    if (this.queue.length > 0) this.schedule(false);
     else for (const w of this.idleWaiters.splice(0)) w();
   }
 }

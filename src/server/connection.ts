@@ -2,7 +2,7 @@ import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type WebSocket from 'ws';
 import { reach } from '../crash-points.js';
-import { ERRORS, SeqgateError } from '../errors.js';
+import { ERRORS, errorBody, SeqgateError } from '../errors.js';
 import { encodeMessage, type WireFormat } from '../protocol/codec.js';
 import { IncomingFrame } from '../protocol/frame.js';
 import {
@@ -105,7 +105,8 @@ export class Connection {
   alive = true;
   /** When the connection opened (performance.now()); the oldest unauthenticated one is evicted first. */
   readonly openedAt = performance.now();
-  private readonly outbox: Entry[] = [];
+  /** Answers in the order their frames were read; a put's waits here until its batch commits. */
+  private readonly pendingAnswers: Entry[] = [];
   private inFlightBytes = 0;
   /** Over a flow limit (hysteresis: until all are back under half). */
   private flowPaused = false;
@@ -129,6 +130,9 @@ export class Connection {
   private turnBytes = 0;
   private turnFrames = 0;
   private turnMs = 0;
+  private readStarted = 0;
+  /** Of the current read, the time already counted by handle(). */
+  private handledInRead = 0;
   /** Sitting out after a turn that took more than TURN_BUDGET_MS. */
   private cooldown: NodeJS.Timeout | undefined;
   private turnScheduled: NodeJS.Immediate | undefined;
@@ -145,7 +149,19 @@ export class Connection {
   ) {
     // Counted before ws parses the bytes, so a message that completes in this read is released
     // by its 'message' event right after.
-    socket.prependListener('data', (chunk: Buffer) => this.arrived(chunk.length));
+    // Before and after ws parses a read: the time between is what this connection's bytes cost
+    // (copying, unmasking, and the frames handled), counted against its share of the turn.
+    socket.prependListener('data', (chunk: Buffer) => {
+      this.readStarted = performance.now();
+      this.handledInRead = 0;
+      this.arrived(chunk.length);
+    });
+    socket.on('data', () => {
+      if (this.closed) return;
+      this.turnMs += performance.now() - this.readStarted - this.handledInRead;
+      this.scheduleTurn();
+      this.coolDownIfOver();
+    });
     ws.on('message', (data: Buffer, isBinary: boolean) => this.receive(data, isBinary));
     ws.on('ping', () => { this.releasePartial(); this.updateFlow(); });
     ws.on('pong', () => { this.releasePartial(); this.alive = true; });
@@ -172,7 +188,7 @@ export class Connection {
 
   /** True when every frame read so far has been answered and handed to the socket. */
   get settled(): boolean {
-    return this.outbox.length === 0;
+    return this.pendingAnswers.length === 0;
   }
 
   get authenticated(): boolean {
@@ -271,17 +287,23 @@ export class Connection {
     try {
       this.handleFrame(data, isBinary);
     } finally {
-      this.turnMs += performance.now() - started;
-      if (this.turnMs >= TURN_BUDGET_MS && this.cooldown === undefined && !this.closing) {
-        const ms = Math.min(this.turnMs, MAX_COOLDOWN_MS);
-        this.cooldown = setTimeout(() => {
-          this.cooldown = undefined;
-          this.turnMs = 0;
-          this.drain();
-        }, ms);
-        this.applyPause();
-      }
+      const ms = performance.now() - started;
+      this.turnMs += ms;
+      this.handledInRead += ms;
+      this.coolDownIfOver();
     }
+  }
+
+  /** Over this turn's time: sit out as long as the turn took (reading paused, frames wait). */
+  private coolDownIfOver(): void {
+    if (this.turnMs < TURN_BUDGET_MS || this.cooldown !== undefined || this.closing || this.closed) return;
+    const ms = Math.min(this.turnMs, MAX_COOLDOWN_MS);
+    this.cooldown = setTimeout(() => {
+      this.cooldown = undefined;
+      this.turnMs = 0;
+      this.drain();
+    }, ms);
+    this.applyPause();
   }
 
   private handleFrame(data: Buffer, isBinary: boolean): void {
@@ -310,7 +332,7 @@ export class Connection {
       case 'subscribe':
       case 'unsubscribe':
         if (this.subscriptions === undefined) {
-          this.outbox.push({ kind: 'message', message: errorMessage(new SeqgateError('UNKNOWN_TYPE', `unknown message type "${message.type}"`, { field: 'type' })) });
+          this.pendingAnswers.push({ kind: 'message', message: errorMessage(new SeqgateError('UNKNOWN_TYPE', `unknown message type "${message.type}"`, { field: 'type' })) });
           this.flush();
         } else if (message.type === 'subscribe') this.subscriptions.subscribe(message, principal);
         else this.subscriptions.unsubscribe(message.id);
@@ -323,18 +345,18 @@ export class Connection {
       case 'hello': {
         const denied = message.streams.find((stream) => !mayReadStream(principal, stream));
         if (denied !== undefined) {
-          this.outbox.push({ kind: 'message', message: errorMessage(new SeqgateError('FORBIDDEN', `token may not read stream ${denied}`, { stream: denied })) });
+          this.pendingAnswers.push({ kind: 'message', message: errorMessage(new SeqgateError('FORBIDDEN', `token may not read stream ${denied}`, { stream: denied })) });
           this.flush();
           return;
         }
         const entry: Entry = { kind: 'message', message: undefined };
-        this.outbox.push(entry);
+        this.pendingAnswers.push(entry);
         // Heads are read after every earlier put has committed, so they include this client's own.
         void this.ctx.committer.barrier()
           .then(() => this.ctx.store.heads(principal.tenant, message.streams))
           .then((heads) => { entry.message = { ...this.ctx.welcome(), heads: headsForWire(heads) }; })
           .catch((err: Error) => {
-            entry.message = { type: 'error', code: 'STORAGE_UNAVAILABLE', message: `heads unavailable: ${err.message}`, retryable: true };
+            entry.message = { type: 'error', ...errorBody('STORAGE_UNAVAILABLE', `heads unavailable: ${err.message}`) };
           })
           .finally(() => this.flush());
         return;
@@ -357,7 +379,7 @@ export class Connection {
           }
         }
         const entry: Entry = { kind: 'results', results, pending: valid.length, bytes: data.length };
-        this.outbox.push(entry);
+        this.pendingAnswers.push(entry);
         if (valid.length === 0) {
           for (const r of results) this.ctx.metrics.countOutcome(r!.outcome, false, 'ws');
           this.flush();
@@ -385,7 +407,7 @@ export class Connection {
     if (!(caught instanceof SeqgateError)) this.ctx.log.error({ err: caught }, 'unexpected error while reading a frame');
     this.ctx.log.debug({ code: err.code }, 'rejected frame');
     this.ctx.metrics.rejectedFrames.inc({ code: err.code });
-    this.outbox.push({ kind: 'message', message: errorMessage(err) });
+    this.pendingAnswers.push({ kind: 'message', message: errorMessage(err) });
     this.flush();
     if (err.code === 'UNAUTHORIZED') this.close(ERRORS.UNAUTHORIZED.closeCode, 'UNAUTHORIZED');
   }
@@ -417,11 +439,11 @@ export class Connection {
     });
   }
 
-  /** Sends every answer at the front of the outbox that is ready; results coalesce into one frame. */
+  /** Sends every answer at the front of pendingAnswers that is ready; results coalesce into one frame. */
   private flush(): void {
     let batch: WireResult[] = [];
-    while (this.outbox.length > 0) {
-      const head = this.outbox[0]!;
+    while (this.pendingAnswers.length > 0) {
+      const head = this.pendingAnswers[0]!;
       if (head.kind === 'results') {
         if (head.pending > 0) break;
         for (const r of head.results) batch.push(r!);
@@ -433,7 +455,7 @@ export class Connection {
         }
         this.send(head.message);
       }
-      this.outbox.shift();
+      this.pendingAnswers.shift();
     }
     if (batch.length > 0) this.send({ type: 'results', results: batch }, () => reach('after-ack'));
     this.updateFlow();
@@ -448,7 +470,7 @@ export class Connection {
     } catch (err) {
       // Only echoed client values (a ping's nonce) can make encoding fail; answer, never crash.
       this.ctx.log.warn({ err }, 'could not encode an answer');
-      frame = encodeMessage({ type: 'error', code: 'INVALID_MESSAGE', message: 'the answer could not be encoded', retryable: false }, this.format);
+      frame = encodeMessage({ type: 'error', ...errorBody('INVALID_MESSAGE', 'the answer could not be encoded') }, this.format);
     }
     this.ws.send(frame, (err) => {
       if (err === undefined || err === null) sent?.();

@@ -2,8 +2,8 @@ import { createHash, randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import { Unpackr } from 'msgpackr';
-import { ERRORS, SeqgateError, type ErrorCode, type ErrorSpec } from '../errors.js';
-import { CanonicalError, canonicalEncode } from '../protocol/canonical.js';
+import { ERRORS, errorBody, SeqgateError, type ErrorCode, type ErrorSpec } from '../errors.js';
+import { CanonicalError, canonicalEncode, FINGERPRINT_BYTES } from '../protocol/canonical.js';
 import { decodeFrame, encodeMessage, ENVELOPE_DEPTH, type WireFormat } from '../protocol/codec.js';
 import { forbiddenResult, nameProblem, parsePut, wireResult, type Limits, type WireResult } from '../protocol/messages.js';
 import type { DocResult, Store } from '../store/store.js';
@@ -132,7 +132,7 @@ export function createHttpHandler(ctx: HttpContext): (req: IncomingMessage, res:
     const state = canonicalState(await readBody(req), ctx.limits);
     const key = randomUUID();
     if (!mayWrite(principal, null, key)) throw new HttpError('FORBIDDEN', 'token may not create documents with generated keys');
-    const fingerprint = createHash('sha256').update(CREATE_SCOPE).update(state).digest().subarray(0, 16);
+    const fingerprint = createHash('sha256').update(CREATE_SCOPE).update(state).digest().subarray(0, FINGERPRINT_BYTES);
     const slot = `${principal.tenant}\u0000${CREATE_SCOPE}\u0000${idempotencyKey}`;
     // Held in memory only, never on disk: a request that dies with the process cannot wedge its key.
     if (inFlightKeys.has(slot)) {
@@ -379,7 +379,7 @@ function errorReply(err: unknown, req: IncomingMessage, log: Logger): Reply {
     const spec: ErrorSpec = ERRORS[err.code];
     return {
       status: spec.status ?? 400,
-      body: { error: { code: err.code, message: err.message, retryable: spec.retryable, ...err.details } },
+      body: { error: errorBody(err.code, err.message, err.details) },
       headers: err.headers,
     };
   }
@@ -389,7 +389,7 @@ function errorReply(err: unknown, req: IncomingMessage, log: Logger): Reply {
   return { status: 500, body: INTERNAL_ERROR };
 }
 
-const INTERNAL_ERROR = { error: { code: 'STORAGE_UNAVAILABLE', message: 'internal error', retryable: true } };
+const INTERNAL_ERROR = { error: errorBody('STORAGE_UNAVAILABLE', 'internal error') };
 
 /** Last resort when answering itself failed: a 500 if nothing was sent yet, else the connection is cut. */
 function answerInternalError(res: ServerResponse): void {

@@ -3,7 +3,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ConfigError, defaultConfig, type Config } from '../config.js';
-import { ERRORS } from '../errors.js';
+import { ERRORS, errorBody } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
 import { PROTOCOL_VERSION, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK } from '../protocol/codec.js';
 import { limitsOf, type Limits } from '../protocol/messages.js';
@@ -29,7 +29,16 @@ import { TokensFileWatch } from './tokens-file-watch.js';
  * Committer, which hands batches to the Store.
  */
 
-const INTERNAL_ERROR = { code: 'STORAGE_UNAVAILABLE', message: 'internal error', retryable: true };
+const INTERNAL_ERROR = errorBody('STORAGE_UNAVAILABLE', 'internal error');
+
+/** A refused socket whose peer never reads its answer is destroyed after this long anyway. */
+const REFUSED_SOCKET_GRACE_MS = 2000;
+/** Shutdown waits this long for the answers to every put already read to be sent. */
+const SHUTDOWN_ANSWER_WAIT_MS = 5000;
+/** How often shutdown looks whether every connection has sent its answers. */
+const SHUTDOWN_POLL_MS = 5;
+/** Then it waits this long for clients to answer the 1001 close before cutting their sockets. */
+const SHUTDOWN_CLOSE_GRACE_MS = 2000;
 
 /**
  * Answers an upgrade request with an HTTP error and closes the socket once the answer is flushed,
@@ -42,7 +51,7 @@ function refuseSocket(socket: Duplex, status: number, reason: string, error?: ob
     + `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n`;
   socket.end(head + body, () => socket.destroy());
   // A peer that never reads would keep 'finish' from firing.
-  setTimeout(() => socket.destroy(), 2000).unref();
+  setTimeout(() => socket.destroy(), REFUSED_SOCKET_GRACE_MS).unref();
 }
 
 export interface StartOptions {
@@ -128,7 +137,7 @@ export class SeqgateServer {
       changefeed.committed();
       metrics.observeBatch(info);
       options.onBatch?.(info);
-    }), log);
+    }), log, config.batchWaitMs);
     const pruner = new Pruner(store, {
       retentionMs: config.ackRetentionSeconds * 1000,
       idempotencyRetentionMs: config.idempotencyRetentionSeconds * 1000,
@@ -251,7 +260,7 @@ export class SeqgateServer {
       }
       const target = parseRequestTarget(req.url);
       if (target === undefined) {
-        refuseSocket(socket, 400, 'Bad Request', { code: 'INVALID_TARGET', message: 'the request target must be a path such as /', retryable: false });
+        refuseSocket(socket, 400, 'Bad Request', errorBody('INVALID_TARGET', 'the request target must be a path such as /'));
         return;
       }
       // Browsers cannot set headers on a WebSocket: they may pass ?token= or send it in the hello.
@@ -304,12 +313,21 @@ export class SeqgateServer {
    * HTTP connections. A socket counts as HTTP from its accept until it is upgraded or closed.
    */
   private acceptHttp(budget: SharedBudget): void {
+    // A flood must not turn into a flood of log lines: one warning per second at most, with a count.
+    let refused = 0;
+    let lastWarning = -Infinity;
     this.http.on('connection', guarded(this.log, 'HTTP connection', (socket: Socket) => {
       if (this.httpSockets.size >= this.config.maxHttpConnections) {
-        this.log.warn({ remote: socket.remoteAddress, max: this.config.maxHttpConnections }, 'refused an HTTP connection: maxHttpConnections reached');
-        refuseSocket(socket, 503, 'Service Unavailable', {
-          code: 'TOO_MANY_CONNECTIONS', message: 'the server holds maxHttpConnections HTTP connections already', retryable: true,
-        }, 'Retry-After: 1\r\n');
+        refused++;
+        if (performance.now() - lastWarning >= 1000) {
+          lastWarning = performance.now();
+          this.log.warn({ refused, max: this.config.maxHttpConnections }, 'refused HTTP connections: maxHttpConnections reached');
+          refused = 0;
+        }
+        refuseSocket(
+          socket, 503, 'Service Unavailable',
+          errorBody('TOO_MANY_CONNECTIONS', 'the server holds maxHttpConnections HTTP connections already'), 'Retry-After: 1\r\n',
+        );
         return;
       }
       this.httpSockets.add(socket);
@@ -412,15 +430,15 @@ export class SeqgateServer {
       await this.pruner.stop();
       await this.committer.idle();
       await this.changefeed.stop();
-      const deadline = Date.now() + 5000;
+      const deadline = Date.now() + SHUTDOWN_ANSWER_WAIT_MS;
       while ([...this.connections].some((c) => !c.settled) && Date.now() < deadline) {
-        await new Promise((resolve) => setTimeout(resolve, 5));
+        await new Promise((resolve) => setTimeout(resolve, SHUTDOWN_POLL_MS));
       }
       const closed = [...this.connections].map((conn) => new Promise<void>((resolve) => {
         conn.ws.once('close', () => resolve());
         conn.close(ERRORS.GOING_AWAY.closeCode, 'GOING_AWAY');
       }));
-      await Promise.race([Promise.all(closed), new Promise((resolve) => setTimeout(resolve, 2000))]);
+      await Promise.race([Promise.all(closed), new Promise((resolve) => setTimeout(resolve, SHUTDOWN_CLOSE_GRACE_MS))]);
       for (const conn of this.connections) conn.ws.terminate();
       this.wss.close();
       await this.store.close();

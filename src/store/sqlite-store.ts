@@ -69,6 +69,14 @@ interface AckRow {
 
 const OUTCOME_CODES = { applied: 0, version_conflict: 1 } as const;
 
+/**
+ * How long a statement waits for a lock held by another connection to the file (the background
+ * checkpointer, an operator's sqlite3 shell) before it fails, and with it the batch, retryably.
+ */
+const BUSY_TIMEOUT_MS = 5000;
+/** maxWalBytes when the options leave it out (the option's default, src/config.ts). */
+const DEFAULT_MAX_WAL_BYTES = 64 * 1024 * 1024;
+
 class ProbeDone extends Error {}
 
 
@@ -107,11 +115,11 @@ export class SqliteStore implements Store {
     // better-sqlite3 defaults WAL to synchronous=NORMAL, so FULL must be explicit.
     this.db.pragma('journal_mode = WAL');
     this.db.pragma(`synchronous = ${options.synchronous === 'full' ? 'FULL' : 'NORMAL'}`);
-    this.db.pragma('busy_timeout = 5000');
+    this.db.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`);
     if (options.maxPages) this.db.pragma(`max_page_count = ${options.maxPages}`);
     this.openedSchemaVersion = migrate(this.db);
     this.incarnation = (this.db.prepare("SELECT value FROM meta WHERE name = 'incarnation'").get() as { value: string }).value;
-    const maxWalBytes = options.maxWalBytes ?? 64 * 1024 * 1024;
+    const maxWalBytes = options.maxWalBytes ?? DEFAULT_MAX_WAL_BYTES;
     this.maxWalBytes = maxWalBytes;
     if (options.walCheckpoint === 'background' && options.path !== ':memory:' && options.path !== '') {
       this.db.pragma('wal_autocheckpoint = 0');

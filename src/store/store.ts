@@ -48,8 +48,6 @@ export interface Head {
   readonly prunedThrough: number;
 }
 
-export const EMPTY_HEAD: Head = { epoch: 0, seq: 0, prunedThrough: 0 };
-
 export type Rejection =
   | { readonly outcome: 'sequence_reused'; readonly code: 'SEQUENCE_REUSED' }
   | { readonly outcome: 'fenced'; readonly code: 'FENCED'; readonly epoch: number }

@@ -19,7 +19,7 @@ import { mutate, type Mutation } from './msgpack-forge.js';
  * before authentication and the routes behind it (with the fuzz token) are reached.
  *
  * Seeds and replay commands are printed as in frames.test.ts (test/fuzz/harness.ts). Longer runs:
- * `npm run fuzz:http` (SEQGATE_FUZZ_RUNS_FACTOR=20), or set the factor yourself.
+ * `npm run fuzz:http` (SEQGATE_FUZZ_RUNS_FACTOR=20, both modes), or set the factor yourself.
  */
 
 const FUZZ_TOKEN = `F${randomBytes(18).toString('base64url')}`;
@@ -37,22 +37,27 @@ let child: ChildServer;
 let control: TestClient;
 let controlSeq = 0;
 
-beforeAll(async () => {
-  db = tempDb('seqgate-fuzz-http-');
-  child = new ChildServer({
-    dbPath: db.dbPath,
-    args: ['--log-level', 'info'],
-    env: { SEQGATE_TOKENS: TOKENS },
-  });
-  await child.start();
-  control = await TestClient.connect(child.url, 'msgpack', { headers: { authorization: `Bearer ${CONTROL_TOKEN}` } });
-});
+/**
+ * Server modes to fuzz: tokens by default (refusals before authentication and, with the fuzz
+ * token, the routes behind it); SEQGATE_FUZZ_HTTP_MODES=tokens,open adds an open server, whose
+ * routes every case reaches (`npm run fuzz:http` runs both).
+ */
+const MODES = (process.env.SEQGATE_FUZZ_HTTP_MODES || 'tokens').split(',').map((m) => m.trim()) as Array<'tokens' | 'open'>;
+for (const m of MODES) if (m !== 'tokens' && m !== 'open') throw new Error(`SEQGATE_FUZZ_HTTP_MODES: unknown mode ${m}`);
 
-afterAll(async () => {
+async function startChild(mode: 'tokens' | 'open'): Promise<void> {
+  db = tempDb('seqgate-fuzz-http-');
+  child = new ChildServer({ dbPath: db.dbPath, args: ['--log-level', 'info'], env: mode === 'tokens' ? { SEQGATE_TOKENS: TOKENS } : {} });
+  await child.start();
+  control = await TestClient.connect(child.url, 'msgpack', { headers: mode === 'tokens' ? { authorization: `Bearer ${CONTROL_TOKEN}` } : {} });
+  controlSeq = 0;
+}
+
+async function stopChild(): Promise<void> {
   control?.ws.terminate();
   await child?.dispose();
   db?.remove();
-});
+}
 
 // ---------------------------------------------------------------------------------------------
 // One case: write the pieces, half-close, collect the answer until the server closes.
@@ -213,39 +218,51 @@ const upgradeTargetArb = fc.oneof(
 
 // ---------------------------------------------------------------------------------------------
 
-describe('fuzzed raw HTTP against the real server process (tokens mode)', () => {
-  const timeout = 120_000 * FACTOR;
+/** runProperty, whose replay command also needs the mode when it is not the default one. */
+async function runInMode<Ts>(mode: string, property: fc.IAsyncPropertyWithHooks<Ts>, options: Parameters<typeof runProperty>[1]): Promise<void> {
+  try {
+    await runProperty(property, options);
+  } catch (err) {
+    if (mode === 'tokens') throw err;
+    throw new Error(`${(err as Error).message}\n(prefix the replay command with SEQGATE_FUZZ_HTTP_MODES=${mode})`, { cause: err });
+  }
+}
 
-  it('fuzzed request lines, headers and bodies never end the process, never get a 5xx, and leave it serving HTTP and WebSocket', async () => {
+for (const mode of MODES) describe(`fuzzed raw HTTP against the real server process (${mode} mode)`, () => {
+  const timeout = 120_000 * FACTOR;
+  beforeAll(() => startChild(mode));
+  afterAll(stopChild);
+
+  it(`${mode} mode: fuzzed request lines, headers and bodies never end the process, never get a 5xx, and leave it serving HTTP and WebSocket`, async () => {
     const counters: Counters = {};
-    await runProperty(fc.asyncProperty(
+    await runInMode(mode, fc.asyncProperty(
       methodArb, targetArb, versionArb, fc.array(headerArb, { maxLength: 6 }), bodyArb, fc.boolean(), mutationsArb, cutsArb, fc.nat(3),
       async (method, target, version, headers, body, withLength, mutations, cuts, closeChance) => {
         const bytes = mutate({ bytes: requestBytes(method, target, version, headers, body, withLength), headers: [] }, mutations);
         await runCase(bytes, cuts, closeChance !== 0, counters);
       },
-    ), { fileUrl: import.meta.url, name: 'raw HTTP requests', numRuns: 150, counters });
+    ), { fileUrl: import.meta.url, name: `raw HTTP requests (${mode})`, numRuns: 150, counters });
   }, timeout);
 
-  it('fuzzed WebSocket upgrade requests never end the process, never get a 5xx, and leave it serving HTTP and WebSocket', async () => {
+  it(`${mode} mode: fuzzed WebSocket upgrade requests never end the process, never get a 5xx, and leave it serving HTTP and WebSocket`, async () => {
     const counters: Counters = {};
-    await runProperty(fc.asyncProperty(
+    await runInMode(mode, fc.asyncProperty(
       upgradeTargetArb, fc.subarray(UPGRADE_HEADERS), fc.array(upgradeHeaderArb, { maxLength: 5 }), bodyArb, mutationsArb, cutsArb, fc.nat(3),
       async (target, base, extra, trailing, mutations, cuts, closeChance) => {
         const bytes = mutate({ bytes: Buffer.concat([requestBytes('GET', target, 'HTTP/1.1', [...base, ...extra], '', false), Buffer.from(trailing, 'latin1')]), headers: [] }, mutations);
         await runCase(bytes, cuts, closeChance !== 0, counters);
       },
-    ), { fileUrl: import.meta.url, name: 'raw WebSocket upgrades', numRuns: 120, counters });
+    ), { fileUrl: import.meta.url, name: `raw WebSocket upgrades (${mode})`, numRuns: 120, counters });
   }, timeout);
 
-  it('random bytes on a raw socket never end the process and leave it serving HTTP and WebSocket', async () => {
+  it(`${mode} mode: random bytes on a raw socket never end the process and leave it serving HTTP and WebSocket`, async () => {
     const counters: Counters = {};
-    await runProperty(fc.asyncProperty(
+    await runInMode(mode, fc.asyncProperty(
       fc.oneof(fc.uint8Array({ maxLength: 256 }), ascii(256).map((s) => Uint8Array.from(Buffer.from(s, 'latin1')))), cutsArb, fc.nat(3),
       async (bytes, cuts, closeChance) => {
         await runCase(Buffer.from(bytes), cuts, closeChance !== 0, counters);
       },
-    ), { fileUrl: import.meta.url, name: 'raw random bytes', numRuns: 60, counters });
+    ), { fileUrl: import.meta.url, name: `raw random bytes (${mode})`, numRuns: 60, counters });
     expect(child.running).toBe(true);
   }, timeout);
 });

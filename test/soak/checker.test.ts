@@ -31,7 +31,7 @@ beforeAll(async () => {
     keepDb: true,
   });
   dir = mkdtempSync(join(tmpdir(), 'seqgate-checker-'));
-}, 60_000);
+}, 120_000);
 
 afterAll(() => {
   if (dir !== undefined) rmSync(dir, { recursive: true, force: true });

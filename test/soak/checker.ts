@@ -15,6 +15,8 @@ import { EPOCH, stateOf, type PutRecord, type StreamBook } from './workload.js';
  *   exactly the applied puts (a state write +1, a delete of an existing document +1);
  * - state: each document holds the canonical payload of its last applied put, so the head seq's
  *   document holds the head put's payload; heads and ack counts match the acked writes.
+ * - change log: each tenant's offsets run 1..last without a gap, and replaying the log from the
+ *   start gives exactly the stored documents (version, deleted, state).
  */
 
 export interface CheckResult {
@@ -169,12 +171,43 @@ export function checkDatabase(path: string, seed: number, books: readonly Stream
     }
     const keys = checker.documentKeys();
     if (keys.length !== documents) fail(`${keys.length} documents in the database, ${documents} expected from the acked writes`);
+    checkChangeLog(raw, fail);
 
     return { violations, violationCount, integrity, ackRows, documents, streams: streams.length, unresolved };
   } finally {
     raw.close();
     checker.close();
   }
+}
+
+/** The change log against the documents: no gap in offsets, and its replay is the documents. */
+function checkChangeLog(raw: Database.Database, fail: (message: string) => void): void {
+  // A snapshot of a PostgreSQL run, or a database from before the changefeed, has no log to check.
+  if (raw.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'changes'").get() === undefined) return;
+  const replayed = new Map<string, { version: number; deleted: number; state: Buffer | null }>();
+  const counted = new Map<string, { n: number; last: number }>();
+  for (const r of raw.prepare('SELECT tenant, offset, key, version, deleted, state FROM changes ORDER BY tenant, offset').iterate() as Iterable<{
+    tenant: string; offset: number; key: string; version: number; deleted: number; state: Buffer | null;
+  }>) {
+    const c = counted.get(r.tenant) ?? { n: 0, last: 0 };
+    if (r.offset !== c.last + 1) fail(`change log of ${r.tenant}: offset ${r.offset} follows ${c.last}`);
+    counted.set(r.tenant, { n: c.n + 1, last: r.offset });
+    replayed.set(`${r.tenant}\u0000${r.key}`, { version: r.version, deleted: r.deleted, state: r.state });
+  }
+  for (const l of raw.prepare('SELECT tenant, last_offset FROM change_logs').all() as Array<{ tenant: string; last_offset: number }>) {
+    const c = counted.get(l.tenant);
+    if (c?.last !== l.last_offset) fail(`change log of ${l.tenant}: ends at ${c?.last ?? 0}, its row says ${l.last_offset}`);
+  }
+  const docs = raw.prepare('SELECT tenant, key, version, deleted, state FROM documents').all() as Array<{
+    tenant: string; key: string; version: number; deleted: number; state: Buffer | null;
+  }>;
+  for (const d of docs) {
+    const r = replayed.get(`${d.tenant}\u0000${d.key}`);
+    if (r === undefined || r.version !== d.version || r.deleted !== d.deleted || !isDeepStrictEqual(r.state, d.state)) {
+      fail(`document ${d.key}: version ${d.version} deleted ${d.deleted === 1}; replaying the change log gives ${r === undefined ? 'nothing' : `version ${r.version} deleted ${r.deleted === 1}${isDeepStrictEqual(r.state, d.state) ? '' : ' with another state'}`}`);
+    }
+  }
+  if (replayed.size !== docs.length) fail(`the change log names ${replayed.size} documents, the database holds ${docs.length}`);
 }
 
 function fingerprintOf(seed: number, rec: PutRecord): Buffer {

@@ -1,4 +1,5 @@
 import { decideOutcome } from './core/outcome.js';
+import { Subscription, type OffsetStore, type SubscribeOptions } from './subscription.js';
 import { later, numberBatch, renumber } from './core/numbering.js';
 import { planReconcile } from './core/reconcile.js';
 import { Emitter } from './emitter.js';
@@ -329,6 +330,21 @@ export class SeqgateClient extends Emitter<ClientEvents> {
    * answered, then closes the socket. Puts still unanswered reject with ClientClosedError and are
    * listed in the report; a durable outbox keeps them for the next client.
    */
+  /**
+   * Follows the changefeed (PROTOCOL.md §16) under `prefix` on its own connection, with this
+   * client's URL, WebSocket and token. The offset is kept in this client's outbox when the outbox
+   * can hold offsets (SqliteOutbox does), so a restarted app resumes where it stopped; otherwise
+   * in memory. See subscription.ts.
+   */
+  subscribe(prefix: string, options: Omit<SubscribeOptions, 'url' | 'prefix' | 'WebSocket' | 'token'>): Promise<Subscription> {
+    const outbox = this.outbox as Partial<OffsetStore>;
+    const offsets = options.offsets ?? (typeof outbox.loadOffset === 'function' && typeof outbox.saveOffset === 'function' ? outbox as OffsetStore : undefined);
+    return Subscription.start({
+      ...options, url: this.url, prefix, WebSocket: this.WebSocketCtor, ...(this.token !== undefined ? { token: this.token } : {}),
+      ...(offsets !== undefined ? { offsets } : {}),
+    });
+  }
+
   close(options: { timeoutMs?: number } = {}): Promise<CloseReport> {
     this.closePromise ??= this.shutdown(options.timeoutMs ?? 10_000);
     return this.closePromise;
@@ -555,7 +571,8 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     this.seenFlushScheduled = true;
     setTimeout(() => {
       this.seenFlushScheduled = false;
-      if (this.seen.length === 0 || this.settleScheduled) return;
+      // After close() the outbox may be closed too; what is left is reported again next time.
+      if (this.closed || this.seen.length === 0 || this.settleScheduled) return;
       void this.run(() => this.flushSeen());
     }, 0);
   }

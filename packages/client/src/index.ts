@@ -15,3 +15,7 @@ export {
   type Limits, type Position, type PutOptions, type PutRef, type PutResult, type PutSettlement, type RollbackInfo,
   type RollbackPolicy, type StateChange, type WelcomeInfo,
 } from './types.js';
+export {
+  Subscription, MemoryOffsetStore, IdempotentConsumer, MemoryVersionStore, SubscriptionOffsetError, SubscriptionRefusedError,
+  type Change, type OffsetStore, type SubscribeOptions, type VersionStore,
+} from './subscription.js';

@@ -1,4 +1,5 @@
 import { mkdirSync } from 'node:fs';
+import type { OffsetStore, VersionStore } from './subscription.js';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import type { AnswerEntry, Outbox, OutboxEntry, StreamRecord } from './outbox.js';
@@ -43,7 +44,7 @@ interface EntryRow {
 const SCHEMA_VERSION = 2;
 
 /** One file can hold the outboxes of many streams (one client per stream). */
-export class SqliteOutbox implements Outbox {
+export class SqliteOutbox implements Outbox, OffsetStore, VersionStore {
   readonly durable = true;
   private readonly db: Database.Database;
   private readonly stmt;
@@ -92,8 +93,18 @@ export class SqliteOutbox implements Outbox {
         this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
       }).immediate();
     }
+    // The changefeed's offsets and applied versions live next to the entries (subscription.ts);
+    // tables an older client does not know leave its schema version alone.
+    this.db.exec(`
+      CREATE TABLE IF NOT EXISTS changefeed_offsets (name TEXT PRIMARY KEY, "offset" TEXT NOT NULL) WITHOUT ROWID;
+      CREATE TABLE IF NOT EXISTS changefeed_versions (key TEXT PRIMARY KEY, version INTEGER NOT NULL) WITHOUT ROWID;
+    `);
     const db = this.db;
     this.stmt = {
+      getOffset: db.prepare<[string], { offset: string }>('SELECT "offset" FROM changefeed_offsets WHERE name = ?'),
+      putOffset: db.prepare<[string, string]>('INSERT INTO changefeed_offsets (name, "offset") VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET "offset" = excluded."offset"'),
+      getVersion: db.prepare<[string], { version: number }>('SELECT version FROM changefeed_versions WHERE key = ?'),
+      putVersion: db.prepare<[string, number]>('INSERT INTO changefeed_versions (key, version) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET version = max(version, excluded.version)'),
       getRecord: db.prepare<[string], RecordRow>(
         'SELECT epoch, next_seq, acked_epoch, acked_seq, incarnation, checkpoint FROM streams WHERE stream = ?'),
       getEntries: db.prepare<[string], EntryRow>(
@@ -171,6 +182,22 @@ export class SqliteOutbox implements Outbox {
 
   async forget(stream: string): Promise<void> {
     this.tx.forget.immediate(stream);
+  }
+
+  async loadOffset(name: string): Promise<string | null> {
+    return this.stmt.getOffset.get(name)?.offset ?? null;
+  }
+
+  async saveOffset(name: string, offset: string): Promise<void> {
+    this.stmt.putOffset.run(name, offset);
+  }
+
+  async appliedVersion(key: string): Promise<number | undefined> {
+    return this.stmt.getVersion.get(key)?.version;
+  }
+
+  async markApplied(key: string, version: number): Promise<void> {
+    this.stmt.putVersion.run(key, version);
   }
 
   close(): void {

@@ -128,7 +128,7 @@ function writeBigInt(w: Writer, v: bigint): void {
   w.pos += 9;
 }
 
-export function writeHeader(w: Writer, len: number, fix: number, fixMax: number, op8: number | null, op16: number, op32: number): void {
+function writeHeader(w: Writer, len: number, fix: number, fixMax: number, op8: number | null, op16: number, op32: number): void {
   if (len <= fixMax) return w.byte(fix | len);
   if (op8 !== null && len <= 0xff) { w.ensure(2); w.buf[w.pos] = op8; w.buf[w.pos + 1] = len; w.pos += 2; return; }
   if (len <= 0xffff) { w.ensure(3); w.buf[w.pos] = op16; w.view.setUint16(w.pos + 1, len); w.pos += 3; return; }
@@ -198,7 +198,9 @@ function keySortString(k: string | number | bigint, limits: CanonicalLimits, pat
     if (n <= 0xffff) return String.fromCharCode(0xda, n >> 8, n & 0xff) + k;
     return String.fromCharCode(0xdb, (n >>> 24) & 0xff, (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff) + k;
   }
-  const kw = new Writer(16, limits.maxBytes, path, limits.bytesLimitName);
+  // One writer for every key: a key is encoded whole before the next one (no user code runs).
+  const kw = keyWriter;
+  kw.reset(limits.maxBytes, path, limits.bytesLimitName);
   if (typeof k === 'string') writeString(kw, k);
   else if (typeof k === 'number') writeNumberInt(kw, k);
   else writeBigInt(kw, k);
@@ -206,6 +208,8 @@ function keySortString(k: string | number | bigint, limits: CanonicalLimits, pat
   for (let i = 0; i < kw.pos; i++) out += String.fromCharCode(kw.buf[i]!);
   return out;
 }
+
+const keyWriter = new Writer(64, 0, '', '');
 
 function isPlainObject(v: object): v is Record<string, unknown> {
   const proto = Object.getPrototypeOf(v);
