@@ -34,11 +34,6 @@ export function changeJson(change: Change, incarnation: string): string {
     + `"origin":${JSON.stringify(change.origin)},"committedAt":${change.committedAt}}`;
 }
 
-/** A JSON array of changes, as one text. */
-export function changesJsonArray(changes: readonly Change[], incarnation: string): string {
-  return `[${changes.map((c) => changeJson(c, incarnation)).join(',')}]`;
-}
-
 /** The msgpack form's value (encoded by the connection's codec). */
 export function changeForMsgpack(change: Change, incarnation: string): WireChange {
   return {

@@ -10,7 +10,7 @@
  * server never mints them.
  */
 
-export const OFFSET_DIGITS = 16;
+const OFFSET_DIGITS = 16;
 const MAX_POSITION = 10 ** OFFSET_DIGITS - 1;
 const TOKEN = /^(\d{16})_([0-9a-f]{8})$/;
 

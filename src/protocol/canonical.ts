@@ -15,8 +15,8 @@ export function canonicalEncode(value: unknown, limits: CanonicalLimits, path: s
   return Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength);
 }
 
-/** A fingerprint is this many leading bytes of the SHA-256 (PROTOCOL.md §6.4). */
-const FINGERPRINT_BYTES = 16;
+/** A fingerprint is this many leading bytes of the SHA-256 (PROTOCOL.md §6.4; Idempotency-Key records too). */
+export const FINGERPRINT_BYTES = 16;
 
 /** Keys and ifVersion are bounded by their own limits before they are fingerprinted. */
 const UNBOUNDED: CanonicalLimits = {

@@ -12,7 +12,7 @@ export function stateJsonText(state: Buffer): string | undefined {
   return valueToJson(stateReader.unpack(state));
 }
 
-export function valueToJson(value: unknown): string | undefined {
+function valueToJson(value: unknown): string | undefined {
   if (typeof value === 'number' && !Number.isFinite(value)) return undefined;
   if (value === null || typeof value === 'boolean' || typeof value === 'number' || typeof value === 'string') {
     return JSON.stringify(value);

@@ -34,7 +34,7 @@ export interface ChangesHttpContext {
 }
 
 /** Most changes in one response, and most log offsets one request looks at for a filtered read. */
-export const MAX_CHANGES_PER_RESPONSE = 1000;
+const MAX_CHANGES_PER_RESPONSE = 1000;
 const MAX_SCAN = 10_000;
 const SNAPSHOT_PAGE = 1000;
 const SSE_KEEPALIVE_MS = 15_000;
@@ -74,7 +74,7 @@ export function createChangesHandler(ctx: ChangesHttpContext): (req: IncomingMes
   const readPage = async (read: Read, after: number, scanBudget = MAX_SCAN * 10): Promise<Page> => {
     let from = after;
     for (;;) {
-      const page = await ctx.store.readChanges(read.tenant, { after: from, prefixes: read.prefixes, limit: read.limit, maxScan: MAX_SCAN });
+      const page = await ctx.feed.read(read.tenant, { after: from, prefixes: read.prefixes, limit: read.limit, maxScan: MAX_SCAN });
       if (page.expired) {
         throw new ChangesError('OFFSET_EXPIRED', `changes after offset ${offset(from)} were removed by retention; restart from GET /v1/changes/snapshot`, {
           earliest: offset(page.trimmedThrough),

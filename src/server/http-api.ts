@@ -3,7 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import { Unpackr } from 'msgpackr';
 import { ERRORS, errorBody, SeqgateError, type ErrorCode, type ErrorSpec } from '../errors.js';
-import { CanonicalError, canonicalEncode } from '../protocol/canonical.js';
+import { CanonicalError, canonicalEncode, FINGERPRINT_BYTES } from '../protocol/canonical.js';
 import { decodeFrame, encodeMessage, ENVELOPE_DEPTH, type WireFormat } from '../protocol/codec.js';
 import { forbiddenResult, nameProblem, parsePut, wireResult, type Limits, type WireResult } from '../protocol/messages.js';
 import type { DocResult, Store } from '../store/store.js';
@@ -132,7 +132,7 @@ export function createHttpHandler(ctx: HttpContext): (req: IncomingMessage, res:
     const state = canonicalState(await readBody(req), ctx.limits);
     const key = randomUUID();
     if (!mayWrite(principal, null, key)) throw new HttpError('FORBIDDEN', 'token may not create documents with generated keys');
-    const fingerprint = createHash('sha256').update(CREATE_SCOPE).update(state).digest().subarray(0, 16);
+    const fingerprint = createHash('sha256').update(CREATE_SCOPE).update(state).digest().subarray(0, FINGERPRINT_BYTES);
     const slot = `${principal.tenant}\u0000${CREATE_SCOPE}\u0000${idempotencyKey}`;
     // Held in memory only, never on disk: a request that dies with the process cannot wedge its key.
     if (inFlightKeys.has(slot)) {

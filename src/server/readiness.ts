@@ -13,7 +13,7 @@ import type { Store } from '../store/store.js';
 /** How long /readyz waits for a probe (HTTP.md §9); Kubernetes probes time out after 1 s by default, many balancers after 2–5 s. */
 export const READINESS_TIMEOUT_MS = 2000;
 
-export class ReadinessTimeoutError extends Error {
+class ReadinessTimeoutError extends Error {
   override readonly name = 'ReadinessTimeoutError';
   readonly code = 'READINESS_TIMEOUT';
 }

@@ -128,7 +128,7 @@ function writeBigInt(w: Writer, v: bigint): void {
   w.pos += 9;
 }
 
-export function writeHeader(w: Writer, len: number, fix: number, fixMax: number, op8: number | null, op16: number, op32: number): void {
+function writeHeader(w: Writer, len: number, fix: number, fixMax: number, op8: number | null, op16: number, op32: number): void {
   if (len <= fixMax) return w.byte(fix | len);
   if (op8 !== null && len <= 0xff) { w.ensure(2); w.buf[w.pos] = op8; w.buf[w.pos + 1] = len; w.pos += 2; return; }
   if (len <= 0xffff) { w.ensure(3); w.buf[w.pos] = op16; w.view.setUint16(w.pos + 1, len); w.pos += 3; return; }
