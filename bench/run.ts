@@ -494,7 +494,7 @@ async function main(): Promise<void> {
 
   const micro: MicroRow[] = [];
   if (!args['skip-micro']) {
-    for (const file of ['codec.bench.js', 'gate.bench.js', 'store-batch.bench.js', 'file-identity.bench.js']) {
+    for (const file of ['codec.bench.js', 'gate.bench.js', 'store-batch.bench.js', 'file-identity.bench.js', 'changefeed.bench.js']) {
       log(`micro ${file}`);
       micro.push(...await runMicro(file));
     }

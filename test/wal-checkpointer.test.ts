@@ -1,6 +1,8 @@
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { putFingerprint } from '../src/protocol/canonical.js';
 import { SqliteStore } from '../src/store/sqlite-store.js';
@@ -57,9 +59,9 @@ describe('background WAL checkpoints', () => {
     await writeBatches(store, 300, 10, () => { maxWal = Math.max(maxWal, statSync(`${path}-wal`).size); });
     const checkpointer = store.walCheckpointer!;
     const deadline = Date.now() + 5000;
-    while (checkpointer.checkpoints === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    while (checkpointer.productive === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
     expect(checkpointer.checkpoints).toBeGreaterThan(0);
-    expect(checkpointer.last!.checkpointed).toBeGreaterThan(0);
+    expect(checkpointer.productive).toBeGreaterThan(0);
     // Past the bound the store finishes a checkpoint between batches and the WAL rewinds: a few
     // batches (about 150 KiB each here) over the bound at most, against 9 MiB written.
     expect(maxWal).toBeLessThan(2 * MAX_WAL);
@@ -74,6 +76,21 @@ describe('background WAL checkpoints', () => {
     } finally {
       await again.close();
     }
+  });
+
+  it('closes in a process with nothing else to do, instead of exiting while close() awaits the worker', () => {
+    // The compiled store (npm run build), as a tool or script would load it.
+    const storeModule = fileURLToPath(new URL('../dist/src/store/sqlite-store.js', import.meta.url));
+    const script = `
+      import { SqliteStore } from ${JSON.stringify(storeModule)};
+      const store = new SqliteStore({ path: ${JSON.stringify(tempPath())}, synchronous: 'full', contiguous: false, ackCapPerStream: 10, walCheckpoint: 'background' });
+      await store.ready();
+      await store.close();
+      console.log('closed');`;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 20_000 });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(r.stdout.trim()).toBe('closed');
   });
 
   it('leaves checkpoints to SQLite inside the commit with walCheckpoint commit (the default of the store class)', async () => {

@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import type { ChangeLog } from '../store/change-log.js';
+import type { ChangeLog, ChangePage, ChangeQuery } from '../store/change-log.js';
 
 /**
  * Tells waiting readers (long-polls, SSE streams, WebSocket subscriptions) that their tenant's log
@@ -21,6 +21,8 @@ export interface ChangeFeedOptions {
 
 export class ChangeFeed {
   private readonly waiters = new Map<string, Set<Waiter>>();
+  /** Reads in progress or just done, shared by readers asking the same thing in the same turn. */
+  private readonly shared = new Map<string, Promise<ChangePage>>();
   private checking = false;
   private again = false;
   private pollTimer: NodeJS.Timeout | undefined;
@@ -59,8 +61,29 @@ export class ChangeFeed {
     });
   }
 
+  /**
+   * Reads a page of the log. Readers woken by one commit all ask for the same page (same tenant,
+   * offset and prefix): the first one's read serves them all until the event loop turns, so 1,000
+   * subscribers of one prefix cost one read, not 1,000. Every commit on this server clears the
+   * shared pages (poke), so a reader woken by a commit never gets a page from before it; a commit
+   * by another server is seen after the turn, when the page is forgotten.
+   */
+  read(tenant: string, query: ChangeQuery): Promise<ChangePage> {
+    const key = `${tenant}\u0000${query.after}\u0000${query.limit}\u0000${query.maxScan}\u0000${query.prefixes.join('\u0000')}`;
+    let page = this.shared.get(key);
+    if (page === undefined) {
+      page = this.log.readChanges(tenant, query);
+      this.shared.set(key, page);
+      const forget = (): void => { setImmediate(() => this.shared.delete(key)); };
+      page.then(forget, forget);
+    }
+    return page;
+  }
+
   /** A batch committed: check the tails of the tenants someone waits on. */
   poke(): void {
+    // A page read before this commit must not be handed to a reader woken by it.
+    this.shared.clear();
     if (this.waiters.size === 0) return;
     if (this.checking) {
       this.again = true;

@@ -74,7 +74,7 @@ export function createChangesHandler(ctx: ChangesHttpContext): (req: IncomingMes
   const readPage = async (read: Read, after: number, scanBudget = MAX_SCAN * 10): Promise<Page> => {
     let from = after;
     for (;;) {
-      const page = await ctx.store.readChanges(read.tenant, { after: from, prefixes: read.prefixes, limit: read.limit, maxScan: MAX_SCAN });
+      const page = await ctx.feed.read(read.tenant, { after: from, prefixes: read.prefixes, limit: read.limit, maxScan: MAX_SCAN });
       if (page.expired) {
         throw new ChangesError('OFFSET_EXPIRED', `changes after offset ${offset(from)} were removed by retention; restart from GET /v1/changes/snapshot`, {
           earliest: offset(page.trimmedThrough),

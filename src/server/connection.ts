@@ -47,6 +47,11 @@ const MAX_COOLDOWN_MS = 1000;
 /** How long a connection the server closes has to complete the close handshake, in ms. */
 export const CLOSE_GRACE_MS = 1000;
 /**
+ * Bytes a closing connection is still read (never handled) to find the client's close frame behind
+ * what it had in flight; a client that sends more is not read from again before it is dropped.
+ */
+export const CLOSING_READ_BYTES = 64 * 1024;
+/**
  * Unsent bytes an unauthenticated connection may have queued (its pongs and errors) before the
  * server stops reading from it: it has no results to wait for, so it needs far less than
  * outboundHighWaterBytes, and many of them must not add up to much.
@@ -120,8 +125,8 @@ export class Connection {
   private closed = false;
   /** The server decided to close: nothing read from now on is handled. */
   private closing = false;
-  /** Closing for shutdown: reading goes on (unhandled) so the close handshake completes quickly. */
-  private readWhileClosing = false;
+  /** Bytes still to be read (unhandled) after the close decision, to find the client's close frame. */
+  private closingReadBytes = CLOSING_READ_BYTES;
   /** Shutdown: no more reading, but what was read is still answered. */
   private stoppedForGood = false;
   private flushScheduled = false;
@@ -202,6 +207,10 @@ export class Connection {
 
   private arrived(bytes: number): void {
     if (this.closed) return;
+    if (this.closing) {
+      this.closingReadBytes -= bytes;
+      if (this.closingReadBytes <= 0) this.applyPause();
+    }
     this.partialBytes += bytes;
     this.addBudget(bytes);
     if (this.principalOrNone === undefined) {
@@ -532,16 +541,16 @@ export class Connection {
 
   /**
    * Reading is paused while over a flow limit, while frames wait for the next turn, and after
-   * shutdown stopped it. A connection closed for shutdown reads again (dropping every frame
-   * unhandled) only to find the client's close frame, and only if the client reads: one that
-   * leaves its answers unread will not answer the close either. Any other closing connection
-   * reads nothing more: even unhandled, a client's megabyte frames cost copying and unmasking,
-   * and it sees the close code in the close frame it was sent whether or not its answer is read.
+   * shutdown stopped it. A closing connection reads again (dropping every frame unhandled) only to
+   * find the client's close frame: only if the client reads (one that leaves its answers unread
+   * will not answer the close either), and only CLOSING_READ_BYTES of it, because even unhandled,
+   * a client's megabyte frames cost copying and unmasking. A client that is not read sees the
+   * close code anyway, in the close frame it was sent.
    */
   private applyPause(): void {
     if (this.closed) return;
     const pause = this.closing
-      ? !this.readWhileClosing || this.ws.bufferedAmount > this.outboundLimit
+      ? this.closingReadBytes <= 0 || this.ws.bufferedAmount > this.outboundLimit
       : this.stoppedForGood || this.flowPaused || this.partialPaused || this.cooldown !== undefined || this.inbound.length > 0;
     if (pause === this.socketPaused) return;
     this.socketPaused = pause;
@@ -572,7 +581,6 @@ export class Connection {
    */
   close(code: number, reason: string): void {
     if (this.closing || this.closed) return;
-    this.readWhileClosing = code === ERRORS.GOING_AWAY.closeCode;
     this.decidedToClose();
     this.ws.close(code, reason);
   }

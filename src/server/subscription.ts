@@ -8,7 +8,7 @@ import { readablePrefixes } from '../feed/read-scope.js';
 import { encodeMessage, type WireFormat } from '../protocol/codec.js';
 import type { CorrelationId } from '../protocol/messages.js';
 import type { SubscribeMessage } from '../protocol/subscribe-messages.js';
-import type { ChangeLog } from '../store/change-log.js';
+import type { Change, ChangeLog } from '../store/change-log.js';
 import type { Principal } from './auth.js';
 
 /**
@@ -39,6 +39,14 @@ export interface SubscriptionHost {
 }
 
 const MAX_SUBSCRIPTIONS_PER_CONNECTION = 64;
+
+/** Subscribers sharing a page (ChangeFeed.read) share its changes' JSON too: encoded once, sent to all. */
+const encoded = new WeakMap<Change, string>();
+function jsonOf(change: Change, incarnation: string): string {
+  let text = encoded.get(change);
+  if (text === undefined) encoded.set(change, (text = changeJson(change, incarnation)));
+  return text;
+}
 const PAGE_CHANGES = 1000;
 const MAX_SCAN = 10_000;
 /** A subscription at the tail re-checks at least this often, whatever the feed says. */
@@ -127,7 +135,7 @@ export class Subscriptions {
     while (!signal.aborted) {
       await this.drained(signal);
       if (signal.aborted) return;
-      const page = await store.readChanges(tenant, { after: at, prefixes, limit: PAGE_CHANGES, maxScan: MAX_SCAN });
+      const page = await feed.read(tenant, { after: at, prefixes, limit: PAGE_CHANGES, maxScan: MAX_SCAN });
       if (signal.aborted) return;
       if (page.expired) {
         throw new SeqgateError('OFFSET_EXPIRED', 'changes after this offset were removed by retention; restart from a snapshot', {
@@ -172,7 +180,7 @@ export class Subscriptions {
       const through = last ? next : changes[end - 1]!.offset;
       const slice = changes.slice(start, end);
       if (json) {
-        const body = slice.map((c) => changeJson(c, incarnation)).join(',');
+        const body = slice.map((c) => jsonOf(c, incarnation)).join(',');
         this.sendFrame(`{"type":"changes","id":${JSON.stringify(id)},"changes":[${body}],"next":"${offset(through)}","upToDate":${last && upToDate}}`);
       } else {
         this.send({ type: 'changes', id, changes: slice.map((c) => changeForMsgpack(c, incarnation)), next: offset(through), upToDate: last && upToDate });

@@ -77,6 +77,8 @@ export class WalCheckpointer {
   /** The last checkpoint's report; for tests and metrics. */
   last: CheckpointReport | undefined;
   checkpoints = 0;
+  /** Checkpoints that copied frames (others found the lock taken, or nothing new). */
+  productive = 0;
 
   constructor(private readonly options: WalCheckpointerOptions) {
     const driver = createRequire(import.meta.url).resolve('better-sqlite3');
@@ -94,6 +96,7 @@ export class WalCheckpointer {
       else {
         this.last = m;
         this.checkpoints++;
+        if (m.checkpointed > 0) this.productive++;
       }
       if (this.dirty) this.request();
     });
@@ -140,6 +143,8 @@ export class WalCheckpointer {
     if (this.closed) return;
     this.closed = true;
     if (this.timer !== undefined) clearTimeout(this.timer);
+    // Waiting for the worker must keep the process alive (it is unref'd while it runs).
+    this.worker.ref();
     this.worker.postMessage('close');
     await Promise.race([this.exited, new Promise<void>((resolve) => setTimeout(resolve, 5000).unref())]);
     await this.worker.terminate();
