@@ -17,7 +17,9 @@ describe('lint', () => {
     const eslint = new ESLint({ cwd: ROOT });
     const results = await eslint.lintFiles(['.']);
     // A config that matched no files would pass by linting nothing.
-    expect(results.map((r) => r.filePath.slice(ROOT.length))).toEqual(expect.arrayContaining(['src/gate.ts', 'packages/client/src/client.ts', 'test/lint.test.ts']));
+    expect(results.map((r) => r.filePath.slice(ROOT.length))).toEqual(
+      expect.arrayContaining(['src/gate.ts', 'packages/client/src/client.ts', 'test/lint.test.ts']),
+    );
     const problems = results.flatMap((r) =>
       r.messages.map((m) => `${r.filePath.slice(ROOT.length)}:${m.line}:${m.column} ${m.ruleId ?? 'parse'}: ${m.message}`),
     );

@@ -140,9 +140,17 @@ export function createHttpHandler(ctx: HttpContext): (req: IncomingMessage, res:
     }
     inFlightKeys.add(slot);
     try {
-      const [r] = await ctx.committer.submit([{
-        op: 'create', tenant: principal.tenant, scope: CREATE_SCOPE, idempotencyKey, fingerprint, key, state,
-      }]);
+      const [r] = await ctx.committer.submit([
+        {
+          op: 'create',
+          tenant: principal.tenant,
+          scope: CREATE_SCOPE,
+          idempotencyKey,
+          fingerprint,
+          key,
+          state,
+        },
+      ]);
       return docReply(r as DocResult);
     } finally {
       inFlightKeys.delete(slot);
@@ -169,7 +177,7 @@ export function createHttpHandler(ctx: HttpContext): (req: IncomingMessage, res:
   const readBody = async (req: IncomingMessage): Promise<unknown> => {
     requestFormat(req);
     let mine = held.get(req);
-    if (mine === undefined) held.set(req, mine = { bytes: 0 });
+    if (mine === undefined) held.set(req, (mine = { bytes: 0 }));
     return decodeBody(req, await collectBody(req, ctx.limits, ctx.bodies, ctx.bodyIdleTimeoutMs, mine), ctx.limits);
   };
 
@@ -331,7 +339,11 @@ function decodeBody(req: IncomingMessage, bytes: Buffer, limits: Limits): unknow
 
 function canonicalState(value: unknown, limits: Limits): Buffer {
   try {
-    return canonicalEncode(value, { maxBytes: limits.maxStateBytes, maxDepth: limits.maxStateDepth, bytesLimitName: 'maxStateBytes', depthLimitName: 'maxStateDepth' }, 'state');
+    return canonicalEncode(
+      value,
+      { maxBytes: limits.maxStateBytes, maxDepth: limits.maxStateDepth, bytesLimitName: 'maxStateBytes', depthLimitName: 'maxStateDepth' },
+      'state',
+    );
   } catch (err) {
     if (err instanceof CanonicalError) {
       const code = err.kind === 'limit' ? 'PAYLOAD_TOO_LARGE' : 'INVALID_BODY';
@@ -360,7 +372,10 @@ function docReply(r: DocResult): Reply {
     case 'written':
       return { status: 200, body: { key: r.key, version: r.version, deleted: r.deleted, changed: r.changed }, headers: { etag: `"${r.version}"` } };
     case 'precondition_failed':
-      throw new HttpError('PRECONDITION_FAILED', `document is at version ${r.version}${r.deleted ? ' (deleted)' : ''}`, { version: r.version, deleted: r.deleted });
+      throw new HttpError('PRECONDITION_FAILED', `document is at version ${r.version}${r.deleted ? ' (deleted)' : ''}`, {
+        version: r.version,
+        deleted: r.deleted,
+      });
     case 'created':
       return {
         status: 201,
