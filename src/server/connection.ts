@@ -131,6 +131,8 @@ export class Connection {
   private turnBytes = 0;
   private turnFrames = 0;
   private turnMs = 0;
+  /** Bytes read from the socket this turn (frames being received included). */
+  private turnReadBytes = 0;
   private readStarted = 0;
   /** Of the current read, the time already counted by handle(). */
   private handledInRead = 0;
@@ -209,6 +211,7 @@ export class Connection {
 
   private arrived(bytes: number): void {
     if (this.closed) return;
+    this.turnReadBytes += bytes;
     if (this.closing) {
       this.closingReadBytes -= bytes;
       if (this.closingReadBytes <= 0) this.applyPause();
@@ -288,6 +291,7 @@ export class Connection {
       this.turnFrames = 0;
       if (this.cooldown === undefined) {
         this.turnMs = 0;
+        this.turnReadBytes = 0;
         this.drain();
       }
     });
@@ -305,13 +309,19 @@ export class Connection {
     }
   }
 
-  /** Over this turn's time: sit out as long as the turn took (reading paused, frames wait). */
+  /**
+   * Over this turn's time with more than a turn's bytes: sit out as long as the turn took (reading
+   * paused, frames wait). Small frames never do: a slow turn for them is the machine's (a cold
+   * start, another process), not theirs.
+   */
   private coolDownIfOver(): void {
-    if (this.turnMs < TURN_BUDGET_MS || this.cooldown !== undefined || this.closing || this.closed) return;
+    if (this.turnMs < TURN_BUDGET_MS || this.turnReadBytes < TURN_BUDGET_BYTES) return;
+    if (this.cooldown !== undefined || this.closing || this.closed) return;
     const ms = Math.min(this.turnMs, MAX_COOLDOWN_MS);
     this.cooldown = setTimeout(() => {
       this.cooldown = undefined;
       this.turnMs = 0;
+      this.turnReadBytes = 0;
       this.drain();
     }, ms);
     this.applyPause();
