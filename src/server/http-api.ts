@@ -1,11 +1,11 @@
 import { createHash, randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
-import { Unpackr } from 'msgpackr';
 import { ERRORS, errorBody, SeqgateError, type ErrorCode, type ErrorSpec } from '../errors.js';
 import { CanonicalError, canonicalEncode, FINGERPRINT_BYTES } from '../protocol/canonical.js';
 import { decodeFrame, encodeMessage, ENVELOPE_DEPTH, type WireFormat } from '../protocol/codec.js';
 import { forbiddenResult, nameProblem, parsePut, wireResult, type Limits, type WireResult } from '../protocol/messages.js';
+import { stateJsonText } from '../protocol/state-json.js';
 import type { DocResult, Store } from '../store/store.js';
 import { bearerToken, mayReadDocument, mayReadStream, mayWrite, type Authenticator, type Principal } from './auth.js';
 import type { Committer } from './committer.js';
@@ -39,7 +39,6 @@ export interface HttpContext {
 
 const CREATE_SCOPE = 'POST /v1/docs';
 const IDEMPOTENCY_KEY = /^[\x20-\x7e]{1,255}$/;
-const stateReader = new Unpackr({ useRecords: false, mapsAsObjects: false, int64AsType: 'auto' as 'bigint' });
 
 class HttpError extends Error {
   constructor(
@@ -165,7 +164,7 @@ export function createHttpHandler(ctx: HttpContext): (req: IncomingMessage, res:
     }
     const headers = { etag: `"${doc.version}"`, 'seqgate-version': String(doc.version) };
     if (format === 'msgpack') return { status: 200, body: null, headers, raw: { bytes: doc.state, contentType: 'application/msgpack' } };
-    const json = stateToJson(stateReader.unpack(doc.state));
+    const json = stateJsonText(doc.state);
     if (json === undefined) {
       throw new HttpError('NOT_ACCEPTABLE', 'JSON cannot carry this state (binary, NaN or infinity, or integer map keys): ask for application/msgpack');
     }
@@ -429,31 +428,4 @@ function send(res: ServerResponse, reply: Reply, format: WireFormat): void {
   }
   res.writeHead(reply.status, { 'content-type': contentType, 'cache-control': 'no-store', ...reply.headers });
   res.end(bytes);
-}
-
-/**
- * JSON text of a stored state; integers beyond 2^53 keep their digits. Undefined when JSON cannot
- * carry the state faithfully (binary, NaN or infinities, integer map keys): never altered silently.
- */
-function stateToJson(value: unknown): string | undefined {
-  if (typeof value === 'number' && !Number.isFinite(value)) return undefined;
-  if (value === null || typeof value === 'boolean' || typeof value === 'number' || typeof value === 'string') {
-    return JSON.stringify(value);
-  }
-  if (typeof value === 'bigint') return value.toString();
-  if (value instanceof Uint8Array) return undefined;
-  if (Array.isArray(value)) {
-    const items = value.map(stateToJson);
-    return items.includes(undefined) ? undefined : `[${items.join(',')}]`;
-  }
-  if (value instanceof Map) {
-    const out: string[] = [];
-    for (const [k, v] of value) {
-      const text = stateToJson(v);
-      if (text === undefined || typeof k !== 'string') return undefined;
-      out.push(`${JSON.stringify(k)}:${text}`);
-    }
-    return `{${out.join(',')}}`;
-  }
-  return JSON.stringify(value);
 }
