@@ -21,13 +21,16 @@ const SERVER_LIBRARIES = ['ws', 'better-sqlite3', 'pino', 'pino-pretty', 'prom-c
  * libraries, the server package, and (with `outside`) any relative path that leaves its folder.
  */
 function browserSafeImports(outside, where) {
-  return ['error', {
-    paths: NODE_BUILTINS.map((name) => ({ name, message: `No Node built-ins in ${where}: it runs in browsers and React Native.` })),
-    patterns: [
-      { group: [outside, '**/src/server/**', '**/src/store/**', 'seqgate', 'seqgate/*'], message: `Only its own files: ${where} never imports the server.` },
-      { group: SERVER_LIBRARIES, message: `Server and Node-only libraries stay out of ${where}.` },
-    ],
-  }];
+  return [
+    'error',
+    {
+      paths: NODE_BUILTINS.map((name) => ({ name, message: `No Node built-ins in ${where}: it runs in browsers and React Native.` })),
+      patterns: [
+        { group: [outside, '**/src/server/**', '**/src/store/**', 'seqgate', 'seqgate/*'], message: `Only its own files: ${where} never imports the server.` },
+        { group: SERVER_LIBRARIES, message: `Server and Node-only libraries stay out of ${where}.` },
+      ],
+    },
+  ];
 }
 
 export default tseslint.config(
@@ -65,7 +68,8 @@ export default tseslint.config(
     ignores: ['packages/client/src/node.ts'],
     languageOptions: { globals: { ...globals.browser } },
     rules: {
-      'no-restricted-globals': ['error',
+      'no-restricted-globals': [
+        'error',
         { name: 'Buffer', message: 'Use Uint8Array: Buffer does not exist in browsers.' },
         { name: 'process', message: 'process does not exist in browsers.' },
         { name: 'require', message: 'ES modules only.' },
@@ -90,13 +94,22 @@ export default tseslint.config(
     // reaches into the transports, the server or a store; store types describe results and are allowed.
     files: ['src/protocol/**/*.ts'],
     rules: {
-      'no-restricted-imports': ['error', {
-        patterns: [
-          { group: ['../server/*', '../client/*', '../cli.js', '../index.js'], message: 'Wire code does not depend on transports, the server or the client shim.' },
-          { group: ['../store/*'], allowTypeImports: true, message: 'Wire code may use store types, never a store.' },
-          { group: ['ws', 'better-sqlite3', 'pino', 'pino-pretty', 'prom-client', 'pg'], message: 'Wire code does not depend on transports or storage libraries.' },
-        ],
-      }],
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            {
+              group: ['../server/*', '../client/*', '../cli.js', '../index.js'],
+              message: 'Wire code does not depend on transports, the server or the client shim.',
+            },
+            { group: ['../store/*'], allowTypeImports: true, message: 'Wire code may use store types, never a store.' },
+            {
+              group: ['ws', 'better-sqlite3', 'pino', 'pino-pretty', 'prom-client', 'pg'],
+              message: 'Wire code does not depend on transports or storage libraries.',
+            },
+          ],
+        },
+      ],
     },
   },
 );

@@ -40,7 +40,13 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 
 // ---- the server ----
 
-interface Server { url: string; pid: number; proc: ChildProcess; dir: string; lines: string[] }
+interface Server {
+  url: string;
+  pid: number;
+  proc: ChildProcess;
+  dir: string;
+  lines: string[];
+}
 
 async function startServer(args: string[]): Promise<Server> {
   const dir = mkdtempSync(join(tmpdir(), 'seqgate-attack-'));
@@ -113,7 +119,9 @@ class Control {
 
   constructor(url: string) {
     this.proc = spawn(process.execPath, ['--input-type=module', '-e', CONTROL_SCRIPT], {
-      cwd: resolve('.'), env: { ...process.env, CONTROL_URL: url }, stdio: ['pipe', 'pipe', 'inherit'],
+      cwd: resolve('.'),
+      env: { ...process.env, CONTROL_URL: url },
+      stdio: ['pipe', 'pipe', 'inherit'],
     });
     let buf = '';
     this.proc.stdout!.setEncoding('utf8');
@@ -157,11 +165,20 @@ async function rawOpen(url: string, headers: Record<string, string> = {}): Promi
   const socket = connect(Number(port), hostname);
   socket.on('error', () => undefined);
   await once(socket, 'connect');
-  socket.write([
-    'GET / HTTP/1.1', `Host: ${hostname}:${port}`, 'Upgrade: websocket', 'Connection: Upgrade',
-    'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==', 'Sec-WebSocket-Version: 13', 'Sec-WebSocket-Protocol: seqgate.v1',
-    ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`), '', '',
-  ].join('\r\n'));
+  socket.write(
+    [
+      'GET / HTTP/1.1',
+      `Host: ${hostname}:${port}`,
+      'Upgrade: websocket',
+      'Connection: Upgrade',
+      'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==',
+      'Sec-WebSocket-Version: 13',
+      'Sec-WebSocket-Protocol: seqgate.v1',
+      ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`),
+      '',
+      '',
+    ].join('\r\n'),
+  );
   let head = Buffer.alloc(0);
   await new Promise<void>((resolveHead, reject) => {
     const onData = (d: Buffer): void => {
@@ -187,8 +204,13 @@ function frame(payload: Buffer, opcode = 2, fin = true): Buffer {
   const header = len < 126 ? Buffer.alloc(2) : len <= 0xffff ? Buffer.alloc(4) : Buffer.alloc(10);
   header[0] = (fin ? 0x80 : 0) | opcode;
   if (len < 126) header[1] = 0x80 | len;
-  else if (len <= 0xffff) { header[1] = 0x80 | 126; header.writeUInt16BE(len, 2); }
-  else { header[1] = 0x80 | 127; header.writeBigUInt64BE(BigInt(len), 2); }
+  else if (len <= 0xffff) {
+    header[1] = 0x80 | 126;
+    header.writeUInt16BE(len, 2);
+  } else {
+    header[1] = 0x80 | 127;
+    header.writeBigUInt64BE(BigInt(len), 2);
+  }
   return Buffer.concat([header, Buffer.alloc(4), payload]);
 }
 
@@ -210,13 +232,19 @@ interface Attack {
 }
 
 const sockets: Socket[] = [];
-const track = (s: Socket): Socket => { sockets.push(s); return s; };
+const track = (s: Socket): Socket => {
+  sockets.push(s);
+  return s;
+};
 
 /** Writes `data` as fast as the socket takes it, keeping `cap` bytes queued, until `stop`. */
 async function flood(socket: Socket, data: Buffer, stop: () => boolean, cap = 4 * MiB): Promise<number> {
   let sent = 0;
   while (!stop() && !socket.destroyed) {
-    while (socket.writableLength < cap && !socket.destroyed) { socket.write(data); sent++; }
+    while (socket.writableLength < cap && !socket.destroyed) {
+      socket.write(data);
+      sent++;
+    }
     await sleep(5);
   }
   return sent;
@@ -224,7 +252,8 @@ async function flood(socket: Socket, data: Buffer, stop: () => boolean, cap = 4 
 
 const ATTACKS: Attack[] = [
   {
-    name: 'pings-unauthenticated', finding: 2,
+    name: 'pings-unauthenticated',
+    finding: 2,
     what: 'one client without a token sends pings with 1000-byte nonces and never reads',
     args: ['--tokens', TOKENS],
     async run(url, stop) {
@@ -236,7 +265,8 @@ const ATTACKS: Attack[] = [
     },
   },
   {
-    name: 'pings-authenticated', finding: 2,
+    name: 'pings-authenticated',
+    finding: 2,
     what: 'one client with a token sends pings with 1000-byte nonces and never reads',
     args: ['--tokens', TOKENS],
     async run(url, stop) {
@@ -248,7 +278,8 @@ const ATTACKS: Attack[] = [
     },
   },
   {
-    name: 'keys-unauthenticated', finding: 4,
+    name: 'keys-unauthenticated',
+    finding: 4,
     what: 'one client without a token floods puts of a 170k-key state (just under 1 MiB) without reading, reconnecting whenever it is dropped',
     args: ['--tokens', TOKENS],
     async run(url, stop) {
@@ -265,7 +296,8 @@ const ATTACKS: Attack[] = [
     },
   },
   {
-    name: 'keys-authenticated', finding: 4,
+    name: 'keys-authenticated',
+    finding: 4,
     what: 'one client with a token floods puts of a 170k-key state (just under 1 MiB), without waiting for answers',
     args: ['--tokens', TOKENS],
     async run(url, stop) {
@@ -276,7 +308,8 @@ const ATTACKS: Attack[] = [
     },
   },
   {
-    name: 'unauthenticated-slots', finding: 5,
+    name: 'unauthenticated-slots',
+    finding: 5,
     what: 'with --max-connections 51: 50 clients without a token hold their connections; then clients with a token connect, one at a time',
     args: ['--tokens', TOKENS, '--max-connections', '51'],
     async run(url, stop) {
@@ -288,10 +321,16 @@ const ATTACKS: Attack[] = [
       let refused = 0;
       while (!stop()) {
         const s = await rawOpen(url, { authorization: `Bearer ${TOKEN}` }).catch(() => undefined);
-        if (s === undefined) { refused++; await sleep(200); continue; }
+        if (s === undefined) {
+          refused++;
+          await sleep(200);
+          continue;
+        }
         track(s);
         let closeCode: number | undefined;
-        s.on('data', (d: Buffer) => { if (d[0] === 0x88 && d.length >= 4) closeCode = d.readUInt16BE(2); });
+        s.on('data', (d: Buffer) => {
+          if (d[0] === 0x88 && d.length >= 4) closeCode = d.readUInt16BE(2);
+        });
         s.resume();
         await sleep(300);
         if (closeCode === 1013 || s.destroyed) refused++;
@@ -303,7 +342,8 @@ const ATTACKS: Attack[] = [
     },
   },
   {
-    name: 'fragments', finding: 5,
+    name: 'fragments',
+    finding: 5,
     what: '300 clients without a token each send 900 KiB of a fragmented message and never the rest',
     // Without the auth deadline, so what is measured is the memory share alone (an older server
     // does not know the option: SEQGATE_ATTACK_OLD=1 leaves it out).
@@ -353,7 +393,11 @@ async function runAttack(a: Attack): Promise<Row> {
     const rssBase = processMemory(server.pid).rss;
     let peak = rssBase;
     const sampler = setInterval(() => {
-      try { peak = Math.max(peak, processMemory(server.pid).rss); } catch { /* gone */ }
+      try {
+        peak = Math.max(peak, processMemory(server.pid).rss);
+      } catch {
+        /* gone */
+      }
     }, 50);
     let stopped = false;
     const attack = a.run(server.url, () => stopped);
@@ -363,11 +407,16 @@ async function runAttack(a: Attack): Promise<Row> {
     const note = await attack;
     clearInterval(sampler);
     return {
-      attack: a.name, finding: a.finding,
-      rssBaseMiB: rssBase / MiB, rssPeakMiB: peak / MiB,
-      p50Base: percentile(base, 0.5), p99Base: percentile(base, 0.99),
-      p50During: percentile(during, 0.5), p99During: percentile(during, 0.99),
-      samples: during.length, note,
+      attack: a.name,
+      finding: a.finding,
+      rssBaseMiB: rssBase / MiB,
+      rssPeakMiB: peak / MiB,
+      p50Base: percentile(base, 0.5),
+      p99Base: percentile(base, 0.99),
+      p50During: percentile(during, 0.5),
+      p99During: percentile(during, 0.99),
+      samples: during.length,
+      note,
     };
   } finally {
     control.stop();
@@ -382,15 +431,24 @@ for (const a of ATTACKS) {
   process.stderr.write(`[attack] ${a.name}: ${a.what} (${SECONDS} s)\n`);
   const row = await runAttack(a);
   rows.push(row);
-  process.stderr.write(`[attack] ${a.name}: RSS ${row.rssBaseMiB.toFixed(0)} -> ${row.rssPeakMiB.toFixed(0)} MiB; control p50/p99 ${row.p50Base.toFixed(1)}/${row.p99Base.toFixed(1)} ms before, ${row.p50During.toFixed(1)}/${row.p99During.toFixed(1)} ms during (${row.samples} puts); ${row.note}\n`);
+  process.stderr.write(
+    `[attack] ${a.name}: RSS ${row.rssBaseMiB.toFixed(0)} -> ${row.rssPeakMiB.toFixed(0)} MiB; control p50/p99 ${row.p50Base.toFixed(1)}/${row.p99Base.toFixed(1)} ms before, ${row.p50During.toFixed(1)}/${row.p99During.toFixed(1)} ms during (${row.samples} puts); ${row.note}\n`,
+  );
 }
-const machine = `${os.cpus().length} × ${os.cpus()[0]?.model.trim() ?? 'cpu'}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, load ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}, node ${process.version}`;
+const machine = `${os.cpus().length} × ${os.cpus()[0]?.model.trim() ?? 'cpu'}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, load ${os
+  .loadavg()
+  .map((l) => l.toFixed(2))
+  .join(' ')}, node ${process.version}`;
 if (values.json) {
   process.stdout.write(JSON.stringify({ label: values.label, cli: CLI, seconds: SECONDS, machine, rows }, null, 2) + '\n');
 } else {
   process.stdout.write(`\n${values.label} ${CLI}, ${SECONDS} s per attack, ${machine}\n\n`);
-  process.stdout.write('| attack | finding | server RSS before → peak (MiB) | control p50 / p99 before (ms) | control p50 / p99 during (ms) | notes |\n|---|---|---|---|---|---|\n');
+  process.stdout.write(
+    '| attack | finding | server RSS before → peak (MiB) | control p50 / p99 before (ms) | control p50 / p99 during (ms) | notes |\n|---|---|---|---|---|---|\n',
+  );
   for (const r of rows) {
-    process.stdout.write(`| ${r.attack} | ${r.finding} | ${r.rssBaseMiB.toFixed(0)} → ${r.rssPeakMiB.toFixed(0)} | ${r.p50Base.toFixed(1)} / ${r.p99Base.toFixed(1)} | ${r.p50During.toFixed(1)} / ${r.p99During.toFixed(1)} | ${r.note} |\n`);
+    process.stdout.write(
+      `| ${r.attack} | ${r.finding} | ${r.rssBaseMiB.toFixed(0)} → ${r.rssPeakMiB.toFixed(0)} | ${r.p50Base.toFixed(1)} / ${r.p99Base.toFixed(1)} | ${r.p50During.toFixed(1)} / ${r.p99During.toFixed(1)} | ${r.note} |\n`,
+    );
   }
 }

@@ -14,11 +14,21 @@ import { repoRoot } from './lib/paths.js';
  * many changes arrived before their ack (the two messages travel on different connections).
  */
 
-interface Arm { subscribers: number; puts: number }
-const ARMS: Arm[] = [{ subscribers: 1, puts: 200 }, { subscribers: 1000, puts: 200 }];
+interface Arm {
+  subscribers: number;
+  puts: number;
+}
+const ARMS: Arm[] = [
+  { subscribers: 1, puts: 200 },
+  { subscribers: 1000, puts: 200 },
+];
 
 async function startServer(dbPath: string): Promise<{ url: string; stop: () => Promise<void> }> {
-  const child = spawn(process.execPath, [join(repoRoot(), 'dist', 'src', 'cli.js'), '--port', '0', '--db-path', dbPath, '--log-format', 'json', '--max-connections', '5000'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(
+    process.execPath,
+    [join(repoRoot(), 'dist', 'src', 'cli.js'), '--port', '0', '--db-path', dbPath, '--log-format', 'json', '--max-connections', '5000'],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
   const url = await new Promise<string>((resolve, reject) => {
     let buf = '';
     child.stdout!.on('data', (d: Buffer) => {
@@ -28,7 +38,13 @@ async function startServer(dbPath: string): Promise<{ url: string; stop: () => P
     });
     child.once('exit', () => reject(new Error('server exited')));
   });
-  return { url, stop: async () => { child.kill('SIGTERM'); await new Promise((r) => child.once('exit', r)); } };
+  return {
+    url,
+    stop: async () => {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('exit', r));
+    },
+  };
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -42,7 +58,10 @@ async function runArm(url: string, arm: Arm, prefix: string): Promise<string> {
     const ws = new WebSocket(url, 'seqgate.v1.json');
     const got = new Map<string, number>();
     arrivals.push(got);
-    await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject); });
+    await new Promise((resolve, reject) => {
+      ws.once('open', resolve);
+      ws.once('error', reject);
+    });
     const subscribed = new Promise((resolve) => {
       ws.on('message', (data: Buffer) => {
         const m = JSON.parse(data.toString()) as { type: string; changes?: Array<{ key: string; version: number }> };
@@ -73,7 +92,10 @@ async function runArm(url: string, arm: Arm, prefix: string): Promise<string> {
   for (const got of arrivals) {
     for (const [id, ackedAt] of acks) {
       const at = got.get(id);
-      if (at === undefined) { missing++; continue; }
+      if (at === undefined) {
+        missing++;
+        continue;
+      }
       if (at < ackedAt) early++;
       latencies.push(Math.max(0, at - ackedAt));
     }

@@ -2,9 +2,7 @@ import WebSocket from 'ws';
 import { mulberry32 } from '../test/support/random.js';
 import { Histogram } from './lib/histogram.js';
 import type { FromGenerator, GeneratorConfig, GeneratorResult, ToGenerator } from './lib/ipc.js';
-import {
-  clientUnpackr, helloFrame, KEYS_PER_STREAM, loadStreamName, makeState, PutEncoder, putFrame,
-} from './lib/workload.js';
+import { clientUnpackr, helloFrame, KEYS_PER_STREAM, loadStreamName, makeState, PutEncoder, putFrame } from './lib/workload.js';
 
 /**
  * Load generator, one process of its own (forked by bench/run.ts, talking over IPC). Each
@@ -46,7 +44,11 @@ class Conn {
   closedByUs = false;
   private welcomeWaiter: ((seq: number) => void) | undefined;
 
-  constructor(readonly ws: WebSocket, readonly stream: string, readonly encoder: PutEncoder | undefined) {}
+  constructor(
+    readonly ws: WebSocket,
+    readonly stream: string,
+    readonly encoder: PutEncoder | undefined,
+  ) {}
 
   get inFlight(): number {
     return this.fifo.length - this.fifoHead;
@@ -298,7 +300,9 @@ function begin(): void {
   } else {
     const perConnRate = cfg.rate / conns.length;
     frameIntervalMs = (1000 * cfg.putsPerFrame) / perConnRate;
-    conns.forEach((conn, i) => { conn.nextDue = tWarm + (frameIntervalMs * i) / conns.length; });
+    conns.forEach((conn, i) => {
+      conn.nextDue = tWarm + (frameIntervalMs * i) / conns.length;
+    });
     tick();
   }
 }
@@ -394,7 +398,12 @@ process.on('message', (raw: ToGenerator) => {
       tMeasure = tWarm + cfg.warmupMs;
       tEnd = tMeasure + cfg.measureMs;
       setTimeout(begin, Math.max(0, delay));
-      setTimeout(() => { cpuAtMeasure = process.cpuUsage(); }, Math.max(0, tMeasure - performance.now()));
+      setTimeout(
+        () => {
+          cpuAtMeasure = process.cpuUsage();
+        },
+        Math.max(0, tMeasure - performance.now()),
+      );
       setTimeout(() => void finish(), Math.max(0, tEnd - performance.now()));
       return;
     }

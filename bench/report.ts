@@ -1,8 +1,18 @@
 import { Histogram, type HistogramJson } from './lib/histogram.js';
 import type { MachineInfo } from './lib/proc.js';
 import {
-  ARM_LABEL, cellTag, DEVICE_OPEN, DEVICE_SHAPES, deviceClosedId, deviceOpenId, headlineId, NOCAP, openBacklogId, openBaselineId,
-  type Arm, type Cell,
+  ARM_LABEL,
+  cellTag,
+  DEVICE_OPEN,
+  DEVICE_SHAPES,
+  deviceClosedId,
+  deviceOpenId,
+  headlineId,
+  NOCAP,
+  openBacklogId,
+  openBaselineId,
+  type Arm,
+  type Cell,
 } from './lib/cells.js';
 import type { MicroRow } from './micro/common.js';
 
@@ -58,7 +68,10 @@ export interface RunReport {
   readonly npmCommand?: string;
   readonly machine: MachineInfo;
   readonly settings: Readonly<Record<string, unknown>> & {
-    readonly backlog: number; readonly idleConnections: number; readonly peakB?: number | undefined; readonly peakCell?: string | undefined;
+    readonly backlog: number;
+    readonly idleConnections: number;
+    readonly peakB?: number | undefined;
+    readonly peakCell?: string | undefined;
   };
   readonly cells: readonly CellResult[];
   readonly micro: readonly MicroRow[];
@@ -98,7 +111,14 @@ interface Check {
 function errorNote(...cells: CellResult[]): string | undefined {
   const bad = cells.filter((c) => (c.errors ?? 0) > 0);
   if (bad.length === 0) return undefined;
-  return bad.map((c) => `${c.cell.id}: ${c.errors} errors (${Object.entries(c.errorKinds ?? {}).map(([k, v]) => `${k} ×${v}`).join(', ')})`).join('; ');
+  return bad
+    .map(
+      (c) =>
+        `${c.cell.id}: ${c.errors} errors (${Object.entries(c.errorKinds ?? {})
+          .map(([k, v]) => `${k} ×${v}`)
+          .join(', ')})`,
+    )
+    .join('; ');
 }
 
 function verdictOf(pass: boolean, ...cells: CellResult[]): Verdict {
@@ -120,14 +140,14 @@ function pruneWindow(r: CellResult): PruneWindow | undefined {
   const overlapMs = Math.max(0, Math.min(end, r.windowEnd) - Math.max(start, r.windowStart));
   const rel = (t: number): string => `${((t - r.windowStart!) / 1000).toFixed(1)} s`;
   if (!r.cell.backlog) return { text: `first pass from window ${rel(start)}, with no expired acks to prune`, overlapMs };
-  const text = first === undefined
-    ? `first pass from window ${rel(start)}, no pass finished before shutdown`
-    : first.time >= r.windowEnd
-      ? `first pass from window ${rel(start)}, still running when the window ended (stopped at shutdown, ${rel(first.time)}, after ${int(first.pruned)} acks)`
-      : `first pass from window ${rel(start)} to ${rel(first.time)}, ${int(first.pruned)} acks pruned`;
+  const text =
+    first === undefined
+      ? `first pass from window ${rel(start)}, no pass finished before shutdown`
+      : first.time >= r.windowEnd
+        ? `first pass from window ${rel(start)}, still running when the window ended (stopped at shutdown, ${rel(first.time)}, after ${int(first.pruned)} acks)`
+        : `first pass from window ${rel(start)} to ${rel(first.time)}, ${int(first.pruned)} acks pruned`;
   return { text, overlapMs };
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // The device-shape group (issue 13): interleaved rounds, ratios taken within a round.
@@ -180,7 +200,8 @@ function deviceChecks(report: RunReport): Check[] {
   const bad = (ids: string[]): CellResult[] => ids.map((id) => v.byId.get(id)).filter((r): r is CellResult => r !== undefined);
   const ratioCheck = (target: string, threshold: number, connections: number, window: number, den: 'a' | 'nocap'): void => {
     const numId = (round: number): string => deviceClosedId('b', connections, window, round);
-    const denId = (round: number): string => den === 'a' ? deviceClosedId('a', connections, window, round) : deviceClosedId('b', connections, window, round, NOCAP);
+    const denId = (round: number): string =>
+      den === 'a' ? deviceClosedId('a', connections, window, round) : deviceClosedId('b', connections, window, round, NOCAP);
     const ratios = roundRatios(v, numId, denId);
     const m = median(ratios);
     const involved = bad(v.rounds.flatMap((round) => [numId(round), denId(round)]));
@@ -192,8 +213,9 @@ function deviceChecks(report: RunReport): Check[] {
     }
     out.push({
       target,
-      measured: `${fixed(m)} median of ${ratios.filter(Number.isFinite).length} round(s)${range(ratios, (x) => fixed(x))}; `
-        + `${int(median(bs))} / ${int(median(ds))} acked puts/s (medians)`,
+      measured:
+        `${fixed(m)} median of ${ratios.filter(Number.isFinite).length} round(s)${range(ratios, (x) => fixed(x))}; ` +
+        `${int(median(bs))} / ${int(median(ds))} acked puts/s (medians)`,
       verdict: verdictOf(m >= threshold, ...involved),
       ...(errorNote(...involved) ? { note: errorNote(...involved) } : {}),
     });
@@ -208,13 +230,21 @@ function deviceChecks(report: RunReport): Check[] {
     const p99s = opens.map((r) => pct(r, 99));
     const m = median(p99s);
     const served = median(opens.map((r) => r.ackedPerSec / (r.rate ?? NaN)));
-    const echo = v.rounds.map((round) => v.byId.get(deviceOpenId('a', round))).filter(measuredOk).map((r) => pct(r, 99));
+    const echo = v.rounds
+      .map((round) => v.byId.get(deviceOpenId('a', round)))
+      .filter(measuredOk)
+      .map((r) => pct(r, 99));
     out.push({
       target: openTarget,
       measured: `p99 ${ms(m)} ms median of ${opens.length} round(s)${range(p99s, (x) => ms(x))}`,
       verdict: verdictOf(m <= 10_000 && served >= KEPT_UP, ...opens),
-      note: [`acked ${fixed(served * 100, 1)} % of the target rate`, echo.length ? `(a) at the same schedule: p99 ${ms(median(echo))} ms` : undefined, errorNote(...opens)]
-        .filter(Boolean).join('; '),
+      note: [
+        `acked ${fixed(served * 100, 1)} % of the target rate`,
+        echo.length ? `(a) at the same schedule: p99 ${ms(median(echo))} ms` : undefined,
+        errorNote(...opens),
+      ]
+        .filter(Boolean)
+        .join('; '),
     });
   } else out.push({ target: openTarget, measured: '–', verdict: 'NOT MEASURED' });
   return out;
@@ -226,16 +256,26 @@ function deviceSection(report: RunReport): string[] {
   const lines: string[] = [];
   const variants = report.settings.variants as ReadonlyArray<{ name: string; args: readonly string[]; env?: Record<string, string> }> | undefined;
   lines.push('## Device shape: one update in flight per device, streams at steady state', '');
-  lines.push(`Each load stream holds more acks than the cap (1000 + 0..63) before the server starts, so eviction is active from the first put. `
-    + `Arms alternate within a round, ${v.rounds.length} round(s); ratios are taken within a round and the median is reported. `
-    + `\`b.nocap\` is (b) with \`${NOCAP.args.join(' ')}\` (same seed, nothing evicted).`
-    + (variants && variants.length ? ` Other (b) variants: ${variants.map((x) => `\`b.${x.name}\` = \`${[...Object.entries(x.env ?? {}).map(([k, val]) => `${k}=${val}`), ...x.args].join(' ')}\``).join(', ')}.` : ''), '');
+  lines.push(
+    `Each load stream holds more acks than the cap (1000 + 0..63) before the server starts, so eviction is active from the first put. ` +
+      `Arms alternate within a round, ${v.rounds.length} round(s); ratios are taken within a round and the median is reported. ` +
+      `\`b.nocap\` is (b) with \`${NOCAP.args.join(' ')}\` (same seed, nothing evicted).` +
+      (variants && variants.length
+        ? ` Other (b) variants: ${variants.map((x) => `\`b.${x.name}\` = \`${[...Object.entries(x.env ?? {}).map(([k, val]) => `${k}=${val}`), ...x.args].join(' ')}\``).join(', ')}.`
+        : ''),
+    '',
+  );
   const tags = v.tags;
   const cols = ['a', 'b', ...tags.map((t) => `b.${t}`)];
   for (const { connections, window } of DEVICE_SHAPES) {
-    const any = v.rounds.some((round) => v.byId.has(deviceClosedId('a', connections, window, round)) || v.byId.has(deviceClosedId('b', connections, window, round)));
+    const any = v.rounds.some(
+      (round) => v.byId.has(deviceClosedId('a', connections, window, round)) || v.byId.has(deviceClosedId('b', connections, window, round)),
+    );
     if (!any) continue;
-    lines.push(`### ${int(connections)} connections × window ${window}, closed loop (acked puts/s; p99 ms; server CPU µs per put; KiB written to storage per put)`, '');
+    lines.push(
+      `### ${int(connections)} connections × window ${window}, closed loop (acked puts/s; p99 ms; server CPU µs per put; KiB written to storage per put)`,
+      '',
+    );
     const ratioCols = ['b/a', ...tags.map((t) => `b.${t}/b`)];
     lines.push(`| round | ${cols.join(' | ')} | c | ${ratioCols.join(' | ')} | load avg (1 min) |`);
     lines.push('|' + '---|'.repeat(cols.length + ratioCols.length + 3));
@@ -249,26 +289,39 @@ function deviceSection(report: RunReport): string[] {
       const b = cell('b');
       const a = cell('a');
       const c = v.byId.get(deviceClosedId('c', connections, window, round));
-      const show = (r: CellResult | undefined): string => measuredOk(r)
-        ? `${int(r.ackedPerSec)}; ${ms(pct(r, 99))}; ${fixed(r.serverCpuUsPerPut, 0)}; ${fixed((r.serverWriteBytesPerPut ?? NaN) / 1024, 1)}`
-          + `${(r.errors ?? 0) > 0 ? ` **${int(r.errors)} errors**` : ''}`
-        : r?.failure ? 'FAILED' : '–';
+      const show = (r: CellResult | undefined): string =>
+        measuredOk(r)
+          ? `${int(r.ackedPerSec)}; ${ms(pct(r, 99))}; ${fixed(r.serverCpuUsPerPut, 0)}; ${fixed((r.serverWriteBytesPerPut ?? NaN) / 1024, 1)}` +
+            `${(r.errors ?? 0) > 0 ? ` **${int(r.errors)} errors**` : ''}`
+          : r?.failure
+            ? 'FAILED'
+            : '–';
       cols.forEach((tag, i) => rateSeries[i]!.push(cell(tag)?.ackedPerSec ?? NaN));
       const ratios = [
         measuredOk(a) && measuredOk(b) ? b.ackedPerSec / a.ackedPerSec : NaN,
-        ...tags.map((t) => { const x = cell(`b.${t}`); return measuredOk(x) && measuredOk(b) ? x.ackedPerSec / b.ackedPerSec : NaN; }),
+        ...tags.map((t) => {
+          const x = cell(`b.${t}`);
+          return measuredOk(x) && measuredOk(b) ? x.ackedPerSec / b.ackedPerSec : NaN;
+        }),
       ];
       ratios.forEach((x, i) => ratioSeries[i]!.push(x));
       const loads = [a, b, c, ...tags.map((t) => cell(`b.${t}`))].map((r) => r?.loadAvg ?? NaN).filter(Number.isFinite);
-      lines.push(`| ${round} | ${cols.map((t) => show(cell(t))).join(' | ')} | ${show(c)} | ${ratios.map((x) => fixed(x)).join(' | ')} `
-        + `| ${loads.length ? `${fixed(Math.min(...loads), 1)}–${fixed(Math.max(...loads), 1)}` : '–'} |`);
+      lines.push(
+        `| ${round} | ${cols.map((t) => show(cell(t))).join(' | ')} | ${show(c)} | ${ratios.map((x) => fixed(x)).join(' | ')} ` +
+          `| ${loads.length ? `${fixed(Math.min(...loads), 1)}–${fixed(Math.max(...loads), 1)}` : '–'} |`,
+      );
     }
-    lines.push(`| **median** | ${rateSeries.map((xs) => int(median(xs))).join(' | ')} | | ${ratioSeries.map((xs) => `**${fixed(median(xs))}**`).join(' | ')} | |`);
+    lines.push(
+      `| **median** | ${rateSeries.map((xs) => int(median(xs))).join(' | ')} | | ${ratioSeries.map((xs) => `**${fixed(median(xs))}**`).join(' | ')} | |`,
+    );
     lines.push('');
   }
   const anyOpen = v.rounds.some((round) => v.byId.has(deviceOpenId('b', round)));
   if (anyOpen) {
-    lines.push(`### Open loop, ${int(DEVICE_OPEN.rate)} puts/s from ${int(DEVICE_OPEN.connections)} connections (latency from the scheduled send: p50 / p99 / p99.9 ms; server CPU cores; KiB written per put)`, '');
+    lines.push(
+      `### Open loop, ${int(DEVICE_OPEN.rate)} puts/s from ${int(DEVICE_OPEN.connections)} connections (latency from the scheduled send: p50 / p99 / p99.9 ms; server CPU cores; KiB written per put)`,
+      '',
+    );
     lines.push(`| round | ${cols.join(' | ')} | load avg (1 min) |`);
     lines.push('|' + '---|'.repeat(cols.length + 2));
     const p99s: number[][] = cols.map(() => []);
@@ -278,10 +331,13 @@ function deviceSection(report: RunReport): string[] {
         return v.byId.get(deviceOpenId(arm, round, variant));
       });
       cells.forEach((r, i) => p99s[i]!.push(measuredOk(r) ? pct(r, 99) : NaN));
-      const show = (r: CellResult | undefined): string => measuredOk(r)
-        ? `${ms(pct(r, 50))} / ${ms(pct(r, 99))} / ${ms(pct(r, 99.9))}; ${fixed(r.serverCpuCores)}; ${fixed((r.serverWriteBytesPerPut ?? NaN) / 1024, 1)}${r.rate && r.ackedPerSec < KEPT_UP * r.rate ? ` (behind: ${int(r.ackedPerSec)}/s)` : ''}`
-          + `${(r.errors ?? 0) > 0 ? ` **${int(r.errors)} errors**` : ''}`
-        : r?.failure ? 'FAILED' : '–';
+      const show = (r: CellResult | undefined): string =>
+        measuredOk(r)
+          ? `${ms(pct(r, 50))} / ${ms(pct(r, 99))} / ${ms(pct(r, 99.9))}; ${fixed(r.serverCpuCores)}; ${fixed((r.serverWriteBytesPerPut ?? NaN) / 1024, 1)}${r.rate && r.ackedPerSec < KEPT_UP * r.rate ? ` (behind: ${int(r.ackedPerSec)}/s)` : ''}` +
+            `${(r.errors ?? 0) > 0 ? ` **${int(r.errors)} errors**` : ''}`
+          : r?.failure
+            ? 'FAILED'
+            : '–';
       const loads = cells.map((r) => r?.loadAvg ?? NaN).filter(Number.isFinite);
       lines.push(`| ${round} | ${cells.map(show).join(' | ')} | ${loads.length ? `${fixed(Math.min(...loads), 1)}–${fixed(Math.max(...loads), 1)}` : '–'} |`);
     }
@@ -331,11 +387,22 @@ export function checks(report: RunReport): Check[] {
       target: "p99 ack latency ≤ 5 ms at half of (b)'s peak, open loop",
       measured: `p99 ${ms(p99)} ms at ${int(open.rate)} puts/s target (${int(open.ackedPerSec)} acked/s; peak ${int(report.settings.peakB)})`,
       verdict: verdictOf(p99 <= 5000, open),
-      note: [`generator send lag ${lag} (part of the latency)`, `sent on schedule: ${fixed(kept * 100, 1)} %`,
-        `acked ${fixed(served * 100, 1)} % of the target rate${served < KEPT_UP ? ': the server fell behind the schedule' : ''}`, errorNote(open)]
-        .filter(Boolean).join('; '),
+      note: [
+        `generator send lag ${lag} (part of the latency)`,
+        `sent on schedule: ${fixed(kept * 100, 1)} %`,
+        `acked ${fixed(served * 100, 1)} % of the target rate${served < KEPT_UP ? ': the server fell behind the schedule' : ''}`,
+        errorNote(open),
+      ]
+        .filter(Boolean)
+        .join('; '),
     });
-  } else out.push({ target: "p99 ack latency ≤ 5 ms at half of (b)'s peak, open loop", measured: '–', verdict: 'NOT MEASURED', ...(open?.skipped ? { note: open.skipped } : {}) });
+  } else
+    out.push({
+      target: "p99 ack latency ≤ 5 ms at half of (b)'s peak, open loop",
+      measured: '–',
+      verdict: 'NOT MEASURED',
+      ...(open?.skipped ? { note: open.skipped } : {}),
+    });
 
   const backlogCell = byId.get(openBacklogId(report.settings.backlog));
   const backlogLabel = report.settings.backlog >= 1e6 ? `${report.settings.backlog / 1e6} M` : int(report.settings.backlog);
@@ -361,7 +428,9 @@ export function checks(report: RunReport): Check[] {
         baseKeptUp ? undefined : 'the run without backlog did not keep up with its schedule, so there is no sound baseline',
         baseKeptUp && base > 5000 ? 'the baseline itself misses the 5 ms target' : undefined,
         errorNote(open, backlogCell),
-      ].filter(Boolean).join('; '),
+      ]
+        .filter(Boolean)
+        .join('; '),
     });
   } else out.push({ target: pruneTarget, measured: '–', verdict: 'NOT MEASURED', ...(backlogCell?.skipped ? { note: backlogCell.skipped } : {}) });
 
@@ -374,13 +443,17 @@ export function checks(report: RunReport): Check[] {
       target: idleTarget,
       measured: `${int(idle.connected)} connections: peak RSS ${fixed(peakMB, 0)} MB (now ${fixed(idle.serverRss! / 1e6, 0)} MB)`,
       verdict: peakMB < 500 && full ? 'PASS' : full ? 'MISS' : 'NOT MEASURED',
-      ...(full ? {} : {
-        note: idle.cell.connections < 10_000
-          ? `run with ${int(idle.cell.connections)} connections, not 10,000 (quick run or --idle-connections)`
-          : `only ${int(idle.connected)} of ${int(idle.cell.connections)} connections opened${idle.note ? `: ${idle.note}` : ''}`,
-      }),
+      ...(full
+        ? {}
+        : {
+            note:
+              idle.cell.connections < 10_000
+                ? `run with ${int(idle.cell.connections)} connections, not 10,000 (quick run or --idle-connections)`
+                : `only ${int(idle.connected)} of ${int(idle.cell.connections)} connections opened${idle.note ? `: ${idle.note}` : ''}`,
+          }),
     });
-  } else out.push({ target: idleTarget, measured: '–', verdict: 'NOT MEASURED', ...(idle?.skipped || idle?.failure ? { note: idle.skipped ?? idle.failure } : {}) });
+  } else
+    out.push({ target: idleTarget, measured: '–', verdict: 'NOT MEASURED', ...(idle?.skipped || idle?.failure ? { note: idle.skipped ?? idle.failure } : {}) });
 
   const dup = byId.get(headlineId('b', 0.1));
   if (measuredOk(b) && measuredOk(dup)) {
@@ -402,26 +475,40 @@ export function checks(report: RunReport): Check[] {
       verdict: verdictOf(p.ackedPerSec >= 10_000, p),
       ...(errorNote(p) ? { note: errorNote(p) } : {}),
     });
-  } else if (p !== undefined) out.push({ target: pgTarget, measured: '–', verdict: 'NOT MEASURED', ...(p.skipped || p.failure ? { note: p.skipped ?? p.failure } : {}) });
+  } else if (p !== undefined)
+    out.push({ target: pgTarget, measured: '–', verdict: 'NOT MEASURED', ...(p.skipped || p.failure ? { note: p.skipped ?? p.failure } : {}) });
   return out;
 }
 
 function cellRow(r: CellResult): string {
   const c = r.cell;
   const knobs = [
-    `\`${c.id}\``, cellTag(c), c.mode, int(c.connections),
+    `\`${c.id}\``,
+    cellTag(c),
+    c.mode,
+    int(c.connections),
     c.mode === 'idle' ? '–' : c.mode === 'open' ? `cap ${c.window}` : String(c.window),
-    stateLabel(c.stateBytes), `${Math.round(c.dupShare * 100)} %`, String(c.putsPerFrame),
+    stateLabel(c.stateBytes),
+    `${Math.round(c.dupShare * 100)} %`,
+    String(c.putsPerFrame),
     r.rate === undefined ? '–' : int(r.rate),
   ];
-  if (r.skipped || r.failure) return `| ${knobs.join(' | ')} | ${r.skipped ? 'skipped' : 'FAILED'}: ${(r.skipped ?? r.failure ?? '').replace(/\n/g, ' ').replace(/\|/g, '/').slice(0, 300)} ||||||||||||||`;
+  if (r.skipped || r.failure)
+    return `| ${knobs.join(' | ')} | ${r.skipped ? 'skipped' : 'FAILED'}: ${(r.skipped ?? r.failure ?? '').replace(/\n/g, ' ').replace(/\|/g, '/').slice(0, 300)} ||||||||||||||`;
   if (c.mode === 'idle') {
     return `| ${knobs.join(' | ')} | – | – | – | – | – | – | – | – | – | ${mib(r.serverRss)} | ${mib(r.serverPeakRss)} | ${int(r.connectFailures)} failed connects | – | – |`;
   }
   const h = Histogram.from(r.latency!);
-  const errs = (r.errors ?? 0) === 0 ? '0' : `**${int(r.errors)}**: ${Object.entries(r.errorKinds ?? {}).map(([k, v]) => `${k} ×${v}`).join(', ')}`;
-  return `| ${knobs.join(' | ')} | ${int(r.ackedPerSec)} | ${int(r.freshPerSec)} | ${ms(h.percentile(50))} | ${ms(h.percentile(99))} | ${ms(h.percentile(99.9))} | ${ms(h.max)} `
-    + `| ${fixed(r.serverCpuCores)} | ${fixed(r.serverCpuUsPerPut, 1)} | ${fixed(r.genCpuCores)} | ${mib(r.serverRss)} | ${mib(r.serverPeakRss)} | ${errs} | ${int(r.unanswered)} | ${fixed(r.loadAvg, 1)} |`;
+  const errs =
+    (r.errors ?? 0) === 0
+      ? '0'
+      : `**${int(r.errors)}**: ${Object.entries(r.errorKinds ?? {})
+          .map(([k, v]) => `${k} ×${v}`)
+          .join(', ')}`;
+  return (
+    `| ${knobs.join(' | ')} | ${int(r.ackedPerSec)} | ${int(r.freshPerSec)} | ${ms(h.percentile(50))} | ${ms(h.percentile(99))} | ${ms(h.percentile(99.9))} | ${ms(h.max)} ` +
+    `| ${fixed(r.serverCpuCores)} | ${fixed(r.serverCpuUsPerPut, 1)} | ${fixed(r.genCpuCores)} | ${mib(r.serverRss)} | ${mib(r.serverPeakRss)} | ${errs} | ${int(r.unanswered)} | ${fixed(r.loadAvg, 1)} |`
+  );
 }
 
 export function renderResults(report: RunReport): string {
@@ -430,9 +517,12 @@ export function renderResults(report: RunReport): string {
   const lines: string[] = [];
   lines.push('# seqgate benchmark results', '');
   if (report.quick) {
-    lines.push('> **QUICK SMOKE RUN (`--quick`)**: a reduced matrix with short windows, a smaller pruning backlog and fewer idle',
+    lines.push(
+      '> **QUICK SMOKE RUN (`--quick`)**: a reduced matrix with short windows, a smaller pruning backlog and fewer idle',
       '> connections, possibly on a machine busy with other work. It proves the harness runs; its figures do not judge the targets.',
-      '> Run `npm run bench` on a quiet machine for the real table.', '');
+      '> Run `npm run bench` on a quiet machine for the real table.',
+      '',
+    );
   }
   lines.push('Generated by `bench/run.ts`; regenerate with `npm run build && npx tsc -p bench/tsconfig.json && node dist/bench/run.js` (`npm run bench`).', '');
   lines.push('## Run', '');
@@ -440,15 +530,21 @@ export function renderResults(report: RunReport): string {
   lines.push(`- Date: ${report.startedAt} to ${report.finishedAt}`);
   lines.push(`- Machine: nproc ${m.nproc}, CPU ${m.cpuModel}, memory ${m.memoryGiB.toFixed(1)} GiB, ${m.kernel}, open-file limit ${m.openFiles}`);
   lines.push(`- Node ${m.node}; database files on ${m.fsType}`);
-  lines.push(`- Windows: warmup ${s.warmupMs} ms, measurement ${s.measureMs} ms (open loop ${s.openMeasureMs} ms), drain ≤ ${s.drainMs} ms; `
-    + `${s.generators} load-generator process(es) per cell, sharing the cores with the server`);
-  lines.push(`- (b)'s peak closed-loop rate in this run: ${int(s.peakB)} acked puts/s${s.peakCell ? ` (\`${String(s.peakCell)}\`)` : ''}; `
-    + `open-loop cells run at half of it, with 100 connections${s.openRate ? ` (overridden: ${int(s.openRate as number)} puts/s)` : ''}`);
+  lines.push(
+    `- Windows: warmup ${s.warmupMs} ms, measurement ${s.measureMs} ms (open loop ${s.openMeasureMs} ms), drain ≤ ${s.drainMs} ms; ` +
+      `${s.generators} load-generator process(es) per cell, sharing the cores with the server`,
+  );
+  lines.push(
+    `- (b)'s peak closed-loop rate in this run: ${int(s.peakB)} acked puts/s${s.peakCell ? ` (\`${String(s.peakCell)}\`)` : ''}; ` +
+      `open-loop cells run at half of it, with 100 connections${s.openRate ? ` (overridden: ${int(s.openRate as number)} puts/s)` : ''}`,
+  );
   if (s.only) lines.push(`- Only cells matching \`${String(s.only)}\``);
   if (report.loadAvg) {
     const la = (xs: readonly number[]): string => xs.map((x) => x.toFixed(2)).join(', ');
-    lines.push(`- Load average (1, 5, 15 min) at start: ${la(report.loadAvg.start)}; at end: ${la(report.loadAvg.end)}. Above 2 on this machine means other work `
-      + 'shared the cores with the run: absolute figures are then low and noisy, the ratios within a round are what to read.');
+    lines.push(
+      `- Load average (1, 5, 15 min) at start: ${la(report.loadAvg.start)}; at end: ${la(report.loadAvg.end)}. Above 2 on this machine means other work ` +
+        'shared the cores with the run: absolute figures are then low and noisy, the ratios within a round are what to read.',
+    );
   }
   lines.push('');
   lines.push(...deviceSection(report));
@@ -461,25 +557,37 @@ export function renderResults(report: RunReport): string {
 
   const pgCells = report.cells.filter((r) => r.cell.arm === 'p' || r.cell.arm === 'p2');
   if (pgCells.length > 0) {
-    lines.push('## PostgreSQL (--store postgres)', '',
+    lines.push(
+      '## PostgreSQL (--store postgres)',
+      '',
       'Same workload, generator and seed as (b): each stream starts at the ack cap, so every put also evicts. The database is the',
       "machine's PostgreSQL on loopback (default settings, synchronous_commit on), a fresh database per cell. Server CPU counts the",
-      'seqgate processes only; PostgreSQL shares the same two cores.', '',
-      '| cell | servers | acked puts/s | p50 ms | p99 ms | seqgate CPU (cores) | (b) on SQLite, same point |', '|---|---|---|---|---|---|---|');
+      'seqgate processes only; PostgreSQL shares the same two cores.',
+      '',
+      '| cell | servers | acked puts/s | p50 ms | p99 ms | seqgate CPU (cores) | (b) on SQLite, same point |',
+      '|---|---|---|---|---|---|---|',
+    );
     const byId = new Map(report.cells.map((c) => [c.cell.id, c]));
     for (const r of pgCells) {
       const twin = byId.get(r.cell.id.replace(/^p2?-/, 'b-'));
-      if (!measuredOk(r)) { lines.push(`| \`${r.cell.id}\` | ${r.cell.arm === 'p2' ? 2 : 1} | ${r.skipped ?? r.failure ?? '–'} | | | | |`); continue; }
+      if (!measuredOk(r)) {
+        lines.push(`| \`${r.cell.id}\` | ${r.cell.arm === 'p2' ? 2 : 1} | ${r.skipped ?? r.failure ?? '–'} | | | | |`);
+        continue;
+      }
       const h = Histogram.from(r.latency!);
-      lines.push(`| \`${r.cell.id}\` | ${r.cell.arm === 'p2' ? 2 : 1} | ${int(r.ackedPerSec)} | ${ms(h.percentile(50))} | ${ms(h.percentile(99))} | ${fixed(r.serverCpuCores)} | ${measuredOk(twin) ? int(twin.ackedPerSec) : '–'} |`);
+      lines.push(
+        `| \`${r.cell.id}\` | ${r.cell.arm === 'p2' ? 2 : 1} | ${int(r.ackedPerSec)} | ${ms(h.percentile(50))} | ${ms(h.percentile(99))} | ${fixed(r.serverCpuCores)} | ${measuredOk(twin) ? int(twin.ackedPerSec) : '–'} |`,
+      );
     }
     lines.push('');
   }
 
   lines.push('## Every cell', '');
   lines.push('Arms: ' + (Object.keys(ARM_LABEL) as Arm[]).map((a) => `${a} = ${ARM_LABEL[a]}`).join('; ') + '.', '');
-  lines.push('| cell | arm | mode | conns | window | state | dup | puts/frame | target puts/s | acked puts/s | fresh puts/s | p50 ms | p99 ms | p99.9 ms | max ms '
-    + '| server CPU (cores) | server CPU µs/put | generator CPU (cores) | server RSS MiB | server peak RSS MiB | errors | unanswered at end | load avg |');
+  lines.push(
+    '| cell | arm | mode | conns | window | state | dup | puts/frame | target puts/s | acked puts/s | fresh puts/s | p50 ms | p99 ms | p99.9 ms | max ms ' +
+      '| server CPU (cores) | server CPU µs/put | generator CPU (cores) | server RSS MiB | server peak RSS MiB | errors | unanswered at end | load avg |',
+  );
   lines.push('|' + '---|'.repeat(23));
   for (const r of report.cells) lines.push(cellRow(r));
   lines.push('');
@@ -489,45 +597,57 @@ export function renderResults(report: RunReport): string {
     lines.push('### Pruning during the open-loop cells', '');
     for (const r of backlog) {
       const pw = pruneWindow(r);
-      lines.push(`- \`${r.cell.id}\`: ${pw?.text ?? 'no timing'}; passes logged: ${r.pruneEvents!.length}`
-        + `${r.backlogLeft !== undefined ? `; expired acks left at shutdown: ${int(r.backlogLeft)}` : ''}`);
+      lines.push(
+        `- \`${r.cell.id}\`: ${pw?.text ?? 'no timing'}; passes logged: ${r.pruneEvents!.length}` +
+          `${r.backlogLeft !== undefined ? `; expired acks left at shutdown: ${int(r.backlogLeft)}` : ''}`,
+      );
     }
     lines.push('');
   }
 
   if (report.micro.length > 0) {
-    lines.push('## Micro-benchmarks (tinybench)', '', '| suite | task | mean µs | p50 µs | p99 µs | ops/s | rate | samples |', '|---|---|---|---|---|---|---|---|');
+    lines.push(
+      '## Micro-benchmarks (tinybench)',
+      '',
+      '| suite | task | mean µs | p50 µs | p99 µs | ops/s | rate | samples |',
+      '|---|---|---|---|---|---|---|---|',
+    );
     for (const r of report.micro) {
-      lines.push(`| ${r.suite} | ${r.task} | ${fixed(r.meanUs)} | ${fixed(r.p50Us)} | ${fixed(r.p99Us)} | ${int(r.opsPerSec)} | ${int(r.opsPerSec * r.unitsPerOp)} ${r.unit}/s | ${int(r.samples)} |`);
+      lines.push(
+        `| ${r.suite} | ${r.task} | ${fixed(r.meanUs)} | ${fixed(r.p50Us)} | ${fixed(r.p99Us)} | ${int(r.opsPerSec)} | ${int(r.opsPerSec * r.unitsPerOp)} ${r.unit}/s | ${int(r.samples)} |`,
+      );
     }
     lines.push('');
   }
 
-  lines.push('## Method', '',
-    '- Every cell starts its own server process on a fresh copy of a prepared database and its own load-generator process(es); all traffic is loopback. '
-    + 'The generator and the server share the machine\'s cores, as the targets require.',
-    '- Each connection owns one stream (`load-<n>`), learns its head with a hello, then sends puts with consecutive seqs over 16 keys per stream. '
-    + 'States are realistic documents whose canonical msgpack is exactly the stated size. Put frames are assembled from pre-encoded pieces, identically for every arm.',
-    '- **Steady state** for (b) and (c): before the server starts, every load stream is given more recent acks than the default ack cap of 1000 '
-    + '(stream i: 1000 + i mod 64), so eviction is active from the first put, and a server that evicts in chunks finds its streams spread over every phase '
-    + 'of the chunk cycle, as after a long run. Seeding rows directly (instead of a small `--ack-cap-per-stream` and puts through the server) keeps '
-    + 'the default cap, so the steady state measured is the one users run, at no cost in run time. The pruner runs with its defaults (10 s interval, 1 day retention).',
-    '- **closed loop**: each connection keeps `window` frames in flight and sends the next as soon as one is fully answered; latency counts from the send. '
-    + '**open loop**: frames leave on a fixed schedule (rate split evenly over connections, phases staggered, 1 ms timer) whatever the answers do, '
-    + 'with an in-flight cap of 1024 frames per connection; latency counts from the *scheduled* send time, so a stall of the server or of the generator '
-    + 'shows up as latency (no coordinated omission). Scheduled frames that never left count as errors.',
-    '- **acked puts/s**: results with a stored outcome (applied or version_conflict, fresh or replay) received inside the measurement window, per second. '
-    + '**fresh** excludes replays. With a duplicate share, that share of puts re-sends a put the same connection already saw acked (same bytes, same id); '
-    + '(b) and (c) must answer it `replay: true` or it counts as an error.',
+  lines.push(
+    '## Method',
+    '',
+    '- Every cell starts its own server process on a fresh copy of a prepared database and its own load-generator process(es); all traffic is loopback. ' +
+      "The generator and the server share the machine's cores, as the targets require.",
+    '- Each connection owns one stream (`load-<n>`), learns its head with a hello, then sends puts with consecutive seqs over 16 keys per stream. ' +
+      'States are realistic documents whose canonical msgpack is exactly the stated size. Put frames are assembled from pre-encoded pieces, identically for every arm.',
+    '- **Steady state** for (b) and (c): before the server starts, every load stream is given more recent acks than the default ack cap of 1000 ' +
+      '(stream i: 1000 + i mod 64), so eviction is active from the first put, and a server that evicts in chunks finds its streams spread over every phase ' +
+      'of the chunk cycle, as after a long run. Seeding rows directly (instead of a small `--ack-cap-per-stream` and puts through the server) keeps ' +
+      'the default cap, so the steady state measured is the one users run, at no cost in run time. The pruner runs with its defaults (10 s interval, 1 day retention).',
+    '- **closed loop**: each connection keeps `window` frames in flight and sends the next as soon as one is fully answered; latency counts from the send. ' +
+      '**open loop**: frames leave on a fixed schedule (rate split evenly over connections, phases staggered, 1 ms timer) whatever the answers do, ' +
+      'with an in-flight cap of 1024 frames per connection; latency counts from the *scheduled* send time, so a stall of the server or of the generator ' +
+      'shows up as latency (no coordinated omission). Scheduled frames that never left count as errors.',
+    '- **acked puts/s**: results with a stored outcome (applied or version_conflict, fresh or replay) received inside the measurement window, per second. ' +
+      '**fresh** excludes replays. With a duplicate share, that share of puts re-sends a put the same connection already saw acked (same bytes, same id); ' +
+      '(b) and (c) must answer it `replay: true` or it counts as an error.',
     '- **Latency** percentiles come from a log-linear histogram (≤ 0.8 % bucket width above 256 µs; figures are bucket upper bounds), merged across generator processes.',
-    '- **Server CPU**: utime + stime of the server process from /proc/<pid>/stat over the measurement window. **Peak RSS**: VmHWM from /proc/<pid>/status at the end of the cell. '
-    + '**Generator CPU**: process.cpuUsage() inside the generator over the window (near 1.0 means the single generator process was the bottleneck).',
-    `- **Pruning scenario**: ${int(s.backlog)} acks committed two days ago are written into the database across ${int(Math.ceil(s.backlog / 500))} other streams (500 each) `
-    + 'before the server starts; both open-loop (b) cells run with `--prune-interval-ms` chosen so the first pass begins as the measurement window begins, '
-    + 'and with debug logging so the end of each pass is recorded.',
-    '- **Idle connections**: the generator opens the connections (64 at a time), each sends a hello, then all stay silent; the server\'s VmRSS and VmHWM are read after a settling pause.',
+    '- **Server CPU**: utime + stime of the server process from /proc/<pid>/stat over the measurement window. **Peak RSS**: VmHWM from /proc/<pid>/status at the end of the cell. ' +
+      '**Generator CPU**: process.cpuUsage() inside the generator over the window (near 1.0 means the single generator process was the bottleneck).',
+    `- **Pruning scenario**: ${int(s.backlog)} acks committed two days ago are written into the database across ${int(Math.ceil(s.backlog / 500))} other streams (500 each) ` +
+      'before the server starts; both open-loop (b) cells run with `--prune-interval-ms` chosen so the first pass begins as the measurement window begins, ' +
+      'and with debug logging so the end of each pass is recorded.',
+    "- **Idle connections**: the generator opens the connections (64 at a time), each sends a hello, then all stay silent; the server's VmRSS and VmHWM are read after a settling pause.",
     '- Micro-benchmarks run first, each in a process of its own; the store suite writes to a temporary file in the work directory with synchronous=FULL.',
-    '');
+    '',
+  );
   return lines.join('\n');
 }
 
@@ -571,7 +691,9 @@ export function renderSvg(report: RunReport): string {
   out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`);
   out.push(`<rect width="${W}" height="${H}" fill="#ffffff"/>`);
   out.push(`<text x="${L}" y="24" font-size="15" font-weight="bold">Acked puts/s against connections</text>`);
-  out.push(`<text x="${L}" y="42" fill="#444">closed loop, window 64, 200 B states, no duplicates, 1 put per frame${report.quick ? ' — QUICK SMOKE RUN' : ''}</text>`);
+  out.push(
+    `<text x="${L}" y="42" fill="#444">closed loop, window 64, 200 B states, no duplicates, 1 put per frame${report.quick ? ' — QUICK SMOKE RUN' : ''}</text>`,
+  );
   if (xs.length === 0 || ys.length === 0) {
     out.push(`<text x="${L}" y="${T + ph / 2}">no sweep cells measured</text></svg>`);
     return out.join('\n') + '\n';
@@ -582,7 +704,10 @@ export function renderSvg(report: RunReport): string {
   const xPos = (x: number): number => (xMax === xMin ? L + pw / 2 : L + inset + ((Math.log10(x) - xMin) / (xMax - xMin)) * (pw - 2 * inset));
   let yLo = Math.floor(Math.log10(Math.min(...ys)));
   let yHi = Math.ceil(Math.log10(Math.max(...ys)));
-  if (yHi === yLo) { yHi += 1; yLo -= 0; }
+  if (yHi === yLo) {
+    yHi += 1;
+    yLo -= 0;
+  }
   const yPos = (y: number): number => T + ph - ((Math.log10(y) - yLo) / (yHi - yLo)) * ph;
 
   out.push(`<rect x="${L}" y="${T}" width="${pw}" height="${ph}" fill="none" stroke="#333"/>`);
@@ -612,10 +737,14 @@ export function renderSvg(report: RunReport): string {
     const d = pts.map((p, i) => `${i === 0 ? 'M' : 'L'}${xPos(p.x).toFixed(1)},${yPos(p.y).toFixed(1)}`).join(' ');
     out.push(`<path d="${d}" fill="none" stroke="${COLORS[arm]}" stroke-width="2.5"${arm === 'a' ? ' stroke-dasharray="6 4"' : ''}/>`);
     for (const p of pts) {
-      out.push(`<circle cx="${xPos(p.x).toFixed(1)}" cy="${yPos(p.y).toFixed(1)}" r="4" fill="${COLORS[arm]}"><title>${esc(`${ARM_LABEL[arm]}: ${p.x} connections, ${Math.round(p.y)} acked puts/s`)}</title></circle>`);
+      out.push(
+        `<circle cx="${xPos(p.x).toFixed(1)}" cy="${yPos(p.y).toFixed(1)}" r="4" fill="${COLORS[arm]}"><title>${esc(`${ARM_LABEL[arm]}: ${p.x} connections, ${Math.round(p.y)} acked puts/s`)}</title></circle>`,
+      );
       out.push(`<text x="${(xPos(p.x) + 6).toFixed(1)}" y="${(yPos(p.y) - 7).toFixed(1)}" fill="${COLORS[arm]}" font-size="10">${pointLabel(p.y)}</text>`);
     }
-    out.push(`<line x1="${L + pw + 16}" y1="${legendY}" x2="${L + pw + 44}" y2="${legendY}" stroke="${COLORS[arm]}" stroke-width="2.5"${arm === 'a' ? ' stroke-dasharray="6 4"' : ''}/>`);
+    out.push(
+      `<line x1="${L + pw + 16}" y1="${legendY}" x2="${L + pw + 44}" y2="${legendY}" stroke="${COLORS[arm]}" stroke-width="2.5"${arm === 'a' ? ' stroke-dasharray="6 4"' : ''}/>`,
+    );
     const [head, tail] = ARM_LABEL[arm].split(': ');
     out.push(`<text x="${L + pw + 50}" y="${legendY + 4}">${esc(head ?? '')}</text>`);
     if (tail) out.push(`<text x="${L + pw + 50}" y="${legendY + 18}" fill="#555" font-size="11">${esc(tail)}</text>`);

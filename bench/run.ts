@@ -100,7 +100,12 @@ const opts = {
   postgres: !args['skip-postgres'],
 };
 const planOptions = {
-  quick, backlog: opts.backlog, idleConnections: opts.idleConnections, rounds: opts.rounds, variants: opts.variants, deviceOnly: opts.deviceOnly,
+  quick,
+  backlog: opts.backlog,
+  idleConnections: opts.idleConnections,
+  rounds: opts.rounds,
+  variants: opts.variants,
+  deviceOnly: opts.deviceOnly,
   postgres: opts.postgres,
 };
 
@@ -129,7 +134,9 @@ for (const script of Object.values(SCRIPTS)) {
 
 const RETENTION_MS = 86_400_000;
 const startedAt = new Date();
-const log = (line: string): void => { process.stdout.write(`[bench ${((Date.now() - startedAt.getTime()) / 1000).toFixed(0).padStart(4)}s] ${line}\n`); };
+const log = (line: string): void => {
+  process.stdout.write(`[bench ${((Date.now() - startedAt.getTime()) / 1000).toFixed(0).padStart(4)}s] ${line}\n`);
+};
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 /** A timeout for Promise.race that does not keep the process alive once everything else is done. */
 const deadline = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms).unref());
@@ -138,7 +145,9 @@ function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<
   let timer: NodeJS.Timeout | undefined;
   return Promise.race([
     promise.finally(() => clearTimeout(timer)),
-    new Promise<T>((_, reject) => { timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms).unref(); }),
+    new Promise<T>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms).unref();
+    }),
   ]);
 }
 
@@ -156,9 +165,18 @@ interface ServerProc {
   stop(): Promise<number | null>;
 }
 
-async function startServer(arm: Arm, dbPath: string | undefined, extra: readonly string[], logLevel: string, env: Readonly<Record<string, string>> = {}): Promise<ServerProc> {
+async function startServer(
+  arm: Arm,
+  dbPath: string | undefined,
+  extra: readonly string[],
+  logLevel: string,
+  env: Readonly<Record<string, string>> = {},
+): Promise<ServerProc> {
   const argv = ['--port', '0', '--log-format', 'json', '--log-level', logLevel, ...(dbPath ? ['--db-path', dbPath] : []), ...extra];
-  const child = spawn(process.execPath, [...opts.serverNodeArgs, SCRIPTS[arm], ...argv], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  const child = spawn(process.execPath, [...opts.serverNodeArgs, SCRIPTS[arm], ...argv], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...env },
+  });
   const tail: string[] = [];
   const pruneEvents: PruneEvent[] = [];
   const keep = (line: string): void => {
@@ -166,7 +184,12 @@ async function startServer(arm: Arm, dbPath: string | undefined, extra: readonly
     if (tail.length > 40) tail.shift();
   };
   let exited = false;
-  const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => { exited = true; resolve(code); }));
+  const exit = new Promise<number | null>((resolve) =>
+    child.once('exit', (code) => {
+      exited = true;
+      resolve(code);
+    }),
+  );
   createInterface({ input: child.stderr! }).on('line', keep);
   const ready = new Promise<{ url: string; at: number }>((resolve, reject) => {
     createInterface({ input: child.stdout! }).on('line', (line) => {
@@ -184,7 +207,12 @@ async function startServer(arm: Arm, dbPath: string | undefined, extra: readonly
   });
   const { url, at } = await withTimeout(ready, 30_000, `${arm} server start`);
   return {
-    child, pid: child.pid!, url, readyAt: at, pruneEvents, tail,
+    child,
+    pid: child.pid!,
+    url,
+    readyAt: at,
+    pruneEvents,
+    tail,
     async stop() {
       if (exited) return child.exitCode;
       child.kill('SIGTERM');
@@ -212,17 +240,27 @@ function startGenerator(config: GeneratorConfig): GeneratorProc {
   const child = fork(SCRIPTS.generator, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const exit = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   let failed: (err: Error) => void = () => undefined;
-  const failure = new Promise<never>((_, reject) => { failed = reject; });
+  const failure = new Promise<never>((_, reject) => {
+    failed = reject;
+  });
   failure.catch(() => undefined);
   void exit.then(() => failed(new Error('load generator exited early')));
   const ready = new Promise<Extract<FromGenerator, { type: 'ready' }>>((resolve) => {
-    child.on('message', (m: FromGenerator) => { if (m.type === 'ready') resolve(m); });
+    child.on('message', (m: FromGenerator) => {
+      if (m.type === 'ready') resolve(m);
+    });
   });
   const result = new Promise<GeneratorResult>((resolve) => {
-    child.on('message', (m: FromGenerator) => { if (m.type === 'result') resolve(m.result); });
+    child.on('message', (m: FromGenerator) => {
+      if (m.type === 'result') resolve(m.result);
+    });
   });
-  child.on('message', (m: FromGenerator) => { if (m.type === 'fatal') failed(new Error(`load generator failed: ${m.message}`)); });
-  const send = (message: ToGenerator): void => { if (child.connected) child.send(message); };
+  child.on('message', (m: FromGenerator) => {
+    if (m.type === 'fatal') failed(new Error(`load generator failed: ${m.message}`));
+  });
+  const send = (message: ToGenerator): void => {
+    if (child.connected) child.send(message);
+  };
   send({ type: 'config', config });
   const readyOrFailure = Promise.race([ready, failure]);
   const resultOrFailure = Promise.race([result, failure]);
@@ -269,12 +307,16 @@ async function seedFile(loadStreams: number, backlog: number): Promise<string> {
   const now = Date.now();
   const rows = await seedDatabase(path, [
     { streamName: loadStreamName, streams: loadStreams, acksPerStream: seedAcks, committedAt: now },
-    ...(backlog > 0 ? [{
-      streamName: backlogStreamName,
-      streams: Math.ceil(backlog / BACKLOG_ACKS_PER_STREAM),
-      acksPerStream: BACKLOG_ACKS_PER_STREAM,
-      committedAt: now - 2 * RETENTION_MS,
-    }] : []),
+    ...(backlog > 0
+      ? [
+          {
+            streamName: backlogStreamName,
+            streams: Math.ceil(backlog / BACKLOG_ACKS_PER_STREAM),
+            acksPerStream: BACKLOG_ACKS_PER_STREAM,
+            committedAt: now - 2 * RETENTION_MS,
+          },
+        ]
+      : []),
   ]);
   log(`seeded ${rows} acks into ${relative(root, path)} in ${((performance.now() - started) / 1000).toFixed(1)} s`);
   seedCache.set(key, path);
@@ -305,7 +347,7 @@ async function runCell(cell: Cell): Promise<CellResult> {
   let rate = 0;
   if (cell.mode === 'open') {
     const base = cell.fixedRate ?? opts.openRate ?? (peak.b === undefined ? undefined : peak.b * (cell.rateOfPeak ?? 0.5));
-    if (base === undefined || base <= 0) return { cell, skipped: "no peak for (b) measured in this run (run a (b) closed sweep cell or pass --open-rate)" };
+    if (base === undefined || base <= 0) return { cell, skipped: 'no peak for (b) measured in this run (run a (b) closed sweep cell or pass --open-rate)' };
     rate = base;
   }
 
@@ -313,9 +355,9 @@ async function runCell(cell: Cell): Promise<CellResult> {
   const onPostgres = POSTGRES_ARMS.includes(cell.arm);
   const dbPath = cell.arm === 'a' || onPostgres ? undefined : join(dir, 'seqgate.db');
   if (dbPath) copyFileSync(await seedFile(cell.mode === 'idle' ? 0 : cell.connections, cell.backlog ?? 0), dbPath);
-  const pgDb = onPostgres ? await createPostgresSeed(opts.pgUrl, [
-    { streamName: loadStreamName, streams: cell.connections, acksPerStream: seedAcks, committedAt: Date.now() },
-  ]) : undefined;
+  const pgDb = onPostgres
+    ? await createPostgresSeed(opts.pgUrl, [{ streamName: loadStreamName, streams: cell.connections, acksPerStream: seedAcks, committedAt: Date.now() }])
+    : undefined;
   if (pgDb) log(`  seeded ${pgDb.rows} acks into a fresh PostgreSQL database`);
 
   // The first pruning pass is timed to begin with the measurement window (see the `at` below).
@@ -328,7 +370,8 @@ async function runCell(cell: Cell): Promise<CellResult> {
   const servers: ServerProc[] = [];
   const generators: GeneratorProc[] = [];
   try {
-    for (let i = 0; i < (cell.arm === 'p2' ? 2 : 1); i++) servers.push(await startServer(cell.arm, dbPath, extra, cell.alignPruning ? 'debug' : 'info', cell.serverEnv));
+    for (let i = 0; i < (cell.arm === 'p2' ? 2 : 1); i++)
+      servers.push(await startServer(cell.arm, dbPath, extra, cell.alignPruning ? 'debug' : 'info', cell.serverEnv));
     const server = servers[0]!;
     // Each server gets its own generator(s), so connections split evenly between servers.
     const nGen = Math.max(servers.length, Math.min(opts.generators, cell.connections));
@@ -336,23 +379,25 @@ async function runCell(cell: Cell): Promise<CellResult> {
     let offset = 0;
     const measureMs = cell.mode === 'open' ? opts.openMeasureMs : opts.measureMs;
     for (const share of shares) {
-      generators.push(startGenerator({
-        url: servers[generators.length % servers.length]!.url,
-        connections: share,
-        connectionOffset: offset,
-        mode: cell.mode,
-        window: cell.window,
-        putsPerFrame: cell.putsPerFrame,
-        stateBytes: cell.stateBytes,
-        dupShare: cell.dupShare,
-        rate: (rate * share) / cell.connections,
-        warmupMs: opts.warmupMs,
-        measureMs,
-        drainMs: opts.drainMs,
-        connectConcurrency: 64,
-        expectReplay: cell.arm !== 'a',
-        seed: 0x5eed + offset,
-      }));
+      generators.push(
+        startGenerator({
+          url: servers[generators.length % servers.length]!.url,
+          connections: share,
+          connectionOffset: offset,
+          mode: cell.mode,
+          window: cell.window,
+          putsPerFrame: cell.putsPerFrame,
+          stateBytes: cell.stateBytes,
+          dupShare: cell.dupShare,
+          rate: (rate * share) / cell.connections,
+          warmupMs: opts.warmupMs,
+          measureMs,
+          drainMs: opts.drainMs,
+          connectConcurrency: 64,
+          expectReplay: cell.arm !== 'a',
+          seed: 0x5eed + offset,
+        }),
+      );
       offset += share;
     }
     const readies = await withTimeout(Promise.all(generators.map((g) => g.ready)), 60_000 + cell.connections * 20, 'connecting');
@@ -366,7 +411,12 @@ async function runCell(cell: Cell): Promise<CellResult> {
       await sleep(quick ? 1500 : 3000);
       const mem = processMemory(server.pid);
       return {
-        cell, connected, connectFailures: cell.connections - connected, connectMs, serverRss: mem.rss, serverPeakRss: mem.peakRss,
+        cell,
+        connected,
+        connectFailures: cell.connections - connected,
+        connectMs,
+        serverRss: mem.rss,
+        serverPeakRss: mem.peakRss,
         ...(firstError ? { note: `first connect error: ${firstError}` } : {}),
       };
     }
@@ -384,8 +434,17 @@ async function runCell(cell: Cell): Promise<CellResult> {
     let t0 = 0;
     let t1 = 0;
     const sampled = Promise.all([
-      sleep(Math.max(0, windowStart - Date.now())).then(() => { cpu0 = serversCpuMs(servers); io0 = processWriteBytes(server.pid); t0 = performance.now(); load = loadavg()[0]!; }),
-      sleep(Math.max(0, windowEnd - Date.now())).then(() => { cpu1 = serversCpuMs(servers); io1 = processWriteBytes(server.pid); t1 = performance.now(); }),
+      sleep(Math.max(0, windowStart - Date.now())).then(() => {
+        cpu0 = serversCpuMs(servers);
+        io0 = processWriteBytes(server.pid);
+        t0 = performance.now();
+        load = loadavg()[0]!;
+      }),
+      sleep(Math.max(0, windowEnd - Date.now())).then(() => {
+        cpu1 = serversCpuMs(servers);
+        io1 = processWriteBytes(server.pid);
+        t1 = performance.now();
+      }),
     ]);
     const results = await withTimeout(Promise.all(generators.map((g) => g.result)), windowEnd - Date.now() + opts.drainMs + 60_000, 'load run');
     await sampled;
@@ -394,13 +453,26 @@ async function runCell(cell: Cell): Promise<CellResult> {
     const latency = new Histogram();
     const lag = new Histogram();
     const errorKinds: Record<string, number> = {};
-    let acked = 0; let replays = 0; let sent = 0; let dups = 0; let errors = 0; let unanswered = 0; let genCpuMs = 0; let capped = 0;
+    let acked = 0;
+    let replays = 0;
+    let sent = 0;
+    let dups = 0;
+    let errors = 0;
+    let unanswered = 0;
+    let genCpuMs = 0;
+    let capped = 0;
     let measured = 0;
     for (const r of results) {
       latency.merge(r.latency);
       lag.merge(r.sendLag);
-      acked += r.acked; replays += r.replays; sent += r.sent; dups += r.dupsSent; errors += r.errors; unanswered += r.unanswered;
-      genCpuMs += r.cpuMs; capped += r.capped;
+      acked += r.acked;
+      replays += r.replays;
+      sent += r.sent;
+      dups += r.dupsSent;
+      errors += r.errors;
+      unanswered += r.unanswered;
+      genCpuMs += r.cpuMs;
+      capped += r.capped;
       measured = Math.max(measured, r.measuredMs);
       for (const [k, v] of Object.entries(r.errorKinds)) errorKinds[k] = (errorKinds[k] ?? 0) + v;
     }
@@ -443,7 +515,9 @@ async function runCell(cell: Cell): Promise<CellResult> {
     const codes = await Promise.all(servers.map((s) => s.stop()));
     const stopped = performance.now();
     if (stopped - closing > 5000) {
-      log(`  slow teardown: generators closed in ${((stopping - closing) / 1000).toFixed(1)} s, server stopped in ${((stopped - stopping) / 1000).toFixed(1)} s`);
+      log(
+        `  slow teardown: generators closed in ${((stopping - closing) / 1000).toFixed(1)} s, server stopped in ${((stopped - stopping) / 1000).toFixed(1)} s`,
+      );
     }
     for (const [i, code] of codes.entries()) {
       if (code !== 0 && code !== null) log(`server ${cell.arm} exited with ${code}; last lines:\n${servers[i]!.tail.slice(-10).join('\n')}`);
@@ -473,7 +547,9 @@ async function runMicro(file: string): Promise<MicroRow[]> {
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   const rows = new Promise<MicroRow[]>((resolve, reject) => {
-    child.on('message', (m: { type: string; rows: MicroRow[] }) => { if (m.type === 'micro') resolve(m.rows); });
+    child.on('message', (m: { type: string; rows: MicroRow[] }) => {
+      if (m.type === 'micro') resolve(m.rows);
+    });
     child.once('exit', (code) => reject(new Error(`${file} exited (${code}) without results`)));
   });
   try {
@@ -496,15 +572,16 @@ async function main(): Promise<void> {
   if (!args['skip-micro']) {
     for (const file of ['codec.bench.js', 'gate.bench.js', 'store-batch.bench.js', 'file-identity.bench.js', 'changefeed.bench.js']) {
       log(`micro ${file}`);
-      micro.push(...await runMicro(file));
+      micro.push(...(await runMicro(file)));
     }
   }
 
-  const cells = plan(planOptions)
-    .filter((c) => opts.only === undefined || opts.only.test(c.id));
+  const cells = plan(planOptions).filter((c) => opts.only === undefined || opts.only.test(c.id));
   const results: CellResult[] = [];
   for (const [i, cell] of cells.entries()) {
-    log(`cell ${i + 1}/${cells.length} ${cell.id} — ${ARM_LABEL[cell.arm]}${cell.variant ? ` [${cellTag(cell)}: ${[...Object.entries(cell.serverEnv ?? {}).map(([k, v]) => `${k}=${v}`), ...(cell.serverArgs ?? [])].join(' ')}]` : ''}`);
+    log(
+      `cell ${i + 1}/${cells.length} ${cell.id} — ${ARM_LABEL[cell.arm]}${cell.variant ? ` [${cellTag(cell)}: ${[...Object.entries(cell.serverEnv ?? {}).map(([k, v]) => `${k}=${v}`), ...(cell.serverArgs ?? [])].join(' ')}]` : ''}`,
+    );
     let result: CellResult;
     try {
       result = await runCell(cell);
@@ -516,12 +593,17 @@ async function main(): Promise<void> {
     results.push(result);
     if (result.skipped) log(`  skipped: ${result.skipped}`);
     else if (result.failure) log(`  FAILED: ${result.failure}`);
-    else if (cell.mode === 'idle') log(`  ${result.connected} idle connections: server RSS ${(result.serverRss! / 2 ** 20).toFixed(0)} MiB (peak ${(result.serverPeakRss! / 2 ** 20).toFixed(0)} MiB)`);
+    else if (cell.mode === 'idle')
+      log(
+        `  ${result.connected} idle connections: server RSS ${(result.serverRss! / 2 ** 20).toFixed(0)} MiB (peak ${(result.serverPeakRss! / 2 ** 20).toFixed(0)} MiB)`,
+      );
     else {
       const h = Histogram.from(result.latency!);
-      log(`  ${Math.round(result.ackedPerSec!)} acked/s, p50 ${(h.percentile(50) / 1000).toFixed(2)} ms, p99 ${(h.percentile(99) / 1000).toFixed(2)} ms, `
-        + `server ${result.serverCpuCores!.toFixed(2)} cores, ${result.serverCpuUsPerPut!.toFixed(0)} µs/put, ${(result.serverWriteBytesPerPut! / 1024).toFixed(1)} KiB written/put, gen ${result.genCpuCores!.toFixed(2)} cores, load ${result.loadAvg?.toFixed(1)}, errors ${result.errors}`
-        + `${result.errors ? ` ${JSON.stringify(result.errorKinds)}` : ''}`);
+      log(
+        `  ${Math.round(result.ackedPerSec!)} acked/s, p50 ${(h.percentile(50) / 1000).toFixed(2)} ms, p99 ${(h.percentile(99) / 1000).toFixed(2)} ms, ` +
+          `server ${result.serverCpuCores!.toFixed(2)} cores, ${result.serverCpuUsPerPut!.toFixed(0)} µs/put, ${(result.serverWriteBytesPerPut! / 1024).toFixed(1)} KiB written/put, gen ${result.genCpuCores!.toFixed(2)} cores, load ${result.loadAvg?.toFixed(1)}, errors ${result.errors}` +
+          `${result.errors ? ` ${JSON.stringify(result.errorKinds)}` : ''}`,
+      );
       if (cell.arm === 'b' && cell.variant === undefined && cell.mode === 'closed' && cell.sweep && result.ackedPerSec! > (peak.b ?? 0)) {
         peak.b = result.ackedPerSec!;
         peak.cell = cell.id;
@@ -530,7 +612,9 @@ async function main(): Promise<void> {
   }
   rmSync(seedsDir, { recursive: true, force: true });
 
-  const npmArgs = process.env.npm_lifecycle_event ? `npm run ${process.env.npm_lifecycle_event}${process.argv.length > 2 ? ' -- ' + process.argv.slice(2).join(' ') : ''}` : undefined;
+  const npmArgs = process.env.npm_lifecycle_event
+    ? `npm run ${process.env.npm_lifecycle_event}${process.argv.length > 2 ? ' -- ' + process.argv.slice(2).join(' ') : ''}`
+    : undefined;
   const report: RunReport = {
     quick,
     startedAt: startedAt.toISOString(),
@@ -547,7 +631,9 @@ async function main(): Promise<void> {
   writeFileSync(join(opts.outDir, 'RESULTS.md'), renderResults(report));
   writeFileSync(join(opts.outDir, 'throughput.svg'), renderSvg(report));
   writeFileSync(join(opts.workDir, 'last-run.json'), JSON.stringify(report, null, 1));
-  log(`wrote ${relative(root, join(opts.outDir, 'RESULTS.md'))}, ${relative(root, join(opts.outDir, 'throughput.svg'))} (raw: ${relative(root, join(opts.workDir, 'last-run.json'))})`);
+  log(
+    `wrote ${relative(root, join(opts.outDir, 'RESULTS.md'))}, ${relative(root, join(opts.outDir, 'throughput.svg'))} (raw: ${relative(root, join(opts.workDir, 'last-run.json'))})`,
+  );
 }
 
 try {

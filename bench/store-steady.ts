@@ -61,8 +61,13 @@ async function child(): Promise<RunResult> {
   const path = join(workDir, `store-steady-${process.pid}.db`);
   copyFileSync(seed, path);
   const store = new SqliteStore({
-    path, synchronous: 'full', contiguous: false, ackCapPerStream: Number(args.cap), ackCapSlack: Number(args.slack),
-    walCheckpoint: args.wal === 'commit' ? 'commit' : 'background', startupCheck: 'off',
+    path,
+    synchronous: 'full',
+    contiguous: false,
+    ackCapPerStream: Number(args.cap),
+    ackCapSlack: Number(args.slack),
+    walCheckpoint: args.wal === 'commit' ? 'commit' : 'background',
+    startupCheck: 'off',
   });
   try {
     const names = Array.from({ length: streams }, (_, i) => loadStreamName(i));
@@ -75,7 +80,11 @@ async function child(): Promise<RunResult> {
     let io0 = 0;
     let t0 = 0;
     for (let b = 0; b < warmup + batches; b++) {
-      if (b === warmup) { cpu0 = process.cpuUsage(); io0 = writeBytes(); t0 = performance.now(); }
+      if (b === warmup) {
+        cpu0 = process.cpuUsage();
+        io0 = writeBytes();
+        t0 = performance.now();
+      }
       const puts: Put[] = names.map((stream, s) => {
         const seq = ++heads[s]!;
         const key = `${stream}/k${seq % KEYS_PER_STREAM}`;
@@ -107,8 +116,23 @@ async function child(): Promise<RunResult> {
 
 async function runVariant(extra: readonly string[]): Promise<RunResult> {
   const script = new URL(import.meta.url).pathname;
-  const common = ['--child', '--streams', String(streams), '--batches', args.batches!, '--warmup', args.warmup!, '--cap', args.cap!,
-    '--slack', args.slack!, '--wal', args.wal!, '--work-dir', workDir];
+  const common = [
+    '--child',
+    '--streams',
+    String(streams),
+    '--batches',
+    args.batches!,
+    '--warmup',
+    args.warmup!,
+    '--cap',
+    args.cap!,
+    '--slack',
+    args.slack!,
+    '--wal',
+    args.wal!,
+    '--work-dir',
+    workDir,
+  ];
   const proc = fork(script, [...common, ...extra], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   return new Promise((resolve, reject) => {
     proc.once('message', (m: RunResult) => resolve(m));
@@ -128,15 +152,26 @@ if (args.child) {
   }
   const variants = args.variants!.split(';').map((part) => {
     const eq = part.indexOf('=');
-    return { name: part.slice(0, eq).trim(), args: part.slice(eq + 1).trim().split(/\s+/).filter(Boolean) };
+    return {
+      name: part.slice(0, eq).trim(),
+      args: part
+        .slice(eq + 1)
+        .trim()
+        .split(/\s+/)
+        .filter(Boolean),
+    };
   });
   const f = (n: number, d = 1): string => n.toFixed(d);
-  process.stdout.write(`store at the device shape: ${streams} streams × 1 put per batch, seeded past the cap; load average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}\n`);
+  process.stdout.write(
+    `store at the device shape: ${streams} streams × 1 put per batch, seeded past the cap; load average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}\n`,
+  );
   process.stdout.write('| round | variant | batch p50 ms | batch p90 ms | puts/s | CPU µs/put | KiB written/put |\n|---|---|---|---|---|---|---|\n');
   for (let round = 1; round <= Number(args.rounds); round++) {
     for (const v of variants) {
       const r = await runVariant(v.args);
-      process.stdout.write(`| ${round} | ${v.name} | ${f(r.batchP50Ms)} | ${f(r.batchP90Ms)} | ${f(r.putsPerSec, 0)} | ${f(r.cpuUsPerPut)} | ${f(r.kibWrittenPerPut)} |\n`);
+      process.stdout.write(
+        `| ${round} | ${v.name} | ${f(r.batchP50Ms)} | ${f(r.batchP90Ms)} | ${f(r.putsPerSec, 0)} | ${f(r.cpuUsPerPut)} | ${f(r.kibWrittenPerPut)} |\n`,
+      );
     }
   }
   rmSync(seed, { force: true });

@@ -17,7 +17,13 @@ const store = new SqliteStore({ path: join(dir, 'scale.db'), synchronous: 'norma
 const limits = { maxBytes: 65536, maxDepth: 32, bytesLimitName: 'maxStateBytes', depthLimitName: 'maxStateDepth' };
 const state = canonicalEncode({ reading: 21.5, unit: 'C' }, limits, 'state');
 const put = (i: number): Put => ({
-  tenant: 'default', stream: `device-${i}`, epoch: 1, seq: 1, key: `doc-${i}`, state, ifVersion: null,
+  tenant: 'default',
+  stream: `device-${i}`,
+  epoch: 1,
+  seq: 1,
+  key: `doc-${i}`,
+  state,
+  ifVersion: null,
   fingerprint: putFingerprint(`doc-${i}`, state, null),
 });
 
@@ -33,7 +39,9 @@ const seconds = (performance.now() - started) / 1000;
 const [retry] = await store.apply([put(17)]);
 if (retry?.kind !== 'ack' || !retry.replay) throw new Error('a retry of an early stream did not replay');
 const rss = process.memoryUsage().rss / 2 ** 20;
-console.log(`${total} streams written in ${seconds.toFixed(1)} s (${Math.round(total / seconds)} puts/s); ` +
-  `retry of stream 17 replayed; process RSS ${rss.toFixed(0)} MiB; node ${process.version}`);
+console.log(
+  `${total} streams written in ${seconds.toFixed(1)} s (${Math.round(total / seconds)} puts/s); ` +
+    `retry of stream 17 replayed; process RSS ${rss.toFixed(0)} MiB; node ${process.version}`,
+);
 await store.close();
 rmSync(dir, { recursive: true, force: true });

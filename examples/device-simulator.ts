@@ -41,8 +41,16 @@ const HELP = `Usage: device-simulator [options]
 
 function parseArgs(argv: string[]): Options {
   const o: Options = {
-    url: 'ws://127.0.0.1:8787', devices: 3, stream: undefined, count: 0, rate: 5, keys: 4, outbox: undefined,
-    format: 'msgpack', token: process.env.SEQGATE_TOKEN, output: 'text',
+    url: 'ws://127.0.0.1:8787',
+    devices: 3,
+    stream: undefined,
+    count: 0,
+    rate: 5,
+    keys: 4,
+    outbox: undefined,
+    format: 'msgpack',
+    token: process.env.SEQGATE_TOKEN,
+    output: 'text',
   };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i]!;
@@ -58,17 +66,38 @@ function parseArgs(argv: string[]): Options {
       return n;
     };
     switch (flag) {
-      case '--url': o.url = value; break;
-      case '--devices': o.devices = int(); break;
-      case '--stream': o.stream = value; break;
-      case '--count': o.count = int(); break;
-      case '--rate': o.rate = Number(value); break;
-      case '--keys': o.keys = Math.max(1, int()); break;
-      case '--outbox': o.outbox = value; break;
-      case '--format': o.format = value === 'json' ? 'json' : 'msgpack'; break;
-      case '--token': o.token = value; break;
-      case '--output': o.output = value === 'json' ? 'json' : 'text'; break;
-      default: throw new Error(`unknown option ${flag} (see --help)`);
+      case '--url':
+        o.url = value;
+        break;
+      case '--devices':
+        o.devices = int();
+        break;
+      case '--stream':
+        o.stream = value;
+        break;
+      case '--count':
+        o.count = int();
+        break;
+      case '--rate':
+        o.rate = Number(value);
+        break;
+      case '--keys':
+        o.keys = Math.max(1, int());
+        break;
+      case '--outbox':
+        o.outbox = value;
+        break;
+      case '--format':
+        o.format = value === 'json' ? 'json' : 'msgpack';
+        break;
+      case '--token':
+        o.token = value;
+        break;
+      case '--output':
+        o.output = value === 'json' ? 'json' : 'text';
+        break;
+      default:
+        throw new Error(`unknown option ${flag} (see --help)`);
     }
   }
   if (!(o.rate > 0)) throw new Error('--rate must be above 0');
@@ -99,14 +128,25 @@ let stopping = false;
 
 async function runDevice(stream: string, outbox: Outbox | undefined): Promise<Tally> {
   const client = new SeqgateClient({
-    url: options.url, stream, WebSocket, format: options.format,
+    url: options.url,
+    stream,
+    WebSocket,
+    format: options.format,
     ...(outbox !== undefined ? { outbox } : {}),
     ...(options.token !== undefined ? { token: options.token } : {}),
   });
   const tally: Tally = { applied: 0, replayed: 0, rejected: 0, recovered: 0, errors: {} };
-  client.on('state', (s) => say('state', { stream, state: s.state, error: s.error?.message }, `${stream}: ${s.state}${s.error ? ` (${s.error.message})` : ''}`));
+  client.on('state', (s) =>
+    say('state', { stream, state: s.state, error: s.error?.message }, `${stream}: ${s.state}${s.error ? ` (${s.error.message})` : ''}`),
+  );
   client.on('epoch', (e) => say('epoch', { stream, epoch: e.epoch, reason: e.reason }, `${stream}: writing epoch ${e.epoch} (${e.reason})`));
-  client.on('rollback', (r) => say('rollback', { ...r }, `${stream}: the server went back in time (${r.reason}); ${r.pending} unanswered puts ${r.policy === 'reject' ? 'rejected' : 'resent'}`));
+  client.on('rollback', (r) =>
+    say(
+      'rollback',
+      { ...r },
+      `${stream}: the server went back in time (${r.reason}); ${r.pending} unanswered puts ${r.policy === 'reject' ? 'rejected' : 'resent'}`,
+    ),
+  );
   client.on('stopped', (e) => say('stopped', { stream, error: e.message }, `${stream}: stopped writing: ${e.message}`));
   client.on('transientError', (e) => say('transient', { stream, code: e.code }, `${stream}: server could not commit (${e.code}); resending`));
   client.on('result', (s: PutSettlement) => {
@@ -118,7 +158,8 @@ async function runDevice(stream: string, outbox: Outbox | undefined): Promise<Ta
       tally.rejected++;
       const name = s.error?.name ?? 'Error';
       tally.errors[name] = (tally.errors[name] ?? 0) + 1;
-      if (name !== 'ClientClosedError') say('rejected', { stream, seq: s.put.seq, key: s.put.key, error: name }, `${stream}: put ${s.put.seq} (${s.put.key}) rejected: ${s.error?.message}`);
+      if (name !== 'ClientClosedError')
+        say('rejected', { stream, seq: s.put.seq, key: s.put.key, error: name }, `${stream}: put ${s.put.seq} (${s.put.key}) rejected: ${s.error?.message}`);
     }
   });
 
@@ -140,17 +181,18 @@ async function runDevice(stream: string, outbox: Outbox | undefined): Promise<Ta
   }
   const report = await client.close({ timeoutMs: 30_000 });
   const stats = client.stats;
-  say('done', { stream, lastReading: i, ...tally, drained: report.drained, left: report.left.length, sent: stats.sent, connections: stats.connections },
+  say(
+    'done',
+    { stream, lastReading: i, ...tally, drained: report.drained, left: report.left.length, sent: stats.sent, connections: stats.connections },
     `${stream}: done at reading ${i}: ${tally.applied} applied (${tally.replayed} replays), ${tally.rejected} rejected, ` +
-    `${report.left.length} left in the outbox, ${stats.connections} connections`);
+      `${report.left.length} left in the outbox, ${stats.connections} connections`,
+  );
   return tally;
 }
 
 async function main(): Promise<void> {
   const outbox = options.outbox !== undefined ? new SqliteOutbox(options.outbox) : undefined;
-  const streams = options.stream !== undefined
-    ? [options.stream]
-    : Array.from({ length: options.devices }, (_, n) => `device-${n + 1}`);
+  const streams = options.stream !== undefined ? [options.stream] : Array.from({ length: options.devices }, (_, n) => `device-${n + 1}`);
   const onSignal = (): void => {
     if (stopping) process.exit(130);
     stopping = true;

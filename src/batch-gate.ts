@@ -1,9 +1,7 @@
 import { advanceHead, decide, type DocumentMeta, type StoredAck } from './gate.js';
 import { decideCreate, decideReplace, type DocumentRow, type IdempotencyRecord } from './document-gate.js';
 import { acksToEvict, afterForgetting, comparePositions, type Position } from './retention.js';
-import {
-  isDocWrite, type Ack, type DocResult, type Head, type Put, type PutResult, type Write,
-} from './store/store.js';
+import { isDocWrite, type Ack, type DocResult, type Head, type Put, type PutResult, type Write } from './store/store.js';
 
 /**
  * A whole batch through the gate. The store hands in a reader over the rows as they were when its
@@ -137,8 +135,7 @@ export function planBatch<Id>(batch: readonly Write[], reader: BatchReader<Id>, 
   const idempotency: IdempotencyInsert[] = [];
   const results: Array<PutResult | DocResult> = [];
 
-  const documentRow = (tenant: string, key: string): DocumentRow | undefined =>
-    docs.get(tenant + '\u0000' + key) ?? reader.document(tenant, key);
+  const documentRow = (tenant: string, key: string): DocumentRow | undefined => docs.get(tenant + '\u0000' + key) ?? reader.document(tenant, key);
   const writeDocument = (tenant: string, key: string, row: DocumentRow, origin: WriteOrigin): void => {
     docs.set(tenant + '\u0000' + key, row);
     documents.push({ tenant, key, row, origin });
@@ -188,10 +185,18 @@ export function planBatch<Id>(batch: readonly Write[], reader: BatchReader<Id>, 
     if (s === undefined) {
       const row = reader.stream(put.tenant, put.stream);
       s = {
-        tenant: put.tenant, name: put.stream, id: row?.id ?? null,
+        tenant: put.tenant,
+        name: put.stream,
+        id: row?.id ?? null,
         head: row ? { epoch: row.epoch, seq: row.seq, prunedThrough: row.prunedThrough } : { epoch: 0, seq: 0, prunedThrough: 0 },
-        ackCount: row?.ackCount ?? 0, dirty: false, inserted: [], evictedInserted: 0,
-        stored: [], storedNext: 0, storedExhausted: false, evictedThrough: null,
+        ackCount: row?.ackCount ?? 0,
+        dirty: false,
+        inserted: [],
+        evictedInserted: 0,
+        stored: [],
+        storedNext: 0,
+        storedExhausted: false,
+        evictedThrough: null,
       };
       streams.set(streamKey, s);
     }
@@ -221,8 +226,12 @@ export function planBatch<Id>(batch: readonly Write[], reader: BatchReader<Id>, 
 
     const { ack, write } = decision;
     if (write !== null) {
-      writeDocument(put.tenant, put.key, { version: write.version, deleted: write.deleted, state: write.state, updatedAt: now },
-        { kind: 'put', stream: put.stream, epoch: put.epoch, seq: put.seq });
+      writeDocument(
+        put.tenant,
+        put.key,
+        { version: write.version, deleted: write.deleted, state: write.state, updatedAt: now },
+        { kind: 'put', stream: put.stream, epoch: put.epoch, seq: put.seq },
+      );
     }
     state.head = advanceHead(state.head, put);
     state.dirty = true;
@@ -237,7 +246,12 @@ export function planBatch<Id>(batch: readonly Write[], reader: BatchReader<Id>, 
   for (const s of streams.values()) {
     if (!s.dirty) continue;
     writes.push({
-      tenant: s.tenant, name: s.name, id: s.id, head: s.head, ackCount: s.ackCount, evictThrough: s.evictedThrough,
+      tenant: s.tenant,
+      name: s.name,
+      id: s.id,
+      head: s.head,
+      ackCount: s.ackCount,
+      evictThrough: s.evictedThrough,
       acks: s.evictedInserted === 0 ? s.inserted : s.inserted.slice(s.evictedInserted),
     });
   }

@@ -28,10 +28,12 @@ async function main(): Promise<void> {
   // what was never committed; exiting is safe, since every acked put is on disk and a restarted
   // server answers retries from the stored acks. The handler exists so the cause lands in the JSON
   // log that operators collect, not only as a stack trace on stderr.
-  const fatal = (kind: string) => (err: unknown): void => {
-    log.fatal({ err }, `${kind}; exiting so that a supervisor restarts a clean process`);
-    process.exit(1);
-  };
+  const fatal =
+    (kind: string) =>
+    (err: unknown): void => {
+      log.fatal({ err }, `${kind}; exiting so that a supervisor restarts a clean process`);
+      process.exit(1);
+    };
   process.on('uncaughtException', fatal('uncaught exception'));
   process.on('unhandledRejection', fatal('unhandled promise rejection'));
   let server: SeqgateServer;

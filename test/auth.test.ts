@@ -39,7 +39,8 @@ interface TokenEntry {
 const alpha: TokenEntry = { token: ALPHA, tenant: 'alpha' };
 const beta: TokenEntry = { token: BETA, tenant: 'beta' };
 const limited: TokenEntry = {
-  token: LIMITED, tenant: 'alpha',
+  token: LIMITED,
+  tenant: 'alpha',
   write: { streams: ['dev-'], documents: ['dev-'] },
   read: { streams: ['dev-', 'shared-'], documents: ['dev-'] },
 };
@@ -48,7 +49,11 @@ function tokensJson(...entries: TokenEntry[]): string {
   return JSON.stringify({ tokens: entries });
 }
 
-interface Res { status: number; headers: Headers; body: Msg }
+interface Res {
+  status: number;
+  headers: Headers;
+  body: Msg;
+}
 
 function http(t: TestServer): string {
   return t.url.replace(/^ws:/, 'http:');
@@ -285,7 +290,10 @@ describe('grants', () => {
   it('answers forbidden per put over WebSocket and refuses a hello naming a stream it may not read', async () => {
     const t = await serve({ tokens: tokensJson(alpha, limited) });
     const c = await TestClient.connect(t.url, 'msgpack', withBearer(LIMITED));
-    c.send({ type: 'put', puts: [put({ stream: 'dev-1', seq: 1, key: 'dev-a' }), put({ stream: 'prod-1', seq: 1, key: 'dev-b' }), put({ stream: 'dev-1', seq: 2, key: 'x' })] });
+    c.send({
+      type: 'put',
+      puts: [put({ stream: 'dev-1', seq: 1, key: 'dev-a' }), put({ stream: 'prod-1', seq: 1, key: 'dev-b' }), put({ stream: 'dev-1', seq: 2, key: 'x' })],
+    });
     const results = await c.waitResults(3);
     expect(results.map((r: Msg) => r.outcome)).toEqual(['applied', 'forbidden', 'forbidden']);
     expect(results[1].error).toMatchObject({ code: 'FORBIDDEN', retryable: false });
@@ -295,7 +303,10 @@ describe('grants', () => {
     expect(c.messages.some((m: Msg) => m.type === 'welcome')).toBe(false);
     c.send({ type: 'hello', streams: ['dev-1', 'shared-1'] });
     const welcome = await c.waitMessage('welcome');
-    expect(welcome.heads.map((h: Msg) => [h.stream, h.seq])).toEqual([['dev-1', 1], ['shared-1', 0]]);
+    expect(welcome.heads.map((h: Msg) => [h.stream, h.seq])).toEqual([
+      ['dev-1', 1],
+      ['shared-1', 0],
+    ]);
     expect((await call(t, 'GET', '/v1/streams/dev-1', ALPHA)).body).toMatchObject({ seq: 1 });
     await c.close();
   });
@@ -410,7 +421,12 @@ describe('secrets stay out of logs', () => {
 
   it('never writes a token, or any part of one, to the log at level trace', async () => {
     const lines: string[] = [];
-    const sink = new Writable({ write(chunk: Buffer, _enc, done) { lines.push(chunk.toString('utf8')); done(); } });
+    const sink = new Writable({
+      write(chunk: Buffer, _enc, done) {
+        lines.push(chunk.toString('utf8'));
+        done();
+      },
+    });
     const logger = pino({ level: 'trace' }, sink);
     const file = tokensFile(tokensJson(alpha, beta));
     const t = await serve({ tokensFile: file.path }, { logger });
@@ -456,10 +472,10 @@ describe('secrets stay out of logs', () => {
     const dir = mkdtempSync(join(tmpdir(), 'seqgate-auth-'));
     cleanup.push(() => rmSync(dir, { recursive: true, force: true }));
     const file = tokensFile(`{"tokens":[{"token":${ALPHA}","tenant":"alpha"}]}`);
-    const err = await SeqgateServer.start(
-      { port: 0, dbPath: join(dir, 'db'), tokensFile: file.path },
-      { logger: pino({ level: 'silent' }) },
-    ).then(() => undefined, (e: Error) => e);
+    const err = await SeqgateServer.start({ port: 0, dbPath: join(dir, 'db'), tokensFile: file.path }, { logger: pino({ level: 'silent' }) }).then(
+      () => undefined,
+      (e: Error) => e,
+    );
     expect(err).toBeInstanceOf(AuthConfigError);
     for (const s of slices(ALPHA)) expect(err!.message).not.toContain(s);
   });
@@ -475,7 +491,10 @@ describe('open mode and start checks', () => {
 
   it('refuses to listen on a non-loopback interface without tokens unless --allow-insecure-open is set', async () => {
     for (const host of ['0.0.0.0', '::', '192.0.2.10']) {
-      const err = await SeqgateServer.start({ host, port: 0, dbPath: dbPath() }, { logger: silent }).then(() => undefined, (e: Error) => e);
+      const err = await SeqgateServer.start({ host, port: 0, dbPath: dbPath() }, { logger: silent }).then(
+        () => undefined,
+        (e: Error) => e,
+      );
       expect(err, host).toBeInstanceOf(ConfigError);
       expect(err!.message).toContain('--allow-insecure-open');
     }
@@ -503,12 +522,18 @@ describe('open mode and start checks', () => {
     ];
     for (const [overrides, message] of cases) {
       const path = dbPath();
-      const err = await SeqgateServer.start({ port: 0, dbPath: path, ...overrides }, { logger: silent }).then(() => undefined, (e: Error) => e);
+      const err = await SeqgateServer.start({ port: 0, dbPath: path, ...overrides }, { logger: silent }).then(
+        () => undefined,
+        (e: Error) => e,
+      );
       expect(err).toBeInstanceOf(AuthConfigError);
       expect(err!.message).toMatch(message);
       expect(existsSync(path)).toBe(false);
     }
-    const sixteen = await SeqgateServer.start({ port: 0, dbPath: dbPath(), tokens: tokensJson({ token: '1234567890123456', tenant: 'a' }) }, { logger: silent });
+    const sixteen = await SeqgateServer.start(
+      { port: 0, dbPath: dbPath(), tokens: tokensJson({ token: '1234567890123456', tenant: 'a' }) },
+      { logger: silent },
+    );
     await sixteen.close();
   });
 });

@@ -27,7 +27,11 @@ afterEach(async () => {
   t = undefined;
 });
 
-interface LogRecord { level: number; msg: string; [k: string]: unknown }
+interface LogRecord {
+  level: number;
+  msg: string;
+  [k: string]: unknown;
+}
 
 /** A pino logger whose records the test can read. */
 function capturingLogger(): { logger: pino.Logger; records: LogRecord[] } {
@@ -82,7 +86,13 @@ function flood(ws: WebSocket, stream: string, maxBuffered: number): { sent: () =
       await sleep(2);
     }
   })();
-  return { sent: () => seq, stop: () => { running = false; }, done };
+  return {
+    sent: () => seq,
+    stop: () => {
+      running = false;
+    },
+    done,
+  };
 }
 
 describe('a client that never reads its results', () => {
@@ -93,7 +103,9 @@ describe('a client that never reads its results', () => {
 
     const heapBefore = process.memoryUsage().heapUsed;
     let heapPeak = heapBefore;
-    const heapSampler = setInterval(() => { heapPeak = Math.max(heapPeak, process.memoryUsage().heapUsed); }, 10);
+    const heapSampler = setInterval(() => {
+      heapPeak = Math.max(heapPeak, process.memoryUsage().heapUsed);
+    }, 10);
 
     const bad = await openRaw(server.url);
     const badClosed = new Promise<{ code: number; reason: string }>((resolve) => {
@@ -189,19 +201,26 @@ describe('a client that never reads its results', () => {
       if (m.type === 'results') results.push(...m.results);
     });
     let closedCode: number | undefined;
-    ws.on('close', (code) => { closedCode = code; });
+    ws.on('close', (code) => {
+      closedCode = code;
+    });
 
     ws.pause();
     const pausedAt = Date.now();
     const f = flood(ws, 'burst', 8 * MiB);
     // Wait until the server has stopped reading: commits stop while the client still has puts queued.
     let last = -1;
-    await until(() => {
-      const now = committedSeq(server.dbPath, 'burst');
-      const stable = now > 0 && now === last;
-      last = now;
-      return stable;
-    }, 'the server stops reading', 10_000, 150);
+    await until(
+      () => {
+        const now = committedSeq(server.dbPath, 'burst');
+        const stable = now > 0 && now === last;
+        last = now;
+        return stable;
+      },
+      'the server stops reading',
+      10_000,
+      150,
+    );
     f.stop();
     await f.done;
     const sent = f.sent();

@@ -74,15 +74,23 @@ async function answerWithoutEffect(format: Format, sendBad: (c: TestClient) => v
   const [theirResult] = await other.waitResults(1);
 
   expect(c.results().find((r: Msg) => r.id === follow.id)).toMatchObject({
-    outcome: 'applied', replay: false, ack: { stream: 's', epoch: 1, seq: 1, key: 'k', version: 1, deleted: false },
+    outcome: 'applied',
+    replay: false,
+    ack: { stream: 's', epoch: 1, seq: 1, key: 'k', version: 1, deleted: false },
   });
   expect(theirResult).toMatchObject({ id: theirs.id, outcome: 'applied', replay: false, ack: { stream: 'other', seq: 1, version: 1 } });
   // Only the bad frame's answer and the follow-up's result reached this client.
   expect(c.messages).toHaveLength(2);
   expect(snapshot(t.dbPath)).toEqual({
     acks: 2,
-    streams: [{ name: 'other', epoch: 1, seq: 1 }, { name: 's', epoch: 1, seq: 1 }],
-    documents: [{ key: 'k', version: 1, deleted: 0 }, { key: 'other-k', version: 1, deleted: 0 }],
+    streams: [
+      { name: 'other', epoch: 1, seq: 1 },
+      { name: 's', epoch: 1, seq: 1 },
+    ],
+    documents: [
+      { key: 'k', version: 1, deleted: 0 },
+      { key: 'other-k', version: 1, deleted: 0 },
+    ],
   });
   expect(c.ws.readyState).toBe(c.ws.OPEN);
   return answer;
@@ -148,7 +156,14 @@ const FIELD_CASES: FieldCase[] = [
   { name: 'key a map', over: { key: { k: 1 } }, code: 'INVALID_FIELD', field: 'key' },
   { name: 'key empty', over: { key: '' }, code: 'INVALID_FIELD', field: 'key' },
   { name: 'key of 257 bytes', over: { key: 'k'.repeat(257) }, code: 'LIMIT_EXCEEDED', field: 'key', limit: 'maxKeyBytes', max: 256 },
-  { name: 'key of 64 four-byte characters and one more byte', over: { key: '😀'.repeat(64) + 'k' }, code: 'LIMIT_EXCEEDED', field: 'key', limit: 'maxKeyBytes', max: 256 },
+  {
+    name: 'key of 64 four-byte characters and one more byte',
+    over: { key: '😀'.repeat(64) + 'k' },
+    code: 'LIMIT_EXCEEDED',
+    field: 'key',
+    limit: 'maxKeyBytes',
+    max: 256,
+  },
   { name: 'key with a tab', over: { key: 'k\tk' }, code: 'INVALID_FIELD', field: 'key' },
   { name: 'key with a carriage return', over: { key: 'k\r' }, code: 'INVALID_FIELD', field: 'key' },
 
@@ -272,9 +287,24 @@ describe('a frame that is not a valid message', () => {
 
   it.each(MSGPACK_EXTENSIONS)('a put whose state holds a msgpack %s gets MALFORMED_FRAME', async (_name, ext) => {
     const frame = Buffer.concat([
-      hex('82'), packr.pack('type'), packr.pack('put'), packr.pack('puts'), hex('91 86'),
-      packr.pack('id'), packr.pack(1), packr.pack('stream'), packr.pack('s'), packr.pack('epoch'), packr.pack(1),
-      packr.pack('seq'), packr.pack(1), packr.pack('key'), packr.pack('k'), packr.pack('state'), hex('81 a1 78'), ext,
+      hex('82'),
+      packr.pack('type'),
+      packr.pack('put'),
+      packr.pack('puts'),
+      hex('91 86'),
+      packr.pack('id'),
+      packr.pack(1),
+      packr.pack('stream'),
+      packr.pack('s'),
+      packr.pack('epoch'),
+      packr.pack(1),
+      packr.pack('seq'),
+      packr.pack(1),
+      packr.pack('key'),
+      packr.pack('k'),
+      packr.pack('state'),
+      hex('81 a1 78'),
+      ext,
     ]);
     const answer = await answerWithoutEffect('msgpack', (c) => c.sendRaw(frame, true));
     expect(answer).toEqual(messageError('MALFORMED_FRAME'));
@@ -346,9 +376,10 @@ describe('a frame that is not a valid message', () => {
     });
 
     it(`over ${format}: a frame nested a hundred thousand levels gets TOO_DEEP`, async () => {
-      const frame = format === 'msgpack'
-        ? Buffer.concat([hex('82'), packr.pack('type'), packr.pack('put'), packr.pack('puts'), Buffer.alloc(100_000, 0x91), hex('c0')])
-        : '{"type":"put","puts":' + '['.repeat(100_000) + ']'.repeat(100_000) + '}';
+      const frame =
+        format === 'msgpack'
+          ? Buffer.concat([hex('82'), packr.pack('type'), packr.pack('put'), packr.pack('puts'), Buffer.alloc(100_000, 0x91), hex('c0')])
+          : '{"type":"put","puts":' + '['.repeat(100_000) + ']'.repeat(100_000) + '}';
       const answer = await answerWithoutEffect(format, (c) => c.sendRaw(frame));
       expect(answer).toEqual(messageError('TOO_DEEP', { limit: 'maxStateDepth', max: 32 }));
     });
@@ -400,13 +431,16 @@ describe('a bad hello', () => {
   });
 
   for (const format of ['msgpack', 'json'] as const) {
-    it.each<[string, unknown]>([['2', 2], ['0', 0], ['"1"', '1'], ['1.5', 1.5], ['[1]', [1]]])(
-      `over ${format}: protocol %s gets UNSUPPORTED_VERSION listing the supported versions`,
-      async (_name, protocol) => {
-        const answer = await answerWithoutEffect(format, (c) => c.send({ type: 'hello', protocol, streams: ['s'] }));
-        expect(answer).toEqual(messageError('UNSUPPORTED_VERSION', { supported: [1] }));
-      },
-    );
+    it.each<[string, unknown]>([
+      ['2', 2],
+      ['0', 0],
+      ['"1"', '1'],
+      ['1.5', 1.5],
+      ['[1]', [1]],
+    ])(`over ${format}: protocol %s gets UNSUPPORTED_VERSION listing the supported versions`, async (_name, protocol) => {
+      const answer = await answerWithoutEffect(format, (c) => c.send({ type: 'hello', protocol, streams: ['s'] }));
+      expect(answer).toEqual(messageError('UNSUPPORTED_VERSION', { supported: [1] }));
+    });
 
     it.each<[string, unknown]>([
       ['a string', 's'],
@@ -499,7 +533,10 @@ describe('a put message mixing valid and invalid puts', () => {
         expect(snapshot(t.dbPath)).toEqual({
           acks: 3,
           streams: [{ name: 'mix', epoch: 1, seq: 3 }],
-          documents: [{ key: 'a', version: 2, deleted: 0 }, { key: 'b', version: 1, deleted: 0 }],
+          documents: [
+            { key: 'a', version: 2, deleted: 0 },
+            { key: 'b', version: 1, deleted: 0 },
+          ],
         });
       });
 

@@ -158,7 +158,13 @@ describe('canonical floats', () => {
 
 describe('canonical strings, binaries and containers', () => {
   it.each<[number, string]>([
-    [0, 'a0'], [31, 'bf'], [32, 'd920'], [255, 'd9ff'], [256, 'da0100'], [65535, 'daffff'], [65536, 'db00010000'],
+    [0, 'a0'],
+    [31, 'bf'],
+    [32, 'd920'],
+    [255, 'd9ff'],
+    [256, 'da0100'],
+    [65535, 'daffff'],
+    [65536, 'db00010000'],
   ])('gives a string of %i UTF-8 bytes the header %s', (length, header) => {
     expect(enc('x'.repeat(length))).toBe(header + '78'.repeat(length));
   });
@@ -170,7 +176,12 @@ describe('canonical strings, binaries and containers', () => {
   });
 
   it.each<[number, string]>([
-    [0, 'c400'], [1, 'c401'], [255, 'c4ff'], [256, 'c50100'], [65535, 'c5ffff'], [65536, 'c600010000'],
+    [0, 'c400'],
+    [1, 'c401'],
+    [255, 'c4ff'],
+    [256, 'c50100'],
+    [65535, 'c5ffff'],
+    [65536, 'c600010000'],
   ])('gives a binary of %i bytes the header %s and keeps its bytes', (length, header) => {
     const bytes = Uint8Array.from({ length }, (_, i) => (i * 7 + 3) & 0xff);
     expect(enc(bytes)).toBe(header + Buffer.from(bytes).toString('hex'));
@@ -188,20 +199,27 @@ describe('canonical strings, binaries and containers', () => {
     expect(p.state!.toString('hex')).toBe(hex('81 a4 626c6f62 c5 012c') + Buffer.from(bytes).toString('hex'));
   });
 
-  it.each<[number, string]>([[0, '90'], [15, '9f'], [16, 'dc0010'], [65535, 'dcffff'], [65536, 'dd00010000']])(
-    'gives an array of %i items the header %s', (length, header) => {
-      expect(enc(new Array(length).fill(null)).slice(0, header.length)).toBe(header);
-      expect(enc(new Array(length).fill(null)).length).toBe(header.length + 2 * length);
-    },
-  );
+  it.each<[number, string]>([
+    [0, '90'],
+    [15, '9f'],
+    [16, 'dc0010'],
+    [65535, 'dcffff'],
+    [65536, 'dd00010000'],
+  ])('gives an array of %i items the header %s', (length, header) => {
+    expect(enc(new Array(length).fill(null)).slice(0, header.length)).toBe(header);
+    expect(enc(new Array(length).fill(null)).length).toBe(header.length + 2 * length);
+  });
 
-  it.each<[number, string]>([[0, '80'], [15, '8f'], [16, 'de0010'], [65536, 'df00010000']])(
-    'gives a map of %i entries the header %s', (size, header) => {
-      const m = new Map<number, null>();
-      for (let i = 0; i < size; i++) m.set(i, null);
-      expect(enc(m).slice(0, header.length)).toBe(header);
-    },
-  );
+  it.each<[number, string]>([
+    [0, '80'],
+    [15, '8f'],
+    [16, 'de0010'],
+    [65536, 'df00010000'],
+  ])('gives a map of %i entries the header %s', (size, header) => {
+    const m = new Map<number, null>();
+    for (let i = 0; i < size; i++) m.set(i, null);
+    expect(enc(m).slice(0, header.length)).toBe(header);
+  });
 
   it('encodes nil, booleans and nested containers', () => {
     expect(enc(null)).toBe('c0');
@@ -211,7 +229,17 @@ describe('canonical strings, binaries and containers', () => {
   });
 
   it('rejects values msgpack cannot carry as type errors', () => {
-    for (const v of [undefined, () => 1, Symbol('s'), new Date(0), new (class Point { x = 1; })(), new Set([1]), [undefined]]) {
+    for (const v of [
+      undefined,
+      () => 1,
+      Symbol('s'),
+      new Date(0),
+      new (class Point {
+        x = 1;
+      })(),
+      new Set([1]),
+      [undefined],
+    ]) {
       expect(caught(() => enc(v))).toMatchObject({ kind: 'type', limit: undefined });
     }
   });
@@ -223,7 +251,16 @@ describe('canonical map keys', () => {
     expect(enc({ a: 2, b: 1 })).toBe(hex('82 a161 02 a162 01'));
     // Shorter strings sort first (the header byte holds the length), and integers before strings.
     expect(enc({ aa: 1, b: 2 })).toBe(hex('82 a162 02 a26161 01'));
-    expect(enc(new Map<unknown, number>([['a', 1], [200, 2], [-1, 3], [5, 4]]))).toBe(hex('84 05 04 a161 01 cc c8 02 ff 03'));
+    expect(
+      enc(
+        new Map<unknown, number>([
+          ['a', 1],
+          [200, 2],
+          [-1, 3],
+          [5, 4],
+        ]),
+      ),
+    ).toBe(hex('84 05 04 a161 01 cc c8 02 ff 03'));
   });
 
   it('gives the same bytes for any order of the same entries, in plain objects and Maps', () => {
@@ -249,8 +286,26 @@ describe('canonical map keys', () => {
   });
 
   it('rejects two keys that encode to the same bytes', () => {
-    expect(caught(() => enc(new Map<unknown, number>([[1, 1], [1n, 2]])))).toMatchObject({ kind: 'type' });
-    expect(caught(() => enc({ x: new Map<unknown, number>([[2 ** 40, 1], [2n ** 40n, 2]]) }))).toMatchObject({ kind: 'type' });
+    expect(
+      caught(() =>
+        enc(
+          new Map<unknown, number>([
+            [1, 1],
+            [1n, 2],
+          ]),
+        ),
+      ),
+    ).toMatchObject({ kind: 'type' });
+    expect(
+      caught(() =>
+        enc({
+          x: new Map<unknown, number>([
+            [2 ** 40, 1],
+            [2n ** 40n, 2],
+          ]),
+        }),
+      ),
+    ).toMatchObject({ kind: 'type' });
   });
 
   it.each<[string, unknown]>([
@@ -270,14 +325,18 @@ describe('canonical map keys', () => {
     const value = decodeFrame(data, true, 'msgpack', 40);
     const message = parseMessage(value, WIRE_LIMITS, 'default');
     expect(message.type === 'put' && message.puts[0]).toMatchObject({
-      ok: false, result: { outcome: 'invalid', error: { code: 'INVALID_FIELD', field: 'state' } },
+      ok: false,
+      result: { outcome: 'invalid', error: { code: 'INVALID_FIELD', field: 'state' } },
     });
   });
 });
 
 describe('canonical limits', () => {
   const small = (maxBytes: number, maxDepth: number): CanonicalLimits => ({
-    maxBytes, maxDepth, bytesLimitName: 'maxStateBytes', depthLimitName: 'maxStateDepth',
+    maxBytes,
+    maxDepth,
+    bytesLimitName: 'maxStateBytes',
+    depthLimitName: 'maxStateDepth',
   });
 
   it('accepts an encoding of exactly maxBytes and names maxStateBytes one byte over', () => {
@@ -319,8 +378,15 @@ describe('canonical limits', () => {
 describe('put fingerprint', () => {
   const base = { id: 7, stream: 'fp', epoch: 3, seq: 9, key: 'doc', ifVersion: 2 };
   const state = {
-    name: 'Zoë 😀', n: 42, big: 2 ** 40, neg: -129, ratio: 0.25, flag: true, none: null,
-    list: [1, 'two', [3.5, { deep: [] }]], nested: { z: 1, a: { y: [false] } },
+    name: 'Zoë 😀',
+    n: 42,
+    big: 2 ** 40,
+    neg: -129,
+    ratio: 0.25,
+    flag: true,
+    none: null,
+    list: [1, 'two', [3.5, { deep: [] }]],
+    nested: { z: 1, a: { y: [false] } },
   };
 
   it('is the same for a put decoded from msgpack (Maps) and from JSON (objects)', () => {
@@ -335,7 +401,17 @@ describe('put fingerprint', () => {
   });
 
   it('is the same whatever order the state keys were sent in', () => {
-    const reordered = { nested: { a: { y: [false] }, z: 1 }, list: state.list, none: null, flag: true, ratio: 0.25, neg: -129, big: 2 ** 40, n: 42, name: state.name };
+    const reordered = {
+      nested: { a: { y: [false] }, z: 1 },
+      list: state.list,
+      none: null,
+      flag: true,
+      ratio: 0.25,
+      neg: -129,
+      big: 2 ** 40,
+      n: 42,
+      name: state.name,
+    };
     expect(viaJson({ ...base, state: reordered }).fingerprint).toEqual(viaMsgpack({ ...base, state }).fingerprint);
   });
 

@@ -47,7 +47,12 @@ async function writer(stream: string, n: number, acked: Map<string, { key: strin
     const body = JSON.stringify({ epoch: 1, seq, key: `k${(seq * 7 + stream.length) % 10}`, state: { stream, seq } });
     for (;;) {
       try {
-        const res = await fetch(`${base()}/v1/streams/${stream}/puts`, { method: 'POST', headers: { 'content-type': 'application/json' }, body, signal: AbortSignal.timeout(5000) });
+        const res = await fetch(`${base()}/v1/streams/${stream}/puts`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body,
+          signal: AbortSignal.timeout(5000),
+        });
         if (res.status === 200) {
           const r = (await res.json()) as { ack: { key: string; version: number } };
           acked.set(`${stream}/${seq}`, { key: r.ack.key, version: r.ack.version });

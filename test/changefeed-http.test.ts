@@ -72,7 +72,11 @@ async function raw(path: string, init: RequestInit = {}): Promise<Response> {
 }
 
 /** Collects a live session's items until `count` arrived (or fails after the timeout). */
-function collect(res: Awaited<ReturnType<typeof stream<WireChange>>>): { items: WireChange[]; batches: Array<JsonBatch<WireChange>>; until(n: number, ms?: number): Promise<void> } {
+function collect(res: Awaited<ReturnType<typeof stream<WireChange>>>): {
+  items: WireChange[];
+  batches: Array<JsonBatch<WireChange>>;
+  until(n: number, ms?: number): Promise<void>;
+} {
   const items: WireChange[] = [];
   const batches: Array<JsonBatch<WireChange>> = [];
   let waiters: Array<() => void> = [];
@@ -90,7 +94,10 @@ function collect(res: Awaited<ReturnType<typeof stream<WireChange>>>): { items: 
         if (Date.now() > deadline) throw new Error(`timed out with ${items.length}/${n} items: ${JSON.stringify(items.map((i) => i.key))}`);
         await new Promise<void>((resolve) => {
           const t = setTimeout(resolve, 100);
-          waiters.push(() => { clearTimeout(t); resolve(); });
+          waiters.push(() => {
+            clearTimeout(t);
+            resolve();
+          });
         });
       }
       waiters = [];
@@ -112,7 +119,11 @@ describe('GET /v1/changes with @durable-streams/client', () => {
     await putDoc('a/1', { n: 3 });
     const res = await stream<WireChange>({ url: `${http()}/v1/changes`, offset: '-1', live: false, headers: auth() });
     const items = await res.json();
-    expect(items.map((i) => [i.key, i.version, i.state])).toEqual([['a/1', 1, { n: 1 }], ['b/1', 1, { n: 2 }], ['a/1', 2, { n: 3 }]]);
+    expect(items.map((i) => [i.key, i.version, i.state])).toEqual([
+      ['a/1', 1, { n: 1 }],
+      ['b/1', 1, { n: 2 }],
+      ['a/1', 2, { n: 3 }],
+    ]);
     expect(items[0]!.origin).toEqual({ stream: 'dev-1', epoch: 1, seq: 1 });
     expectInOrder(items);
     expect(res.offset).toBe(items[2]!.offset);
@@ -128,7 +139,10 @@ describe('GET /v1/changes with @durable-streams/client', () => {
     await putDoc('a/3', 3);
     await putDoc('a/1', 4);
     const resumed = await stream<WireChange>({ url: `${http()}/v1/changes`, offset: saved, live: false, headers: auth() });
-    expect((await resumed.json()).map((i) => [i.key, i.state])).toEqual([['a/3', 3], ['a/1', 4]]);
+    expect((await resumed.json()).map((i) => [i.key, i.state])).toEqual([
+      ['a/3', 3],
+      ['a/1', 4],
+    ]);
     // At the tail: an empty page that keeps the offset.
     const tail = await stream<WireChange>({ url: `${http()}/v1/changes`, offset: resumed.offset, live: false, headers: auth() });
     expect(await tail.json()).toEqual([]);
@@ -138,11 +152,17 @@ describe('GET /v1/changes with @durable-streams/client', () => {
   // The SSE reader of @durable-streams/client 0.2.7 reconnects when a stream ends, but gives up on
   // a connection reset (a kill -9 of the server) with "terminated": SSE is restarted gracefully
   // (SIGTERM ends every SSE response cleanly), long-poll is killed.
-  for (const [live, signal] of [['long-poll', 'SIGKILL'], ['sse', 'SIGTERM']] as const) {
+  for (const [live, signal] of [
+    ['long-poll', 'SIGKILL'],
+    ['sse', 'SIGTERM'],
+  ] as const) {
     it(`tails live (${live}) across a server restart (${signal}) without gaps or repeats`, async () => {
       await putDoc('a/0', 0);
       const res = await stream<WireChange>({
-        url: `${http()}/v1/changes`, offset: '-1', live, headers: auth(),
+        url: `${http()}/v1/changes`,
+        offset: '-1',
+        live,
+        headers: auth(),
         backoffOptions: { initialDelay: 50, maxDelay: 300, multiplier: 1.5 },
       });
       const got = collect(res);
@@ -169,8 +189,9 @@ describe('GET /v1/changes with @durable-streams/client', () => {
     expect((await res.json()).map((i) => i.key)).toEqual(['a/1', 'a/2']);
     const narrowed = await stream<WireChange>({ url: `${http()}/v1/changes`, offset: '-1', live: false, headers: auth(READER_A), params: { prefix: 'a/2' } });
     expect((await narrowed.json()).map((i) => i.key)).toEqual(['a/2']);
-    await expect(stream({ url: `${http()}/v1/changes`, offset: '-1', live: false, headers: auth(READER_A), params: { prefix: 'b/' } }))
-      .rejects.toSatisfy((e: unknown) => (e instanceof FetchError || e instanceof DurableStreamError) && (e as { status?: number }).status === 403);
+    await expect(stream({ url: `${http()}/v1/changes`, offset: '-1', live: false, headers: auth(READER_A), params: { prefix: 'b/' } })).rejects.toSatisfy(
+      (e: unknown) => (e instanceof FetchError || e instanceof DurableStreamError) && (e as { status?: number }).status === 403,
+    );
     expect((await fetch(`${http()}/v1/changes`)).status).toBe(401);
   });
 });
@@ -254,9 +275,15 @@ describe('retention and snapshot restart', () => {
     expect(body.error.earliest).toMatch(/^\d{16}_[0-9a-f]{8}$/);
 
     const snap = (await (await raw('/v1/changes/snapshot?prefix=a/')).json()) as {
-      offset: string; documents: Array<{ key: string; version: number; state: unknown }>; nextKey: string | null;
+      offset: string;
+      documents: Array<{ key: string; version: number; state: unknown }>;
+      nextKey: string | null;
     };
-    expect(snap.documents.map((d) => [d.key, d.version, d.state])).toEqual([['a/0', 2, 3], ['a/1', 2, 4], ['a/2', 1, 2]]);
+    expect(snap.documents.map((d) => [d.key, d.version, d.state])).toEqual([
+      ['a/0', 2, 3],
+      ['a/1', 2, 4],
+      ['a/2', 1, 2],
+    ]);
     expect(snap.nextKey).toBeNull();
     await putDoc('a/2', 9);
     const after = await stream<WireChange>({ url: `${http()}/v1/changes`, offset: snap.offset, live: false, headers: auth() });

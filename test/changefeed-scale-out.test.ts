@@ -20,7 +20,13 @@ let db: TestDatabase;
 let dir: TempDb;
 const servers: ChildServer[] = [];
 
-interface WireChange { offset: string; key: string; version: number; deleted: boolean; state: unknown }
+interface WireChange {
+  offset: string;
+  key: string;
+  version: number;
+  deleted: boolean;
+  state: unknown;
+}
 
 const position = (offset: string): number => Number(offset.slice(0, 16));
 
@@ -60,7 +66,12 @@ describe.skipIf(!PG)('the change log with several servers on one PostgreSQL data
     db = await createTestDatabase('seqgate_feed_scaleout', { fastCommits: true });
     dir = tempDb('seqgate-feed-scaleout-');
     for (let i = 0; i < SERVERS; i++) {
-      servers.push(new ChildServer({ dbPath: dir.dbPath, args: ['--store', 'postgres', '--database-url', db.url, '--changes-poll-interval-ms', '20', '--changes-long-poll-ms', '1000'] }));
+      servers.push(
+        new ChildServer({
+          dbPath: dir.dbPath,
+          args: ['--store', 'postgres', '--database-url', db.url, '--changes-poll-interval-ms', '20', '--changes-long-poll-ms', '1000'],
+        }),
+      );
     }
     await Promise.all(servers.map((s) => s.start()));
   }, 90_000);

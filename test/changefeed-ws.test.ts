@@ -34,11 +34,14 @@ function changes(c: TestClient, id: unknown): Msg[] {
 /** Sends puts (`delete: true` puts carry no state) and waits until all are applied. */
 async function write(c: TestClient, ...puts: Array<Record<string, unknown>>): Promise<void> {
   const before = c.results().length;
-  c.send({ type: 'put', puts: puts.map((p) => {
-    const full = put(p);
-    if (p.delete === true) delete full.state;
-    return full;
-  }) });
+  c.send({
+    type: 'put',
+    puts: puts.map((p) => {
+      const full = put(p);
+      if (p.delete === true) delete full.state;
+      return full;
+    }),
+  });
   const results = await c.waitResults(before + puts.length);
   expect(results.slice(before).map((r: Msg) => r.outcome)).toEqual(puts.map(() => 'applied'));
 }
@@ -52,14 +55,14 @@ describe('subscribe', () => {
     reader.send({ type: 'subscribe', id: 'feed', prefix: 'a/', from: '-1' });
     await reader.waitFor(() => reader.messages.some((m) => m.type === 'changes' && m.upToDate));
     expect(reader.messages[0]).toMatchObject({ type: 'subscribed', id: 'feed' });
-    expect(changes(reader, 'feed').map((c) => [c.key, c.version, c.state, c.origin])).toEqual([
-      ['a/1', 1, { n: 1 }, { stream: 's', epoch: 1, seq: 1 }],
-    ]);
+    expect(changes(reader, 'feed').map((c) => [c.key, c.version, c.state, c.origin])).toEqual([['a/1', 1, { n: 1 }, { stream: 's', epoch: 1, seq: 1 }]]);
     await write(writer, { seq: 3, key: 'a/2', state: [1, 2] }, { seq: 4, key: 'a/1', delete: true });
     await reader.waitFor(() => changes(reader, 'feed').length === 3);
     const got = changes(reader, 'feed');
     expect(got.map((c) => [c.key, c.version, c.deleted, c.state])).toEqual([
-      ['a/1', 1, false, { n: 1 }], ['a/2', 1, false, [1, 2]], ['a/1', 2, true, null],
+      ['a/1', 1, false, { n: 1 }],
+      ['a/2', 1, false, [1, 2]],
+      ['a/1', 2, true, null],
     ]);
     const offsets = got.map((c) => c.offset);
     expect([...offsets].sort()).toEqual(offsets);
@@ -79,7 +82,10 @@ describe('subscribe', () => {
     second.send({ type: 'subscribe', id: 1, from: saved });
     await second.waitFor(() => changes(second, 1).length >= 2);
     await new Promise((r) => setTimeout(r, 50));
-    expect(changes(second, 1).map((c) => [c.key, c.version])).toEqual([['k3', 1], ['k1', 2]]);
+    expect(changes(second, 1).map((c) => [c.key, c.version])).toEqual([
+      ['k3', 1],
+      ['k1', 2],
+    ]);
   });
 
   it('carries the canonical msgpack bytes as state under msgpack, and JSON under the JSON subprotocol', async () => {
@@ -93,10 +99,12 @@ describe('subscribe', () => {
   });
 
   it('narrows a subscription to the read grant, refuses a prefix outside it, and ends on unsubscribe', async () => {
-    const tokens = JSON.stringify({ tokens: [
-      { token: 'writer-token-0123456789', tenant: 'acme' },
-      { token: 'reader-token-0123456789', tenant: 'acme', read: { streams: [''], documents: ['a/', 'c/'] } },
-    ] });
+    const tokens = JSON.stringify({
+      tokens: [
+        { token: 'writer-token-0123456789', tenant: 'acme' },
+        { token: 'reader-token-0123456789', tenant: 'acme', read: { streams: [''], documents: ['a/', 'c/'] } },
+      ],
+    });
     t = await startTestServer({ tokens });
     const writer = await connect('msgpack', 'writer-token-0123456789');
     const reader = await connect('msgpack', 'reader-token-0123456789');
@@ -126,8 +134,11 @@ describe('subscribe', () => {
     // Checking an offset against the log is asynchronous, so that answer may come last.
     const errors = c.messages.filter((m) => m.type === 'error');
     expect(errors.map((e) => [e.code, e.id ?? null, e.field ?? null]).sort()).toEqual([
-      ['INVALID_MESSAGE', null, 'id'], ['INVALID_MESSAGE', 5, 'prefix'], ['INVALID_OFFSET', 1, 'from'],
-      ['INVALID_OFFSET', 3, 'from'], ['OFFSET_UNKNOWN', 2, null],
+      ['INVALID_MESSAGE', null, 'id'],
+      ['INVALID_MESSAGE', 5, 'prefix'],
+      ['INVALID_OFFSET', 1, 'from'],
+      ['INVALID_OFFSET', 3, 'from'],
+      ['OFFSET_UNKNOWN', 2, null],
     ]);
     c.send({ type: 'ping', nonce: 7 });
     expect(await c.waitMessage('pong')).toMatchObject({ nonce: 7 });

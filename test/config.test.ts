@@ -10,7 +10,9 @@ describe('configuration', () => {
 
   it('reads flags over environment variables over defaults', () => {
     const c = loadConfig(['--port', '9000', '--contiguous', '--ack-cap-per-stream=5'], {
-      SEQGATE_PORT: '1234', SEQGATE_HOST: '0.0.0.0', SEQGATE_SYNCHRONOUS: 'normal',
+      SEQGATE_PORT: '1234',
+      SEQGATE_HOST: '0.0.0.0',
+      SEQGATE_SYNCHRONOUS: 'normal',
     });
     expect(c).toMatchObject({ port: 9000, host: '0.0.0.0', synchronous: 'normal', contiguous: true, ackCapPerStream: 5 });
     expect(loadConfig(['--no-contiguous'], { SEQGATE_CONTIGUOUS: 'true' }).contiguous).toBe(false);

@@ -91,7 +91,10 @@ class StreamLoad {
   sentThrough = 0;
   everSentThrough = 0;
 
-  constructor(readonly name: string, private readonly rng: () => number) {}
+  constructor(
+    readonly name: string,
+    private readonly rng: () => number,
+  ) {}
 
   generate(): PutSpec {
     const seq = this.puts.length + 1;
@@ -127,7 +130,9 @@ class Harness {
 
   constructor(readonly seed: number) {
     this.rng = mulberry32(seed);
-    this.failed = new Promise<never>((_, reject) => { this.rejectFailed = reject; });
+    this.failed = new Promise<never>((_, reject) => {
+      this.rejectFailed = reject;
+    });
     this.failed.catch(() => undefined);
   }
 
@@ -173,7 +178,10 @@ class LoadClient {
   private reacks: Sent[] = [];
   private rr = 0;
 
-  constructor(readonly streams: StreamLoad[], private readonly h: Harness) {
+  constructor(
+    readonly streams: StreamLoad[],
+    private readonly h: Harness,
+  ) {
     this.socket = new ReconnectingSocket(() => h.url, h.rng, {
       opened: () => this.streams.map((s) => s.name),
       welcome: (msg) => this.onWelcome(msg),
@@ -232,7 +240,7 @@ class LoadClient {
       if (head.seq < s.ackedThrough || head.seq > s.everSentThrough || (head.seq > 0 && head.epoch !== expectedEpoch)) {
         return this.h.fail(
           `after restart ${s.name} has head (${head.epoch}, ${head.seq}) but ${s.ackedThrough} puts were acked ` +
-          `and ${s.everSentThrough} ever sent: ${head.seq < s.ackedThrough ? 'an acked put was lost' : 'a put was invented'}`,
+            `and ${s.everSentThrough} ever sent: ${head.seq < s.ackedThrough ? 'an acked put was lost' : 'a put was invented'}`,
         );
       }
       if (head.seq > s.ackedThrough) this.h.stats.headsAheadOfAcks++;
@@ -262,13 +270,17 @@ class LoadClient {
     const ack = r.ack as WireAck;
     const replay = r.replay;
     const expected = {
-      stream: put.stream, epoch: put.epoch, seq: put.seq, key: put.key, version: versionAfter(put.seq), deleted: false,
+      stream: put.stream,
+      epoch: put.epoch,
+      seq: put.seq,
+      key: put.key,
+      version: versionAfter(put.seq),
+      deleted: false,
     };
     const { committedAt, ...rest } = ack;
     if (!isDeepStrictEqual(rest, expected) || typeof committedAt !== 'number' || typeof replay !== 'boolean') {
       return this.h.fail(
-        `${what} got ack ${JSON.stringify(r)}; expected ${JSON.stringify(expected)} ` +
-        '(a wrong version means a put was applied twice or lost)',
+        `${what} got ack ${JSON.stringify(r)}; expected ${JSON.stringify(expected)} ` + '(a wrong version means a put was applied twice or lost)',
       );
     }
     const list = s.received.get(put.seq) ?? [];
@@ -405,31 +417,45 @@ describe('seqgate killed with SIGKILL under pipelined load', () => {
 
     const inFlightAtKill: number[] = [];
     for (let k = 1; k <= KILLS; k++) {
-      await h.until(() => inFlight() > 0, 30_000, () => {
-        const welcomed = clients.filter((c) => c.isWelcomed).length;
-        const opened = clients.reduce((n, c) => n + c.connections, 0);
-        return `puts in flight before kill ${k}: ${welcomed}/${clients.length} clients welcomed, ` +
-          `${opened} connections opened so far, server running: ${child!.running}` +
-          (welcomed > 0 ? ' (the load ran out: raise MAX_PUTS_PER_STREAM)' : '') +
-          `\n--- server stdout ---\n${child!.stdout.slice(-3000)}\n--- server stderr ---\n${child!.stderr.slice(-3000)}`;
-      });
+      await h.until(
+        () => inFlight() > 0,
+        30_000,
+        () => {
+          const welcomed = clients.filter((c) => c.isWelcomed).length;
+          const opened = clients.reduce((n, c) => n + c.connections, 0);
+          return (
+            `puts in flight before kill ${k}: ${welcomed}/${clients.length} clients welcomed, ` +
+            `${opened} connections opened so far, server running: ${child!.running}` +
+            (welcomed > 0 ? ' (the load ran out: raise MAX_PUTS_PER_STREAM)' : '') +
+            `\n--- server stdout ---\n${child!.stdout.slice(-3000)}\n--- server stderr ---\n${child!.stderr.slice(-3000)}`
+          );
+        },
+      );
       await h.pause(100 + h.rng() * 500);
       inFlightAtKill.push(inFlight());
       const exit = await child.kill('SIGKILL');
       if (exit.signal !== 'SIGKILL') h.fail(`kill ${k}: server ended with ${JSON.stringify(exit)} before SIGKILL reached it\n${child.stdout}`);
       // Read the file as the crash left it, before a restart's recovery, once every ack the dead
       // server managed to send has been taken in.
-      await h.until(() => clients.every((c) => !c.isOpen), 10_000, () => 'clients to see the dead server close their connections');
+      await h.until(
+        () => clients.every((c) => !c.isOpen),
+        10_000,
+        () => 'clients to see the dead server close their connections',
+      );
       checkAfterCrash(db.dbPath, [...streamsByName.values()], h, k);
       const ready = await child.restart();
       if (ready.incarnation !== h.incarnation) h.fail(`restart ${k} reports incarnation ${ready.incarnation}, expected ${h.incarnation}`);
       h.url = ready.url;
     }
     h.killing = false;
-    await h.until(() => clients.every((c) => c.done), 90_000, () => {
-      const left = [...streamsByName.values()].filter((s) => !s.done).map((s) => `${s.name} acked ${s.ackedThrough}/${s.puts.length}`);
-      return `every put to be acked; still open: ${left.slice(0, 10).join(', ')}`;
-    });
+    await h.until(
+      () => clients.every((c) => c.done),
+      90_000,
+      () => {
+        const left = [...streamsByName.values()].filter((s) => !s.done).map((s) => `${s.name} acked ${s.ackedThrough}/${s.puts.length}`);
+        return `every put to be acked; still open: ${left.slice(0, 10).join(', ')}`;
+      },
+    );
     await Promise.all(clients.map((c) => c.stop()));
     const exit = await child.kill('SIGTERM');
     expect(exit, `SIGTERM after the run\n${child.stderr}`).toEqual({ code: 0, signal: null });
@@ -453,7 +479,14 @@ describe('seqgate killed with SIGKILL under pipelined load', () => {
             if (!isDeepStrictEqual(later.ack, first)) expect(later.ack, `ack of ${put.id} across a replay`).toEqual(first);
           }
           const row = checker.ack(s.name, put.epoch, put.seq);
-          const stored = row && { outcome: row.outcome, key: row.key, version: row.version, deleted: row.deleted, ifVersion: row.ifVersion, committedAt: row.committedAt };
+          const stored = row && {
+            outcome: row.outcome,
+            key: row.key,
+            version: row.version,
+            deleted: row.deleted,
+            ifVersion: row.ifVersion,
+            committedAt: row.committedAt,
+          };
           const expected = { outcome: 'applied', key: first.key, version: first.version, deleted: false, ifVersion: null, committedAt: first.committedAt };
           // expect() only on a mismatch: it runs once per put, tens of thousands of times.
           if (!isDeepStrictEqual(stored, expected)) expect(stored, `stored ack of ${put.id}`).toEqual(expected);
@@ -465,8 +498,10 @@ describe('seqgate killed with SIGKILL under pipelined load', () => {
           expectedKeys.push(key);
           const doc = checker.document(key);
           expect(doc, `document ${key}`).toBeDefined();
-          expect({ version: doc!.version, deleted: doc!.deleted }, `document ${key}: one version per put that targeted it`)
-            .toEqual({ version: targeting.length, deleted: false });
+          expect({ version: doc!.version, deleted: doc!.deleted }, `document ${key}: one version per put that targeted it`).toEqual({
+            version: targeting.length,
+            deleted: false,
+          });
           expect(normalize(doc!.state), `state of ${key} is that of its last put`).toEqual(normalize(targeting[targeting.length - 1]!.state));
         }
       }
@@ -478,7 +513,7 @@ describe('seqgate killed with SIGKILL under pipelined load', () => {
     const totalPuts = [...streamsByName.values()].reduce((n, s) => n + s.puts.length, 0);
     console.log(
       `crash-kill9: seed ${seed}, ${totalPuts} puts over ${streamsByName.size} streams, ${KILLS} SIGKILLs, ` +
-      `in flight at each kill [${inFlightAtKill.join(', ')}], stats ${JSON.stringify(h.stats)}, ${Date.now() - started} ms`,
+        `in flight at each kill [${inFlightAtKill.join(', ')}], stats ${JSON.stringify(h.stats)}, ${Date.now() - started} ms`,
     );
     // Without these the run would not have tested what it claims: kills while puts were in flight,
     // and retries of puts that had committed but whose acks were lost, the case a double apply hides in.

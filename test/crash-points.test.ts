@@ -68,18 +68,39 @@ function skip(buf: Buffer, at: number): number {
   if ((b & 0xf0) === 0x90) return skipItems(buf, at + 1, b & 0x0f);
   if ((b & 0xf0) === 0x80) return skipItems(buf, at + 1, 2 * (b & 0x0f));
   switch (b) {
-    case 0xcc: case 0xd0: return at + 2;
-    case 0xcd: case 0xd1: return at + 3;
-    case 0xce: case 0xd2: case 0xca: return at + 5;
-    case 0xcf: case 0xd3: case 0xcb: return at + 9;
-    case 0xd9: case 0xc4: return at + 2 + buf[at + 1]!;
-    case 0xda: case 0xc5: return at + 3 + buf.readUInt16BE(at + 1);
-    case 0xdb: case 0xc6: return at + 5 + buf.readUInt32BE(at + 1);
-    case 0xdc: return skipItems(buf, at + 3, buf.readUInt16BE(at + 1));
-    case 0xdd: return skipItems(buf, at + 5, buf.readUInt32BE(at + 1));
-    case 0xde: return skipItems(buf, at + 3, 2 * buf.readUInt16BE(at + 1));
-    case 0xdf: return skipItems(buf, at + 5, 2 * buf.readUInt32BE(at + 1));
-    default: throw new Error(`unexpected MessagePack byte 0x${b.toString(16)} at ${at} in a server frame`);
+    case 0xcc:
+    case 0xd0:
+      return at + 2;
+    case 0xcd:
+    case 0xd1:
+      return at + 3;
+    case 0xce:
+    case 0xd2:
+    case 0xca:
+      return at + 5;
+    case 0xcf:
+    case 0xd3:
+    case 0xcb:
+      return at + 9;
+    case 0xd9:
+    case 0xc4:
+      return at + 2 + buf[at + 1]!;
+    case 0xda:
+    case 0xc5:
+      return at + 3 + buf.readUInt16BE(at + 1);
+    case 0xdb:
+    case 0xc6:
+      return at + 5 + buf.readUInt32BE(at + 1);
+    case 0xdc:
+      return skipItems(buf, at + 3, buf.readUInt16BE(at + 1));
+    case 0xdd:
+      return skipItems(buf, at + 5, buf.readUInt32BE(at + 1));
+    case 0xde:
+      return skipItems(buf, at + 3, 2 * buf.readUInt16BE(at + 1));
+    case 0xdf:
+      return skipItems(buf, at + 5, 2 * buf.readUInt32BE(at + 1));
+    default:
+      throw new Error(`unexpected MessagePack byte 0x${b.toString(16)} at ${at} in a server frame`);
   }
 }
 
@@ -198,7 +219,9 @@ afterEach(async () => {
 
 async function helloed(url: string): Promise<{ client: TestClient; head: Msg }> {
   const client = await TestClient.connect(url);
-  cleanups.push(() => { client.ws.terminate(); });
+  cleanups.push(() => {
+    client.ws.terminate();
+  });
   client.send({ type: 'hello', protocol: 1, streams: [STREAM] });
   const welcome = await client.waitMessage('welcome', 15_000);
   return { client, head: welcome.heads[0] };
@@ -222,7 +245,10 @@ async function crashAt(point: Point, puts: readonly WirePut[]): Promise<Crash> {
   const closed = await client.closed;
   expect(closed.code, 'the connection died without a close frame').toBe(1006);
   const beforeCrash = received(client).slice(1);
-  const afterCrash = snapshot(db.dbPath, puts.map((p) => p.seq));
+  const afterCrash = snapshot(
+    db.dbPath,
+    puts.map((p) => p.seq),
+  );
 
   // The same file, without the switch: the process an operator would restart.
   const server = new ChildServer({ dbPath: db.dbPath });
@@ -242,21 +268,37 @@ async function retry(c: Crash, puts: readonly WirePut[]): Promise<Received[]> {
 
 /** A put at a consumed seq with another payload is refused and changes nothing. */
 async function expectSequenceReused(c: Crash, puts: readonly WirePut[]): Promise<void> {
-  const before = snapshot(c.db.dbPath, puts.map((p) => p.seq));
+  const before = snapshot(
+    c.db.dbPath,
+    puts.map((p) => p.seq),
+  );
   const changed = puts.map((p) => ({ ...p, id: `${p.id}-changed`, state: { ...p.state, n: 1000 + p.seq } }));
   const results = await retry(c, changed);
   for (const [i, r] of results.entries()) {
     expect(r.result, `a different payload at seq ${changed[i]!.seq}`).toMatchObject({
-      id: changed[i]!.id, outcome: 'sequence_reused', error: { code: 'SEQUENCE_REUSED', retryable: false },
+      id: changed[i]!.id,
+      outcome: 'sequence_reused',
+      error: { code: 'SEQUENCE_REUSED', retryable: false },
     });
   }
-  expect(snapshot(c.db.dbPath, puts.map((p) => p.seq)), 'database after the refused puts').toEqual(before);
+  expect(
+    snapshot(
+      c.db.dbPath,
+      puts.map((p) => p.seq),
+    ),
+    'database after the refused puts',
+  ).toEqual(before);
 }
 
 function expectStored(snap: DbSnapshot, puts: readonly WirePut[], versions: readonly number[], committedAt: readonly number[]): void {
   puts.forEach((p, i) => {
     expect(snap.acks[i], `stored ack of seq ${p.seq}`).toEqual({
-      outcome: 'applied', key: p.key, version: versions[i], deleted: false, ifVersion: null, committedAt: committedAt[i],
+      outcome: 'applied',
+      key: p.key,
+      version: versions[i],
+      deleted: false,
+      ifVersion: null,
+      committedAt: committedAt[i],
       fingerprint: expect.any(Buffer),
     });
   });
@@ -278,13 +320,23 @@ describe.each(Object.keys(SHAPES) as Shape[])('crash points with %s in flight', 
     const results = await retry(c, puts);
     results.forEach((r, i) => {
       expect(r.result, `retry of seq ${puts[i]!.seq}`).toMatchObject({
-        id: puts[i]!.id, outcome: 'applied', replay: false,
+        id: puts[i]!.id,
+        outcome: 'applied',
+        replay: false,
         ack: { stream: STREAM, epoch: EPOCH, seq: puts[i]!.seq, key: puts[i]!.key, version: versions[i], deleted: false },
       });
     });
-    const after = snapshot(c.db.dbPath, puts.map((p) => p.seq));
+    const after = snapshot(
+      c.db.dbPath,
+      puts.map((p) => p.seq),
+    );
     expect(after.head, 'head after the retry').toEqual({ epoch: EPOCH, seq: lastSeq, ackCount: 1 + puts.length });
-    expectStored(after, puts, versions, results.map((r) => r.result.ack.committedAt));
+    expectStored(
+      after,
+      puts,
+      versions,
+      results.map((r) => r.result.ack.committedAt),
+    );
     for (const [key, version] of Object.entries(docs)) expect(after.docs[key]?.version, `version of ${key}`).toBe(version);
 
     await expectSequenceReused(c, puts);
@@ -304,25 +356,45 @@ describe.each(Object.keys(SHAPES) as Shape[])('crash points with %s in flight', 
     results.forEach((r, i) => {
       const stored = c.afterCrash.acks[i]!;
       expect(r.result, `retry of seq ${puts[i]!.seq}`).toEqual({
-        id: puts[i]!.id, outcome: 'applied', replay: true,
+        id: puts[i]!.id,
+        outcome: 'applied',
+        replay: true,
         ack: { stream: STREAM, epoch: EPOCH, seq: puts[i]!.seq, key: stored.key, version: stored.version, deleted: false, committedAt: stored.committedAt },
       });
     });
     // Applied once: the replay wrote nothing.
-    expect(snapshot(c.db.dbPath, puts.map((p) => p.seq)), 'database after the replays').toEqual(c.afterCrash);
+    expect(
+      snapshot(
+        c.db.dbPath,
+        puts.map((p) => p.seq),
+      ),
+      'database after the replays',
+    ).toEqual(c.afterCrash);
 
     await expectSequenceReused(c, puts);
   });
 
   it('after-ack: the client has the ack, and the retry gets replay true with a byte-identical ack', async () => {
     const c = await crashAt('after-ack', puts);
-    expect(c.beforeCrash.map((r) => r.result), 'results received before the crash').toEqual(puts.map((p, i) => ({
-      id: p.id, outcome: 'applied', replay: false,
-      ack: { stream: STREAM, epoch: EPOCH, seq: p.seq, key: p.key, version: versions[i], deleted: false, committedAt: expect.any(Number) },
-    })));
+    expect(
+      c.beforeCrash.map((r) => r.result),
+      'results received before the crash',
+    ).toEqual(
+      puts.map((p, i) => ({
+        id: p.id,
+        outcome: 'applied',
+        replay: false,
+        ack: { stream: STREAM, epoch: EPOCH, seq: p.seq, key: p.key, version: versions[i], deleted: false, committedAt: expect.any(Number) },
+      })),
+    );
     expect(c.afterCrash.integrity).toEqual(['ok']);
     expect(c.afterCrash.head, 'head on disk after the crash').toEqual({ epoch: EPOCH, seq: lastSeq, ackCount: 1 + puts.length });
-    expectStored(c.afterCrash, puts, versions, c.beforeCrash.map((r) => r.result.ack.committedAt));
+    expectStored(
+      c.afterCrash,
+      puts,
+      versions,
+      c.beforeCrash.map((r) => r.result.ack.committedAt),
+    );
     expect(c.welcomeHead, 'head announced after the restart').toEqual({ stream: STREAM, epoch: EPOCH, seq: lastSeq, prunedThrough: 0 });
 
     const results = await retry(c, puts);
@@ -333,7 +405,13 @@ describe.each(Object.keys(SHAPES) as Shape[])('crash points with %s in flight', 
       expect(r.ackBytes?.toString('hex'), `ack bytes of the retry of seq ${puts[i]!.seq}`).toBe(original.ackBytes?.toString('hex'));
       expect(r.ackBytes, 'an ack was found in the frame').toBeDefined();
     });
-    expect(snapshot(c.db.dbPath, puts.map((p) => p.seq)), 'database after the replays').toEqual(c.afterCrash);
+    expect(
+      snapshot(
+        c.db.dbPath,
+        puts.map((p) => p.seq),
+      ),
+      'database after the replays',
+    ).toEqual(c.afterCrash);
 
     await expectSequenceReused(c, puts);
   });

@@ -29,7 +29,8 @@ async function get(server: ChildServer, path: string): Promise<{ status: number;
 
 async function httpPut(server: ChildServer, stream: string, seq: number): Promise<{ status: number; body: Msg }> {
   const res = await fetch(`http://127.0.0.1:${server.port}/v1/streams/${stream}/puts`, {
-    method: 'POST', headers: { 'content-type': 'application/json' },
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ epoch: 1, seq, key: `${stream}-${seq}`, state: { seq } }),
   });
   return { status: res.status, body: await res.json() };

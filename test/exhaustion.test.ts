@@ -98,7 +98,9 @@ class Control {
 
   constructor(url: string) {
     this.proc = spawn(process.execPath, ['--input-type=module', '-e', CONTROL_SCRIPT], {
-      cwd: REPO, env: { ...process.env, CONTROL_URL: url }, stdio: ['pipe', 'pipe', 'inherit'],
+      cwd: REPO,
+      env: { ...process.env, CONTROL_URL: url },
+      stdio: ['pipe', 'pipe', 'inherit'],
     });
     this.proc.stdout!.setEncoding('utf8');
     this.proc.stdout!.on('data', (chunk: string) => {
@@ -110,7 +112,9 @@ class Control {
       }
       for (const w of this.waiters.splice(0)) w();
     });
-    cleanup.push(() => { this.proc.kill('SIGKILL'); });
+    cleanup.push(() => {
+      this.proc.kill('SIGKILL');
+    });
   }
 
   private async next(timeoutMs: number): Promise<Record<string, unknown>> {
@@ -119,7 +123,10 @@ class Control {
       if (Date.now() > deadline) throw new Error('the control client did not report in time');
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, 100);
-        this.waiters.push(() => { clearTimeout(t); resolve(); });
+        this.waiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
       });
     }
     const line = this.lines.shift()!;
@@ -134,7 +141,7 @@ class Control {
   /** `SAMPLES` sequential puts, `pauseMs` apart; returns their round trips in ms. */
   async measure(samples = SAMPLES, pauseMs = 2): Promise<number[]> {
     this.proc.stdin!.write(`measure ${samples} ${pauseMs}\n`);
-    const r = await this.next(120_000) as { latencies: number[]; bad: number; seq: number };
+    const r = (await this.next(120_000)) as { latencies: number[]; bad: number; seq: number };
     expect(r.bad, 'control puts not applied exactly once').toBe(0);
     this.seq = r.seq;
     return r.latencies;
@@ -171,7 +178,10 @@ function expectControlStored(dbPath: string, seq: number): void {
 // ---------------------------------------------------------------------------------------------
 // Abusers, in this process.
 
-interface Close { code: number; reason: string }
+interface Close {
+  code: number;
+  reason: string;
+}
 const closes = new WeakMap<WebSocket, Promise<Close>>();
 
 /** Opens a client; its close is recorded from the start (the server may close right after the 101). */
@@ -199,44 +209,48 @@ function nextMessage(ws: WebSocket, timeoutMs = 10_000): Promise<Buffer> {
 }
 
 describe('a connection flood', () => {
-  it('of 2000 connections is accepted and served, memory stays under the bound, and the control p99 stays within 2x', { timeout: 180_000, retry: 2 }, async () => {
-    const server = await serve();
-    const pid = server.pid!;
-    const control = await startControl(server.url);
-    const base = await control.measure();
-    const rssBase = rssBytes(pid);
-    const sampler = rssSampler(pid);
+  it(
+    'of 2000 connections is accepted and served, memory stays under the bound, and the control p99 stays within 2x',
+    { timeout: 180_000, retry: 2 },
+    async () => {
+      const server = await serve();
+      const pid = server.pid!;
+      const control = await startControl(server.url);
+      const base = await control.measure();
+      const rssBase = rssBytes(pid);
+      const sampler = rssSampler(pid);
 
-    const FLOOD = 2000;
-    const flood: WebSocket[] = [];
-    // The control client measures while the flood arrives, and again once it is established.
-    const whileArriving = control.measure();
-    for (let i = 0; i < FLOOD; i += 250) {
-      const batch = await Promise.all(Array.from({ length: Math.min(250, FLOOD - i) }, () => openClient(server.url)));
-      flood.push(...batch);
-    }
-    // Every one of them is a working connection: a hello gets its welcome.
-    const welcomes = flood.map((ws) => nextMessage(ws, 30_000));
-    for (const [i, ws] of flood.entries()) ws.send(packr.pack({ type: 'hello', streams: [`flood-${i}`] }));
-    await Promise.all(welcomes);
-    // While 2000 handshakes arrive within a second the server has that much more work, and the
-    // control p99 shows it (2-5x here); there is no accept-rate limit to prevent that. The bound
-    // is judged on the flood once it is established: 2000 connections held open.
-    const arriving = await whileArriving;
-    process.stdout.write(`[exhaustion] while ${FLOOD} connections arrive (not judged): control p99 ${p99(arriving).toFixed(2)} ms\n`);
-    const during = await control.measure();
-    const { base: b, abuse: a } = report(`${FLOOD} open connections`, base, during);
-    sampler.stop();
-    const grown = sampler.peak() - rssBase;
-    process.stdout.write(`[exhaustion] ${FLOOD} connections: RSS ${(rssBase / MiB).toFixed(1)} MiB -> peak ${(sampler.peak() / MiB).toFixed(1)} MiB\n`);
+      const FLOOD = 2000;
+      const flood: WebSocket[] = [];
+      // The control client measures while the flood arrives, and again once it is established.
+      const whileArriving = control.measure();
+      for (let i = 0; i < FLOOD; i += 250) {
+        const batch = await Promise.all(Array.from({ length: Math.min(250, FLOOD - i) }, () => openClient(server.url)));
+        flood.push(...batch);
+      }
+      // Every one of them is a working connection: a hello gets its welcome.
+      const welcomes = flood.map((ws) => nextMessage(ws, 30_000));
+      for (const [i, ws] of flood.entries()) ws.send(packr.pack({ type: 'hello', streams: [`flood-${i}`] }));
+      await Promise.all(welcomes);
+      // While 2000 handshakes arrive within a second the server has that much more work, and the
+      // control p99 shows it (2-5x here); there is no accept-rate limit to prevent that. The bound
+      // is judged on the flood once it is established: 2000 connections held open.
+      const arriving = await whileArriving;
+      process.stdout.write(`[exhaustion] while ${FLOOD} connections arrive (not judged): control p99 ${p99(arriving).toFixed(2)} ms\n`);
+      const during = await control.measure();
+      const { base: b, abuse: a } = report(`${FLOOD} open connections`, base, during);
+      sampler.stop();
+      const grown = sampler.peak() - rssBase;
+      process.stdout.write(`[exhaustion] ${FLOOD} connections: RSS ${(rssBase / MiB).toFixed(1)} MiB -> peak ${(sampler.peak() / MiB).toFixed(1)} MiB\n`);
 
-    expect(flood.every((ws) => ws.readyState === WebSocket.OPEN)).toBe(true);
-    // Idle connections buffer nothing; what they cost is their socket and WebSocket state, which
-    // README.md does not itemise. 32 KiB each is several times what Node and ws need for one.
-    expect(grown, `server RSS growth with ${FLOOD} connections, in bytes`).toBeLessThan(FLOOD * 32 * KiB + 32 * MiB);
-    expect(a, 'control p99 during the flood').toBeLessThanOrEqual(2 * b);
-    expectControlStored(server.options.dbPath, control.seq);
-  });
+      expect(flood.every((ws) => ws.readyState === WebSocket.OPEN)).toBe(true);
+      // Idle connections buffer nothing; what they cost is their socket and WebSocket state, which
+      // README.md does not itemise. 32 KiB each is several times what Node and ws need for one.
+      expect(grown, `server RSS growth with ${FLOOD} connections, in bytes`).toBeLessThan(FLOOD * 32 * KiB + 32 * MiB);
+      expect(a, 'control p99 during the flood').toBeLessThanOrEqual(2 * b);
+      expectControlStored(server.options.dbPath, control.seq);
+    },
+  );
 });
 
 describe('connections beyond maxConnections', () => {
@@ -262,11 +276,13 @@ describe('connections beyond maxConnections', () => {
     expect(metrics).toMatch(new RegExp(`^seqgate_connections ${MAX}$`, 'm'));
 
     // Ten leave; ten newcomers get in, the eleventh does not.
-    await Promise.all(held.slice(0, 10).map((ws) => {
-      const c = closeOf(ws);
-      ws.close();
-      return c;
-    }));
+    await Promise.all(
+      held.slice(0, 10).map((ws) => {
+        const c = closeOf(ws);
+        ws.close();
+        return c;
+      }),
+    );
     await sleep(200);
     const newcomers = await Promise.all(Array.from({ length: 11 }, () => openClient(server.url)));
     const newFates = await Promise.all(newcomers.map((ws) => Promise.race([closeOf(ws), sleep(1500).then(() => undefined)])));
@@ -291,10 +307,14 @@ describe('clients that never read', () => {
   it('are paused and then closed with 1008, memory stays under the bound, and the control p99 stays within 2x', { timeout: 180_000, retry: 2 }, async () => {
     const flags = { maxFrameBytes: 1 * MiB, connectionInFlightBytes: 256 * KiB, outboundHighWaterBytes: 64 * KiB };
     const server = await serve([
-      '--connection-in-flight-bytes', String(flags.connectionInFlightBytes),
-      '--outbound-high-water-bytes', String(flags.outboundHighWaterBytes),
-      '--slow-consumer-timeout-ms', '5000',
-      '--max-id-bytes', '8192',
+      '--connection-in-flight-bytes',
+      String(flags.connectionInFlightBytes),
+      '--outbound-high-water-bytes',
+      String(flags.outboundHighWaterBytes),
+      '--slow-consumer-timeout-ms',
+      '5000',
+      '--max-id-bytes',
+      '8192',
     ]);
     const pid = server.pid!;
     const control = await startControl(server.url);
@@ -336,12 +356,17 @@ describe('clients that never read', () => {
       if (now.every((n, j) => n > 0 && n === previous[j])) break;
       previous = now;
     }
-    expect(previous.every((n, i) => n > 0 && n < sent[i]!), `committed ${previous} of sent ${sent}`).toBe(true);
+    expect(
+      previous.every((n, i) => n > 0 && n < sent[i]!),
+      `committed ${previous} of sent ${sent}`,
+    ).toBe(true);
 
     const during = await control.measure();
     const { base: b, abuse: a } = report(`${SLOW} clients that never read`, base, during);
     const peak = sampler.peak();
-    process.stdout.write(`[exhaustion] slow readers: RSS ${(rssBase / MiB).toFixed(1)} MiB -> peak ${(peak / MiB).toFixed(1)} MiB, bound +${((SLOW * perConnectionBound(flags) + RUNTIME_SLACK) / MiB).toFixed(1)} MiB\n`);
+    process.stdout.write(
+      `[exhaustion] slow readers: RSS ${(rssBase / MiB).toFixed(1)} MiB -> peak ${(peak / MiB).toFixed(1)} MiB, bound +${((SLOW * perConnectionBound(flags) + RUNTIME_SLACK) / MiB).toFixed(1)} MiB\n`,
+    );
     expect(peak - rssBase, `server RSS growth with ${SLOW} slow readers, in bytes`).toBeLessThan(SLOW * perConnectionBound(flags) + RUNTIME_SLACK);
     expect(a, 'control p99 while the slow readers hang').toBeLessThanOrEqual(2 * b);
 
@@ -350,7 +375,10 @@ describe('clients that never read', () => {
     // its answers, unless the server's one-second grace for the close handshake ran out first.
     const deadline = Date.now() + 30_000;
     while (server.logLines().filter((l) => l.msg === 'closing slow consumer').length < SLOW) {
-      if (Date.now() > deadline) throw new Error(`the server decided to close only ${server.logLines().filter((l) => l.msg === 'closing slow consumer').length} of ${SLOW} slow readers`);
+      if (Date.now() > deadline)
+        throw new Error(
+          `the server decided to close only ${server.logLines().filter((l) => l.msg === 'closing slow consumer').length} of ${SLOW} slow readers`,
+        );
       await sleep(50);
     }
     for (const ws of slow) ws.resume();
@@ -372,14 +400,27 @@ describe('clients that never read', () => {
 async function rawFrameHeader(url: string, length: bigint): Promise<{ closeCode: number | undefined; bytesRead: number }> {
   const { hostname, port } = new URL(url);
   const socket = tcpConnect(Number(port), hostname);
-  cleanup.push(() => { socket.destroy(); });
+  cleanup.push(() => {
+    socket.destroy();
+  });
   await once(socket, 'connect');
-  socket.write([
-    'GET / HTTP/1.1', `Host: ${hostname}:${port}`, 'Upgrade: websocket', 'Connection: Upgrade',
-    'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==', 'Sec-WebSocket-Version: 13', 'Sec-WebSocket-Protocol: seqgate.v1', '', '',
-  ].join('\r\n'));
+  socket.write(
+    [
+      'GET / HTTP/1.1',
+      `Host: ${hostname}:${port}`,
+      'Upgrade: websocket',
+      'Connection: Upgrade',
+      'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==',
+      'Sec-WebSocket-Version: 13',
+      'Sec-WebSocket-Protocol: seqgate.v1',
+      '',
+      '',
+    ].join('\r\n'),
+  );
   let received = Buffer.alloc(0);
-  socket.on('data', (d: Buffer) => { received = Buffer.concat([received, d]); });
+  socket.on('data', (d: Buffer) => {
+    received = Buffer.concat([received, d]);
+  });
   const header = Buffer.alloc(14);
   header[0] = 0x82; // FIN, binary
   header[1] = 0x80 | 127; // masked, 64-bit length
@@ -407,103 +448,119 @@ const STATE_SENDERS = 2;
 const PACE_MS = 400;
 
 describe('oversize frames and states', () => {
-  it('close only their senders with 1009 or answer them invalid, memory stays under the bound, and the control p99 stays within 2x', { timeout: 180_000, retry: 2 }, async () => {
-    const flags = { maxFrameBytes: 1 * MiB, connectionInFlightBytes: 256 * KiB, outboundHighWaterBytes: 64 * KiB };
-    const server = await serve([
-      '--connection-in-flight-bytes', String(flags.connectionInFlightBytes),
-      '--outbound-high-water-bytes', String(flags.outboundHighWaterBytes),
-    ]);
-    const pid = server.pid!;
-    const control = await startControl(server.url);
-    const base = await control.measure();
-    const rssBase = rssBytes(pid);
-    const sampler = rssSampler(pid);
+  it(
+    'close only their senders with 1009 or answer them invalid, memory stays under the bound, and the control p99 stays within 2x',
+    { timeout: 180_000, retry: 2 },
+    async () => {
+      const flags = { maxFrameBytes: 1 * MiB, connectionInFlightBytes: 256 * KiB, outboundHighWaterBytes: 64 * KiB };
+      const server = await serve([
+        '--connection-in-flight-bytes',
+        String(flags.connectionInFlightBytes),
+        '--outbound-high-water-bytes',
+        String(flags.outboundHighWaterBytes),
+      ]);
+      const pid = server.pid!;
+      const control = await startControl(server.url);
+      const base = await control.measure();
+      const rssBase = rssBytes(pid);
+      const sampler = rssSampler(pid);
 
-    let abusing = true;
-    const counts = { tooLarge: 0, invalid: 0, fragmented: 0, unexpected: [] as string[] };
-    const abusers: Array<Promise<void>> = [];
+      let abusing = true;
+      const counts = { tooLarge: 0, invalid: 0, fragmented: 0, unexpected: [] as string[] };
+      const abusers: Array<Promise<void>> = [];
 
-    // Frames of twice the limit, each on a new connection, again and again.
-    for (let i = 0; i < OVERSIZE_SENDERS; i++) {
-      abusers.push((async () => {
-        const frame = Buffer.alloc(2 * MiB, 0x61);
-        while (abusing) {
-          const ws = await openClient(server.url);
-          const closed = closeOf(ws);
-          ws.send(frame);
-          const c = await closed;
-          if (c.code === 1009) counts.tooLarge++;
-          else counts.unexpected.push(`oversize frame: close ${c.code}`);
-          await sleep(PACE_MS);
-        }
-      })());
-    }
-    // A message of fragments that are small each and too large together.
-    abusers.push((async () => {
-      while (abusing) {
-        const ws = await openClient(server.url);
-        const closed = closeOf(ws);
-        const part = Buffer.alloc(256 * KiB, 0x62);
-        for (let f = 0; f < 5 && ws.readyState === WebSocket.OPEN; f++) ws.send(part, { binary: true, fin: f === 4 });
-        const c = await closed;
-        if (c.code === 1009) counts.fragmented++;
-        else counts.unexpected.push(`fragmented: close ${c.code}`);
-        await sleep(PACE_MS);
+      // Frames of twice the limit, each on a new connection, again and again.
+      for (let i = 0; i < OVERSIZE_SENDERS; i++) {
+        abusers.push(
+          (async () => {
+            const frame = Buffer.alloc(2 * MiB, 0x61);
+            while (abusing) {
+              const ws = await openClient(server.url);
+              const closed = closeOf(ws);
+              ws.send(frame);
+              const c = await closed;
+              if (c.code === 1009) counts.tooLarge++;
+              else counts.unexpected.push(`oversize frame: close ${c.code}`);
+              await sleep(PACE_MS);
+            }
+          })(),
+        );
       }
-    })());
-    // Frames just under the limit whose state is far over maxStateBytes, on one connection each.
-    for (let i = 0; i < STATE_SENDERS; i++) {
-      abusers.push((async () => {
-        const ws = await openClient(server.url);
-        let seq = 0;
-        while (abusing) {
-          seq++;
-          const answer = nextMessage(ws, 30_000);
-          ws.send(packr.pack({ type: 'put', puts: [{ id: seq, stream: `big-${i}`, epoch: 1, seq, key: `big-${i}`, state: 's'.repeat(1 * MiB - 200) }] }));
-          const m = packr.unpack(await answer) as { results?: Array<{ outcome: string; error?: { code: string } }> };
-          if (m.results?.[0]?.outcome === 'invalid' && m.results[0].error?.code === 'LIMIT_EXCEEDED') counts.invalid++;
-          else counts.unexpected.push(`oversize state: ${JSON.stringify(m).slice(0, 200)}`);
-          await sleep(PACE_MS);
-        }
-      })());
-    }
-    // Frames that announce 2^62 bytes, and frames that stop part way and hang there.
-    const fakeLength = await rawFrameHeader(server.url, 2n ** 62n);
-    const hanging = await Promise.all(Array.from({ length: 8 }, async () => {
-      const ws = await openClient(server.url);
-      // A 900 KiB binary frame, of which only the first half is ever sent.
-      const socket = (ws as unknown as { _socket: import('node:net').Socket })._socket;
-      const header = Buffer.alloc(14);
-      header[0] = 0x82;
-      header[1] = 0x80 | 127;
-      header.writeBigUInt64BE(BigInt(900 * KiB), 2);
-      socket.write(Buffer.concat([header, Buffer.alloc(450 * KiB, 0x63)]));
-      return ws;
-    }));
+      // A message of fragments that are small each and too large together.
+      abusers.push(
+        (async () => {
+          while (abusing) {
+            const ws = await openClient(server.url);
+            const closed = closeOf(ws);
+            const part = Buffer.alloc(256 * KiB, 0x62);
+            for (let f = 0; f < 5 && ws.readyState === WebSocket.OPEN; f++) ws.send(part, { binary: true, fin: f === 4 });
+            const c = await closed;
+            if (c.code === 1009) counts.fragmented++;
+            else counts.unexpected.push(`fragmented: close ${c.code}`);
+            await sleep(PACE_MS);
+          }
+        })(),
+      );
+      // Frames just under the limit whose state is far over maxStateBytes, on one connection each.
+      for (let i = 0; i < STATE_SENDERS; i++) {
+        abusers.push(
+          (async () => {
+            const ws = await openClient(server.url);
+            let seq = 0;
+            while (abusing) {
+              seq++;
+              const answer = nextMessage(ws, 30_000);
+              ws.send(packr.pack({ type: 'put', puts: [{ id: seq, stream: `big-${i}`, epoch: 1, seq, key: `big-${i}`, state: 's'.repeat(1 * MiB - 200) }] }));
+              const m = packr.unpack(await answer) as { results?: Array<{ outcome: string; error?: { code: string } }> };
+              if (m.results?.[0]?.outcome === 'invalid' && m.results[0].error?.code === 'LIMIT_EXCEEDED') counts.invalid++;
+              else counts.unexpected.push(`oversize state: ${JSON.stringify(m).slice(0, 200)}`);
+              await sleep(PACE_MS);
+            }
+          })(),
+        );
+      }
+      // Frames that announce 2^62 bytes, and frames that stop part way and hang there.
+      const fakeLength = await rawFrameHeader(server.url, 2n ** 62n);
+      const hanging = await Promise.all(
+        Array.from({ length: 8 }, async () => {
+          const ws = await openClient(server.url);
+          // A 900 KiB binary frame, of which only the first half is ever sent.
+          const socket = (ws as unknown as { _socket: import('node:net').Socket })._socket;
+          const header = Buffer.alloc(14);
+          header[0] = 0x82;
+          header[1] = 0x80 | 127;
+          header.writeBigUInt64BE(BigInt(900 * KiB), 2);
+          socket.write(Buffer.concat([header, Buffer.alloc(450 * KiB, 0x63)]));
+          return ws;
+        }),
+      );
 
-    await sleep(500);
-    const during = await control.measure();
-    abusing = false;
-    await Promise.all(abusers);
-    sampler.stop();
-    const { base: b, abuse: a } = report('oversize frames and states', base, during);
-    const peak = sampler.peak();
-    // Offenders hold at most: each oversize sender or hanging frame its frame being read, each
-    // state sender its in-flight frame and its answer.
-    const offenders = OVERSIZE_SENDERS + 1 + STATE_SENDERS + 8;
-    const bound = offenders * perConnectionBound(flags) + RUNTIME_SLACK;
-    process.stdout.write(`[exhaustion] oversize: ${JSON.stringify({ ...counts, unexpected: counts.unexpected.length })}; RSS ${(rssBase / MiB).toFixed(1)} MiB -> peak ${(peak / MiB).toFixed(1)} MiB, bound +${(bound / MiB).toFixed(1)} MiB\n`);
+      await sleep(500);
+      const during = await control.measure();
+      abusing = false;
+      await Promise.all(abusers);
+      sampler.stop();
+      const { base: b, abuse: a } = report('oversize frames and states', base, during);
+      const peak = sampler.peak();
+      // Offenders hold at most: each oversize sender or hanging frame its frame being read, each
+      // state sender its in-flight frame and its answer.
+      const offenders = OVERSIZE_SENDERS + 1 + STATE_SENDERS + 8;
+      const bound = offenders * perConnectionBound(flags) + RUNTIME_SLACK;
+      process.stdout.write(
+        `[exhaustion] oversize: ${JSON.stringify({ ...counts, unexpected: counts.unexpected.length })}; RSS ${(rssBase / MiB).toFixed(1)} MiB -> peak ${(peak / MiB).toFixed(1)} MiB, bound +${(bound / MiB).toFixed(1)} MiB\n`,
+      );
 
-    expect(counts.unexpected).toEqual([]);
-    expect(counts.tooLarge).toBeGreaterThan(0);
-    expect(counts.fragmented).toBeGreaterThan(0);
-    expect(counts.invalid).toBeGreaterThan(0);
-    expect(fakeLength.closeCode, 'close code for a frame announcing 2^62 bytes').toBe(1009);
-    expect(hanging.every((ws) => ws.readyState === WebSocket.OPEN)).toBe(true);
-    expect(peak - rssBase, 'server RSS growth during the oversize abuse, in bytes').toBeLessThan(bound);
-    expect(a, 'control p99 during the oversize abuse').toBeLessThanOrEqual(2 * b);
-    expectControlStored(server.options.dbPath, control.seq);
-  });
+      expect(counts.unexpected).toEqual([]);
+      expect(counts.tooLarge).toBeGreaterThan(0);
+      expect(counts.fragmented).toBeGreaterThan(0);
+      expect(counts.invalid).toBeGreaterThan(0);
+      expect(fakeLength.closeCode, 'close code for a frame announcing 2^62 bytes').toBe(1009);
+      expect(hanging.every((ws) => ws.readyState === WebSocket.OPEN)).toBe(true);
+      expect(peak - rssBase, 'server RSS growth during the oversize abuse, in bytes').toBeLessThan(bound);
+      expect(a, 'control p99 during the oversize abuse').toBeLessThanOrEqual(2 * b);
+      expectControlStored(server.options.dbPath, control.seq);
+    },
+  );
 });
 
 /**
@@ -519,71 +576,83 @@ function manyKeysFrame(seq: number): Buffer {
   const state: Record<string, number> = {};
   const n = 170_000;
   for (let i = 0; i < n; i++) state[((i * 7919) % n).toString(36)] = 1;
-  return new Packr({ useRecords: false, variableMapSize: true })
-    .pack({ type: 'put', puts: [{ id: seq, stream: 'keys', epoch: 1, seq, key: 'keys-doc', state }] });
+  return new Packr({ useRecords: false, variableMapSize: true }).pack({
+    type: 'put',
+    puts: [{ id: seq, stream: 'keys', epoch: 1, seq, key: 'keys-doc', state }],
+  });
 }
 
 describe('states of 170k keys, with and without a token', () => {
-  it('are refused without being decoded (LIMIT_EXCEEDED, or UNAUTHORIZED and 4401), memory stays under the bound, and the control p99 stays within 2x', { timeout: 180_000, retry: 2 }, async () => {
-    const flags = { maxFrameBytes: 1 * MiB, connectionInFlightBytes: 4 * MiB, outboundHighWaterBytes: 1 * MiB };
-    const server = await serve(['--tokens', JSON.stringify({ tokens: [{ token: KEYS_TOKEN, tenant: 'default' }] })]);
-    const pid = server.pid!;
-    const control = await startControl(`${server.url}/?token=${KEYS_TOKEN}`);
-    const base = await control.measure();
-    const rssBase = rssBytes(pid);
-    const sampler = rssSampler(pid);
+  it(
+    'are refused without being decoded (LIMIT_EXCEEDED, or UNAUTHORIZED and 4401), memory stays under the bound, and the control p99 stays within 2x',
+    { timeout: 180_000, retry: 2 },
+    async () => {
+      const flags = { maxFrameBytes: 1 * MiB, connectionInFlightBytes: 4 * MiB, outboundHighWaterBytes: 1 * MiB };
+      const server = await serve(['--tokens', JSON.stringify({ tokens: [{ token: KEYS_TOKEN, tenant: 'default' }] })]);
+      const pid = server.pid!;
+      const control = await startControl(`${server.url}/?token=${KEYS_TOKEN}`);
+      const base = await control.measure();
+      const rssBase = rssBytes(pid);
+      const sampler = rssSampler(pid);
 
-    let abusing = true;
-    const counts = { limitExceeded: 0, unauthorized: 0, unexpected: [] as string[] };
-    const frame = manyKeysFrame(1);
-    const abusers: Array<Promise<void>> = [];
-    for (let i = 0; i < KEY_SENDERS; i++) {
-      abusers.push((async () => {
-        const ws = new WebSocket(server.url, 'seqgate.v1', { headers: { authorization: `Bearer ${KEYS_TOKEN}` } });
-        ws.on('error', () => undefined);
-        cleanup.push(() => ws.terminate());
-        await once(ws, 'open');
-        while (abusing) {
-          const answer = nextMessage(ws, 30_000);
-          ws.send(frame);
-          const m = packr.unpack(await answer) as { results?: Array<{ outcome: string; error?: { code: string } }> };
-          if (m.results?.[0]?.outcome === 'invalid' && m.results[0].error?.code === 'LIMIT_EXCEEDED') counts.limitExceeded++;
-          else counts.unexpected.push(`keys: ${JSON.stringify(m).slice(0, 200)}`);
-          await sleep(PACE_MS);
-        }
-      })());
-    }
-    for (let i = 0; i < UNAUTHENTICATED_KEY_SENDERS; i++) {
-      abusers.push((async () => {
-        while (abusing) {
-          const ws = await openClient(server.url);
-          const closed = closeOf(ws);
-          ws.send(frame);
-          const c = await closed;
-          if (c.code === 4401) counts.unauthorized++;
-          else counts.unexpected.push(`unauthenticated keys: close ${c.code}`);
-          await sleep(PACE_MS);
-        }
-      })());
-    }
+      let abusing = true;
+      const counts = { limitExceeded: 0, unauthorized: 0, unexpected: [] as string[] };
+      const frame = manyKeysFrame(1);
+      const abusers: Array<Promise<void>> = [];
+      for (let i = 0; i < KEY_SENDERS; i++) {
+        abusers.push(
+          (async () => {
+            const ws = new WebSocket(server.url, 'seqgate.v1', { headers: { authorization: `Bearer ${KEYS_TOKEN}` } });
+            ws.on('error', () => undefined);
+            cleanup.push(() => ws.terminate());
+            await once(ws, 'open');
+            while (abusing) {
+              const answer = nextMessage(ws, 30_000);
+              ws.send(frame);
+              const m = packr.unpack(await answer) as { results?: Array<{ outcome: string; error?: { code: string } }> };
+              if (m.results?.[0]?.outcome === 'invalid' && m.results[0].error?.code === 'LIMIT_EXCEEDED') counts.limitExceeded++;
+              else counts.unexpected.push(`keys: ${JSON.stringify(m).slice(0, 200)}`);
+              await sleep(PACE_MS);
+            }
+          })(),
+        );
+      }
+      for (let i = 0; i < UNAUTHENTICATED_KEY_SENDERS; i++) {
+        abusers.push(
+          (async () => {
+            while (abusing) {
+              const ws = await openClient(server.url);
+              const closed = closeOf(ws);
+              ws.send(frame);
+              const c = await closed;
+              if (c.code === 4401) counts.unauthorized++;
+              else counts.unexpected.push(`unauthenticated keys: close ${c.code}`);
+              await sleep(PACE_MS);
+            }
+          })(),
+        );
+      }
 
-    await sleep(500);
-    const during = await control.measure();
-    abusing = false;
-    await Promise.all(abusers);
-    sampler.stop();
-    const { base: b, abuse: a } = report('170k-key states', base, during);
-    const peak = sampler.peak();
-    const bound = (KEY_SENDERS + UNAUTHENTICATED_KEY_SENDERS) * perConnectionBound(flags) + RUNTIME_SLACK;
-    process.stdout.write(`[exhaustion] keys: ${JSON.stringify({ ...counts, unexpected: counts.unexpected.length })}; RSS ${(rssBase / MiB).toFixed(1)} MiB -> peak ${(peak / MiB).toFixed(1)} MiB, bound +${(bound / MiB).toFixed(1)} MiB\n`);
+      await sleep(500);
+      const during = await control.measure();
+      abusing = false;
+      await Promise.all(abusers);
+      sampler.stop();
+      const { base: b, abuse: a } = report('170k-key states', base, during);
+      const peak = sampler.peak();
+      const bound = (KEY_SENDERS + UNAUTHENTICATED_KEY_SENDERS) * perConnectionBound(flags) + RUNTIME_SLACK;
+      process.stdout.write(
+        `[exhaustion] keys: ${JSON.stringify({ ...counts, unexpected: counts.unexpected.length })}; RSS ${(rssBase / MiB).toFixed(1)} MiB -> peak ${(peak / MiB).toFixed(1)} MiB, bound +${(bound / MiB).toFixed(1)} MiB\n`,
+      );
 
-    expect(counts.unexpected).toEqual([]);
-    expect(counts.limitExceeded).toBeGreaterThan(0);
-    expect(counts.unauthorized).toBeGreaterThan(0);
-    expect(peak - rssBase, 'server RSS growth during the attack, in bytes').toBeLessThan(bound);
-    expect(a, 'control p99 during the attack').toBeLessThanOrEqual(2 * b);
-    expectControlStored(server.options.dbPath, control.seq);
-  });
+      expect(counts.unexpected).toEqual([]);
+      expect(counts.limitExceeded).toBeGreaterThan(0);
+      expect(counts.unauthorized).toBeGreaterThan(0);
+      expect(peak - rssBase, 'server RSS growth during the attack, in bytes').toBeLessThan(bound);
+      expect(a, 'control p99 during the attack').toBeLessThanOrEqual(2 * b);
+      expectControlStored(server.options.dbPath, control.seq);
+    },
+  );
 });
 
 /** A SQLite store whose commits wait until released: a disk that has become very slow. */
@@ -592,7 +661,9 @@ class SlowDiskStore implements Store {
   /** Puts handed to apply() so far (the blocked batches). */
   received = 0;
   private release!: () => void;
-  private readonly gate = new Promise<void>((resolve) => { this.release = resolve; });
+  private readonly gate = new Promise<void>((resolve) => {
+    this.release = resolve;
+  });
 
   constructor(readonly inner: SqliteStore) {
     this.incarnation = inner.incarnation;
@@ -651,7 +722,10 @@ class SlowDiskStore implements Store {
   }
 }
 
-async function slowDiskServer(overrides: Parameters<typeof startTestServer>[0], maxInFlightBytes?: number): Promise<{ url: string; store: SlowDiskStore; queued: () => number; dbPath: string }> {
+async function slowDiskServer(
+  overrides: Parameters<typeof startTestServer>[0],
+  maxInFlightBytes?: number,
+): Promise<{ url: string; store: SlowDiskStore; queued: () => number; dbPath: string }> {
   const db = tempDb('seqgate-slowdisk-');
   cleanup.push(() => db.remove());
   const store = new SlowDiskStore(new SqliteStore({ path: db.dbPath, synchronous: 'normal', contiguous: false, ackCapPerStream: 100_000 }));
@@ -692,7 +766,9 @@ describe('puts that wait on a slow commit', () => {
     const limit = 256 * KiB;
     const server = await slowDiskServer({ connectionInFlightBytes: limit });
     const c = await TestClient.connect(server.url);
-    cleanup.push(() => { c.ws.terminate(); });
+    cleanup.push(() => {
+      c.ws.terminate();
+    });
     const frames = putFrames('slow-disk', 2000);
     for (const f of frames) c.sendRaw(f);
 
@@ -717,13 +793,20 @@ describe('puts that wait on a slow commit', () => {
     const server = await slowDiskServer({}, budget);
     const CLIENTS = 8;
     const clients = await Promise.all(Array.from({ length: CLIENTS }, () => TestClient.connect(server.url)));
-    for (const c of clients) cleanup.push(() => { c.ws.terminate(); });
+    for (const c of clients)
+      cleanup.push(() => {
+        c.ws.terminate();
+      });
     const frames = clients.map((_, i) => putFrames(`budget-${i}`, 400));
-    clients.forEach((c, i) => { for (const f of frames[i]!) c.sendRaw(f); });
+    clients.forEach((c, i) => {
+      for (const f of frames[i]!) c.sendRaw(f);
+    });
 
     const read = await settled(() => server.store.received + server.queued());
     const frameBytes = frames[0]![0]!.length;
-    process.stdout.write(`[exhaustion] slow commit, ${CLIENTS} connections: read ${read} of ${CLIENTS * 400} frames (${((read * frameBytes) / KiB).toFixed(0)} KiB, budget ${budget / KiB} KiB)\n`);
+    process.stdout.write(
+      `[exhaustion] slow commit, ${CLIENTS} connections: read ${read} of ${CLIENTS * 400} frames (${((read * frameBytes) / KiB).toFixed(0)} KiB, budget ${budget / KiB} KiB)\n`,
+    );
     expect(read * frameBytes, 'unanswered put bytes read from all connections').toBeLessThanOrEqual(budget + CLIENTS * (2 * ONE_READ + frameBytes));
 
     server.store.recover();

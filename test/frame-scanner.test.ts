@@ -53,19 +53,44 @@ const VALID_FORMATS: Array<[string, Buffer]> = [
 /** A put message that touches most formats; used for the truncation sweep. */
 const SAMPLE_FRAME = Buffer.concat([
   hex('83'),
-  hex('a4'), Buffer.from('type'), hex('a3'), Buffer.from('put'),
-  hex('a4'), Buffer.from('puts'),
+  hex('a4'),
+  Buffer.from('type'),
+  hex('a3'),
+  Buffer.from('put'),
+  hex('a4'),
+  Buffer.from('puts'),
   hex('91 87'),
-  hex('a2'), Buffer.from('id'), hex('cd 1234'),
-  hex('a6'), Buffer.from('stream'), hex('d9 21'), Buffer.alloc(33, 0x73),
-  hex('a5'), Buffer.from('epoch'), hex('01'),
-  hex('a3'), Buffer.from('seq'), hex('cf 0000000100000000'),
-  hex('a3'), Buffer.from('key'), hex('a1 6b'),
-  hex('a9'), Buffer.from('ifVersion'), hex('c0'),
-  hex('a5'), Buffer.from('state'),
-  hex('dc 0006'), hex('cb 3ff8000000000000'), hex('c3'), hex('e5'), hex('c4 02 beef'),
-  hex('de 0001 a1 78 df 00000000'), hex('dd 00000001 d1 8000'),
-  hex('a5'), Buffer.from('extra'), hex('c2'),
+  hex('a2'),
+  Buffer.from('id'),
+  hex('cd 1234'),
+  hex('a6'),
+  Buffer.from('stream'),
+  hex('d9 21'),
+  Buffer.alloc(33, 0x73),
+  hex('a5'),
+  Buffer.from('epoch'),
+  hex('01'),
+  hex('a3'),
+  Buffer.from('seq'),
+  hex('cf 0000000100000000'),
+  hex('a3'),
+  Buffer.from('key'),
+  hex('a1 6b'),
+  hex('a9'),
+  Buffer.from('ifVersion'),
+  hex('c0'),
+  hex('a5'),
+  Buffer.from('state'),
+  hex('dc 0006'),
+  hex('cb 3ff8000000000000'),
+  hex('c3'),
+  hex('e5'),
+  hex('c4 02 beef'),
+  hex('de 0001 a1 78 df 00000000'),
+  hex('dd 00000001 d1 8000'),
+  hex('a5'),
+  Buffer.from('extra'),
+  hex('c2'),
 ]);
 
 function nestedArrays(depth: number, innermost = hex('c0')): Buffer {
@@ -131,7 +156,8 @@ describe('scanMsgpack', () => {
 
   it('rejects trailing bytes after a complete value', () => {
     expect(scanMsgpack(Buffer.concat([SAMPLE_FRAME, hex('00')]), 8)).toMatchObject({
-      fault: 'malformed', reason: expect.stringMatching(/trailing/),
+      fault: 'malformed',
+      reason: expect.stringMatching(/trailing/),
     });
     expect(scanMsgpack(hex('c0 c0'), 4)).toMatchObject(malformed);
     expect(scanMsgpack(hex('90 90'), 4)).toMatchObject(malformed);
@@ -313,11 +339,14 @@ describe('peekJsonType', () => {
   });
 
   it('agrees with JSON.parse on arbitrary JSON objects', () => {
-    fc.assert(fc.property(fc.dictionary(fc.oneof(fc.constant('type'), fc.string()), fc.jsonValue()), fc.boolean(), (obj, spaced) => {
-      const text = JSON.stringify(obj, null, spaced ? 1 : undefined);
-      const real = (JSON.parse(text) as { type?: unknown }).type;
-      expect(peekJsonType(text)).toBe(typeof real === 'string' ? real : undefined);
-    }), { numRuns: 500 });
+    fc.assert(
+      fc.property(fc.dictionary(fc.oneof(fc.constant('type'), fc.string()), fc.jsonValue()), fc.boolean(), (obj, spaced) => {
+        const text = JSON.stringify(obj, null, spaced ? 1 : undefined);
+        const real = (JSON.parse(text) as { type?: unknown }).type;
+        expect(peekJsonType(text)).toBe(typeof real === 'string' ? real : undefined);
+      }),
+      { numRuns: 500 },
+    );
   });
 });
 
@@ -333,7 +362,18 @@ describe('indexMsgpack', () => {
     expect(unpackr.unpack(buf.subarray(typeValue!.start, typeValue!.end))).toBe('put');
     expect(puts!.children).toHaveLength(2);
     const [put, p] = puts!.children!;
-    expect(unpackr.unpack(buf.subarray(put!.start, put!.end))).toEqual(new Map<string, unknown>([['id', 1], ['state', new Map<string, unknown>([['a', [1, 2, 3]], ['b', 'x']])]]));
+    expect(unpackr.unpack(buf.subarray(put!.start, put!.end))).toEqual(
+      new Map<string, unknown>([
+        ['id', 1],
+        [
+          'state',
+          new Map<string, unknown>([
+            ['a', [1, 2, 3]],
+            ['b', 'x'],
+          ]),
+        ],
+      ]),
+    );
     const state = put!.children![3]!;
     expect(state.items).toBe(8);
     expect(state.children).toBeUndefined();
@@ -343,10 +383,13 @@ describe('indexMsgpack', () => {
   });
 
   it('gives the same verdict as scanMsgpack on any bytes', () => {
-    fc.assert(fc.property(fc.uint8Array({ maxLength: 64 }), fc.integer({ min: 1, max: 6 }), (bytes, depth) => {
-      const fault = scanMsgpack(bytes, depth);
-      const scanned = indexMsgpack(bytes, depth, 3);
-      expect('fault' in scanned ? scanned : null).toEqual(fault);
-    }), { numRuns: 2000 });
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 64 }), fc.integer({ min: 1, max: 6 }), (bytes, depth) => {
+        const fault = scanMsgpack(bytes, depth);
+        const scanned = indexMsgpack(bytes, depth, 3);
+        expect('fault' in scanned ? scanned : null).toEqual(fault);
+      }),
+      { numRuns: 2000 },
+    );
   });
 });

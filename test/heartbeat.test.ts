@@ -48,7 +48,9 @@ async function connectSilent(url: string): Promise<{ ws: WebSocket; pings: () =>
   const ws = new WebSocket(url, 'seqgate.v1', { autoPong: false });
   sockets.push(ws);
   let pings = 0;
-  ws.on('ping', () => { pings++; });
+  ws.on('ping', () => {
+    pings++;
+  });
   ws.on('error', () => undefined);
   const closed = new Promise<number>((resolve) => ws.on('close', (code) => resolve(code)));
   await once(ws, 'open');
@@ -72,11 +74,18 @@ function holdableStore(): { store: Store; hold: () => void; release: () => void 
       return typeof value === 'function' ? value.bind(target) : value;
     },
   }) as unknown as Store;
-  const release = (): void => { gate = undefined; open?.(); };
+  const release = (): void => {
+    gate = undefined;
+    open?.();
+  };
   releases.push(release);
   return {
     store,
-    hold: () => { gate = new Promise((resolve) => { open = resolve; }); },
+    hold: () => {
+      gate = new Promise((resolve) => {
+        open = resolve;
+      });
+    },
     release,
   };
 }
@@ -146,19 +155,25 @@ describe('heartbeat sweep', () => {
 describe('heartbeat sweep and backpressure', () => {
   it('leaves a connection paused by backpressure to the slow-consumer rule instead of dropping it', async () => {
     const warnings: string[] = [];
-    const logger = pino({ level: 'warn' }, new Writable({
-      write(chunk: Buffer, _encoding, callback) {
-        for (const line of chunk.toString('utf8').split('\n')) if (line) warnings.push((JSON.parse(line) as { msg: string }).msg);
-        callback();
+    const logger = pino(
+      { level: 'warn' },
+      new Writable({
+        write(chunk: Buffer, _encoding, callback) {
+          for (const line of chunk.toString('utf8').split('\n')) if (line) warnings.push((JSON.parse(line) as { msg: string }).msg);
+          callback();
+        },
+      }),
+    );
+    t = await startTestServer(
+      {
+        heartbeatIntervalMs: HEARTBEAT_MS,
+        outboundHighWaterBytes: 16_384,
+        connectionInFlightBytes: 65_536,
+        slowConsumerTimeoutMs: 10 * HEARTBEAT_MS,
+        maxIdBytes: 8192,
       },
-    }));
-    t = await startTestServer({
-      heartbeatIntervalMs: HEARTBEAT_MS,
-      outboundHighWaterBytes: 16_384,
-      connectionInFlightBytes: 65_536,
-      slowConsumerTimeoutMs: 10 * HEARTBEAT_MS,
-      maxIdBytes: 8192,
-    }, { logger });
+      { logger },
+    );
     // Never reads, so never answers a ping either; it only sends.
     const ws = new WebSocket(t.url, 'seqgate.v1');
     sockets.push(ws);
@@ -216,7 +231,10 @@ describe('protocol ping', () => {
 
       release();
       const results = await c.waitResults(2);
-      expect(results.map((r: Msg) => [r.id, r.outcome])).toEqual([[p1.id, 'applied'], [p2.id, 'applied']]);
+      expect(results.map((r: Msg) => [r.id, r.outcome])).toEqual([
+        [p1.id, 'applied'],
+        [p2.id, 'applied'],
+      ]);
     });
 
     it(`over ${format}: echoes nonces of any type, and null when there is none`, async () => {

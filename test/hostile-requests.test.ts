@@ -12,7 +12,8 @@ import { probeServing, rawExchange } from './support/raw-http.js';
  * the 400 INVALID_TARGET answer.
  */
 
-const UPGRADE = 'Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: seqgate.v1\r\n';
+const UPGRADE =
+  'Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: seqgate.v1\r\n';
 
 function request(target: string, extra = ''): string {
   return `GET ${target} HTTP/1.1\r\nHost: 127.0.0.1\r\n${extra}\r\n`;
@@ -26,7 +27,24 @@ describe('request targets', () => {
     expect(parseRequestTarget('http://h:1/healthz')!.segments).toEqual(['healthz']);
     expect(parseRequestTarget('WSS://h')!.segments).toEqual(['']);
     expect(parseRequestTarget('/v1/docs/ключ')!.segments).toEqual(['v1', 'docs', encodeURIComponent('ключ')]);
-    for (const bad of ['//[', '/[', '/\\evil/v1/docs', '/a b', '/a#b', '/a|b', '/{x}', '*', '', 'v1/docs', 'ftp://h/x', 'h:80', 'http://h/[', 'http://[/x', '/a\u0000b', undefined]) {
+    for (const bad of [
+      '//[',
+      '/[',
+      '/\\evil/v1/docs',
+      '/a b',
+      '/a#b',
+      '/a|b',
+      '/{x}',
+      '*',
+      '',
+      'v1/docs',
+      'ftp://h/x',
+      'h:80',
+      'http://h/[',
+      'http://[/x',
+      '/a\u0000b',
+      undefined,
+    ]) {
       expect(parseRequestTarget(bad), JSON.stringify(bad)).toBeUndefined();
     }
   });

@@ -67,7 +67,6 @@ async function call(t: TestServer, method: string, path: string, o: CallOptions 
   return { status: res.status, headers: res.headers, bytes, text, body: parsed };
 }
 
-
 /** The held store lives in a folder of its own; the caller removes it. */
 async function startHeld(overrides: Partial<Config> = {}): Promise<{ t: TestServer; held: HeldStore; dbPath: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'seqgate-http-held-'));
@@ -75,7 +74,17 @@ async function startHeld(overrides: Partial<Config> = {}): Promise<{ t: TestServ
   const held = new HeldStore(new SqliteStore({ path: dbPath, synchronous: 'full', contiguous: false, ackCapPerStream: 1000 }));
   const t = await startTestServer(overrides, { store: held });
   const stop = t.stop;
-  return { t: { ...t, stop: async () => { await stop(); rmSync(dir, { recursive: true, force: true }); } }, held, dbPath };
+  return {
+    t: {
+      ...t,
+      stop: async () => {
+        await stop();
+        rmSync(dir, { recursive: true, force: true });
+      },
+    },
+    held,
+    dbPath,
+  };
 }
 
 async function until(condition: () => boolean, timeoutMs = 5000): Promise<void> {
@@ -100,8 +109,12 @@ function sqlite(t: TestServer): SqliteStore {
 }
 
 let t: TestServer;
-beforeEach(async () => { t = await startTestServer(); });
-afterEach(async () => { await t.stop(); });
+beforeEach(async () => {
+  t = await startTestServer();
+});
+afterEach(async () => {
+  await t.stop();
+});
 
 describe('POST /v1/streams/{stream}/puts', () => {
   it('applies a put with 200 and answers its retry with the stored ack, 200 and Idempotent-Replayed: true', async () => {
@@ -110,7 +123,12 @@ describe('POST /v1/streams/{stream}/puts', () => {
     expect(first.status).toBe(200);
     expect(first.headers.get('content-type')).toBe('application/json');
     expect(first.headers.get('idempotent-replayed')).toBeNull();
-    expect(first.body).toMatchObject({ id: null, outcome: 'applied', replay: false, ack: { stream: 's1', epoch: 1, seq: 1, key: 'doc', version: 1, deleted: false } });
+    expect(first.body).toMatchObject({
+      id: null,
+      outcome: 'applied',
+      replay: false,
+      ack: { stream: 's1', epoch: 1, seq: 1, key: 'doc', version: 1, deleted: false },
+    });
 
     const retry = await call(t, 'POST', '/v1/streams/s1/puts', { json: body });
     expect(retry.status).toBe(200);
@@ -245,7 +263,9 @@ describe('POST /v1/streams/{stream}/puts', () => {
     expect(deep.status).toBe(400);
     expect(deep.body.error).toMatchObject({ code: 'INVALID_BODY', cause: 'TOO_DEEP' });
 
-    const trailing = await call(t, 'POST', '/v1/streams/b/puts', { raw: { body: Buffer.concat([packr.pack({ epoch: 1 }), Buffer.from([0xc0])]), contentType: 'application/msgpack' } });
+    const trailing = await call(t, 'POST', '/v1/streams/b/puts', {
+      raw: { body: Buffer.concat([packr.pack({ epoch: 1 }), Buffer.from([0xc0])]), contentType: 'application/msgpack' },
+    });
     expect(trailing.status).toBe(400);
     expect(trailing.body.error).toMatchObject({ code: 'INVALID_BODY', cause: 'MALFORMED_FRAME' });
 
@@ -275,13 +295,20 @@ describe('POST /v1/streams/{stream}/puts', () => {
 
       // No Content-Length: the limit must hold while reading, and the client must still get an answer.
       const chunked = await new Promise<{ status: number; body: string }>((resolve, reject) => {
-        const req = httpRequest(base(small) + '/v1/streams/big/puts', {
-          method: 'POST', headers: { 'content-type': 'application/json', 'transfer-encoding': 'chunked' },
-        }, (res) => {
-          let text = '';
-          res.on('data', (d: Buffer) => { text += d.toString(); });
-          res.on('end', () => resolve({ status: res.statusCode!, body: text }));
-        });
+        const req = httpRequest(
+          base(small) + '/v1/streams/big/puts',
+          {
+            method: 'POST',
+            headers: { 'content-type': 'application/json', 'transfer-encoding': 'chunked' },
+          },
+          (res) => {
+            let text = '';
+            res.on('data', (d: Buffer) => {
+              text += d.toString();
+            });
+            res.on('end', () => resolve({ status: res.statusCode!, body: text }));
+          },
+        );
         req.on('error', reject);
         req.write('{"epoch":1,"seq":1,"key":"k","state":"');
         for (let i = 0; i < 8; i++) req.write('y'.repeat(512));
@@ -392,8 +419,27 @@ describe('documents: PUT, GET, DELETE /v1/docs/{key}', () => {
 
   it('reads If-Match strictly: only "N", W/"N" and N (with optional spaces around) pass; half-quoted, unquoted-weak, lists and other forms are 400 and write nothing', async () => {
     for (let v = 1; v <= 6; v++) expect((await call(t, 'PUT', '/v1/docs/strict', { json: v })).status).toBe(200);
-    const refused = ['"4', '5"', 'W/6', 'w/"6"', 'W/ "6"', 'W/"6', '"6", "6"', '"5","6"', '*', '"6"x', '""', '"-6"', '"6.0"', "'6'", '" 6"',
-      '"1234567890123456"', '6 6', 'W/W/"6"', '\u00a0"6"'];
+    const refused = [
+      '"4',
+      '5"',
+      'W/6',
+      'w/"6"',
+      'W/ "6"',
+      'W/"6',
+      '"6", "6"',
+      '"5","6"',
+      '*',
+      '"6"x',
+      '""',
+      '"-6"',
+      '"6.0"',
+      "'6'",
+      '" 6"',
+      '"1234567890123456"',
+      '6 6',
+      'W/W/"6"',
+      '\u00a0"6"',
+    ];
     for (const value of refused) {
       for (const method of ['PUT', 'DELETE'] as const) {
         const r = await call(t, method, '/v1/docs/strict', { ...(method === 'PUT' ? { json: 'written' } : {}), headers: { 'if-match': value } });
@@ -441,7 +487,12 @@ describe('documents: PUT, GET, DELETE /v1/docs/{key}', () => {
   });
 
   it('serves a state written as msgpack with integers beyond 2^53 as JSON with every digit, or as the stored msgpack', async () => {
-    const state = new Map<string, unknown>([['big', 9007199254740993n], ['min', -9223372036854775808n], ['max', 18446744073709551615n], ['f', 0.5]]);
+    const state = new Map<string, unknown>([
+      ['big', 9007199254740993n],
+      ['min', -9223372036854775808n],
+      ['max', 18446744073709551615n],
+      ['f', 0.5],
+    ]);
     const w = await call(t, 'PUT', '/v1/docs/int64', { raw: { body: packr.pack(state), contentType: 'application/msgpack' } });
     expect(w.status).toBe(200);
     const json = await call(t, 'GET', '/v1/docs/int64');
@@ -474,7 +525,13 @@ describe('documents: PUT, GET, DELETE /v1/docs/{key}', () => {
     const states: Array<[string, unknown]> = [
       ['nan', { x: Number.NaN }],
       ['inf', [Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY]],
-      ['intkey', new Map<unknown, unknown>([[1, 'int'], ['1', 'string']])],
+      [
+        'intkey',
+        new Map<unknown, unknown>([
+          [1, 'int'],
+          ['1', 'string'],
+        ]),
+      ],
     ];
     for (const [key, state] of states) {
       expect((await call(t, 'PUT', `/v1/docs/${key}`, { raw: { body: packr.pack(state), contentType: 'application/msgpack' } })).status).toBe(200);
@@ -655,7 +712,13 @@ describe('POST /v1/docs with Idempotency-Key', () => {
   it('creates exactly one document when one POST is sent 10 times with the same key and some attempts are aborted mid-flight', async () => {
     const { t: h, held, dbPath } = await startHeld();
     try {
-      const state = { order: 4711, lines: [{ sku: 'a', qty: 2 }, { sku: 'b', qty: 1 }] };
+      const state = {
+        order: 4711,
+        lines: [
+          { sku: 'a', qty: 2 },
+          { sku: 'b', qty: 1 },
+        ],
+      };
       // 'held': the client aborts while the server holds the request inside the commit;
       // a number: abort after that many ms, wherever the request is; 'complete': wait for the answer.
       const plan: Array<'held' | 'complete' | number> = ['held', 1, 'complete', 0, 'complete', 'held', 2, 'complete', 5, 'complete'];
@@ -676,7 +739,10 @@ describe('POST /v1/docs with Idempotency-Key', () => {
           held.hold();
           const before = held.writes;
           const controller = new AbortController();
-          const attempt = send(controller.signal).then(() => 'answered', (err: Error) => err.name);
+          const attempt = send(controller.signal).then(
+            () => 'answered',
+            (err: Error) => err.name,
+          );
           await until(() => held.writes > before);
           controller.abort();
           expect(await attempt).toBe('AbortError');

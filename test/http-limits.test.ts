@@ -122,7 +122,9 @@ describe('HTTP timeouts against the real server process', () => {
     const c = await serve(['--http-body-idle-timeout-ms', '1000', '--http-headers-timeout-ms', '500', '--http-request-timeout-ms', '1500']);
     const s = await stall(c.port, [putHead('trickle', 1000)]);
     const started = performance.now();
-    const timer = setInterval(() => { if (!s.socket.destroyed) s.socket.write('x'); }, 100);
+    const timer = setInterval(() => {
+      if (!s.socket.destroyed) s.socket.write('x');
+    }, 100);
     await s.closed;
     clearInterval(timer);
     const after = performance.now() - started;
@@ -136,8 +138,20 @@ describe('HTTP timeouts against the real server process', () => {
 describe('HTTP memory and connections against the real server process', () => {
   it('request bodies stay within half the memory budget: further bodies get 503 SERVER_BUSY, memory stays bounded, and cut-off bodies give their share back', async () => {
     const MiB = 1024 * 1024;
-    const c = await serve(['--max-in-flight-bytes', String(8 * MiB), '--max-frame-bytes', String(MiB), '--max-state-bytes', String(2 * MiB),
-      '--http-body-idle-timeout-ms', '1500', '--http-request-timeout-ms', '30000', '--http-headers-timeout-ms', '5000']);
+    const c = await serve([
+      '--max-in-flight-bytes',
+      String(8 * MiB),
+      '--max-frame-bytes',
+      String(MiB),
+      '--max-state-bytes',
+      String(2 * MiB),
+      '--http-body-idle-timeout-ms',
+      '1500',
+      '--http-request-timeout-ms',
+      '30000',
+      '--http-headers-timeout-ms',
+      '5000',
+    ]);
     const before = rssBytes(c.pid!);
     const control = await TestClient.connect(c.url, 'msgpack');
     // 40 bodies of 1 MiB, each stalled one byte short of its end: 40 MiB offered, 4 MiB allowed.

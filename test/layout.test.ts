@@ -21,7 +21,7 @@ function mapPaths(readme: string): string[] {
   const section = readme.split(/^## Layout\s*$/m)[1];
   if (section === undefined) throw new Error('README.md has no "## Layout" section');
   const block = /```[^\n]*\n([\s\S]*?)```/.exec(section.split(/^## /m)[0]!)?.[1];
-  if (block === undefined) throw new Error('README.md\'s Layout section has no fenced map');
+  if (block === undefined) throw new Error("README.md's Layout section has no fenced map");
   const paths: string[] = [];
   const parents: Array<{ indent: number; path: string }> = [];
   for (const line of block.split('\n')) {
@@ -81,7 +81,9 @@ describe('README layout', () => {
       writeFileSync(join(root, 'packages/web/src/index.ts'), '');
       writeFileSync(join(root, 'packages/web/src/wire/codec.ts'), '');
       const readme = [
-        '## Layout', '', '```',
+        '## Layout',
+        '',
+        '```',
         'src/           the code',
         '  gate.ts      decides',
         '  store/       stores',
@@ -90,10 +92,22 @@ describe('README layout', () => {
         'test/          not there',
         'packages/web/  a package',
         '  src/index.ts its entry',
-        '```', '', '## Next', '```', 'src/ignored.ts', '```',
+        '```',
+        '',
+        '## Next',
+        '```',
+        'src/ignored.ts',
+        '```',
       ].join('\n');
       expect(mapPaths(readme)).toEqual([
-        'src/', 'src/gate.ts', 'src/store/', 'src/store/store.ts/', 'src/store/gone.ts', 'test/', 'packages/web/', 'packages/web/src/index.ts',
+        'src/',
+        'src/gate.ts',
+        'src/store/',
+        'src/store/store.ts/',
+        'src/store/gone.ts',
+        'test/',
+        'packages/web/',
+        'packages/web/src/index.ts',
       ]);
       expect(layoutProblems(readme, root).sort()).toEqual([
         'packages/web/src/wire/ is not on the map',

@@ -35,9 +35,32 @@ describe('guarded listeners', () => {
   it('log a synchronous throw and a rejection, run the recovery with the listener arguments, and survive a failing recovery', async () => {
     const { logger, errors } = capture();
     const recovered: unknown[] = [];
-    guarded(logger, 'sync', (n: number) => { throw new Error(`boom ${n}`); }, (_err, n) => recovered.push(n))(1);
-    guarded(logger, 'async', async (n: number) => { throw new Error(`boom ${n}`); }, (_err, n) => recovered.push(n))(2);
-    guarded(logger, 'bad recovery', () => { throw new Error('first'); }, () => { throw new Error('second'); })();
+    guarded(
+      logger,
+      'sync',
+      (n: number) => {
+        throw new Error(`boom ${n}`);
+      },
+      (_err, n) => recovered.push(n),
+    )(1);
+    guarded(
+      logger,
+      'async',
+      async (n: number) => {
+        throw new Error(`boom ${n}`);
+      },
+      (_err, n) => recovered.push(n),
+    )(2);
+    guarded(
+      logger,
+      'bad recovery',
+      () => {
+        throw new Error('first');
+      },
+      () => {
+        throw new Error('second');
+      },
+    )();
     await new Promise((resolve) => setImmediate(resolve));
     expect(recovered).toEqual([1, 2]);
     expect(errors.map((e) => e.msg)).toEqual(['sync failed', 'bad recovery failed', 'bad recovery: recovery failed', 'async failed']);
@@ -72,7 +95,10 @@ describe('guarded listeners', () => {
       return authenticate(token);
     };
     const port = Number(new URL(t.url).port);
-    const res = await rawExchange(port, 'GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n');
+    const res = await rawExchange(
+      port,
+      'GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+    );
     expect(res.status).toBe(500);
     expect(res.closedByServer).toBe(true);
     expect(errors.some((e) => e.msg === 'WebSocket upgrade failed' && JSON.stringify(e.err).includes('auth exploded'))).toBe(true);

@@ -20,7 +20,12 @@ function parse(text: string): Sample {
     if (line === '' || line.startsWith('#')) continue;
     const m = /^([A-Za-z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)$/.exec(line);
     if (!m) throw new Error(`unparsable metrics line: ${line}`);
-    const labels = m[2] ? [...m[2].matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((l) => `${l[1]}="${l[2]}"`).sort().join(',') : '';
+    const labels = m[2]
+      ? [...m[2].matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)]
+          .map((l) => `${l[1]}="${l[2]}"`)
+          .sort()
+          .join(',')
+      : '';
     out.set(labels === '' ? m[1]! : `${m[1]}{${labels}}`, Number(m[3]));
   }
   return out;
@@ -111,7 +116,8 @@ interface Case {
 const cases: Case[] = [
   { outcome: 'applied', provoke: (send, s) => send({ stream: s, seq: 1 }) },
   {
-    outcome: 'applied', replay: true,
+    outcome: 'applied',
+    replay: true,
     setup: (send, s) => send({ id: 1, stream: s, seq: 1 }),
     provoke: (send, s) => send({ id: 1, stream: s, seq: 1 }),
   },
@@ -133,7 +139,10 @@ const cases: Case[] = [
   {
     // The main server keeps one ack per stream: seq 1's ack goes when seq 2 is stored.
     outcome: 'expired',
-    setup: async (send, s) => { await send({ stream: s, seq: 1 }); await send({ stream: s, seq: 2 }); },
+    setup: async (send, s) => {
+      await send({ stream: s, seq: 1 });
+      await send({ stream: s, seq: 2 });
+    },
     provoke: (send, s) => send({ stream: s, seq: 1 }),
   },
   { outcome: 'gap', server: 'contiguous', provoke: (send, s) => send({ stream: s, seq: 2 }) },
@@ -217,7 +226,10 @@ describe('batches, connections, pruning, event loop', () => {
     const after = await scrape(main);
     expect(changes(before, after, 'seqgate_batch_writes_count')).toEqual({ seqgate_batch_writes_count: 1 });
     expect(changes(before, after, 'seqgate_batch_writes_sum')).toEqual({ seqgate_batch_writes_sum: 5 });
-    expect(changes(before, after, 'seqgate_batch_writes_bucket')).toMatchObject({ 'seqgate_batch_writes_bucket{le="5"}': 1, 'seqgate_batch_writes_bucket{le="+Inf"}': 1 });
+    expect(changes(before, after, 'seqgate_batch_writes_bucket')).toMatchObject({
+      'seqgate_batch_writes_bucket{le="5"}': 1,
+      'seqgate_batch_writes_bucket{le="+Inf"}': 1,
+    });
     expect(changes(before, after, 'seqgate_batch_writes_bucket')['seqgate_batch_writes_bucket{le="2"}']).toBeUndefined();
     expect(changes(before, after, 'seqgate_commit_seconds_count')).toEqual({ seqgate_commit_seconds_count: 1 });
     expect(after.get('seqgate_commit_seconds_sum')).toBeGreaterThan(before.get('seqgate_commit_seconds_sum') ?? 0);
@@ -312,4 +324,3 @@ describe('batches, connections, pruning, event loop', () => {
     expect(sample.has('process_resident_memory_bytes')).toBe(true);
   });
 });
-

@@ -83,7 +83,7 @@ describe.skipIf(process.env.SEQGATE_MEASURE !== '1')('issue 9, findings 6-8, mea
       const recreated = Date.now();
       let accepted: number | undefined;
       while (Date.now() - recreated < 10_000) {
-        if (await status(server, '/v1/streams/x', c) === 200) {
+        if ((await status(server, '/v1/streams/x', c)) === 200) {
           accepted = Date.now() - recreated;
           break;
         }
@@ -153,7 +153,9 @@ describe.skipIf(process.env.SEQGATE_MEASURE !== '1')('issue 9, findings 6-8, mea
     });
     const create = async (): Promise<string> => {
       const res = await fetch(`http://127.0.0.1:${server.port}/v1/docs`, {
-        method: 'POST', headers: { 'content-type': 'application/json', 'idempotency-key': 'measure-1' }, body: '{"a":1}',
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'idempotency-key': 'measure-1' },
+        body: '{"a":1}',
       });
       return ((await res.json()) as Msg).key;
     };

@@ -36,7 +36,10 @@ class CommitCutter {
     this.server = createServer((client) => {
       const upstream = connect(target.port, target.host);
       this.sockets.add(client).add(upstream);
-      const cleanup = () => { client.destroy(); upstream.destroy(); };
+      const cleanup = () => {
+        client.destroy();
+        upstream.destroy();
+      };
       client.on('error', cleanup);
       upstream.on('error', cleanup);
       client.on('close', cleanup);
@@ -69,8 +72,12 @@ class CommitCutter {
 
 describe.skipIf(!PG)('PostgresStore', () => {
   let db: TestDatabase;
-  beforeAll(async () => { db = await createTestDatabase('seqgate_pgstore', { fastCommits: true }); });
-  afterAll(async () => { await db?.drop(); });
+  beforeAll(async () => {
+    db = await createTestDatabase('seqgate_pgstore', { fastCommits: true });
+  });
+  afterAll(async () => {
+    await db?.drop();
+  });
 
   it('migrates once when several servers start together, and refuses a database from a newer seqgate', async () => {
     const stores = await Promise.all(Array.from({ length: 4 }, () => PostgresStore.open({ connectionString: db.url, contiguous: false, ackCapPerStream: 10 })));
@@ -110,7 +117,9 @@ describe.skipIf(!PG)('PostgresStore', () => {
         expect(kinds).toContain(mode === 'after' ? 'outcome-resolved:committed' : 'outcome-resolved:aborted');
         const [retry] = await store.apply([put(stream, 2)]);
         expect(retry).toMatchObject({ kind: 'ack', replay: true, ack: { seq: 2, version: 2 } });
-        expect((await db.query('SELECT count(*)::int AS n FROM seqgate.acks a JOIN seqgate.streams s ON s.id = a.stream_id WHERE s.name = $1', [stream])).rows).toEqual([{ n: 2 }]);
+        expect(
+          (await db.query('SELECT count(*)::int AS n FROM seqgate.acks a JOIN seqgate.streams s ON s.id = a.stream_id WHERE s.name = $1', [stream])).rows,
+        ).toEqual([{ n: 2 }]);
       } finally {
         await store.close();
         await proxy.close();
@@ -134,19 +143,24 @@ describe.skipIf(!PG)('PostgresStore', () => {
           await writer.apply(streams.map((s) => put(s, seq)));
         }
       })();
-      const pruned = await Promise.all(stores.slice(0, 3).map(async (s) => {
-        let total = 0;
-        for (;;) {
-          const step = await s.prune(clock.now - 30_000, 7);
-          total += step.pruned;
-          if (step.done) return total;
-        }
-      }));
+      const pruned = await Promise.all(
+        stores.slice(0, 3).map(async (s) => {
+          let total = 0;
+          for (;;) {
+            const step = await s.prune(clock.now - 30_000, 7);
+            total += step.pruned;
+            if (step.done) return total;
+          }
+        }),
+      );
       await writing;
-      const rows = (await db.query<{ name: string; seq: string; pruned_through: string; ack_count: string; n: number; lo: string; has_head: boolean }>(
-        `SELECT s.name, s.seq, s.pruned_through, s.ack_count, count(a.*)::int AS n, min(a.seq) AS lo,
+      const rows = (
+        await db.query<{ name: string; seq: string; pruned_through: string; ack_count: string; n: number; lo: string; has_head: boolean }>(
+          `SELECT s.name, s.seq, s.pruned_through, s.ack_count, count(a.*)::int AS n, min(a.seq) AS lo,
                 bool_or(a.seq = s.seq) AS has_head
-           FROM seqgate.streams s LEFT JOIN seqgate.acks a ON a.stream_id = s.id WHERE s.name LIKE 'prune-%' GROUP BY s.id`)).rows;
+           FROM seqgate.streams s LEFT JOIN seqgate.acks a ON a.stream_id = s.id WHERE s.name LIKE 'prune-%' GROUP BY s.id`,
+        )
+      ).rows;
       expect(rows).toHaveLength(streams.length);
       // Each old ack went exactly once, whoever pruned it: the counts add up to what is gone.
       expect(pruned.reduce((a, b) => a + b, 0)).toBe(streams.length * 40 - rows.reduce((a, r) => a + r.n, 0));
@@ -154,8 +168,12 @@ describe.skipIf(!PG)('PostgresStore', () => {
         // Seq 30 was the head's ack until the writer moved on; whether it went depends on who came first.
         const lowest = Number(r.lo);
         expect(lowest === 30 || lowest === 31).toBe(true);
-        expect({ seq: Number(r.seq), prunedThrough: Number(r.pruned_through), count: Number(r.ack_count), head: r.has_head })
-          .toEqual({ seq: 40, prunedThrough: lowest - 1, count: r.n, head: true });
+        expect({ seq: Number(r.seq), prunedThrough: Number(r.pruned_through), count: Number(r.ack_count), head: r.has_head }).toEqual({
+          seq: 40,
+          prunedThrough: lowest - 1,
+          count: r.n,
+          head: true,
+        });
         expect(r.n).toBe(40 - lowest + 1);
       }
       const [expired] = await stores[1]!.apply([put('prune-0', 5)]);
@@ -171,17 +189,27 @@ describe.skipIf(!PG)('PostgresStore', () => {
     const stores = await Promise.all([open(), open(), open()]);
     try {
       const state = canonicalEncode({ created: true }, LIMITS, 'state');
-      await stores[0]!.apply(Array.from({ length: 60 }, (_, i) => ({
-        op: 'create' as const, tenant: 'idem', scope: 'POST /v1/docs', idempotencyKey: `k-${i}`, fingerprint: Buffer.alloc(16, 1), key: `idem-doc-${i}`, state,
-      })));
-      const deleted = await Promise.all(stores.map(async (s) => {
-        let n = 0;
-        for (;;) {
-          const step = await s.pruneIdempotency(clock.now + 1, 7);
-          n += step;
-          if (step === 0) return n;
-        }
-      }));
+      await stores[0]!.apply(
+        Array.from({ length: 60 }, (_, i) => ({
+          op: 'create' as const,
+          tenant: 'idem',
+          scope: 'POST /v1/docs',
+          idempotencyKey: `k-${i}`,
+          fingerprint: Buffer.alloc(16, 1),
+          key: `idem-doc-${i}`,
+          state,
+        })),
+      );
+      const deleted = await Promise.all(
+        stores.map(async (s) => {
+          let n = 0;
+          for (;;) {
+            const step = await s.pruneIdempotency(clock.now + 1, 7);
+            n += step;
+            if (step === 0) return n;
+          }
+        }),
+      );
       expect(deleted.reduce((a, b) => a + b, 0)).toBe(60);
       expect((await db.query("SELECT count(*)::int AS n FROM seqgate.idempotency WHERE tenant = 'idem'")).rows).toEqual([{ n: 0 }]);
     } finally {

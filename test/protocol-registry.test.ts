@@ -39,7 +39,13 @@ function table(text: string): Row[] {
   const first = lines.findIndex((l) => l.trimStart().startsWith('|'));
   if (first === -1) throw new Error('no table found');
   // Cells split on unescaped pipes, so `a \| b` stays one cell.
-  const cells = (line: string): string[] => line.trim().replace(/^\|/, '').replace(/\|$/, '').split(/(?<!\\)\|/).map((c) => c.trim());
+  const cells = (line: string): string[] =>
+    line
+      .trim()
+      .replace(/^\|/, '')
+      .replace(/\|$/, '')
+      .split(/(?<!\\)\|/)
+      .map((c) => c.trim());
   const header = cells(lines[first]!).map((h) => h.replace(/`/g, '').toLowerCase());
   const rows: Row[] = [];
   for (const l of lines.slice(first + 2)) {
@@ -66,7 +72,7 @@ const dash = (v: string): boolean => v === '—' || v === '-' || v === '';
 
 // ---- what the code says, pinned by the type checker ----
 
-type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends (<T>() => T extends B ? 1 : 2) ? true : false;
+type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false;
 
 /** Outcomes that consume the seq and carry a stored ack: Ack['outcome'] exactly. */
 const STORED_OUTCOMES = ['applied', 'version_conflict'] as const;
@@ -102,7 +108,15 @@ const CODES_OF: Record<string, readonly string[]> = {
 };
 
 const LIMIT_NAMES = [
-  'maxFrameBytes', 'maxPutsPerFrame', 'maxStateBytes', 'maxStateDepth', 'maxKeyBytes', 'maxStreamBytes', 'maxIdBytes', 'maxHelloStreams', 'maxNonceBytes',
+  'maxFrameBytes',
+  'maxPutsPerFrame',
+  'maxStateBytes',
+  'maxStateDepth',
+  'maxKeyBytes',
+  'maxStreamBytes',
+  'maxIdBytes',
+  'maxHelloStreams',
+  'maxNonceBytes',
 ] as const;
 const limitNamesMatch: Equal<(typeof LIMIT_NAMES)[number], keyof Limits> = true;
 
@@ -155,17 +169,19 @@ describe('outcomes', () => {
     expect([...listed].sort()).toEqual(ALL_OUTCOMES);
   });
 
-  it.each([['5.3 Outcomes', 'error code'], ['3.4 Result shapes', 'error.code']] as const)(
-    'the table in §%s pairs each outcome with the codes the code gives it',
-    (title, codeColumn) => {
-      const rows = table(section(title).slice(section(title).indexOf('| outcome')));
-      const documented = Object.fromEntries(rows.map((r) => [ticks(col(r, 'outcome'), OUTCOME)[0], ticks(col(r, codeColumn), CODE).sort()]));
-      const expected = Object.fromEntries(Object.entries(CODES_OF)
+  it.each([
+    ['5.3 Outcomes', 'error code'],
+    ['3.4 Result shapes', 'error.code'],
+  ] as const)('the table in §%s pairs each outcome with the codes the code gives it', (title, codeColumn) => {
+    const rows = table(section(title).slice(section(title).indexOf('| outcome')));
+    const documented = Object.fromEntries(rows.map((r) => [ticks(col(r, 'outcome'), OUTCOME)[0], ticks(col(r, codeColumn), CODE).sort()]));
+    const expected = Object.fromEntries(
+      Object.entries(CODES_OF)
         .filter(([o]) => title.startsWith('5.3') || CODES_OF[o]!.length > 0)
-        .map(([o, c]) => [o, [...c].sort()]));
-      expect(documented).toEqual(expected);
-    },
-  );
+        .map(([o, c]) => [o, [...c].sort()]),
+    );
+    expect(documented).toEqual(expected);
+  });
 
   it('marks as consuming the seq, stored and replayed exactly the stored outcomes', () => {
     for (const row of table(section('5.3 Outcomes'))) {
@@ -180,7 +196,9 @@ describe('outcomes', () => {
 
   it('every put-scope code is the code of some outcome', () => {
     const carried = new Set(Object.values(CODES_OF).flat());
-    const putCodes = Object.entries(ERRORS).filter(([, e]) => e.scope === 'put').map(([c]) => c);
+    const putCodes = Object.entries(ERRORS)
+      .filter(([, e]) => e.scope === 'put')
+      .map(([c]) => c);
     expect(putCodes.filter((c) => !carried.has(c))).toEqual([]);
   });
 });
@@ -213,10 +231,40 @@ describe('the decision table order is the order src/gate.ts decides in', () => {
   // Each case meets the conditions of two steps at once; the earlier step must win.
   const mismatch = { ifVersion: 9 };
   const cases: Array<{ wins: string; over: string; decision: () => Decision; replay?: boolean }> = [
-    { wins: '1', over: '3', replay: true, decision: () => { const p = put({ epoch: 1 }); return run(p, { epoch: 2, seq: 1, prunedThrough: 0 }, { storedAck: () => ackFor(p) }); } },
-    { wins: '1', over: '8', replay: true, decision: () => { const p = put(mismatch); return run(p, { epoch: 1, seq: 5, prunedThrough: 0 }, { storedAck: () => ackFor(p) }); } },
-    { wins: '2', over: '3', decision: () => { const p = put({ epoch: 1 }); return run(p, { epoch: 2, seq: 1, prunedThrough: 0 }, { storedAck: () => ackFor(p, true) }); } },
-    { wins: '2', over: '4', decision: () => { const p = put(); return run(p, { epoch: 1, seq: 9, prunedThrough: 7 }, { storedAck: () => ackFor(p, true) }); } },
+    {
+      wins: '1',
+      over: '3',
+      replay: true,
+      decision: () => {
+        const p = put({ epoch: 1 });
+        return run(p, { epoch: 2, seq: 1, prunedThrough: 0 }, { storedAck: () => ackFor(p) });
+      },
+    },
+    {
+      wins: '1',
+      over: '8',
+      replay: true,
+      decision: () => {
+        const p = put(mismatch);
+        return run(p, { epoch: 1, seq: 5, prunedThrough: 0 }, { storedAck: () => ackFor(p) });
+      },
+    },
+    {
+      wins: '2',
+      over: '3',
+      decision: () => {
+        const p = put({ epoch: 1 });
+        return run(p, { epoch: 2, seq: 1, prunedThrough: 0 }, { storedAck: () => ackFor(p, true) });
+      },
+    },
+    {
+      wins: '2',
+      over: '4',
+      decision: () => {
+        const p = put();
+        return run(p, { epoch: 1, seq: 9, prunedThrough: 7 }, { storedAck: () => ackFor(p, true) });
+      },
+    },
     { wins: '3', over: '6', decision: () => run(put({ epoch: 1, seq: 99 }), { epoch: 2, seq: 1, prunedThrough: 0 }, { contiguous: true }) },
     { wins: '4', over: '5', decision: () => run(put({ seq: 5 }), { epoch: 1, seq: 9, prunedThrough: 7 }) },
     { wins: '5', over: '6', decision: () => run(put({ seq: 5 }), { epoch: 1, seq: 9, prunedThrough: 0 }, { contiguous: true }) },
@@ -246,8 +294,12 @@ describe('the decision table order is the order src/gate.ts decides in', () => {
 
 describe('limits', () => {
   let t: TestServer;
-  beforeAll(async () => { t = await startTestServer(); });
-  afterAll(async () => { await t.stop(); });
+  beforeAll(async () => {
+    t = await startTestServer();
+  });
+  afterAll(async () => {
+    await t.stop();
+  });
 
   it('the announced-limits table lists exactly the welcome limits, with the defaults of src/config.ts', () => {
     const rows = table(section('11.1 Limits announced in the welcome'));

@@ -32,8 +32,7 @@ interface Vector {
   fingerprint?: string;
 }
 
-const load = (file: string): Vector[] =>
-  JSON.parse(readFileSync(new URL(`../protocol/vectors/${file}`, import.meta.url), 'utf8')) as Vector[];
+const load = (file: string): Vector[] => JSON.parse(readFileSync(new URL(`../protocol/vectors/${file}`, import.meta.url), 'utf8')) as Vector[];
 
 const clientVectors = load('client-messages.json');
 const serverVectors = load('server-messages.json');
@@ -113,7 +112,16 @@ describe('client vectors', () => {
 
   it('covers hello, single, multi, delete and ifVersion puts, ping, and refused frames and puts', () => {
     const names = clientVectors.map((v) => v.name);
-    for (const n of ['hello-minimal', 'hello-with-streams', 'put-single', 'put-multi', 'put-delete', 'put-if-version', 'ping-with-nonce', 'ping-without-nonce']) {
+    for (const n of [
+      'hello-minimal',
+      'hello-with-streams',
+      'put-single',
+      'put-multi',
+      'put-delete',
+      'put-if-version',
+      'ping-with-nonce',
+      'ping-without-nonce',
+    ]) {
       expect(names).toContain(n);
     }
     expect(clientVectors.every((v) => v.direction === 'client')).toBe(true);
@@ -202,7 +210,18 @@ describe('canonical form', () => {
     (_name, v) => {
       expect(() => canonicalEncode(decodeMsgpack(v.hex), unbounded, 'state')).toThrow(CanonicalError);
       const state = decodeMsgpack(v.hex);
-      const parsed = parsePut(new Map<string, unknown>([['id', 1], ['stream', 's'], ['epoch', 1], ['seq', 1], ['key', 'k'], ['state', state]]), limits, DEFAULT_TENANT);
+      const parsed = parsePut(
+        new Map<string, unknown>([
+          ['id', 1],
+          ['stream', 's'],
+          ['epoch', 1],
+          ['seq', 1],
+          ['key', 'k'],
+          ['state', state],
+        ]),
+        limits,
+        DEFAULT_TENANT,
+      );
       expect(parsed.ok).toBe(false);
       if (parsed.ok || !('error' in parsed.result)) throw new Error('accepted');
       expect(parsed.result.error).toMatchObject({ code: v.rejected, field: 'state' });
@@ -245,7 +264,13 @@ describe('fingerprints', () => {
   it('covers only key, delete, state and ifVersion', () => {
     const fp = (name: string): string => byName(putVectors, name).fingerprint!;
     expect(fp('fingerprint-ignores-stream-epoch-seq-and-id')).toBe(fp('fingerprint-msgpack-and-json-agree'));
-    const distinct = ['fingerprint-msgpack-and-json-agree', 'fingerprint-with-if-version', 'fingerprint-if-version-zero', 'fingerprint-delete', 'fingerprint-nil-state'];
+    const distinct = [
+      'fingerprint-msgpack-and-json-agree',
+      'fingerprint-with-if-version',
+      'fingerprint-if-version-zero',
+      'fingerprint-delete',
+      'fingerprint-nil-state',
+    ];
     expect(new Set(distinct.map(fp)).size).toBe(distinct.length);
   });
 });
@@ -256,27 +281,46 @@ describe('server vectors', () => {
   it('covers the welcome, a result of every outcome, replays, pong and every message-scope error', () => {
     expect(serverVectors.every((v) => v.direction === 'server')).toBe(true);
     const outcomes = new Set(serverVectors.flatMap((v) => ((v.decoded as { results?: Array<{ outcome: string }> }).results ?? []).map((r) => r.outcome)));
-    expect([...outcomes].sort()).toEqual(['applied', 'error', 'expired', 'fenced', 'forbidden', 'gap', 'invalid', 'sequence_reused', 'stale', 'version_conflict']);
+    expect([...outcomes].sort()).toEqual([
+      'applied',
+      'error',
+      'expired',
+      'fenced',
+      'forbidden',
+      'gap',
+      'invalid',
+      'sequence_reused',
+      'stale',
+      'version_conflict',
+    ]);
     const types = new Set(serverVectors.map((v) => (v.decoded as { type: string }).type));
     expect([...types].sort()).toEqual(['changes', 'error', 'pong', 'results', 'subscribed', 'unsubscribed', 'welcome']);
     const codes = new Set(serverVectors.map((v) => (v.decoded as { code?: string }).code).filter((c) => c !== undefined));
-    for (const c of ['MALFORMED_FRAME', 'WRONG_FRAME_TYPE', 'TOO_DEEP', 'INVALID_MESSAGE', 'UNKNOWN_TYPE', 'TOO_MANY_PUTS', 'TOO_MANY_STREAMS', 'UNSUPPORTED_VERSION', 'UNAUTHORIZED', 'FORBIDDEN']) {
+    for (const c of [
+      'MALFORMED_FRAME',
+      'WRONG_FRAME_TYPE',
+      'TOO_DEEP',
+      'INVALID_MESSAGE',
+      'UNKNOWN_TYPE',
+      'TOO_MANY_PUTS',
+      'TOO_MANY_STREAMS',
+      'UNSUPPORTED_VERSION',
+      'UNAUTHORIZED',
+      'FORBIDDEN',
+    ]) {
       expect(codes).toContain(c);
     }
   });
 
-  it.each(serverVectors.map((v) => [v.name, v] as const))(
-    '%s decodes to its meaning and is exactly what the server encoder writes for it',
-    (_name, v) => {
-      expect(meaning(clientUnpackr.unpack(bytes(v.hex)))).toEqual(v.decoded);
-      // Only a changefeed message with a state (a bin) has no JSON form.
-      if (v.json !== null) {
-        expect(JSON.parse(v.json)).toEqual(v.decoded);
-        expect(encodeMessage(v.decoded as object, 'json')).toBe(v.json);
-      }
-      expect((encodeMessage(withBins(v.decoded) as object, 'msgpack') as Buffer).toString('hex')).toBe(v.hex);
-    },
-  );
+  it.each(serverVectors.map((v) => [v.name, v] as const))('%s decodes to its meaning and is exactly what the server encoder writes for it', (_name, v) => {
+    expect(meaning(clientUnpackr.unpack(bytes(v.hex)))).toEqual(v.decoded);
+    // Only a changefeed message with a state (a bin) has no JSON form.
+    if (v.json !== null) {
+      expect(JSON.parse(v.json)).toEqual(v.decoded);
+      expect(encodeMessage(v.decoded as object, 'json')).toBe(v.json);
+    }
+    expect((encodeMessage(withBins(v.decoded) as object, 'msgpack') as Buffer).toString('hex')).toBe(v.hex);
+  });
 
   // Each result vector, rebuilt from the situation its notes describe: the gate decides, wireResult
   // shapes. Messages are human text and not part of the contract, so they are left out.
@@ -298,20 +342,52 @@ describe('server vectors', () => {
 
   const rebuilt: Record<string, () => unknown> = {
     'results-applied': () => wireResult(1, first),
-    'results-applied-replay': () => wireResult(1, run(gatePut({}), { epoch: 1, seq: 1, prunedThrough: 0 }, {
-      storedAck: () => ({ fingerprint: gatePut({}).fingerprint, ack: firstAck! }),
-    })),
-    'results-applied-delete': () => wireResult(2, run(gatePut({ seq: 4, key: 'room/hall', state: null }), { epoch: 1, seq: 3, prunedThrough: 0 }, {
-      document: () => ({ version: 1, deleted: false }),
-    })),
+    'results-applied-replay': () =>
+      wireResult(
+        1,
+        run(
+          gatePut({}),
+          { epoch: 1, seq: 1, prunedThrough: 0 },
+          {
+            storedAck: () => ({ fingerprint: gatePut({}).fingerprint, ack: firstAck! }),
+          },
+        ),
+      ),
+    'results-applied-delete': () =>
+      wireResult(
+        2,
+        run(
+          gatePut({ seq: 4, key: 'room/hall', state: null }),
+          { epoch: 1, seq: 3, prunedThrough: 0 },
+          {
+            document: () => ({ version: 1, deleted: false }),
+          },
+        ),
+      ),
     'results-applied-delete-missing': () => wireResult(2, run(gatePut({ seq: 4, key: 'room/hall', state: null }), { epoch: 1, seq: 3, prunedThrough: 0 })),
-    'results-version-conflict': () => wireResult(3, run(gatePut({ seq: 5, ifVersion: 2 }), { epoch: 1, seq: 4, prunedThrough: 0 }, {
-      document: () => ({ version: 3, deleted: false }),
-    })),
+    'results-version-conflict': () =>
+      wireResult(
+        3,
+        run(
+          gatePut({ seq: 5, ifVersion: 2 }),
+          { epoch: 1, seq: 4, prunedThrough: 0 },
+          {
+            document: () => ({ version: 3, deleted: false }),
+          },
+        ),
+      ),
     'results-version-conflict-missing': () => wireResult(4, run(gatePut({ seq: 6, key: 'room/cellar', ifVersion: 5 }), { epoch: 1, seq: 5, prunedThrough: 0 })),
-    'results-sequence-reused': () => wireResult(9, run(gatePut({ state: Buffer.of(0x02) }), { epoch: 1, seq: 1, prunedThrough: 0 }, {
-      storedAck: () => ({ fingerprint: gatePut({}).fingerprint, ack: firstAck! }),
-    })),
+    'results-sequence-reused': () =>
+      wireResult(
+        9,
+        run(
+          gatePut({ state: Buffer.of(0x02) }),
+          { epoch: 1, seq: 1, prunedThrough: 0 },
+          {
+            storedAck: () => ({ fingerprint: gatePut({}).fingerprint, ack: firstAck! }),
+          },
+        ),
+      ),
     'results-fenced': () => wireResult(9, run(gatePut({ seq: 50 }), { epoch: 2, seq: 3, prunedThrough: 0 })),
     'results-stale': () => wireResult(9, run(gatePut({ seq: 40 }), { epoch: 1, seq: 43, prunedThrough: 0 })),
     'results-expired': () => wireResult(9, run(gatePut({ seq: 150 }), { epoch: 1, seq: 1200, prunedThrough: 200 })),
@@ -351,7 +427,11 @@ describe('server vectors', () => {
   const withoutMessage = (o: unknown): unknown => {
     if (Array.isArray(o)) return o.map(withoutMessage);
     if (o !== null && typeof o === 'object') {
-      return Object.fromEntries(Object.entries(o).filter(([k]) => k !== 'message').map(([k, x]) => [k, withoutMessage(x)]));
+      return Object.fromEntries(
+        Object.entries(o)
+          .filter(([k]) => k !== 'message')
+          .map(([k, x]) => [k, withoutMessage(x)]),
+      );
     }
     return o;
   };
@@ -393,7 +473,12 @@ describe('reference server quirks listed in the PROTOCOL.md appendix', () => {
   });
 
   it('3: a state one level too deep exceeds the frame limit first, reported as TOO_DEEP naming maxStateDepth', () => {
-    const deep = { type: 'put', puts: [{ id: 1, stream: 's', epoch: 1, seq: 1, key: 'k', state: JSON.parse('['.repeat(limits.maxStateDepth + 1) + ']'.repeat(limits.maxStateDepth + 1)) }] };
+    const deep = {
+      type: 'put',
+      puts: [
+        { id: 1, stream: 's', epoch: 1, seq: 1, key: 'k', state: JSON.parse('['.repeat(limits.maxStateDepth + 1) + ']'.repeat(limits.maxStateDepth + 1)) },
+      ],
+    };
     let caught: unknown;
     try {
       decodeJson(JSON.stringify(deep));
@@ -412,7 +497,11 @@ describe('reference server quirks listed in the PROTOCOL.md appendix', () => {
   });
 
   it('6: ignores unknown message-level fields but refuses unknown put fields', () => {
-    const message = parseMessage(decodeJson('{"type":"put","extra":1,"puts":[{"id":1,"stream":"s","epoch":1,"seq":1,"key":"k","state":1,"extra":1}]}'), limits, DEFAULT_TENANT);
+    const message = parseMessage(
+      decodeJson('{"type":"put","extra":1,"puts":[{"id":1,"stream":"s","epoch":1,"seq":1,"key":"k","state":1,"extra":1}]}'),
+      limits,
+      DEFAULT_TENANT,
+    );
     if (message.type !== 'put') throw new Error('not a put');
     expect(message.puts[0]).toMatchObject({ ok: false, result: { outcome: 'invalid', error: { field: 'extra' } } });
   });
@@ -432,24 +521,24 @@ describe('the client SDK encoder against the vectors', () => {
     },
   );
 
-  it.each(valueVectors.filter((v) => v.canonical === null).map((v) => [v.name, v] as const))(
-    '%s: the SDK refuses the state as the server does',
-    (_name, v) => {
-      let caught: unknown;
-      try {
-        encodeState(fromMeaning(v.decoded), sdkLimits, false);
-      } catch (err) {
-        caught = err;
-      }
-      expect(caught).toBeInstanceOf(StateProblem);
-      expect((caught as StateProblem).code).toBe(v.rejected);
-    },
-  );
+  it.each(valueVectors.filter((v) => v.canonical === null).map((v) => [v.name, v] as const))('%s: the SDK refuses the state as the server does', (_name, v) => {
+    let caught: unknown;
+    try {
+      encodeState(fromMeaning(v.decoded), sdkLimits, false);
+    } catch (err) {
+      caught = err;
+    }
+    expect(caught).toBeInstanceOf(StateProblem);
+    expect((caught as StateProblem).code).toBe(v.rejected);
+  });
 
   it.each(putVectors.map((v) => [v.name, v] as const))('%s: a put the SDK frames gets the documented fingerprint from the server', (_name, v) => {
     const p = (v.decoded as { puts: Array<Record<string, unknown>> }).puts[0]!;
     const wire = {
-      stream: p.stream as string, epoch: p.epoch as number, seq: p.seq as number, key: p.key as string,
+      stream: p.stream as string,
+      epoch: p.epoch as number,
+      seq: p.seq as number,
+      key: p.key as string,
       state: p.delete === true ? null : encodeState(fromMeaning(p.state), sdkLimits, false),
       ifVersion: (p.ifVersion as number | undefined) ?? null,
     };

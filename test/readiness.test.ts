@@ -20,7 +20,7 @@ afterEach(async () => {
 async function readyz(server: ChildServer): Promise<{ status: number; body: { error?: { code: string; message: string } }; ms: number }> {
   const started = Date.now();
   const res = await fetch(`http://127.0.0.1:${server.port}/readyz`);
-  return { status: res.status, body: await res.json() as { error?: { code: string; message: string } }, ms: Date.now() - started };
+  return { status: res.status, body: (await res.json()) as { error?: { code: string; message: string } }, ms: Date.now() - started };
 }
 
 describe.skipIf(!PG)('/readyz while the store hangs', () => {
@@ -48,12 +48,16 @@ describe.skipIf(!PG)('/readyz while the store hangs', () => {
       expect(a.ms).toBeLessThan(6_000);
     }
     const waiting = await db.query<{ n: string }>(
-      "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock' AND query LIKE '%readiness_probe%'", [db.name]);
+      "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock' AND query LIKE '%readiness_probe%'",
+      [db.name],
+    );
     expect(Number(waiting.rows[0]!.n)).toBe(1);
 
     // The pool is not handed to probes: a put commits while the probe still waits.
     const put = await fetch(`http://127.0.0.1:${server.port}/v1/streams/s/puts`, {
-      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ epoch: 1, seq: 1, key: 'k', state: { a: 1 } }),
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ epoch: 1, seq: 1, key: 'k', state: { a: 1 } }),
     });
     expect(put.status).toBe(200);
 

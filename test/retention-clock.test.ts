@@ -74,23 +74,26 @@ describe('RetentionClock', () => {
       fc.record({ kind: fc.constant('stamp' as const) }),
       fc.record({ kind: fc.constant('check' as const), retention: fc.integer({ min: 0, max: 20_000 }) }),
     );
-    fc.assert(fc.property(fc.array(op, { maxLength: 200 }), (ops) => {
-      const fake = new FakeClock();
-      const clock = new RetentionClock(fake);
-      const stamps: Array<{ stamp: number; mono: number }> = [];
-      for (const o of ops) {
-        if (o.kind === 'elapse') fake.monoMs += o.ms;
-        else if (o.kind === 'step') fake.offsetMs += o.ms;
-        else if (o.kind === 'stamp') stamps.push({ stamp: clock.now(), mono: fake.monoMs });
-        else {
-          const cutoff = clock.cutoff(o.retention);
-          expect(cutoff).toBeLessThanOrEqual(fake.wall() - o.retention);
-          for (const s of stamps) {
-            if (fake.monoMs - s.mono < o.retention) expect(s.stamp, `stamp ${fake.monoMs - s.mono} ms old`).toBeGreaterThanOrEqual(cutoff);
+    fc.assert(
+      fc.property(fc.array(op, { maxLength: 200 }), (ops) => {
+        const fake = new FakeClock();
+        const clock = new RetentionClock(fake);
+        const stamps: Array<{ stamp: number; mono: number }> = [];
+        for (const o of ops) {
+          if (o.kind === 'elapse') fake.monoMs += o.ms;
+          else if (o.kind === 'step') fake.offsetMs += o.ms;
+          else if (o.kind === 'stamp') stamps.push({ stamp: clock.now(), mono: fake.monoMs });
+          else {
+            const cutoff = clock.cutoff(o.retention);
+            expect(cutoff).toBeLessThanOrEqual(fake.wall() - o.retention);
+            for (const s of stamps) {
+              if (fake.monoMs - s.mono < o.retention) expect(s.stamp, `stamp ${fake.monoMs - s.mono} ms old`).toBeGreaterThanOrEqual(cutoff);
+            }
           }
         }
-      }
-    }), { numRuns: 300 });
+      }),
+      { numRuns: 300 },
+    );
   });
 });
 
@@ -148,7 +151,7 @@ async function create(server: ChildServer, idempotencyKey: string): Promise<{ st
     headers: { 'content-type': 'application/json', 'idempotency-key': idempotencyKey },
     body: JSON.stringify({ name: 'thermostat' }),
   });
-  const body = await res.json() as Msg;
+  const body = (await res.json()) as Msg;
   return { status: res.status, replayed: res.headers.get('idempotent-replayed') === 'true', key: body.key };
 }
 

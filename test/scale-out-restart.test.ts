@@ -78,19 +78,29 @@ describe.skipIf(!ENABLED)('PostgreSQL restarted mid-load under two seqgate serve
     expect(problems.slice(0, 10)).toEqual([]);
 
     // Nothing acked is lost: every ack is stored as sent; heads reached the last seq; versions 1..N.
-    const rows = (await db.query<{ name: string; seq: string; key: string; version: string; committed_at: string }>(
-      'SELECT s.name, a.seq, a.key, a.version, a.committed_at FROM seqgate.acks a JOIN seqgate.streams s ON s.id = a.stream_id')).rows;
+    const rows = (
+      await db.query<{ name: string; seq: string; key: string; version: string; committed_at: string }>(
+        'SELECT s.name, a.seq, a.key, a.version, a.committed_at FROM seqgate.acks a JOIN seqgate.streams s ON s.id = a.stream_id',
+      )
+    ).rows;
     const stored = new Map(rows.map((r) => [`${r.name}/${r.seq}`, r]));
     for (const a of acks.map((r) => r.ack!)) {
       const row = stored.get(`${String(a['stream'])}/${String(a['seq'])}`);
-      expect(row && { key: row.key, version: Number(row.version), committedAt: Number(row.committed_at) })
-        .toEqual({ key: a['key'], version: a['version'], committedAt: a['committedAt'] });
+      expect(row && { key: row.key, version: Number(row.version), committedAt: Number(row.committed_at) }).toEqual({
+        key: a['key'],
+        version: a['version'],
+        committedAt: a['committedAt'],
+      });
     }
     const heads = (await db.query<{ name: string; seq: string }>("SELECT name, seq FROM seqgate.streams WHERE name LIKE 'restart-%'")).rows;
     expect(heads.map((h) => Number(h.seq))).toEqual(new Array(STREAMS).fill(SEQS));
-    const docs = (await db.query<{ key: string; version: string }>("SELECT key, version FROM seqgate.documents WHERE key LIKE 'restart-%' AND version > 0")).rows;
+    const docs = (await db.query<{ key: string; version: string }>("SELECT key, version FROM seqgate.documents WHERE key LIKE 'restart-%' AND version > 0"))
+      .rows;
     for (const d of docs) {
-      const versions = acks.filter((r) => r.ack!['key'] === d.key).map((r) => Number(r.ack!['version'])).sort((x, y) => x - y);
+      const versions = acks
+        .filter((r) => r.ack!['key'] === d.key)
+        .map((r) => Number(r.ack!['version']))
+        .sort((x, y) => x - y);
       expect(versions).toEqual(Array.from({ length: Number(d.version) }, (_, i) => i + 1));
     }
   }, 180_000);

@@ -41,13 +41,17 @@ async function versions(prefix: string): Promise<Map<string, number>> {
 /** Every ack a client received must be stored exactly so: nothing acked is lost or altered. */
 async function expectStored(results: WireResult[]): Promise<void> {
   const rows = await sql<{ name: string; epoch: string; seq: string; key: string; version: string; deleted: boolean; committed_at: string }>(
-    'SELECT s.name, a.epoch, a.seq, a.key, a.version, a.deleted, a.committed_at FROM seqgate.acks a JOIN seqgate.streams s ON s.id = a.stream_id');
+    'SELECT s.name, a.epoch, a.seq, a.key, a.version, a.deleted, a.committed_at FROM seqgate.acks a JOIN seqgate.streams s ON s.id = a.stream_id',
+  );
   const stored = new Map(rows.map((r) => [`${r.name}/${r.epoch}/${r.seq}`, r]));
   const problems: string[] = [];
   for (const r of results) {
     const a = r.ack!;
     const row = stored.get(`${String(a['stream'])}/${String(a['epoch'])}/${String(a['seq'])}`);
-    if (row === undefined) { problems.push(`acked but not stored: ${JSON.stringify(a)}`); continue; }
+    if (row === undefined) {
+      problems.push(`acked but not stored: ${JSON.stringify(a)}`);
+      continue;
+    }
     const got = { key: row.key, version: Number(row.version), deleted: row.deleted, committedAt: Number(row.committed_at) };
     const want = { key: a['key'], version: a['version'], deleted: a['deleted'], committedAt: a['committedAt'] };
     if (!isDeepStrictEqual(got, want)) problems.push(`stored ${JSON.stringify(got)}, acked ${JSON.stringify(want)}`);
@@ -55,7 +59,13 @@ async function expectStored(results: WireResult[]): Promise<void> {
   expect(problems.slice(0, 10)).toEqual([]);
 }
 
-function sequence(client: string, streams: readonly string[], seqs: number, keyOf: (stream: string, seq: number) => string, state?: (stream: string, seq: number) => unknown): DriverPut[] {
+function sequence(
+  client: string,
+  streams: readonly string[],
+  seqs: number,
+  keyOf: (stream: string, seq: number) => string,
+  state?: (stream: string, seq: number) => unknown,
+): DriverPut[] {
   const puts: DriverPut[] = [];
   for (let seq = 1; seq <= seqs; seq++) {
     for (const stream of streams) {
@@ -100,9 +110,11 @@ describe.skipIf(!PG)('N seqgate servers on one PostgreSQL database', () => {
         const answers = drivers.map((d, c) => d.final(`c${c}:${stream}:${seq}`)!);
         const fresh = answers.filter((a) => a.outcome === 'applied' && a.replay === false);
         const replays = answers.filter((a) => a.outcome === 'applied' && a.replay === true);
-        if (fresh.length !== 1 || replays.length !== SERVERS - 1) problems.push(`${stream}/${seq}: ${JSON.stringify(answers.map((a) => [a.outcome, a.replay]))}`);
+        if (fresh.length !== 1 || replays.length !== SERVERS - 1)
+          problems.push(`${stream}/${seq}: ${JSON.stringify(answers.map((a) => [a.outcome, a.replay]))}`);
         else if (!replays.every((r) => ackBytes(r).equals(ackBytes(fresh[0]!)))) problems.push(`${stream}/${seq}: a replay differs from the ack`);
-        else if (fresh[0]!.ack!['version'] !== Math.floor((seq - (seq % 3)) / 3) + (seq % 3 === 0 ? 0 : 1)) problems.push(`${stream}/${seq}: version ${String(fresh[0]!.ack!['version'])}`);
+        else if (fresh[0]!.ack!['version'] !== Math.floor((seq - (seq % 3)) / 3) + (seq % 3 === 0 ? 0 : 1))
+          problems.push(`${stream}/${seq}: version ${String(fresh[0]!.ack!['version'])}`);
         if (fresh[0]) applied.push(fresh[0]);
       }
     }
@@ -121,8 +133,26 @@ describe.skipIf(!PG)('N seqgate servers on one PostgreSQL database', () => {
 
   it('two writers of one stream through different servers: one wins each seq, the other is told sequence_reused; a new epoch fences the old writer', async () => {
     const seqs = 200;
-    const a = drive(() => servers[0]!.url, sequence('A', ['contested'], seqs, (_s, q) => `contested/d${q % 2}`, (_s, q) => ({ writer: 'A', q })));
-    const b = drive(() => servers[1]!.url, sequence('B', ['contested'], seqs, (_s, q) => `contested/d${q % 2}`, (_s, q) => ({ writer: 'B', q })));
+    const a = drive(
+      () => servers[0]!.url,
+      sequence(
+        'A',
+        ['contested'],
+        seqs,
+        (_s, q) => `contested/d${q % 2}`,
+        (_s, q) => ({ writer: 'A', q }),
+      ),
+    );
+    const b = drive(
+      () => servers[1]!.url,
+      sequence(
+        'B',
+        ['contested'],
+        seqs,
+        (_s, q) => `contested/d${q % 2}`,
+        (_s, q) => ({ writer: 'B', q }),
+      ),
+    );
     await Promise.all([a.run(), b.run()]);
     const winners: WireResult[] = [];
     const problems: string[] = [];
@@ -143,11 +173,15 @@ describe.skipIf(!PG)('N seqgate servers on one PostgreSQL database', () => {
     await expectStored(winners);
 
     const takeover = await fetch(`${httpUrl(servers[1]!)}/v1/streams/contested/puts`, {
-      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ epoch: 2, seq: 1, key: 'contested/d0', state: { writer: 'B', epoch: 2 } }),
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ epoch: 2, seq: 1, key: 'contested/d0', state: { writer: 'B', epoch: 2 } }),
     });
     expect(await takeover.json()).toMatchObject({ outcome: 'applied', replay: false });
     const old = await fetch(`${httpUrl(servers[0]!)}/v1/streams/contested/puts`, {
-      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ epoch: 1, seq: seqs + 1, key: 'contested/d0', state: { writer: 'A' } }),
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ epoch: 1, seq: seqs + 1, key: 'contested/d0', state: { writer: 'A' } }),
     });
     expect(await old.json()).toMatchObject({ outcome: 'fenced', error: { code: 'FENCED', epoch: 2 } });
   }, 120_000);
@@ -161,7 +195,10 @@ describe.skipIf(!PG)('N seqgate servers on one PostgreSQL database', () => {
     expect(acks.every((r) => r.outcome === 'applied' && r.replay === false)).toBe(true);
     const stored = await versions('shared/');
     for (let k = 0; k < 4; k++) {
-      const vs = acks.filter((r) => r.ack!['key'] === `shared/${k}`).map((r) => Number(r.ack!['version'])).sort((x, y) => x - y);
+      const vs = acks
+        .filter((r) => r.ack!['key'] === `shared/${k}`)
+        .map((r) => Number(r.ack!['version']))
+        .sort((x, y) => x - y);
       expect(vs.length).toBeGreaterThan(0);
       expect(vs).toEqual(Array.from({ length: vs.length }, (_, i) => i + 1));
       expect(stored.get(`shared/${k}`)).toBe(vs.length);
@@ -181,7 +218,9 @@ describe.skipIf(!PG)('N seqgate servers on one PostgreSQL database', () => {
 
   it('a hello on one server reflects puts committed through another', async () => {
     const r = await fetch(`${httpUrl(servers[0]!)}/v1/streams/seen-elsewhere/puts`, {
-      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ epoch: 3, seq: 9, key: 'seen', state: { x: 1 } }),
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ epoch: 3, seq: 9, key: 'seen', state: { x: 1 } }),
     });
     expect(await r.json()).toMatchObject({ outcome: 'applied' });
     for (const s of servers.slice(1)) {
@@ -203,11 +242,18 @@ describe.skipIf(!PG)('N seqgate servers on one PostgreSQL database', () => {
     const victim = servers[2]!;
     let victimDown = false;
     const keyOf = (stream: string, seq: number) => `${stream}/d${seq % 2}`;
-    const drivers = servers.map((s, c) => drive(
-      // A load balancer's view: the victim's clients go to server 0 once it is gone.
-      () => (c === 2 && victimDown ? servers[0]!.url : s.url),
-      sequence(`k${c}`, [0, 1, 2, 3].map((i) => `kill-${c}-${i}`), seqs, keyOf),
-    ));
+    const drivers = servers.map((s, c) =>
+      drive(
+        // A load balancer's view: the victim's clients go to server 0 once it is gone.
+        () => (c === 2 && victimDown ? servers[0]!.url : s.url),
+        sequence(
+          `k${c}`,
+          [0, 1, 2, 3].map((i) => `kill-${c}-${i}`),
+          seqs,
+          keyOf,
+        ),
+      ),
+    );
     const running = Promise.all(drivers.map((d) => d.run()));
     const deadline = Date.now() + 60_000;
     while ([...drivers[2]!.answers.keys()].length < 4 * seqs * 0.3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
@@ -225,7 +271,10 @@ describe.skipIf(!PG)('N seqgate servers on one PostgreSQL database', () => {
     for (const d of drivers) {
       for (const [id, list] of d.answers) {
         const last = list[list.length - 1]!;
-        if (last.outcome !== 'applied') { problems.push(`${id}: ${last.outcome}`); continue; }
+        if (last.outcome !== 'applied') {
+          problems.push(`${id}: ${last.outcome}`);
+          continue;
+        }
         // Every answer this put ever got is the same ack, byte for byte.
         if (!list.every((r) => r.outcome === 'applied' && ackBytes(r).equals(ackBytes(last)))) problems.push(`${id}: answers differ`);
         finals.push(last);

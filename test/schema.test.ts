@@ -7,8 +7,12 @@ import { SCHEMA_VERSION } from '../src/store/sqlite-schema.js';
 import { SqliteStore } from '../src/store/sqlite-store.js';
 
 let dir: string;
-beforeEach(() => { dir = mkdtempSync(join(tmpdir(), 'seqgate-schema-')); });
-afterEach(() => { rmSync(dir, { recursive: true, force: true }); });
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), 'seqgate-schema-'));
+});
+afterEach(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
 
 const open = (path: string) => new SqliteStore({ path, synchronous: 'full', contiguous: false, ackCapPerStream: 10 });
 

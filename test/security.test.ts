@@ -27,7 +27,12 @@ const connect = (url: string, format: Format = 'msgpack', headers: Record<string
   cleanup.client(url, format, { headers });
 const checker = (dbPath: string): DbChecker => cleanup.checker(dbPath);
 
-interface Res { status: number; headers: Record<string, string | string[] | undefined>; text: string; body: Msg }
+interface Res {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  text: string;
+  body: Msg;
+}
 
 /**
  * A raw HTTP request: the path goes on the wire exactly as given (fetch would resolve dot
@@ -36,23 +41,32 @@ interface Res { status: number; headers: Record<string, string | string[] | unde
 function rawHttp(t: TestServer, method: string, path: string, options: { body?: string; headers?: Record<string, string> } = {}): Promise<Res> {
   const { port } = new URL(t.url);
   return new Promise((resolve, reject) => {
-    const req = httpRequest({ host: '127.0.0.1', port: Number(port), method, path, headers: {
-      ...(options.body !== undefined ? { 'content-type': 'application/json' } : {}),
-      ...options.headers,
-    } }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (d: Buffer) => chunks.push(d));
-      res.on('end', () => {
-        const text = Buffer.concat(chunks).toString('utf8');
-        let body: Msg;
-        try {
-          body = text === '' ? undefined : JSON.parse(text);
-        } catch {
-          body = undefined;
-        }
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, text, body });
-      });
-    });
+    const req = httpRequest(
+      {
+        host: '127.0.0.1',
+        port: Number(port),
+        method,
+        path,
+        headers: {
+          ...(options.body !== undefined ? { 'content-type': 'application/json' } : {}),
+          ...options.headers,
+        },
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (d: Buffer) => chunks.push(d));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          let body: Msg;
+          try {
+            body = text === '' ? undefined : JSON.parse(text);
+          } catch {
+            body = undefined;
+          }
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, text, body });
+        });
+      },
+    );
     req.on('error', reject);
     req.end(options.body);
   });
@@ -138,7 +152,9 @@ describe('odd but valid names', () => {
       const results = await c.waitResults(ODD_NAMES.length);
       for (const [i, name] of ODD_NAMES.entries()) {
         expect(results[i], JSON.stringify(name)).toMatchObject({
-          outcome: 'applied', replay: false, ack: { stream: name, key: name, version: 1, deleted: false },
+          outcome: 'applied',
+          replay: false,
+          ack: { stream: name, key: name, version: 1, deleted: false },
         });
       }
 
@@ -200,7 +216,9 @@ describe('odd but valid names', () => {
     expect(refused).toMatchObject({ id: 2, outcome: 'invalid', error: { code: 'INVALID_FIELD', field: '__proto__' } });
 
     const m = await connect(t.url, 'msgpack');
-    const hostile = JSON.parse('{"type":"put","__proto__":{"polluted":"msgpack"},"puts":[{"id":3,"stream":"proto","epoch":1,"seq":3,"key":"proto3","state":{"__proto__":{"polluted":"msgpack"}}}]}');
+    const hostile = JSON.parse(
+      '{"type":"put","__proto__":{"polluted":"msgpack"},"puts":[{"id":3,"stream":"proto","epoch":1,"seq":3,"key":"proto3","state":{"__proto__":{"polluted":"msgpack"}}}]}',
+    );
     m.sendRaw(packr.pack(hostile));
     expect((await m.waitResults(1))[0]).toMatchObject({ id: 3, outcome: 'applied' });
 
@@ -224,10 +242,7 @@ describe('names that break the rules', () => {
   it('with any one of the 33 control characters, as stream or as key, make the put invalid naming the field; the characters around the range are accepted', async () => {
     const t = await serve();
     const c = await connect(t.url);
-    const puts = [
-      ...CONTROLS.map((ch, i) => putOf(`stream${ch}x`, 'k', i, i + 1)),
-      ...CONTROLS.map((ch, i) => putOf('s', `key${ch}x`, i, i + 1)),
-    ];
+    const puts = [...CONTROLS.map((ch, i) => putOf(`stream${ch}x`, 'k', i, i + 1)), ...CONTROLS.map((ch, i) => putOf('s', `key${ch}x`, i, i + 1))];
     c.send({ type: 'put', puts });
     const results = await c.waitResults(puts.length);
     results.forEach((r: Msg, i: number) => {
@@ -276,11 +291,7 @@ describe('names that break the rules', () => {
       { method: 'GET', path: (s) => `/v1/streams/${s}`, field: 'stream' },
       { method: 'POST', path: (s) => `/v1/streams/${s}/puts`, field: 'stream', body: '{"epoch":1,"seq":1,"key":"k","state":1}' },
     ];
-    const segments = [
-      ...BAD_SEGMENTS,
-      ['k'.repeat(257), 'over the limit'] as const,
-      ['%F0%9F%98%80'.repeat(64) + 'x', 'over the limit in bytes'] as const,
-    ];
+    const segments = [...BAD_SEGMENTS, ['k'.repeat(257), 'over the limit'] as const, ['%F0%9F%98%80'.repeat(64) + 'x', 'over the limit in bytes'] as const];
     for (const route of routes) {
       for (const [segment, what] of segments) {
         const r = await rawHttp(t, route.method, route.path(segment), { body: route.body });
@@ -337,13 +348,18 @@ function newToken(): string {
   return `T${randomBytes(18).toString('base64url')}`;
 }
 
-describe('a token of one tenant used with another tenant\'s names', () => {
+describe("a token of one tenant used with another tenant's names", () => {
   const A = newToken();
   const B = newToken();
-  const tokens = JSON.stringify({ tokens: [{ token: A, tenant: 'tenant-a' }, { token: B, tenant: 'tenant-b' }] });
+  const tokens = JSON.stringify({
+    tokens: [
+      { token: A, tenant: 'tenant-a' },
+      { token: B, tenant: 'tenant-b' },
+    ],
+  });
   const MARKER = `secret-${randomBytes(8).toString('hex')}`;
 
-  it('never reveals B\'s data, versions, positions or keys in any response body or header, on either transport', async () => {
+  it("never reveals B's data, versions, positions or keys in any response body or header, on either transport", async () => {
     const t = await serve({ tokens });
     const auth = (token: string): Record<string, string> => ({ authorization: `Bearer ${token}` });
 
@@ -384,8 +400,9 @@ describe('a token of one tenant used with another tenant\'s names', () => {
     expect(same.status).toBe(200);
     expect(same.headers['idempotent-replayed']).toBeUndefined();
     expect(same.body).toMatchObject({ outcome: 'applied', replay: false, ack: { epoch: 3, seq: 7, version: 1 } });
-    expect((await asA('POST', '/v1/streams/b-stream/puts', JSON.stringify({ ...bPut, epoch: 3, seq: 7, state: 'other' }))).body)
-      .toMatchObject({ outcome: 'sequence_reused' });
+    expect((await asA('POST', '/v1/streams/b-stream/puts', JSON.stringify({ ...bPut, epoch: 3, seq: 7, state: 'other' }))).body).toMatchObject({
+      outcome: 'sequence_reused',
+    });
     const lower = await asA('POST', '/v1/streams/b-stream2/puts', JSON.stringify({ epoch: 1, seq: 1, key: 'a-doc', state: 1 }));
     expect(lower.body).toMatchObject({ outcome: 'applied' });
     const sameKey = await asA('POST', '/v1/docs', JSON.stringify({ marker: MARKER }), { 'idempotency-key': 'b-key' });
@@ -420,9 +437,12 @@ describe('a token of one tenant used with another tenant\'s names', () => {
     expect((await rawHttp(t, 'GET', '/v1/docs/b-gone', { headers: auth(B) })).body.error).toMatchObject({ version: 4, deleted: true });
   });
 
-  it('cannot switch tenant on an authenticated connection: a later hello carrying B\'s token is ignored', async () => {
+  it("cannot switch tenant on an authenticated connection: a later hello carrying B's token is ignored", async () => {
     const t = await serve({ tokens });
-    await rawHttp(t, 'POST', '/v1/streams/b-only/puts', { body: JSON.stringify({ epoch: 2, seq: 5, key: 'b-only', state: MARKER }), headers: { authorization: `Bearer ${B}` } });
+    await rawHttp(t, 'POST', '/v1/streams/b-only/puts', {
+      body: JSON.stringify({ epoch: 2, seq: 5, key: 'b-only', state: MARKER }),
+      headers: { authorization: `Bearer ${B}` },
+    });
     for (const [i, how] of (['bearer', 'hello'] as const).entries()) {
       const c = how === 'bearer' ? await connect(t.url, 'msgpack', { authorization: `Bearer ${A}` }) : await connect(t.url, 'msgpack');
       if (how === 'hello') {

@@ -7,8 +7,12 @@ import { put, startTestServer, TestClient, type Msg, type TestServer } from './s
 import { HeldStore } from './support/held-store.js';
 
 let t: TestServer;
-beforeEach(async () => { t = await startTestServer(); });
-afterEach(async () => { await t.stop(); });
+beforeEach(async () => {
+  t = await startTestServer();
+});
+afterEach(async () => {
+  await t.stop();
+});
 
 describe('WebSocket ingestion', () => {
   it('answers a hello with protocol version, incarnation, limits and the named heads', async () => {
@@ -40,7 +44,6 @@ describe('WebSocket ingestion', () => {
   });
 });
 
-
 async function until(condition: () => boolean, timeoutMs = 5000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!condition()) {
@@ -57,7 +60,10 @@ describe('group commit', () => {
     held = new HeldStore(new SqliteStore({ path: join(dir, 'db'), synchronous: 'full', contiguous: false, ackCapPerStream: 1000 }));
     h = await startTestServer({}, { store: held });
   });
-  afterEach(async () => { held.open(); await h.stop(); });
+  afterEach(async () => {
+    held.open();
+    await h.stop();
+  });
 
   it('commits puts from several connections in one transaction, a conflicting or invalid put leaving the others applied', async () => {
     const [a, b, c] = await Promise.all([TestClient.connect(h.url), TestClient.connect(h.url), TestClient.connect(h.url)]);

@@ -113,8 +113,7 @@ describe.each(['SIGTERM', 'SIGINT'] as const)('seqgate stopped with %s', (signal
     }
     child.signal(signal);
 
-    await child.waitForLog((l) => l.msg === 'shutting down: committing and answering what was received' && l.signal === signal)
-      .catch(() => undefined);
+    await child.waitForLog((l) => l.msg === 'shutting down: committing and answering what was received' && l.signal === signal).catch(() => undefined);
     expect(await opens(first.url), 'a connection attempted after shutdown began').toBe(false);
 
     const [closeBurst, closeIdle] = await Promise.all([c.closed, idle.closed]);
@@ -132,7 +131,9 @@ describe.each(['SIGTERM', 'SIGINT'] as const)('seqgate stopped with %s', (signal
       const r = results[i];
       const p = sent[i]!;
       const expected = {
-        id: p.id, outcome: 'applied', replay: false,
+        id: p.id,
+        outcome: 'applied',
+        replay: false,
         ack: { stream: p.stream, epoch: 1, seq: p.seq, key: p.key, version: versionAfter(p.seq), deleted: false, committedAt: r.ack?.committedAt },
       };
       if (!isDeepStrictEqual(r, expected)) {
@@ -170,7 +171,12 @@ describe.each(['SIGTERM', 'SIGINT'] as const)('seqgate stopped with %s', (signal
         const ack = results[i].ack;
         const row = checker.ack(p.stream, p.epoch, p.seq);
         if (row === undefined || row.version !== ack.version || row.key !== ack.key || row.committedAt !== ack.committedAt || row.outcome !== 'applied') {
-          expect(row, `stored ack of answered put ${p.id}`).toMatchObject({ outcome: 'applied', key: ack.key, version: ack.version, committedAt: ack.committedAt });
+          expect(row, `stored ack of answered put ${p.id}`).toMatchObject({
+            outcome: 'applied',
+            key: ack.key,
+            version: ack.version,
+            committedAt: ack.committedAt,
+          });
         }
       }
     } finally {

@@ -61,7 +61,11 @@ function bulky(seq: number): { seq: number; pad: string } {
 }
 
 /** Writes one put after another on `stream` until the first one that fails; returns both sides. */
-async function fillUntilFull(c: TestClient, stream: string, limit = 2000): Promise<{ acked: Array<{ put: SentPut; ack: Msg }>; failed: { put: SentPut; result: Msg } }> {
+async function fillUntilFull(
+  c: TestClient,
+  stream: string,
+  limit = 2000,
+): Promise<{ acked: Array<{ put: SentPut; ack: Msg }>; failed: { put: SentPut; result: Msg } }> {
   const acked: Array<{ put: SentPut; ack: Msg }> = [];
   for (let seq = 1; seq <= limit; seq++) {
     const p = makePut(stream, seq, `${stream}-doc-${seq}`, bulky(seq));
@@ -108,7 +112,11 @@ describe('a database at its size cap (maxDbPages)', () => {
     const stranger = makePut('other', 1, 'other-doc', bulky(1));
     expect(await roundTrip(other, stranger)).toMatchObject(storageError);
     const httpBase = t.url.replace(/^ws:/, 'http:');
-    const httpPut = await fetch(`${httpBase}/v1/docs/http-doc`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify(bulky(0)) });
+    const httpPut = await fetch(`${httpBase}/v1/docs/http-doc`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(bulky(0)),
+    });
     expect(httpPut.status).toBe(503);
     expect(httpPut.headers.get('retry-after')).toBe('1');
     expect(await httpPut.json()).toMatchObject({ error: { code: 'STORAGE_UNAVAILABLE', retryable: true } });
@@ -218,7 +226,10 @@ describe('a database that refuses writes (query_only)', () => {
       const w = Number(l.stream.slice(1));
       expect(count).toBeGreaterThanOrEqual(MIN_PUTS_PER_WRITER);
       // Exactly once: each seq was applied fresh by one answer only; all other answers were replays.
-      expect([...l.freshApplies.entries()].filter(([, n]) => n !== 1), l.stream).toEqual([]);
+      expect(
+        [...l.freshApplies.entries()].filter(([, n]) => n !== 1),
+        l.stream,
+      ).toEqual([]);
       expect(l.freshApplies.size).toBe(count);
       expect(db.head(l.stream)).toMatchObject({ epoch: 1, seq: count, ackCount: count });
       for (const [seq, ack] of l.applied) {

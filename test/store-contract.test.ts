@@ -51,14 +51,23 @@ interface StoreOptions {
   /** PostgreSQL only: reuse an open store with these options (its tables emptied, its clock reset). */
   reuse?: boolean;
 }
-interface Harness { store: Store; clock: { now: number }; fail(): Promise<void> | void; heal(): Promise<void> | void }
+interface Harness {
+  store: Store;
+  clock: { now: number };
+  fail(): Promise<void> | void;
+  heal(): Promise<void> | void;
+}
 
 const PG = await postgresAvailable();
 let pgDb: TestDatabase | undefined;
 const opened: Store[] = [];
 const reusable = new Map<string, { store: PostgresStore; clock: { now: number } }>();
-beforeAll(async () => { if (PG) pgDb = await createTestDatabase('seqgate_contract', { fastCommits: true }); });
-afterEach(async () => { for (const s of opened.splice(0)) await s.close(); });
+beforeAll(async () => {
+  if (PG) pgDb = await createTestDatabase('seqgate_contract', { fastCommits: true });
+});
+afterEach(async () => {
+  for (const s of opened.splice(0)) await s.close();
+});
 afterAll(async () => {
   for (const { store } of reusable.values()) await store.close();
   await pgDb?.drop();
@@ -76,8 +85,12 @@ async function freshPostgres(o: StoreOptions): Promise<Harness> {
   if (cached === undefined) {
     const c = { now: 1_000_000 };
     const s = await PostgresStore.open({
-      connectionString: db.url, contiguous: o.contiguous ?? false, ackCapPerStream: o.ackCapPerStream ?? 1000, ackCapSlack: o.ackCapSlack ?? 0,
-      now: () => c.now, poolSize: 2,
+      connectionString: db.url,
+      contiguous: o.contiguous ?? false,
+      ackCapPerStream: o.ackCapPerStream ?? 1000,
+      ackCapSlack: o.ackCapSlack ?? 0,
+      now: () => c.now,
+      poolSize: 2,
     });
     cached = { store: s, clock: c };
     if (o.reuse) reusable.set(cacheKey, cached);
@@ -86,30 +99,61 @@ async function freshPostgres(o: StoreOptions): Promise<Harness> {
   const { store, clock } = cached;
   clock.now = 1_000_000;
   // A real storage fault: every ack insert violates a constraint, inside the batch's transaction.
-  const fail = async () => { await db.query('ALTER TABLE seqgate.acks ADD CONSTRAINT injected_fault CHECK (false) NOT VALID'); };
-  const heal = async () => { await db.query('ALTER TABLE seqgate.acks DROP CONSTRAINT injected_fault'); };
+  const fail = async () => {
+    await db.query('ALTER TABLE seqgate.acks ADD CONSTRAINT injected_fault CHECK (false) NOT VALID');
+  };
+  const heal = async () => {
+    await db.query('ALTER TABLE seqgate.acks DROP CONSTRAINT injected_fault');
+  };
   return { store, clock, fail, heal };
 }
 
 const stores: Array<[string, (o: StoreOptions) => Harness | Promise<Harness>]> = [
-  ['SqliteStore', (o) => {
-    const clock = { now: 1_000_000 };
-    const store = new SqliteStore({
-      path: ':memory:', synchronous: 'full', contiguous: o.contiguous ?? false,
-      ackCapPerStream: o.ackCapPerStream ?? 1000, ackCapSlack: o.ackCapSlack ?? 0, now: () => clock.now,
-    });
-    // A real storage fault: the connection refuses writes (SQLITE_READONLY) inside the transaction.
-    const fail = () => { store.database.pragma('query_only = ON'); };
-    const heal = () => { store.database.pragma('query_only = OFF'); };
-    return { store, clock, fail, heal };
-  }],
-  ['ReferenceModel', (o) => {
-    const clock = { now: 1_000_000 };
-    const options = {
-      contiguous: o.contiguous ?? false, ackCapPerStream: o.ackCapPerStream ?? 1000, ackCapSlack: o.ackCapSlack ?? 0, now: () => clock.now, failNext: false,
-    };
-    return { store: new ReferenceModel(options), clock, fail: () => { options.failNext = true; }, heal: () => { options.failNext = false; } };
-  }],
+  [
+    'SqliteStore',
+    (o) => {
+      const clock = { now: 1_000_000 };
+      const store = new SqliteStore({
+        path: ':memory:',
+        synchronous: 'full',
+        contiguous: o.contiguous ?? false,
+        ackCapPerStream: o.ackCapPerStream ?? 1000,
+        ackCapSlack: o.ackCapSlack ?? 0,
+        now: () => clock.now,
+      });
+      // A real storage fault: the connection refuses writes (SQLITE_READONLY) inside the transaction.
+      const fail = () => {
+        store.database.pragma('query_only = ON');
+      };
+      const heal = () => {
+        store.database.pragma('query_only = OFF');
+      };
+      return { store, clock, fail, heal };
+    },
+  ],
+  [
+    'ReferenceModel',
+    (o) => {
+      const clock = { now: 1_000_000 };
+      const options = {
+        contiguous: o.contiguous ?? false,
+        ackCapPerStream: o.ackCapPerStream ?? 1000,
+        ackCapSlack: o.ackCapSlack ?? 0,
+        now: () => clock.now,
+        failNext: false,
+      };
+      return {
+        store: new ReferenceModel(options),
+        clock,
+        fail: () => {
+          options.failNext = true;
+        },
+        heal: () => {
+          options.failNext = false;
+        },
+      };
+    },
+  ],
   ...(PG ? [['PostgresStore', freshPostgres] as [string, (o: StoreOptions) => Promise<Harness>]] : []),
 ];
 
@@ -129,7 +173,8 @@ describe.each(stores)('%s store contract', (name, make) => {
     const { store } = await make({});
     const [r] = await run(store, { seq: 1 });
     expect(r).toEqual({
-      kind: 'ack', replay: false,
+      kind: 'ack',
+      replay: false,
       ack: { outcome: 'applied', stream: 's', epoch: 1, seq: 1, key: 'doc', version: 1, deleted: false, committedAt: 1_000_000 },
     });
     expect(await store.heads('default', ['s', 'other'])).toEqual([
@@ -180,8 +225,7 @@ describe.each(stores)('%s store contract', (name, make) => {
   it('answers expired for a seq whose ack was evicted by the per-stream cap', async () => {
     const { store } = await make({ ackCapPerStream: 2 });
     await run(store, { seq: 1 }, { seq: 2 }, { seq: 3 }, { seq: 4 });
-    expect(outcomes(await run(store, { seq: 1 }, { seq: 2 }, { seq: 3 }, { seq: 4 })))
-      .toEqual(['expired', 'expired', 'applied*', 'applied*']);
+    expect(outcomes(await run(store, { seq: 1 }, { seq: 2 }, { seq: 3 }, { seq: 4 }))).toEqual(['expired', 'expired', 'applied*', 'applied*']);
     expect((await store.heads('default', ['s']))[0]).toMatchObject({ seq: 4, prunedThrough: 2 });
   });
 
@@ -193,14 +237,13 @@ describe.each(stores)('%s store contract', (name, make) => {
     expect((await store.heads('default', ['s']))[0]).toMatchObject({ seq: 4, prunedThrough: 0 });
     await run(store, { seq: 5 });
     // The fifth ack takes the stream past cap + slack: 1, 2 and 3 go, the newest two (the cap) stay.
-    expect(outcomes(await run(store, { seq: 1 }, { seq: 3 }, { seq: 4 }, { seq: 5 })))
-      .toEqual(['expired', 'expired', 'applied*', 'applied*']);
+    expect(outcomes(await run(store, { seq: 1 }, { seq: 3 }, { seq: 4 }, { seq: 5 }))).toEqual(['expired', 'expired', 'applied*', 'applied*']);
     expect((await store.heads('default', ['s']))[0]).toMatchObject({ seq: 5, prunedThrough: 3 });
     await run(store, { seq: 6 }, { seq: 7 });
     expect(outcomes(await run(store, { seq: 4 }, { seq: 7 }))).toEqual(['applied*', 'applied*']);
   });
 
-  it('prunes acks older than the window but never a stream\'s latest ack, and never its head', async () => {
+  it("prunes acks older than the window but never a stream's latest ack, and never its head", async () => {
     const { store, clock } = await make({});
     await run(store, { stream: 'busy', seq: 1 }, { stream: 'busy', seq: 2 }, { stream: 'quiet', seq: 1 });
     clock.now += 10_000;
@@ -212,16 +255,18 @@ describe.each(stores)('%s store contract', (name, make) => {
       if (done) break;
     }
     expect(total).toBe(2);
-    expect(outcomes(await run(store, { stream: 'busy', seq: 1 }, { stream: 'busy', seq: 3 }, { stream: 'quiet', seq: 1 })))
-      .toEqual(['expired', 'applied*', 'applied*']);
+    expect(outcomes(await run(store, { stream: 'busy', seq: 1 }, { stream: 'busy', seq: 3 }, { stream: 'quiet', seq: 1 }))).toEqual([
+      'expired',
+      'applied*',
+      'applied*',
+    ]);
     expect(outcomes(await run(store, { stream: 'busy', seq: 2 }))).toEqual(['expired']);
   });
 
   it('fences a lower epoch and lets a higher epoch take over the stream', async () => {
     const { store } = await make({});
     await run(store, { epoch: 3, seq: 10 });
-    expect(outcomes(await run(store, { epoch: 2, seq: 11 }, { epoch: 4, seq: 1 }, { epoch: 3, seq: 11 })))
-      .toEqual(['fenced', 'applied', 'fenced']);
+    expect(outcomes(await run(store, { epoch: 2, seq: 11 }, { epoch: 4, seq: 1 }, { epoch: 3, seq: 11 }))).toEqual(['fenced', 'applied', 'fenced']);
     expect((await store.heads('default', ['s']))[0]).toMatchObject({ epoch: 4, seq: 1 });
   });
 
@@ -238,7 +283,7 @@ describe.each(stores)('%s store contract', (name, make) => {
     expect(outcomes(await run(store, { seq: 1 }, { seq: 10 }, { seq: 5 }))).toEqual(['applied', 'applied', 'stale']);
   });
 
-  it('stores a version conflict as the seq\'s answer and replays it', async () => {
+  it("stores a version conflict as the seq's answer and replays it", async () => {
     const { store } = await make({});
     await run(store, { seq: 1 });
     const [c] = await run(store, { seq: 2, ifVersion: 5 });
@@ -249,9 +294,14 @@ describe.each(stores)('%s store contract', (name, make) => {
 
   it('treats ifVersion 0 as "must not exist", which a deleted document satisfies', async () => {
     const { store } = await make({});
-    const r = await run(store,
-      { seq: 1, ifVersion: 0 }, { seq: 2, ifVersion: 0 }, { seq: 3, delete: true },
-      { seq: 4, ifVersion: 2 }, { seq: 5, ifVersion: 0 });
+    const r = await run(
+      store,
+      { seq: 1, ifVersion: 0 },
+      { seq: 2, ifVersion: 0 },
+      { seq: 3, delete: true },
+      { seq: 4, ifVersion: 2 },
+      { seq: 5, ifVersion: 0 },
+    );
     expect(outcomes(r)).toEqual(['applied', 'version_conflict', 'applied', 'version_conflict', 'applied']);
     expect(r[4]).toMatchObject({ ack: { version: 3, deleted: false } });
   });
@@ -260,16 +310,24 @@ describe.each(stores)('%s store contract', (name, make) => {
     const { store } = await make({});
     const r = await run(store, { seq: 1 }, { seq: 2 }, { seq: 3, delete: true }, { seq: 4, delete: true }, { seq: 5 }, { seq: 6, key: 'never', delete: true });
     expect(r.map((x) => (x.kind === 'ack' ? [x.ack.version, x.ack.deleted] : null))).toEqual([
-      [1, false], [2, false], [3, true], [3, true], [4, false], [0, true],
+      [1, false],
+      [2, false],
+      [3, true],
+      [3, true],
+      [4, false],
+      [0, true],
     ]);
   });
 
   it('behaves within one batch exactly as if the puts were sent one by one', async () => {
     const a = await make({});
     const specs: PutSpec[] = [
-      { stream: 'x', seq: 1, key: 'shared' }, { stream: 'y', seq: 1, key: 'shared', ifVersion: 1 },
-      { stream: 'x', seq: 1 , key: 'shared' }, { stream: 'x', seq: 2, key: 'shared', ifVersion: 1 },
-      { stream: 'x', seq: 2, key: 'other' }, { stream: 'y', seq: 0 + 1, key: 'shared', ifVersion: 1 },
+      { stream: 'x', seq: 1, key: 'shared' },
+      { stream: 'y', seq: 1, key: 'shared', ifVersion: 1 },
+      { stream: 'x', seq: 1, key: 'shared' },
+      { stream: 'x', seq: 2, key: 'shared', ifVersion: 1 },
+      { stream: 'x', seq: 2, key: 'other' },
+      { stream: 'y', seq: 0 + 1, key: 'shared', ifVersion: 1 },
     ];
     const together = await a.store.apply(specs.map(mk));
     // Made after the first side is done: the PostgreSQL harness gives each store a fresh database state.
@@ -305,8 +363,12 @@ describe.each(stores)('%s store contract', (name, make) => {
       { op: 'replace', tenant: 'default', key: 'd', state: null, ifVersion: null },
     ]);
     expect(r.map((x) => ('version' in x ? [x.kind, x.version, x.deleted, 'changed' in x ? x.changed : '-'] : x.kind))).toEqual([
-      ['written', 1, false, true], ['written', 1, false, false], ['precondition_failed', 1, false, '-'],
-      ['written', 2, false, true], ['written', 3, true, true], ['written', 3, true, false],
+      ['written', 1, false, true],
+      ['written', 1, false, false],
+      ['precondition_failed', 1, false, '-'],
+      ['written', 2, false, true],
+      ['written', 3, true, true],
+      ['written', 3, true, false],
     ]);
     expect(await store.document('default', 'd')).toMatchObject({ version: 3, deleted: true, state: null });
     const [viaPut] = await run(store, { seq: 1, key: 'd', state: { a: 3 } });
@@ -317,12 +379,21 @@ describe.each(stores)('%s store contract', (name, make) => {
   it('creates once per Idempotency-Key: a retry gets the first answer, a different payload is refused', async () => {
     const { store, clock } = await make({});
     const st = canonicalEncode({ hello: 'world' }, LIMITS, 'state');
-    const create = (key: string, fingerprint: Buffer, idempotencyKey = 'k-1', tenant = 'default') =>
-      ({ op: 'create' as const, tenant, scope: 'POST /v1/docs', idempotencyKey, fingerprint, key, state: st });
+    const create = (key: string, fingerprint: Buffer, idempotencyKey = 'k-1', tenant = 'default') => ({
+      op: 'create' as const,
+      tenant,
+      scope: 'POST /v1/docs',
+      idempotencyKey,
+      fingerprint,
+      key,
+      state: st,
+    });
     const [first] = await store.apply([create('doc-a', Buffer.alloc(16, 1))]);
     clock.now += 1000;
     const [again, other, elsewhere] = await store.apply([
-      create('doc-b', Buffer.alloc(16, 1)), create('doc-c', Buffer.alloc(16, 2)), create('doc-d', Buffer.alloc(16, 1), 'k-1', 'other'),
+      create('doc-b', Buffer.alloc(16, 1)),
+      create('doc-c', Buffer.alloc(16, 2)),
+      create('doc-d', Buffer.alloc(16, 1), 'k-1', 'other'),
     ]);
     expect(first).toEqual({ kind: 'created', key: 'doc-a', version: 1, deleted: false, createdAt: 1_000_000, replay: false });
     expect(again).toEqual({ ...first, replay: true });
@@ -337,7 +408,15 @@ describe.each(stores)('%s store contract', (name, make) => {
   it('answers a second create with the same Idempotency-Key in the same batch as a replay of the first', async () => {
     const { store } = await make({});
     const st = canonicalEncode({ once: true }, LIMITS, 'state');
-    const create = (key: string) => ({ op: 'create' as const, tenant: 'default', scope: 'POST /v1/docs', idempotencyKey: 'same', fingerprint: Buffer.alloc(16, 3), key, state: st });
+    const create = (key: string) => ({
+      op: 'create' as const,
+      tenant: 'default',
+      scope: 'POST /v1/docs',
+      idempotencyKey: 'same',
+      fingerprint: Buffer.alloc(16, 3),
+      key,
+      state: st,
+    });
     const [first, second] = await store.apply([create('doc-1'), create('doc-2')]);
     expect(first).toMatchObject({ kind: 'created', key: 'doc-1', replay: false });
     expect(second).toEqual({ ...first, replay: true });
@@ -346,8 +425,7 @@ describe.each(stores)('%s store contract', (name, make) => {
 
   it('keeps tenants apart: the same stream and key names never collide', async () => {
     const { store } = await make({});
-    expect(outcomes(await run(store, { tenant: 't1', seq: 1 }, { tenant: 't2', seq: 1, state: 'different' })))
-      .toEqual(['applied', 'applied']);
+    expect(outcomes(await run(store, { tenant: 't1', seq: 1 }, { tenant: 't2', seq: 1, state: 'different' }))).toEqual(['applied', 'applied']);
     const [r] = await run(store, { tenant: 't2', seq: 2 });
     expect(r).toMatchObject({ ack: { version: 2 } });
   });
@@ -372,27 +450,33 @@ describe('every store against the reference model', () => {
       fc.record({ kind: fc.constant('prune' as const), windowMs: fc.integer({ min: 0, max: 3000 }) }),
     );
     await fc.assert(
-      fc.asyncProperty(fc.array(stepArb, { minLength: 1, maxLength: 25 }), fc.boolean(), fc.integer({ min: 1, max: 4 }), slackArb, async (steps, contiguous, cap, slack) => {
-        const sides: Harness[] = [];
-        for (const [name, make] of stores) {
-          if (slack === 0 || SLACK_STORES.has(name)) sides.push(await make({ contiguous, ackCapPerStream: cap, ackCapSlack: slack, reuse: true }));
-        }
-        for (const step of steps) {
-          const answers: unknown[] = [];
-          for (const side of sides) {
-            if (step.kind === 'batch') answers.push(await side.store.apply(step.puts.map((p) => mk({ ...p, delete: p.delete }))));
-            else if (step.kind === 'tick') side.clock.now += step.ms;
-            else {
-              let done = false;
-              while (!done) done = (await side.store.prune(side.clock.now - step.windowMs, 3)).done;
-            }
+      fc.asyncProperty(
+        fc.array(stepArb, { minLength: 1, maxLength: 25 }),
+        fc.boolean(),
+        fc.integer({ min: 1, max: 4 }),
+        slackArb,
+        async (steps, contiguous, cap, slack) => {
+          const sides: Harness[] = [];
+          for (const [name, make] of stores) {
+            if (slack === 0 || SLACK_STORES.has(name)) sides.push(await make({ contiguous, ackCapPerStream: cap, ackCapSlack: slack, reuse: true }));
           }
-          if (step.kind === 'batch') for (const other of answers.slice(1)) expect(other).toEqual(answers[0]);
-        }
-        const streams = ['a', 'b'];
-        const model = await sides[1]!.store.heads('default', streams);
-        for (const side of sides) expect(await side.store.heads('default', streams)).toEqual(model);
-      }),
+          for (const step of steps) {
+            const answers: unknown[] = [];
+            for (const side of sides) {
+              if (step.kind === 'batch') answers.push(await side.store.apply(step.puts.map((p) => mk({ ...p, delete: p.delete }))));
+              else if (step.kind === 'tick') side.clock.now += step.ms;
+              else {
+                let done = false;
+                while (!done) done = (await side.store.prune(side.clock.now - step.windowMs, 3)).done;
+              }
+            }
+            if (step.kind === 'batch') for (const other of answers.slice(1)) expect(other).toEqual(answers[0]);
+          }
+          const streams = ['a', 'b'];
+          const model = await sides[1]!.store.heads('default', streams);
+          for (const side of sides) expect(await side.store.heads('default', streams)).toEqual(model);
+        },
+      ),
       { numRuns: PG ? 100 : 300 },
     );
   });
@@ -433,7 +517,8 @@ describe.each(stores)('%s change log contract', (_name, make) => {
   it('appends nothing for a replay, a rejection, a version conflict or a delete of nothing', async () => {
     const { store } = await make({});
     await run(store, { seq: 5, key: 'a' });
-    await run(store,
+    await run(
+      store,
       { seq: 5, key: 'a' }, // replay
       { seq: 5, key: 'a', state: { other: true } }, // sequence_reused
       { seq: 3, key: 'a' }, // stale
@@ -454,7 +539,8 @@ describe.each(stores)('%s change log contract', (_name, make) => {
     expect(await store.changeTail('default')).toBe(1);
     await run(store, { seq: 2 });
     expect((await allChanges(store)).map((c) => [c.offset, c.origin])).toEqual([
-      [1, { stream: 's', epoch: 1, seq: 1 }], [2, { stream: 's', epoch: 1, seq: 2 }],
+      [1, { stream: 's', epoch: 1, seq: 1 }],
+      [2, { stream: 's', epoch: 1, seq: 2 }],
     ]);
   });
 
@@ -466,8 +552,13 @@ describe.each(stores)('%s change log contract', (_name, make) => {
     await store.apply([{ op: 'replace', tenant: 'default', key: 'd', state: null, ifVersion: null }]);
     await store.apply([{ op: 'replace', tenant: 'default', key: 'd', state: null, ifVersion: null }]); // deleting nothing
     const create: Write = {
-      op: 'create', tenant: 'default', scope: 'POST /v1/docs', idempotencyKey: 'k1', fingerprint: Buffer.alloc(16, 1),
-      key: 'gen-1', state: canonicalEncode({ c: 1 }, LIMITS, 'state'),
+      op: 'create',
+      tenant: 'default',
+      scope: 'POST /v1/docs',
+      idempotencyKey: 'k1',
+      fingerprint: Buffer.alloc(16, 1),
+      key: 'gen-1',
+      state: canonicalEncode({ c: 1 }, LIMITS, 'state'),
     };
     await store.apply([create]);
     await store.apply([{ ...create, key: 'gen-2' }]); // replay of the same key: nothing new
@@ -520,20 +611,38 @@ describe.each(stores)('%s change log contract', (_name, make) => {
 
   it('compaction keeps the latest change of each key, so the log still replays to the documents', async () => {
     const { store, clock } = await make({});
-    await run(store, { seq: 1, key: 'a', state: 1 }, { seq: 2, key: 'b', state: 2 }, { seq: 3, key: 'a', state: 3 }, { seq: 4, key: 'b', delete: true }, { seq: 5, key: 'c', state: 5 });
+    await run(
+      store,
+      { seq: 1, key: 'a', state: 1 },
+      { seq: 2, key: 'b', state: 2 },
+      { seq: 3, key: 'a', state: 3 },
+      { seq: 4, key: 'b', delete: true },
+      { seq: 5, key: 'c', state: 5 },
+    );
     clock.now += 10_000;
     await run(store, { seq: 6, key: 'c', state: 6 });
     let done = false;
     while (!done) done = (await store.trimChanges({ olderThan: clock.now, maxChanges: 0, compact: true }, 100)).done;
     const changes = await allChanges(store);
     // a@1, b@2 and c@5 are older than the window and superseded; c@6 is inside the window.
-    expect(changes.map((c) => [c.offset, c.key, c.version])).toEqual([[3, 'a', 2], [4, 'b', 2], [6, 'c', 2]]);
+    expect(changes.map((c) => [c.offset, c.key, c.version])).toEqual([
+      [3, 'a', 2],
+      [4, 'b', 2],
+      [6, 'c', 2],
+    ]);
     expect((await store.readChanges('default', { after: 0, prefixes: [''], limit: 10, maxScan: 10 })).expired).toBe(false);
   });
 
   it('snapshots the current documents under the prefixes with the offset they correspond to, in pages', async () => {
     const { store } = await make({});
-    await run(store, { seq: 1, key: 'a/1', state: 1 }, { seq: 2, key: 'a/2', state: 2 }, { seq: 3, key: 'b/1', state: 3 }, { seq: 4, key: 'a/3', state: 4 }, { seq: 5, key: 'a/2', delete: true });
+    await run(
+      store,
+      { seq: 1, key: 'a/1', state: 1 },
+      { seq: 2, key: 'a/2', state: 2 },
+      { seq: 3, key: 'b/1', state: 3 },
+      { seq: 4, key: 'a/3', state: 4 },
+      { seq: 5, key: 'a/2', delete: true },
+    );
     const one = await store.snapshot('default', ['a/'], null, 1);
     expect(one.offset).toBe(5);
     expect(one.documents.map((d) => [d.key, d.version])).toEqual([['a/1', 1]]);
@@ -572,10 +681,15 @@ describe('change log against the reference model', () => {
           for (const side of sides) {
             if (step.kind === 'batch') await side.store.apply(step.puts.map((p) => mk(p)));
             else {
-              await side.store.apply(step.writes.map((w): Write => ({
-                op: 'replace', tenant: 'default', key: w.key, ifVersion: null,
-                state: w.state === null ? null : canonicalEncode(w.state, LIMITS, 'state'),
-              })));
+              await side.store.apply(
+                step.writes.map((w): Write => ({
+                  op: 'replace',
+                  tenant: 'default',
+                  key: w.key,
+                  ifVersion: null,
+                  state: w.state === null ? null : canonicalEncode(w.state, LIMITS, 'state'),
+                })),
+              );
             }
           }
         }

@@ -51,12 +51,19 @@ describe('background WAL checkpoints', () => {
   it('checkpoint on a worker, keep the WAL bounded under continuous writes, and lose nothing across a reopen', async () => {
     const path = tempPath();
     const store = new SqliteStore({
-      path, synchronous: 'full', contiguous: false, ackCapPerStream: 100_000, walCheckpoint: 'background', maxWalBytes: MAX_WAL,
+      path,
+      synchronous: 'full',
+      contiguous: false,
+      ackCapPerStream: 100_000,
+      walCheckpoint: 'background',
+      maxWalBytes: MAX_WAL,
     });
     expect(store.database.pragma('wal_autocheckpoint', { simple: true })).toBe(0);
     let maxWal = 0;
     // 300 batches × 10 puts × ~3 KiB: about 9 MiB of pages through a WAL bounded at 1 MiB.
-    await writeBatches(store, 300, 10, () => { maxWal = Math.max(maxWal, statSync(`${path}-wal`).size); });
+    await writeBatches(store, 300, 10, () => {
+      maxWal = Math.max(maxWal, statSync(`${path}-wal`).size);
+    });
     const checkpointer = store.walCheckpointer!;
     const deadline = Date.now() + 5000;
     while (checkpointer.productive === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));

@@ -5,7 +5,13 @@ import { WebSocketServer, type WebSocket } from 'ws';
 import type { Config } from '../../src/config.js';
 import { ERRORS, SeqgateError } from '../../src/errors.js';
 import {
-  decodeFrame, encodeMessage, ENVELOPE_DEPTH, PROTOCOL_VERSION, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK, type WireFormat,
+  decodeFrame,
+  encodeMessage,
+  ENVELOPE_DEPTH,
+  PROTOCOL_VERSION,
+  SUBPROTOCOL_JSON,
+  SUBPROTOCOL_MSGPACK,
+  type WireFormat,
 } from '../../src/protocol/codec.js';
 import { limitsOf, parseMessage, type IncomingMessage } from '../../src/protocol/messages.js';
 import { DEFAULT_TENANT } from '../../src/store/store.js';
@@ -97,7 +103,9 @@ export async function startArmServer(arm: string, config: Config, handlers: ArmH
         }
         handlers.message(conn, message);
       });
-      ws.on('close', () => { connections--; });
+      ws.on('close', () => {
+        connections--;
+      });
       ws.on('error', () => undefined);
     });
   });

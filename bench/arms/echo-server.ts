@@ -23,8 +23,14 @@ await startArmServer('echo', config, {
         conn.send({ type: 'pong', nonce: message.nonce });
         return;
       case 'hello':
-        conn.send(welcomeMessage('echo', config, incarnation,
-          message.streams.map((stream) => ({ stream, epoch: 0, seq: 0, prunedThrough: 0 }))));
+        conn.send(
+          welcomeMessage(
+            'echo',
+            config,
+            incarnation,
+            message.streams.map((stream) => ({ stream, epoch: 0, seq: 0, prunedThrough: 0 })),
+          ),
+        );
         return;
       case 'put': {
         const committedAt = Date.now();

@@ -23,11 +23,15 @@ const store = new SqliteStore({
   walCheckpoint: config.walCheckpoint,
   maxWalBytes: config.maxWalBytes,
 });
-const pruner = new Pruner(store, {
-  retentionMs: config.ackRetentionSeconds * 1000,
-  intervalMs: config.pruneIntervalMs,
-  batchRows: config.pruneBatchRows,
-}, pino({ level: 'silent' }));
+const pruner = new Pruner(
+  store,
+  {
+    retentionMs: config.ackRetentionSeconds * 1000,
+    intervalMs: config.pruneIntervalMs,
+    batchRows: config.pruneBatchRows,
+  },
+  pino({ level: 'silent' }),
+);
 
 type Job = () => Promise<void> | void;
 const queue: Job[] = [];

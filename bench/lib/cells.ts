@@ -69,7 +69,14 @@ export function parseVariants(spec: string | undefined): Variant[] {
     const eq = part.indexOf('=');
     const name = (eq === -1 ? part : part.slice(0, eq)).trim();
     if (!/^[a-z0-9][a-z0-9_]*$/i.test(name)) throw new Error(`variant name must be alphanumeric: "${name}"`);
-    const words = eq === -1 ? [] : part.slice(eq + 1).trim().split(/\s+/).filter(Boolean);
+    const words =
+      eq === -1
+        ? []
+        : part
+            .slice(eq + 1)
+            .trim()
+            .split(/\s+/)
+            .filter(Boolean);
     const env: Record<string, string> = {};
     const args: string[] = [];
     for (const w of words) {
@@ -102,7 +109,14 @@ function sizeLabel(bytes: number): string {
 export function closedCell(arm: Arm, connections: number, window: number, stateBytes: number, dupShare: number, putsPerFrame: number, sweep = false): Cell {
   return {
     id: `${arm}-closed-c${connections}-w${window}-${sizeLabel(stateBytes)}-dup${Math.round(dupShare * 100)}-ppf${putsPerFrame}`,
-    arm, mode: 'closed', connections, window, stateBytes, dupShare, putsPerFrame, sweep,
+    arm,
+    mode: 'closed',
+    connections,
+    window,
+    stateBytes,
+    dupShare,
+    putsPerFrame,
+    sweep,
   };
 }
 
@@ -128,7 +142,14 @@ export function deviceOpenId(arm: Arm, round: number, variant?: Variant | string
 function deviceClosed(arm: Arm, connections: number, window: number, round: number, variant?: Variant): Cell {
   return {
     id: deviceClosedId(arm, connections, window, round, variant),
-    arm, mode: 'closed', connections, window, stateBytes: 200, dupShare: 0, putsPerFrame: 1, round,
+    arm,
+    mode: 'closed',
+    connections,
+    window,
+    stateBytes: 200,
+    dupShare: 0,
+    putsPerFrame: 1,
+    round,
     ...(variant ? { variant: variant.name, serverArgs: variant.args, ...(variant.env ? { serverEnv: variant.env } : {}) } : {}),
   };
 }
@@ -136,8 +157,15 @@ function deviceClosed(arm: Arm, connections: number, window: number, round: numb
 function deviceOpen(arm: Arm, round: number, variant?: Variant): Cell {
   return {
     id: deviceOpenId(arm, round, variant),
-    arm, mode: 'open', connections: DEVICE_OPEN.connections, window: OPEN_CAP, stateBytes: 200, dupShare: 0, putsPerFrame: 1,
-    fixedRate: DEVICE_OPEN.rate, round,
+    arm,
+    mode: 'open',
+    connections: DEVICE_OPEN.connections,
+    window: OPEN_CAP,
+    stateBytes: 200,
+    dupShare: 0,
+    putsPerFrame: 1,
+    fixedRate: DEVICE_OPEN.rate,
+    round,
     ...(variant ? { variant: variant.name, serverArgs: variant.args, ...(variant.env ? { serverEnv: variant.env } : {}) } : {}),
   };
 }
@@ -182,8 +210,16 @@ function openCell(arm: Arm, backlog: number | undefined): Cell {
   const suffix = backlog ? `-backlog${backlog >= 1e6 ? `${backlog / 1e6}M` : `${backlog / 1e3}k`}` : '';
   return {
     id: `${arm}-open-c100-half-peak-200B${suffix}`,
-    arm, mode: 'open', connections: 100, window: OPEN_CAP, stateBytes: 200, dupShare: 0, putsPerFrame: 1,
-    rateOfPeak: 0.5, alignPruning: arm === 'b', ...(backlog ? { backlog } : {}),
+    arm,
+    mode: 'open',
+    connections: 100,
+    window: OPEN_CAP,
+    stateBytes: 200,
+    dupShare: 0,
+    putsPerFrame: 1,
+    rateOfPeak: 0.5,
+    alignPruning: arm === 'b',
+    ...(backlog ? { backlog } : {}),
   };
 }
 
@@ -197,7 +233,14 @@ export function openBacklogId(backlog: number): string {
 
 export function idleCell(connections: number): Cell {
   return {
-    id: `b-idle-c${connections}`, arm: 'b', mode: 'idle', connections, window: 0, stateBytes: 200, dupShare: 0, putsPerFrame: 1,
+    id: `b-idle-c${connections}`,
+    arm: 'b',
+    mode: 'idle',
+    connections,
+    window: 0,
+    stateBytes: 200,
+    dupShare: 0,
+    putsPerFrame: 1,
   };
 }
 

@@ -57,9 +57,7 @@ export interface GeneratorResult {
 }
 
 export type ToGenerator =
-  | { readonly type: 'config'; readonly config: GeneratorConfig }
-  | { readonly type: 'start'; readonly at: number }
-  | { readonly type: 'close' };
+  { readonly type: 'config'; readonly config: GeneratorConfig } | { readonly type: 'start'; readonly at: number } | { readonly type: 'close' };
 
 export type FromGenerator =
   | { readonly type: 'ready'; readonly connected: number; readonly failures: number; readonly connectMs: number; readonly firstError?: string }

@@ -30,10 +30,12 @@ export async function seedDatabase(path: string, groups: readonly SeedGroup[]): 
     // Seeding is preparation, not measurement: durability of the seed itself does not matter.
     db.pragma('synchronous = OFF');
     const insertStream = db.prepare<[string, string, number, number], { id: number }>(
-      'INSERT INTO streams (tenant, name, epoch, seq, pruned_through, ack_count) VALUES (?, ?, 1, ?, 0, ?) RETURNING id');
+      'INSERT INTO streams (tenant, name, epoch, seq, pruned_through, ack_count) VALUES (?, ?, 1, ?, 0, ?) RETURNING id',
+    );
     const insertAck = db.prepare<[number, number, Buffer, string, number, number]>(
       `INSERT INTO acks (stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at)
-       VALUES (?, 1, ?, ?, 0, ?, ?, 0, NULL, ?)`);
+       VALUES (?, 1, ?, ?, 0, ?, ?, 0, NULL, ?)`,
+    );
     const fingerprint = randomBytes(16);
     let rows = 0;
     db.transaction(() => {
@@ -107,13 +109,16 @@ export async function createPostgresSeed(adminUrl: string, groups: readonly Seed
         const counts = names.map((_, i) => (typeof g.acksPerStream === 'number' ? g.acksPerStream : g.acksPerStream(i)));
         await c.query(
           `INSERT INTO seqgate.streams (tenant, name, epoch, seq, pruned_through, ack_count)
-           SELECT $1, x.n, 1, x.c, 0, x.c FROM unnest($2::text[], $3::int[]) AS x(n, c)`, [DEFAULT_TENANT, names, counts]);
+           SELECT $1, x.n, 1, x.c, 0, x.c FROM unnest($2::text[], $3::int[]) AS x(n, c)`,
+          [DEFAULT_TENANT, names, counts],
+        );
         const res = await c.query(
           `INSERT INTO seqgate.acks (stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at)
            SELECT s.id, 1, q, decode(lpad(to_hex(q), 8, '0') || repeat('ab', 12), 'hex'), 0,
                   s.name || '/k' || (q % $2), q / $2 + 1, false, NULL, $3
              FROM seqgate.streams s CROSS JOIN LATERAL generate_series(1, s.seq::int) AS q WHERE s.name = ANY($1::text[])`,
-          [names, KEYS_PER_STREAM, g.committedAt]);
+          [names, KEYS_PER_STREAM, g.committedAt],
+        );
         rows += res.rowCount ?? 0;
       }
       await c.query('VACUUM ANALYZE');

@@ -23,7 +23,10 @@ function documentValue(salt: number, note: string, items: number): Record<string
   };
   if (items > 0) {
     doc.items = Array.from({ length: items }, (_, i) => ({
-      sku: `SKU-${String(100_000 + i)}`, qty: i % 50, price: 19.5 + i, desc: 'Replacement part, standard grade',
+      sku: `SKU-${String(100_000 + i)}`,
+      qty: i % 50,
+      price: 19.5 + i,
+      desc: 'Replacement part, standard grade',
     }));
   }
   return doc;
@@ -32,8 +35,7 @@ function documentValue(salt: number, note: string, items: number): Record<string
 /** Canonical msgpack of a document whose encoding is exactly `targetBytes` long (>= 128). */
 export function makeState(targetBytes: number, salt = 0): Buffer {
   if (targetBytes < 128) throw new Error('state size must be at least 128 bytes');
-  const size = (note: string, items: number): number =>
-    canonicalEncode(documentValue(salt, note, items), UNBOUNDED, 'state').length;
+  const size = (note: string, items: number): number => canonicalEncode(documentValue(salt, note, items), UNBOUNDED, 'state').length;
   let items = 0;
   while (size('', items + 1) + 32 < targetBytes) items++;
   const base = size('', items);
@@ -66,10 +68,25 @@ function uintLength(n: number): number {
 }
 
 function writeUint(buf: Buffer, pos: number, n: number): number {
-  if (n < 0x80) { buf[pos] = n; return pos + 1; }
-  if (n <= 0xff) { buf[pos] = 0xcc; buf[pos + 1] = n; return pos + 2; }
-  if (n <= 0xffff) { buf[pos] = 0xcd; buf.writeUInt16BE(n, pos + 1); return pos + 3; }
-  if (n <= 0xffff_ffff) { buf[pos] = 0xce; buf.writeUInt32BE(n, pos + 1); return pos + 5; }
+  if (n < 0x80) {
+    buf[pos] = n;
+    return pos + 1;
+  }
+  if (n <= 0xff) {
+    buf[pos] = 0xcc;
+    buf[pos + 1] = n;
+    return pos + 2;
+  }
+  if (n <= 0xffff) {
+    buf[pos] = 0xcd;
+    buf.writeUInt16BE(n, pos + 1);
+    return pos + 3;
+  }
+  if (n <= 0xffff_ffff) {
+    buf[pos] = 0xce;
+    buf.writeUInt32BE(n, pos + 1);
+    return pos + 5;
+  }
   buf[pos] = 0xcf;
   buf.writeBigUInt64BE(BigInt(n), pos + 1);
   return pos + 9;
@@ -86,12 +103,20 @@ export class PutEncoder {
   private readonly prefix: Buffer;
   private readonly keys: Buffer[];
 
-  constructor(readonly stream: string, readonly epoch: number, readonly state: Buffer, keyCount: number) {
+  constructor(
+    readonly stream: string,
+    readonly epoch: number,
+    readonly state: Buffer,
+    keyCount: number,
+  ) {
     this.prefix = Buffer.concat([
       Buffer.from([0x86]),
-      strBytes('stream'), strBytes(stream),
-      strBytes('epoch'), Buffer.from([epoch]),
-      strBytes('state'), state,
+      strBytes('stream'),
+      strBytes(stream),
+      strBytes('epoch'),
+      Buffer.from([epoch]),
+      strBytes('state'),
+      state,
       strBytes('key'),
     ]);
     if (epoch >= 0x80) throw new Error('bench epochs are small');

@@ -52,17 +52,23 @@ export async function runChangefeedBench(options: MicroOptions): Promise<MicroRo
     ]);
     const rows = await runSuite('change log cost (synchronous=FULL)', tasks, options);
     let after = 0;
-    const read = await runSuite('change log read', [{
-      name: 'readChanges: page of 1000',
-      fn: async () => {
-        const tail = await on.store.changeTail(DEFAULT_TENANT);
-        if (after + 1000 > tail) after = 0;
-        const page = await on.store.readChanges(DEFAULT_TENANT, { after, prefixes: [''], limit: 1000, maxScan: 10_000 });
-        after = page.next;
-      },
-      unitsPerOp: 1000,
-      unit: 'changes',
-    }], options);
+    const read = await runSuite(
+      'change log read',
+      [
+        {
+          name: 'readChanges: page of 1000',
+          fn: async () => {
+            const tail = await on.store.changeTail(DEFAULT_TENANT);
+            if (after + 1000 > tail) after = 0;
+            const page = await on.store.readChanges(DEFAULT_TENANT, { after, prefixes: [''], limit: 1000, maxScan: 10_000 });
+            after = page.next;
+          },
+          unitsPerOp: 1000,
+          unit: 'changes',
+        },
+      ],
+      options,
+    );
     return [...rows, ...read];
   } finally {
     await on.store.close();

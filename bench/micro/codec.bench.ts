@@ -29,22 +29,46 @@ export async function runCodecBench(options: MicroOptions): Promise<MicroRow[]> 
   const small = frameOf(200);
   const large = frameOf(4096);
   const ack = wireResult(1, {
-    kind: 'ack', replay: false,
+    kind: 'ack',
+    replay: false,
     ack: { outcome: 'applied', stream: 'load-0', epoch: 1, seq: 1001, key: 'load-0/k9', version: 63, deleted: false, committedAt: Date.now() },
   });
-  return runSuite('codec', [
-    { name: `scan 200 B put frame (${small.frame.length} B)`, fn: () => { sink.value = scanMsgpack(small.frame, depth); } },
-    { name: 'scan + decode 200 B put frame', fn: () => { sink.value = decodeFrame(small.frame, true, 'msgpack', depth); } },
-    {
-      name: 'scan + decode + validate 200 B put frame',
-      fn: () => { sink.value = parseMessage(decodeFrame(small.frame, true, 'msgpack', depth), limits, DEFAULT_TENANT); },
-    },
-    {
-      name: `scan + decode + validate 4 KiB put frame (${large.frame.length} B)`,
-      fn: () => { sink.value = parseMessage(decodeFrame(large.frame, true, 'msgpack', depth), limits, DEFAULT_TENANT); },
-    },
-    { name: 'encode results frame with one ack', fn: () => { sink.value = encodeMessage({ type: 'results', results: [ack] }, 'msgpack'); } },
-  ], options);
+  return runSuite(
+    'codec',
+    [
+      {
+        name: `scan 200 B put frame (${small.frame.length} B)`,
+        fn: () => {
+          sink.value = scanMsgpack(small.frame, depth);
+        },
+      },
+      {
+        name: 'scan + decode 200 B put frame',
+        fn: () => {
+          sink.value = decodeFrame(small.frame, true, 'msgpack', depth);
+        },
+      },
+      {
+        name: 'scan + decode + validate 200 B put frame',
+        fn: () => {
+          sink.value = parseMessage(decodeFrame(small.frame, true, 'msgpack', depth), limits, DEFAULT_TENANT);
+        },
+      },
+      {
+        name: `scan + decode + validate 4 KiB put frame (${large.frame.length} B)`,
+        fn: () => {
+          sink.value = parseMessage(decodeFrame(large.frame, true, 'msgpack', depth), limits, DEFAULT_TENANT);
+        },
+      },
+      {
+        name: 'encode results frame with one ack',
+        fn: () => {
+          sink.value = encodeMessage({ type: 'results', results: [ack] }, 'msgpack');
+        },
+      },
+    ],
+    options,
+  );
 }
 
 if (isMain(import.meta.url)) await main(runCodecBench);

@@ -58,15 +58,17 @@ export async function runSuite(suite: string, tasks: readonly MicroTask[], optio
 }
 
 export function printRows(rows: readonly MicroRow[]): void {
-  console.table(rows.map((r) => ({
-    suite: r.suite,
-    task: r.task,
-    'mean µs': r.meanUs.toFixed(2),
-    'p99 µs': r.p99Us.toFixed(2),
-    'ops/s': Math.round(r.opsPerSec),
-    [`units/s`]: `${Math.round(r.opsPerSec * r.unitsPerOp)} ${r.unit}`,
-    samples: r.samples,
-  })));
+  console.table(
+    rows.map((r) => ({
+      suite: r.suite,
+      task: r.task,
+      'mean µs': r.meanUs.toFixed(2),
+      'p99 µs': r.p99Us.toFixed(2),
+      'ops/s': Math.round(r.opsPerSec),
+      [`units/s`]: `${Math.round(r.opsPerSec * r.unitsPerOp)} ${r.unit}`,
+      samples: r.samples,
+    })),
+  );
 }
 
 /** Runs a suite as a script: `node dist/bench/micro/x.bench.js [--quick] [--work-dir DIR]`. */

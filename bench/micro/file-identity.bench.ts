@@ -33,16 +33,20 @@ export async function runFileIdentityBench(options: MicroOptions): Promise<Micro
       const [r] = await stores[which].apply([put]);
       if (r?.kind !== 'ack' || r.replay) throw new Error('identity bench: a fresh put was not applied');
     };
-    return await runSuite('database file identity', [
-      {
-        name: 'check: stat the file and its -wal',
-        fn: () => {
-          if (identity.check() !== undefined) throw new Error('identity bench: files reported lost');
+    return await runSuite(
+      'database file identity',
+      [
+        {
+          name: 'check: stat the file and its -wal',
+          fn: () => {
+            if (identity.check() !== undefined) throw new Error('identity bench: files reported lost');
+          },
         },
-      },
-      { name: 'apply: batch of 1, synchronous=NORMAL (check included)', fn: () => apply('normal'), unitsPerOp: 1, unit: 'puts' },
-      { name: 'apply: batch of 1, synchronous=FULL (check included)', fn: () => apply('full'), unitsPerOp: 1, unit: 'puts' },
-    ], options);
+        { name: 'apply: batch of 1, synchronous=NORMAL (check included)', fn: () => apply('normal'), unitsPerOp: 1, unit: 'puts' },
+        { name: 'apply: batch of 1, synchronous=FULL (check included)', fn: () => apply('full'), unitsPerOp: 1, unit: 'puts' },
+      ],
+      options,
+    );
   } finally {
     await stores.normal.close();
     await stores.full.close();

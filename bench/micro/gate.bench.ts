@@ -12,10 +12,24 @@ export async function runGateBench(options: MicroOptions): Promise<MicroRow[]> {
   const fingerprint = putFingerprint('load-0/k1', state, null);
   const other = putFingerprint('load-0/k1', makeState(200, 1), null);
   const put = (seq: number, fp: Buffer, ifVersion: number | null = null): Put => ({
-    tenant: 'default', stream: 'load-0', epoch: 1, seq, key: 'load-0/k1', state, ifVersion, fingerprint: fp,
+    tenant: 'default',
+    stream: 'load-0',
+    epoch: 1,
+    seq,
+    key: 'load-0/k1',
+    state,
+    ifVersion,
+    fingerprint: fp,
   });
   const ack: Ack = {
-    outcome: 'applied', stream: 'load-0', epoch: 1, seq: 90, key: 'load-0/k1', version: 6, deleted: false, committedAt: 1_700_000_000_000,
+    outcome: 'applied',
+    stream: 'load-0',
+    epoch: 1,
+    seq: 90,
+    key: 'load-0/k1',
+    version: 6,
+    deleted: false,
+    committedAt: 1_700_000_000_000,
   };
   const stored: StoredAck = { fingerprint, ack };
   const inputs = (storedAck: StoredAck | undefined): GateInputs => ({
@@ -32,16 +46,50 @@ export async function runGateBench(options: MicroOptions): Promise<MicroRow[]> {
   const reused = put(90, other);
   const stale = put(95, fingerprint);
   const conflict = put(101, fingerprint, 3);
-  for (const [p, i, kind] of [[fresh, withoutAck, 'consume'], [retry, withAck, 'replay'], [reused, withAck, 'reject'], [stale, withoutAck, 'reject']] as const) {
+  for (const [p, i, kind] of [
+    [fresh, withoutAck, 'consume'],
+    [retry, withAck, 'replay'],
+    [reused, withAck, 'reject'],
+    [stale, withoutAck, 'reject'],
+  ] as const) {
     if (decide(p, i).kind !== kind) throw new Error(`gate bench setup: expected ${kind}`);
   }
-  return runSuite('gate', [
-    { name: 'fresh put above the head (apply)', fn: () => { sink.value = decide(fresh, withoutAck); } },
-    { name: 'retry of an applied put (replay)', fn: () => { sink.value = decide(retry, withAck); } },
-    { name: 'seq reused with another payload', fn: () => { sink.value = decide(reused, withAck); } },
-    { name: 'skipped seq (stale)', fn: () => { sink.value = decide(stale, withoutAck); } },
-    { name: 'ifVersion mismatch (version_conflict)', fn: () => { sink.value = decide(conflict, withoutAck); } },
-  ], options);
+  return runSuite(
+    'gate',
+    [
+      {
+        name: 'fresh put above the head (apply)',
+        fn: () => {
+          sink.value = decide(fresh, withoutAck);
+        },
+      },
+      {
+        name: 'retry of an applied put (replay)',
+        fn: () => {
+          sink.value = decide(retry, withAck);
+        },
+      },
+      {
+        name: 'seq reused with another payload',
+        fn: () => {
+          sink.value = decide(reused, withAck);
+        },
+      },
+      {
+        name: 'skipped seq (stale)',
+        fn: () => {
+          sink.value = decide(stale, withoutAck);
+        },
+      },
+      {
+        name: 'ifVersion mismatch (version_conflict)',
+        fn: () => {
+          sink.value = decide(conflict, withoutAck);
+        },
+      },
+    ],
+    options,
+  );
 }
 
 if (isMain(import.meta.url)) await main(runGateBench);

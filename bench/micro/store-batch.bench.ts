@@ -31,7 +31,14 @@ export async function runStoreBatchBench(options: MicroOptions): Promise<MicroRo
         const seq = ++seqs[s]!;
         const k = seq % KEYS_PER_STREAM;
         puts.push({
-          tenant: DEFAULT_TENANT, stream: streams[s]!, epoch: 1, seq, key: keys[s]![k]!, state, ifVersion: null, fingerprint: fingerprints[s]![k]!,
+          tenant: DEFAULT_TENANT,
+          stream: streams[s]!,
+          epoch: 1,
+          seq,
+          key: keys[s]![k]!,
+          state,
+          ifVersion: null,
+          fingerprint: fingerprints[s]![k]!,
         });
       }
       return puts;
@@ -40,12 +47,16 @@ export async function runStoreBatchBench(options: MicroOptions): Promise<MicroRo
       const results = await store.apply(batch(n));
       if (results[0]?.kind !== 'ack' || results[0].replay) throw new Error('store bench: a fresh put was not applied');
     };
-    return await runSuite('store batch (synchronous=FULL)', [1, 100, 1000].map((n) => ({
-      name: `apply: batch of ${n}`,
-      fn: () => apply(n),
-      unitsPerOp: n,
-      unit: 'puts',
-    })), options);
+    return await runSuite(
+      'store batch (synchronous=FULL)',
+      [1, 100, 1000].map((n) => ({
+        name: `apply: batch of ${n}`,
+        fn: () => apply(n),
+        unitsPerOp: n,
+        unit: 'puts',
+      })),
+      options,
+    );
   } finally {
     await store.close();
     rmSync(dir, { recursive: true, force: true });

@@ -8,8 +8,16 @@
 export function header(len, fix, fixMax, op8, op16, op32) {
   if (len <= fixMax) return Buffer.of(fix | len);
   if (op8 !== null && len <= 0xff) return Buffer.of(op8, len);
-  if (len <= 0xffff) { const b = Buffer.alloc(3); b[0] = op16; b.writeUInt16BE(len, 1); return b; }
-  const b = Buffer.alloc(5); b[0] = op32; b.writeUInt32BE(len, 1); return b;
+  if (len <= 0xffff) {
+    const b = Buffer.alloc(3);
+    b[0] = op16;
+    b.writeUInt16BE(len, 1);
+    return b;
+  }
+  const b = Buffer.alloc(5);
+  b[0] = op32;
+  b.writeUInt32BE(len, 1);
+  return b;
 }
 
 export function intBytes(n) {
@@ -17,16 +25,51 @@ export function intBytes(n) {
   if (n >= 0n) {
     if (n < 0x80n) return Buffer.of(Number(n));
     if (n <= 0xffn) return Buffer.of(0xcc, Number(n));
-    if (n <= 0xffffn) { const b = Buffer.alloc(3); b[0] = 0xcd; b.writeUInt16BE(Number(n), 1); return b; }
-    if (n <= 0xffffffffn) { const b = Buffer.alloc(5); b[0] = 0xce; b.writeUInt32BE(Number(n), 1); return b; }
-    if (n <= 0xffffffffffffffffn) { const b = Buffer.alloc(9); b[0] = 0xcf; b.writeBigUInt64BE(n, 1); return b; }
+    if (n <= 0xffffn) {
+      const b = Buffer.alloc(3);
+      b[0] = 0xcd;
+      b.writeUInt16BE(Number(n), 1);
+      return b;
+    }
+    if (n <= 0xffffffffn) {
+      const b = Buffer.alloc(5);
+      b[0] = 0xce;
+      b.writeUInt32BE(Number(n), 1);
+      return b;
+    }
+    if (n <= 0xffffffffffffffffn) {
+      const b = Buffer.alloc(9);
+      b[0] = 0xcf;
+      b.writeBigUInt64BE(n, 1);
+      return b;
+    }
     throw new Error(`integer ${n} beyond uint64`);
   }
   if (n >= -32n) return Buffer.of(Number(n) & 0xff);
-  if (n >= -0x80n) { const b = Buffer.alloc(2); b[0] = 0xd0; b.writeInt8(Number(n), 1); return b; }
-  if (n >= -0x8000n) { const b = Buffer.alloc(3); b[0] = 0xd1; b.writeInt16BE(Number(n), 1); return b; }
-  if (n >= -0x80000000n) { const b = Buffer.alloc(5); b[0] = 0xd2; b.writeInt32BE(Number(n), 1); return b; }
-  if (n >= -(2n ** 63n)) { const b = Buffer.alloc(9); b[0] = 0xd3; b.writeBigInt64BE(n, 1); return b; }
+  if (n >= -0x80n) {
+    const b = Buffer.alloc(2);
+    b[0] = 0xd0;
+    b.writeInt8(Number(n), 1);
+    return b;
+  }
+  if (n >= -0x8000n) {
+    const b = Buffer.alloc(3);
+    b[0] = 0xd1;
+    b.writeInt16BE(Number(n), 1);
+    return b;
+  }
+  if (n >= -0x80000000n) {
+    const b = Buffer.alloc(5);
+    b[0] = 0xd2;
+    b.writeInt32BE(Number(n), 1);
+    return b;
+  }
+  if (n >= -(2n ** 63n)) {
+    const b = Buffer.alloc(9);
+    b[0] = 0xd3;
+    b.writeBigInt64BE(n, 1);
+    return b;
+  }
   throw new Error(`integer ${n} beyond int64`);
 }
 
@@ -62,4 +105,3 @@ export function canonical(v) {
   for (let i = 1; i < keyed.length; i++) if (keyed[i - 1][0].equals(keyed[i][0])) throw new Error('duplicate map key');
   return Buffer.concat([header(keyed.length, 0x80, 15, null, 0xde, 0xdf), ...keyed.flat()]);
 }
-

@@ -74,7 +74,9 @@ export class ChangeFeed {
     if (page === undefined) {
       page = this.log.readChanges(tenant, query);
       this.shared.set(key, page);
-      const forget = (): void => { setImmediate(() => this.shared.delete(key)); };
+      const forget = (): void => {
+        setImmediate(() => this.shared.delete(key));
+      };
       page.then(forget, forget);
     }
     return page;

@@ -29,9 +29,11 @@ export function changeJson(change: Change, incarnation: string): string {
     if (text !== undefined) state = text;
     else extra = `,"stateMsgpack":${JSON.stringify(change.state.toString('base64'))}`;
   }
-  return `{"offset":"${formatOffset(change.offset, incarnation)}","key":${JSON.stringify(change.key)},`
-    + `"version":${change.version},"deleted":${change.deleted},"state":${state}${extra},`
-    + `"origin":${JSON.stringify(change.origin)},"committedAt":${change.committedAt}}`;
+  return (
+    `{"offset":"${formatOffset(change.offset, incarnation)}","key":${JSON.stringify(change.key)},` +
+    `"version":${change.version},"deleted":${change.deleted},"state":${state}${extra},` +
+    `"origin":${JSON.stringify(change.origin)},"committedAt":${change.committedAt}}`
+  );
 }
 
 /** The msgpack form's value (encoded by the connection's codec). */

@@ -30,7 +30,8 @@ export function decodeFrame(data: Buffer, isBinary: boolean, format: WireFormat,
   if (format === 'msgpack') {
     if (!isBinary) throw new SeqgateError('WRONG_FRAME_TYPE', 'text frame on a msgpack connection; send binary frames');
     const fault = scanMsgpack(data, maxDepth);
-    if (fault?.fault === 'too_deep') throw new SeqgateError('TOO_DEEP', `frame nests deeper than ${maxDepth} levels`, { limit: 'maxStateDepth', max: maxDepth - ENVELOPE_DEPTH });
+    if (fault?.fault === 'too_deep')
+      throw new SeqgateError('TOO_DEEP', `frame nests deeper than ${maxDepth} levels`, { limit: 'maxStateDepth', max: maxDepth - ENVELOPE_DEPTH });
     if (fault) throw new SeqgateError('MALFORMED_FRAME', `undecodable msgpack: ${fault.reason}`);
     try {
       return unpackr.unpack(data);

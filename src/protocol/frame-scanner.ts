@@ -8,9 +8,7 @@
  * allowed. Only frames that pass are handed to the decoder.
  */
 
-export type ScanFault =
-  | { fault: 'malformed'; reason: string }
-  | { fault: 'too_deep'; depth: number };
+export type ScanFault = { fault: 'malformed'; reason: string } | { fault: 'too_deep'; depth: number };
 
 /** Where one value of a scanned msgpack frame lies, and how many values it holds (itself included). */
 export interface ScannedValue {
@@ -111,33 +109,66 @@ export function indexMsgpack(buf: Uint8Array, maxDepth: number, indexDepth: numb
       skip = b & 0x1f;
     } else {
       switch (b) {
-        case 0xc4: case 0xd9:
+        case 0xc4:
+        case 0xd9:
           if (!need(1)) return truncated();
-          skip = buf[pos]!; pos += 1; break;
-        case 0xc5: case 0xda:
+          skip = buf[pos]!;
+          pos += 1;
+          break;
+        case 0xc5:
+        case 0xda:
           if (!need(2)) return truncated();
-          skip = view.getUint16(pos); pos += 2; break;
-        case 0xc6: case 0xdb:
+          skip = view.getUint16(pos);
+          pos += 2;
+          break;
+        case 0xc6:
+        case 0xdb:
           if (!need(4)) return truncated();
-          skip = view.getUint32(pos); pos += 4; break;
-        case 0xca: skip = 4; break;
-        case 0xcb: skip = 8; break;
-        case 0xcc: case 0xd0: skip = 1; break;
-        case 0xcd: case 0xd1: skip = 2; break;
-        case 0xce: case 0xd2: skip = 4; break;
-        case 0xcf: case 0xd3: skip = 8; break;
+          skip = view.getUint32(pos);
+          pos += 4;
+          break;
+        case 0xca:
+          skip = 4;
+          break;
+        case 0xcb:
+          skip = 8;
+          break;
+        case 0xcc:
+        case 0xd0:
+          skip = 1;
+          break;
+        case 0xcd:
+        case 0xd1:
+          skip = 2;
+          break;
+        case 0xce:
+        case 0xd2:
+          skip = 4;
+          break;
+        case 0xcf:
+        case 0xd3:
+          skip = 8;
+          break;
         case 0xdc:
           if (!need(2)) return truncated();
-          children = view.getUint16(pos); pos += 2; break;
+          children = view.getUint16(pos);
+          pos += 2;
+          break;
         case 0xdd:
           if (!need(4)) return truncated();
-          children = view.getUint32(pos); pos += 4; break;
+          children = view.getUint32(pos);
+          pos += 4;
+          break;
         case 0xde:
           if (!need(2)) return truncated();
-          children = view.getUint16(pos) * 2; pos += 2; break;
+          children = view.getUint16(pos) * 2;
+          pos += 2;
+          break;
         case 0xdf:
           if (!need(4)) return truncated();
-          children = view.getUint32(pos) * 2; pos += 4; break;
+          children = view.getUint32(pos) * 2;
+          pos += 4;
+          break;
         case 0xc1:
           return { fault: 'malformed', reason: 'byte 0xc1 is never used in msgpack' };
         default:
@@ -236,7 +267,10 @@ export function peekJsonType(text: string): string | undefined {
       continue;
     }
     if (c === 0x7b || c === 0x5b) {
-      if (depth === 1 && afterTypeKey) { found = undefined; afterTypeKey = false; }
+      if (depth === 1 && afterTypeKey) {
+        found = undefined;
+        afterTypeKey = false;
+      }
       depth++;
       if (depth === 1) expectKey = c === 0x7b;
     } else if (c === 0x7d || c === 0x5d) {

@@ -2,9 +2,7 @@ import { Unpackr } from 'msgpackr';
 import { SeqgateError } from '../errors.js';
 import { ENVELOPE_DEPTH, field, isMap, type WireFormat } from './codec.js';
 import { indexMsgpack, peekJsonType, scanJsonDepth, type ScannedValue as Span } from './frame-scanner.js';
-import {
-  oversizeStateResult, parseMessage, parsePut, type IncomingMessage, type Limits, type ParsedPut,
-} from './messages.js';
+import { oversizeStateResult, parseMessage, parsePut, type IncomingMessage, type Limits, type ParsedPut } from './messages.js';
 
 /**
  * One incoming WebSocket frame, decoded only as far as it has to be. A msgpack frame is scanned
@@ -54,7 +52,8 @@ export class IncomingFrame {
     if (format === 'json') {
       if (isBinary) throw new SeqgateError('WRONG_FRAME_TYPE', 'binary frame on a JSON connection; send text frames');
       const text = data.toString('utf8');
-      if (scanJsonDepth(text, maxDepth)) throw new SeqgateError('TOO_DEEP', `frame nests deeper than ${maxDepth} levels`, { limit: 'maxStateDepth', max: limits.maxStateDepth });
+      if (scanJsonDepth(text, maxDepth))
+        throw new SeqgateError('TOO_DEEP', `frame nests deeper than ${maxDepth} levels`, { limit: 'maxStateDepth', max: limits.maxStateDepth });
       const type = peekJsonType(text);
       if (type !== undefined) return new IncomingFrame(type, true, (l, tenant) => parseMessage(parseJson(text), l, tenant));
       const value = parseJson(text);
@@ -65,7 +64,8 @@ export class IncomingFrame {
     // fields lie (levels 0-3), with how many values each holds.
     const scanned = indexMsgpack(data, maxDepth, 3);
     if ('fault' in scanned) {
-      if (scanned.fault === 'too_deep') throw new SeqgateError('TOO_DEEP', `frame nests deeper than ${maxDepth} levels`, { limit: 'maxStateDepth', max: limits.maxStateDepth });
+      if (scanned.fault === 'too_deep')
+        throw new SeqgateError('TOO_DEEP', `frame nests deeper than ${maxDepth} levels`, { limit: 'maxStateDepth', max: limits.maxStateDepth });
       throw new SeqgateError('MALFORMED_FRAME', `undecodable msgpack: ${scanned.reason}`);
     }
     const { root } = scanned;
@@ -134,7 +134,11 @@ function messageOf(data: Buffer, type: unknown, fields: Map<string, Span>, limit
       const nonce = fields.get('nonce');
       // Canonical form takes at least one byte per value: more values than bytes allowed is over.
       if (nonce !== undefined && nonce.items > limits.maxNonceBytes) {
-        throw new SeqgateError('INVALID_MESSAGE', `nonce exceeds ${limits.maxNonceBytes} bytes`, { field: 'nonce', limit: 'maxNonceBytes', max: limits.maxNonceBytes });
+        throw new SeqgateError('INVALID_MESSAGE', `nonce exceeds ${limits.maxNonceBytes} bytes`, {
+          field: 'nonce',
+          limit: 'maxNonceBytes',
+          max: limits.maxNonceBytes,
+        });
       }
       return parseMessage(partial(data, fields, ['type', 'nonce'], Infinity), limits, tenant);
     }
@@ -157,9 +161,10 @@ function helloOf(data: Buffer, fields: Map<string, Span>, limits: Limits): Map<s
   const streams = fields.get('streams');
   if (streams !== undefined) {
     const count = isArrayAt(data, streams) ? streams.children!.length : 0;
-    hello.set('streams', count > limits.maxHelloStreams
-      ? new Array<null>(count).fill(null)
-      : streams.items > (limits.maxHelloStreams + 1) * 2 ? TOO_LARGE : decode(data, streams));
+    hello.set(
+      'streams',
+      count > limits.maxHelloStreams ? new Array<null>(count).fill(null) : streams.items > (limits.maxHelloStreams + 1) * 2 ? TOO_LARGE : decode(data, streams),
+    );
   }
   return hello;
 }
@@ -169,7 +174,8 @@ function putsOf(data: Buffer, span: Span | undefined, limits: Limits, tenant: st
   const puts = span.children!;
   if (puts.length > limits.maxPutsPerFrame) {
     throw new SeqgateError('TOO_MANY_PUTS', `${puts.length} puts exceed maxPutsPerFrame ${limits.maxPutsPerFrame}`, {
-      limit: 'maxPutsPerFrame', max: limits.maxPutsPerFrame,
+      limit: 'maxPutsPerFrame',
+      max: limits.maxPutsPerFrame,
     });
   }
   return puts.map((put) => putOf(data, put, limits, tenant));

@@ -42,8 +42,7 @@ export function limitsOf(c: Config): Limits {
 export type CorrelationId = string | number | null;
 
 export type ParsedPut =
-  | { readonly ok: true; readonly id: CorrelationId; readonly put: Put }
-  | { readonly ok: false; readonly id: CorrelationId; readonly result: WireResult };
+  { readonly ok: true; readonly id: CorrelationId; readonly put: Put } | { readonly ok: false; readonly id: CorrelationId; readonly result: WireResult };
 
 export type IncomingMessage =
   | { readonly type: 'hello'; readonly streams: readonly string[]; readonly token: string | undefined }
@@ -156,12 +155,16 @@ export function parsePut(raw: unknown, limits: Limits, tenant: string, context: 
     let state: Buffer | null = null;
     if (del !== true) {
       try {
-        state = canonicalEncode(field(raw, 'state'), {
-          maxBytes: limits.maxStateBytes,
-          maxDepth: limits.maxStateDepth,
-          bytesLimitName: 'maxStateBytes',
-          depthLimitName: 'maxStateDepth',
-        }, 'state');
+        state = canonicalEncode(
+          field(raw, 'state'),
+          {
+            maxBytes: limits.maxStateBytes,
+            maxDepth: limits.maxStateDepth,
+            bytesLimitName: 'maxStateBytes',
+            depthLimitName: 'maxStateDepth',
+          },
+          'state',
+        );
       } catch (err) {
         if (err instanceof CanonicalError) {
           throw new Invalid(err.kind === 'limit' ? 'LIMIT_EXCEEDED' : 'INVALID_FIELD', 'state', err.limit, err.message);
@@ -192,7 +195,8 @@ export function parseMessage(value: unknown, limits: Limits, tenant: string): In
       if (!Array.isArray(puts)) throw new SeqgateError('INVALID_MESSAGE', 'puts must be an array', { field: 'puts' });
       if (puts.length > limits.maxPutsPerFrame) {
         throw new SeqgateError('TOO_MANY_PUTS', `${puts.length} puts exceed maxPutsPerFrame ${limits.maxPutsPerFrame}`, {
-          limit: 'maxPutsPerFrame', max: limits.maxPutsPerFrame,
+          limit: 'maxPutsPerFrame',
+          max: limits.maxPutsPerFrame,
         });
       }
       return { type, puts: puts.map((p) => parsePut(p, limits, tenant)) };
@@ -200,13 +204,18 @@ export function parseMessage(value: unknown, limits: Limits, tenant: string): In
     case 'hello': {
       const protocol = field(value, 'protocol');
       if (protocol !== undefined && protocol !== 1) {
-        throw new SeqgateError('UNSUPPORTED_VERSION', `protocol ${typeof protocol === 'number' ? protocol : `of type ${typeof protocol}`} is not supported; this server speaks 1`, { supported: [1] });
+        throw new SeqgateError(
+          'UNSUPPORTED_VERSION',
+          `protocol ${typeof protocol === 'number' ? protocol : `of type ${typeof protocol}`} is not supported; this server speaks 1`,
+          { supported: [1] },
+        );
       }
       const streams = field(value, 'streams') ?? [];
       if (!Array.isArray(streams)) throw new SeqgateError('INVALID_MESSAGE', 'streams must be an array of stream names', { field: 'streams' });
       if (streams.length > limits.maxHelloStreams) {
         throw new SeqgateError('TOO_MANY_STREAMS', `${streams.length} streams exceed maxHelloStreams ${limits.maxHelloStreams}`, {
-          limit: 'maxHelloStreams', max: limits.maxHelloStreams,
+          limit: 'maxHelloStreams',
+          max: limits.maxHelloStreams,
         });
       }
       const names: string[] = [];
@@ -238,11 +247,16 @@ export function parseMessage(value: unknown, limits: Limits, tenant: string): In
  */
 function checkedNonce(nonce: unknown, limits: Limits): unknown {
   try {
-    canonicalEncode(nonce, { maxBytes: limits.maxNonceBytes, maxDepth: limits.maxStateDepth, bytesLimitName: 'maxNonceBytes', depthLimitName: 'maxStateDepth' }, 'nonce');
+    canonicalEncode(
+      nonce,
+      { maxBytes: limits.maxNonceBytes, maxDepth: limits.maxStateDepth, bytesLimitName: 'maxNonceBytes', depthLimitName: 'maxStateDepth' },
+      'nonce',
+    );
   } catch (err) {
     if (!(err instanceof CanonicalError)) throw err;
     throw new SeqgateError('INVALID_MESSAGE', err.message, {
-      field: 'nonce', ...(err.limit === 'maxNonceBytes' ? { limit: 'maxNonceBytes', max: limits.maxNonceBytes } : {}),
+      field: 'nonce',
+      ...(err.limit === 'maxNonceBytes' ? { limit: 'maxNonceBytes', max: limits.maxNonceBytes } : {}),
     });
   }
   return nonce;
@@ -251,9 +265,12 @@ function checkedNonce(nonce: unknown, limits: Limits): unknown {
 /** The answer to a put whose state is over maxStateBytes, as parsePut gives it. */
 export function oversizeStateResult(id: CorrelationId, limits: Limits): WireResult {
   return {
-    id, outcome: 'invalid',
+    id,
+    outcome: 'invalid',
     error: errorBody('LIMIT_EXCEEDED', `state exceeds ${limits.maxStateBytes} bytes`, {
-      field: 'state', limit: 'maxStateBytes', max: limits.maxStateBytes,
+      field: 'state',
+      limit: 'maxStateBytes',
+      max: limits.maxStateBytes,
     }),
   };
 }
@@ -281,7 +298,8 @@ export function wireResult(id: CorrelationId, result: PutResult): WireResult {
     case 'stale':
     case 'expired':
       return {
-        id, outcome: result.outcome,
+        id,
+        outcome: result.outcome,
         error: errorBody(
           result.code,
           result.outcome === 'stale' ? 'seq is at or below the head and was never applied' : 'seq is at or below the pruned-through mark',

@@ -23,11 +23,12 @@ export interface UnsubscribeMessage {
   readonly id: CorrelationId;
 }
 
-
 function subscriptionId(value: unknown, limits: Limits): CorrelationId {
   if (typeof value === 'string' && value.length > 0 && Buffer.byteLength(value, 'utf8') <= limits.maxIdBytes) return value;
   if (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) return value;
-  throw new SeqgateError('INVALID_MESSAGE', `id must be a non-empty string of at most ${limits.maxIdBytes} UTF-8 bytes or a safe integer >= 0`, { field: 'id' });
+  throw new SeqgateError('INVALID_MESSAGE', `id must be a non-empty string of at most ${limits.maxIdBytes} UTF-8 bytes or a safe integer >= 0`, {
+    field: 'id',
+  });
 }
 
 export function parseSubscribe(value: unknown, limits: Limits): SubscribeMessage {
@@ -35,7 +36,10 @@ export function parseSubscribe(value: unknown, limits: Limits): SubscribeMessage
   const prefix = field(value, 'prefix') ?? '';
   // A prefix follows the rules of a key (PROTOCOL.md §4), except that it may be empty.
   if (typeof prefix !== 'string' || (prefix !== '' && nameProblem(prefix, 'prefix', limits.maxKeyBytes) !== null)) {
-    throw new SeqgateError('INVALID_MESSAGE', `prefix must be a string of at most ${limits.maxKeyBytes} UTF-8 bytes without control characters`, { field: 'prefix', id });
+    throw new SeqgateError('INVALID_MESSAGE', `prefix must be a string of at most ${limits.maxKeyBytes} UTF-8 bytes without control characters`, {
+      field: 'prefix',
+      id,
+    });
   }
   const from = field(value, 'from') ?? '-1';
   if (typeof from !== 'string') throw new SeqgateError('INVALID_OFFSET', 'from must be a string: -1, now or an offset the server sent', { field: 'from', id });

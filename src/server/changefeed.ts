@@ -27,12 +27,23 @@ export class Changefeed {
   ) {
     this.feed = new ChangeFeed(store, { pollIntervalMs: config.changesPollIntervalMs }, log);
     this.http = createChangesHandler({
-      store, feed: this.feed, auth, log, enabled: config.changefeed, maxKeyBytes: config.maxKeyBytes,
-      maxResponseBytes: config.maxFrameBytes, longPollMs: config.changesLongPollMs, sseMaxMs: config.changesSseMaxMs,
+      store,
+      feed: this.feed,
+      auth,
+      log,
+      enabled: config.changefeed,
+      maxKeyBytes: config.maxKeyBytes,
+      maxResponseBytes: config.maxFrameBytes,
+      longPollMs: config.changesLongPollMs,
+      sseMaxMs: config.changesSseMaxMs,
     });
     this.subscriptions = {
-      store, feed: this.feed, enabled: config.changefeed, outboundHighWaterBytes: config.outboundHighWaterBytes,
-      maxMessageBytes: Math.max(1024, Math.floor(config.maxFrameBytes / 2)), log,
+      store,
+      feed: this.feed,
+      enabled: config.changefeed,
+      outboundHighWaterBytes: config.outboundHighWaterBytes,
+      maxMessageBytes: Math.max(1024, Math.floor(config.maxFrameBytes / 2)),
+      log,
     };
   }
 
@@ -46,8 +57,13 @@ export class Changefeed {
     if (changesRetentionSeconds === 0 && changesMaxPerTenant === 0) return;
     this.timer = setInterval(() => {
       this.trimming ??= this.trimPass()
-        .then(() => undefined, (err: Error) => this.log.warn({ err }, 'change log retention failed; will retry'))
-        .finally(() => { this.trimming = undefined; });
+        .then(
+          () => undefined,
+          (err: Error) => this.log.warn({ err }, 'change log retention failed; will retry'),
+        )
+        .finally(() => {
+          this.trimming = undefined;
+        });
     }, this.config.pruneIntervalMs);
     this.timer.unref();
   }

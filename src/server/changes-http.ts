@@ -43,7 +43,11 @@ const CURSOR_EPOCH_MS = Date.UTC(2024, 9, 9);
 const CURSOR_INTERVAL_MS = 20_000;
 
 class ChangesError extends Error {
-  constructor(readonly code: ErrorCode, message: string, readonly details: Record<string, unknown> = {}) {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly details: Record<string, unknown> = {},
+  ) {
     super(message);
   }
 }
@@ -189,7 +193,11 @@ export function createChangesHandler(ctx: ChangesHttpContext): (req: IncomingMes
       if (res.write(text)) return;
       // The reader is slow: stop reading the log for it until its socket drains.
       await new Promise<void>((resolve) => {
-        const done = (): void => { res.off('drain', done); res.off('close', done); resolve(); };
+        const done = (): void => {
+          res.off('drain', done);
+          res.off('close', done);
+          resolve();
+        };
         res.once('drain', done);
         res.once('close', done);
       });

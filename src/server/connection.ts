@@ -5,9 +5,7 @@ import { reach } from '../crash-points.js';
 import { ERRORS, errorBody, SeqgateError } from '../errors.js';
 import { encodeMessage, type WireFormat } from '../protocol/codec.js';
 import { IncomingFrame } from '../protocol/frame.js';
-import {
-  errorMessage, forbiddenResult, headsForWire, wireResult, type IncomingMessage, type Limits, type WireResult,
-} from '../protocol/messages.js';
+import { errorMessage, forbiddenResult, headsForWire, wireResult, type IncomingMessage, type Limits, type WireResult } from '../protocol/messages.js';
 import type { Put, Store } from '../store/store.js';
 import { mayReadStream, mayWrite, type Authenticator, type Principal } from './auth.js';
 import type { Committer } from './committer.js';
@@ -96,9 +94,7 @@ export interface ConnectionContext {
   readonly changes?: SubscriptionContext;
 }
 
-type Entry =
-  | { kind: 'results'; results: Array<WireResult | undefined>; pending: number; bytes: number }
-  | { kind: 'message'; message: object | undefined };
+type Entry = { kind: 'results'; results: Array<WireResult | undefined>; pending: number; bytes: number } | { kind: 'message'; message: object | undefined };
 
 interface Inbound {
   readonly data: Buffer;
@@ -135,6 +131,8 @@ export class Connection {
   private turnBytes = 0;
   private turnFrames = 0;
   private turnMs = 0;
+  /** Bytes read from the socket this turn (frames being received included). */
+  private turnReadBytes = 0;
   private readStarted = 0;
   /** Of the current read, the time already counted by handle(). */
   private handledInRead = 0;
@@ -168,8 +166,14 @@ export class Connection {
       this.coolDownIfOver();
     });
     ws.on('message', (data: Buffer, isBinary: boolean) => this.receive(data, isBinary));
-    ws.on('ping', () => { this.releasePartial(); this.updateFlow(); });
-    ws.on('pong', () => { this.releasePartial(); this.alive = true; });
+    ws.on('ping', () => {
+      this.releasePartial();
+      this.updateFlow();
+    });
+    ws.on('pong', () => {
+      this.releasePartial();
+      this.alive = true;
+    });
     ws.on('close', () => this.onClosed());
     ws.on('error', (err) => {
       // ws closes on its own after a protocol error (1002, 1007, 1009): the same rules apply.
@@ -207,6 +211,7 @@ export class Connection {
 
   private arrived(bytes: number): void {
     if (this.closed) return;
+    this.turnReadBytes += bytes;
     if (this.closing) {
       this.closingReadBytes -= bytes;
       if (this.closingReadBytes <= 0) this.applyPause();
@@ -286,6 +291,7 @@ export class Connection {
       this.turnFrames = 0;
       if (this.cooldown === undefined) {
         this.turnMs = 0;
+        this.turnReadBytes = 0;
         this.drain();
       }
     });
@@ -303,13 +309,19 @@ export class Connection {
     }
   }
 
-  /** Over this turn's time: sit out as long as the turn took (reading paused, frames wait). */
+  /**
+   * Over this turn's time with more than a turn's bytes: sit out as long as the turn took (reading
+   * paused, frames wait). Small frames never do: a slow turn for them is the machine's (a cold
+   * start, another process), not theirs.
+   */
   private coolDownIfOver(): void {
-    if (this.turnMs < TURN_BUDGET_MS || this.cooldown !== undefined || this.closing || this.closed) return;
+    if (this.turnMs < TURN_BUDGET_MS || this.turnReadBytes < TURN_BUDGET_BYTES) return;
+    if (this.cooldown !== undefined || this.closing || this.closed) return;
     const ms = Math.min(this.turnMs, MAX_COOLDOWN_MS);
     this.cooldown = setTimeout(() => {
       this.cooldown = undefined;
       this.turnMs = 0;
+      this.turnReadBytes = 0;
       this.drain();
     }, ms);
     this.applyPause();
@@ -341,7 +353,10 @@ export class Connection {
       case 'subscribe':
       case 'unsubscribe':
         if (this.subscriptions === undefined) {
-          this.pendingAnswers.push({ kind: 'message', message: errorMessage(new SeqgateError('UNKNOWN_TYPE', `unknown message type "${message.type}"`, { field: 'type' })) });
+          this.pendingAnswers.push({
+            kind: 'message',
+            message: errorMessage(new SeqgateError('UNKNOWN_TYPE', `unknown message type "${message.type}"`, { field: 'type' })),
+          });
           this.flush();
         } else if (message.type === 'subscribe') this.subscriptions.subscribe(message, principal);
         else this.subscriptions.unsubscribe(message.id);
@@ -354,16 +369,22 @@ export class Connection {
       case 'hello': {
         const denied = message.streams.find((stream) => !mayReadStream(principal, stream));
         if (denied !== undefined) {
-          this.pendingAnswers.push({ kind: 'message', message: errorMessage(new SeqgateError('FORBIDDEN', `token may not read stream ${denied}`, { stream: denied })) });
+          this.pendingAnswers.push({
+            kind: 'message',
+            message: errorMessage(new SeqgateError('FORBIDDEN', `token may not read stream ${denied}`, { stream: denied })),
+          });
           this.flush();
           return;
         }
         const entry: Entry = { kind: 'message', message: undefined };
         this.pendingAnswers.push(entry);
         // Heads are read after every earlier put has committed, so they include this client's own.
-        void this.ctx.committer.barrier()
+        void this.ctx.committer
+          .barrier()
           .then(() => this.ctx.store.heads(principal.tenant, message.streams))
-          .then((heads) => { entry.message = { ...this.ctx.welcome(), heads: headsForWire(heads) }; })
+          .then((heads) => {
+            entry.message = { ...this.ctx.welcome(), heads: headsForWire(heads) };
+          })
           .catch((err: Error) => {
             entry.message = { type: 'error', ...errorBody('STORAGE_UNAVAILABLE', `heads unavailable: ${err.message}`) };
           })
@@ -514,12 +535,8 @@ export class Connection {
     const { flow, budget } = this.ctx;
     const outbound = this.ws.bufferedAmount;
     const outboundLimit = this.outboundLimit;
-    const over = this.inFlightBytes > flow.connectionInFlightBytes
-      || outbound > outboundLimit
-      || budget.bytes > budget.maxBytes;
-    const under = this.inFlightBytes <= flow.connectionInFlightBytes / 2
-      && outbound <= outboundLimit / 2
-      && budget.bytes <= budget.maxBytes / 2;
+    const over = this.inFlightBytes > flow.connectionInFlightBytes || outbound > outboundLimit || budget.bytes > budget.maxBytes;
+    const under = this.inFlightBytes <= flow.connectionInFlightBytes / 2 && outbound <= outboundLimit / 2 && budget.bytes <= budget.maxBytes / 2;
 
     if (budget.bytes > budget.maxBytes) budget.waiting.add(this);
     if (over) this.flowPaused = true;

@@ -1,11 +1,11 @@
 import { createHash, randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
-import { Unpackr } from 'msgpackr';
 import { ERRORS, errorBody, SeqgateError, type ErrorCode, type ErrorSpec } from '../errors.js';
 import { CanonicalError, canonicalEncode, FINGERPRINT_BYTES } from '../protocol/canonical.js';
 import { decodeFrame, encodeMessage, ENVELOPE_DEPTH, type WireFormat } from '../protocol/codec.js';
 import { forbiddenResult, nameProblem, parsePut, wireResult, type Limits, type WireResult } from '../protocol/messages.js';
+import { stateJsonText } from '../protocol/state-json.js';
 import type { DocResult, Store } from '../store/store.js';
 import { bearerToken, mayReadDocument, mayReadStream, mayWrite, type Authenticator, type Principal } from './auth.js';
 import type { Committer } from './committer.js';
@@ -39,7 +39,6 @@ export interface HttpContext {
 
 const CREATE_SCOPE = 'POST /v1/docs';
 const IDEMPOTENCY_KEY = /^[\x20-\x7e]{1,255}$/;
-const stateReader = new Unpackr({ useRecords: false, mapsAsObjects: false, int64AsType: 'auto' as 'bigint' });
 
 class HttpError extends Error {
   constructor(
@@ -140,9 +139,17 @@ export function createHttpHandler(ctx: HttpContext): (req: IncomingMessage, res:
     }
     inFlightKeys.add(slot);
     try {
-      const [r] = await ctx.committer.submit([{
-        op: 'create', tenant: principal.tenant, scope: CREATE_SCOPE, idempotencyKey, fingerprint, key, state,
-      }]);
+      const [r] = await ctx.committer.submit([
+        {
+          op: 'create',
+          tenant: principal.tenant,
+          scope: CREATE_SCOPE,
+          idempotencyKey,
+          fingerprint,
+          key,
+          state,
+        },
+      ]);
       return docReply(r as DocResult);
     } finally {
       inFlightKeys.delete(slot);
@@ -157,7 +164,7 @@ export function createHttpHandler(ctx: HttpContext): (req: IncomingMessage, res:
     }
     const headers = { etag: `"${doc.version}"`, 'seqgate-version': String(doc.version) };
     if (format === 'msgpack') return { status: 200, body: null, headers, raw: { bytes: doc.state, contentType: 'application/msgpack' } };
-    const json = stateToJson(stateReader.unpack(doc.state));
+    const json = stateJsonText(doc.state);
     if (json === undefined) {
       throw new HttpError('NOT_ACCEPTABLE', 'JSON cannot carry this state (binary, NaN or infinity, or integer map keys): ask for application/msgpack');
     }
@@ -169,7 +176,7 @@ export function createHttpHandler(ctx: HttpContext): (req: IncomingMessage, res:
   const readBody = async (req: IncomingMessage): Promise<unknown> => {
     requestFormat(req);
     let mine = held.get(req);
-    if (mine === undefined) held.set(req, mine = { bytes: 0 });
+    if (mine === undefined) held.set(req, (mine = { bytes: 0 }));
     return decodeBody(req, await collectBody(req, ctx.limits, ctx.bodies, ctx.bodyIdleTimeoutMs, mine), ctx.limits);
   };
 
@@ -331,7 +338,11 @@ function decodeBody(req: IncomingMessage, bytes: Buffer, limits: Limits): unknow
 
 function canonicalState(value: unknown, limits: Limits): Buffer {
   try {
-    return canonicalEncode(value, { maxBytes: limits.maxStateBytes, maxDepth: limits.maxStateDepth, bytesLimitName: 'maxStateBytes', depthLimitName: 'maxStateDepth' }, 'state');
+    return canonicalEncode(
+      value,
+      { maxBytes: limits.maxStateBytes, maxDepth: limits.maxStateDepth, bytesLimitName: 'maxStateBytes', depthLimitName: 'maxStateDepth' },
+      'state',
+    );
   } catch (err) {
     if (err instanceof CanonicalError) {
       const code = err.kind === 'limit' ? 'PAYLOAD_TOO_LARGE' : 'INVALID_BODY';
@@ -360,7 +371,10 @@ function docReply(r: DocResult): Reply {
     case 'written':
       return { status: 200, body: { key: r.key, version: r.version, deleted: r.deleted, changed: r.changed }, headers: { etag: `"${r.version}"` } };
     case 'precondition_failed':
-      throw new HttpError('PRECONDITION_FAILED', `document is at version ${r.version}${r.deleted ? ' (deleted)' : ''}`, { version: r.version, deleted: r.deleted });
+      throw new HttpError('PRECONDITION_FAILED', `document is at version ${r.version}${r.deleted ? ' (deleted)' : ''}`, {
+        version: r.version,
+        deleted: r.deleted,
+      });
     case 'created':
       return {
         status: 201,
@@ -414,31 +428,4 @@ function send(res: ServerResponse, reply: Reply, format: WireFormat): void {
   }
   res.writeHead(reply.status, { 'content-type': contentType, 'cache-control': 'no-store', ...reply.headers });
   res.end(bytes);
-}
-
-/**
- * JSON text of a stored state; integers beyond 2^53 keep their digits. Undefined when JSON cannot
- * carry the state faithfully (binary, NaN or infinities, integer map keys): never altered silently.
- */
-function stateToJson(value: unknown): string | undefined {
-  if (typeof value === 'number' && !Number.isFinite(value)) return undefined;
-  if (value === null || typeof value === 'boolean' || typeof value === 'number' || typeof value === 'string') {
-    return JSON.stringify(value);
-  }
-  if (typeof value === 'bigint') return value.toString();
-  if (value instanceof Uint8Array) return undefined;
-  if (Array.isArray(value)) {
-    const items = value.map(stateToJson);
-    return items.includes(undefined) ? undefined : `[${items.join(',')}]`;
-  }
-  if (value instanceof Map) {
-    const out: string[] = [];
-    for (const [k, v] of value) {
-      const text = stateToJson(v);
-      if (text === undefined || typeof k !== 'string') return undefined;
-      out.push(`${JSON.stringify(k)}:${text}`);
-    }
-    return `{${out.join(',')}}`;
-  }
-  return JSON.stringify(value);
 }

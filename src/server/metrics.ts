@@ -41,15 +41,33 @@ export class Metrics {
       buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1],
       registers,
     });
-    this.prunedAcks = new Counter({ name: 'seqgate_pruned_acks_total', help: 'Acks deleted by the background pruner for age; evictions by the per-stream cap are not counted.', registers });
+    this.prunedAcks = new Counter({
+      name: 'seqgate_pruned_acks_total',
+      help: 'Acks deleted by the background pruner for age; evictions by the per-stream cap are not counted.',
+      registers,
+    });
     this.httpRequests = new Counter({
       name: 'seqgate_http_requests_total',
       help: 'HTTP API requests by route and status.',
       labelNames: ['route', 'status'],
       registers,
     });
-    new Gauge({ name: 'seqgate_connections', help: 'Open WebSocket connections.', registers, collect() { this.set(sources.connections()); } });
-    new Gauge({ name: 'seqgate_puts_in_flight', help: 'Writes received and not yet committed.', registers, collect() { this.set(sources.putsInFlight()); } });
+    new Gauge({
+      name: 'seqgate_connections',
+      help: 'Open WebSocket connections.',
+      registers,
+      collect() {
+        this.set(sources.connections());
+      },
+    });
+    new Gauge({
+      name: 'seqgate_puts_in_flight',
+      help: 'Writes received and not yet committed.',
+      registers,
+      collect() {
+        this.set(sources.putsInFlight());
+      },
+    });
   }
 
   observeBatch(info: BatchInfo): void {

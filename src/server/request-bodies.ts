@@ -20,7 +20,10 @@ export class RequestBodies {
   private held = 0;
   readonly maxBytes: number;
 
-  constructor(private readonly budget: SharedBudget, share = 0.5) {
+  constructor(
+    private readonly budget: SharedBudget,
+    share = 0.5,
+  ) {
     this.maxBytes = Math.floor(budget.maxBytes * share);
   }
 

@@ -61,7 +61,10 @@ interface Active {
 export class Subscriptions {
   private readonly active = new Map<string, Active>();
 
-  constructor(private readonly ctx: SubscriptionContext, private readonly host: SubscriptionHost) {}
+  constructor(
+    private readonly ctx: SubscriptionContext,
+    private readonly host: SubscriptionHost,
+  ) {}
 
   get count(): number {
     return this.active.size;
@@ -113,10 +116,7 @@ export class Subscriptions {
     this.active.clear();
   }
 
-  private async run(
-    sub: Active, tenant: string, prefixes: readonly string[],
-    requested: NonNullable<ReturnType<typeof parseOffset>>,
-  ): Promise<void> {
+  private async run(sub: Active, tenant: string, prefixes: readonly string[], requested: NonNullable<ReturnType<typeof parseOffset>>): Promise<void> {
     const { store, feed } = this.ctx;
     const signal = sub.abort.signal;
     const offset = (n: number): string => formatOffset(n, store.incarnation);

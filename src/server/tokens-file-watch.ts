@@ -61,7 +61,10 @@ export class TokensFileWatch {
   start(): void {
     this.closed = false;
     this.ensureWatches();
-    this.pollTimer = setInterval(guarded(this.options.log, 'tokens file poll', () => this.poll()), this.options.pollMs);
+    this.pollTimer = setInterval(
+      guarded(this.options.log, 'tokens file poll', () => this.poll()),
+      this.options.pollMs,
+    );
     this.pollTimer.unref();
   }
 
@@ -109,8 +112,10 @@ export class TokensFileWatch {
         }
         const now = identity(dir);
         if (now === undefined || now.dev !== w.dev || now.ino !== w.ino) {
-          this.options.log.warn({ dir, tokensFile: this.path, reason: now === undefined ? 'removed' : 'replaced' },
-            'tokens file watch lost its folder; re-establishing it');
+          this.options.log.warn(
+            { dir, tokensFile: this.path, reason: now === undefined ? 'removed' : 'replaced' },
+            'tokens file watch lost its folder; re-establishing it',
+          );
           this.reported.set(dir, 'lost');
           this.unwatch(w);
         }
@@ -133,26 +138,35 @@ export class TokensFileWatch {
   private watchFolder(dir: string): void {
     const id = identity(dir);
     if (id === undefined) {
-      this.report(dir, 'missing', () => this.options.log.warn({ dir, tokensFile: this.path },
-        'tokens file folder is missing; polling until it is back (the previous tokens stay in force)'));
+      this.report(dir, 'missing', () =>
+        this.options.log.warn({ dir, tokensFile: this.path }, 'tokens file folder is missing; polling until it is back (the previous tokens stay in force)'),
+      );
       return;
     }
     let watcher: FSWatcher;
     try {
-      watcher = watch(dir, { persistent: false }, guarded(this.options.log, 'tokens file watch event', () => this.scheduleCheck()));
+      watcher = watch(
+        dir,
+        { persistent: false },
+        guarded(this.options.log, 'tokens file watch event', () => this.scheduleCheck()),
+      );
     } catch (err) {
-      this.report(dir, `watch failed: ${(err as Error).message}`, () => this.options.log.warn({ err, dir },
-        `cannot watch the tokens file folder; changes are noticed by polling every ${this.options.pollMs} ms`));
+      this.report(dir, `watch failed: ${(err as Error).message}`, () =>
+        this.options.log.warn({ err, dir }, `cannot watch the tokens file folder; changes are noticed by polling every ${this.options.pollMs} ms`),
+      );
       return;
     }
     const w: Watched = { dir, ...id, watcher };
     // Without a listener an 'error' event (the folder vanished, too many watches) would end the process.
-    watcher.on('error', guarded(this.options.log, 'tokens file watch error handler', (err: Error) => {
-      this.options.log.warn({ err, dir }, 'tokens file watch failed; re-establishing it');
-      this.reported.set(dir, 'lost');
-      if (this.watched.get(dir) === w) this.unwatch(w);
-      this.scheduleCheck();
-    }));
+    watcher.on(
+      'error',
+      guarded(this.options.log, 'tokens file watch error handler', (err: Error) => {
+        this.options.log.warn({ err, dir }, 'tokens file watch failed; re-establishing it');
+        this.reported.set(dir, 'lost');
+        if (this.watched.get(dir) === w) this.unwatch(w);
+        this.scheduleCheck();
+      }),
+    );
     this.watched.set(dir, w);
     if (this.reported.delete(dir)) this.options.log.info({ dir }, 'tokens file watch re-established');
     // The file may have changed while no watch was open (at start: since it was first read).

@@ -46,9 +46,10 @@ const SHUTDOWN_CLOSE_GRACE_MS = 2000;
  */
 function refuseSocket(socket: Duplex, status: number, reason: string, error?: object, extraHeaders = ''): void {
   const body = error === undefined ? '' : JSON.stringify({ error });
-  const head = `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\n${extraHeaders}`
-    + (body === '' ? '' : 'Content-Type: application/json\r\n')
-    + `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n`;
+  const head =
+    `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\n${extraHeaders}` +
+    (body === '' ? '' : 'Content-Type: application/json\r\n') +
+    `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n`;
   socket.end(head + body, () => socket.destroy());
   // A peer that never reads would keep 'finish' from firing.
   setTimeout(() => socket.destroy(), REFUSED_SOCKET_GRACE_MS).unref();
@@ -95,56 +96,71 @@ export class SeqgateServer {
     if (!auth.enabled && !isLoopbackHost(config.host) && !config.allowInsecureOpen) {
       throw new ConfigError(
         `refusing to listen on ${config.host} without tokens: configure --tokens-file (or SEQGATE_TOKENS), ` +
-        'bind a loopback address, or set --allow-insecure-open',
+          'bind a loopback address, or set --allow-insecure-open',
       );
     }
     if (config.store === 'postgres' && config.databaseUrl === '') {
       throw new ConfigError('--store postgres needs --database-url (or SEQGATE_DATABASE_URL, or DATABASE_URL)');
     }
-    const store = options.store ?? (config.store === 'postgres' ? await PostgresStore.open({
-      connectionString: config.databaseUrl,
-      contiguous: config.contiguous,
-      ackCapPerStream: config.ackCapPerStream,
-      ackCapSlack: config.ackCapSlack,
-      poolSize: config.pgPoolSize,
-      changeLog: config.changefeed,
-      onEvent: (e) => {
-        if (e.kind === 'retry') log.debug({ err: e.cause, attempt: e.attempt }, 'batch decided again after a lock or connection failure');
-        else if (e.kind === 'outcome-unknown') log.warn({ err: e.cause, txid: e.txid }, 'connection lost after COMMIT was sent; resolving the outcome');
-        else log.info({ txid: e.txid, status: e.status }, 'outcome of a batch resolved');
-      },
-    }) : new SqliteStore({
-      path: config.dbPath,
-      synchronous: config.synchronous,
-      contiguous: config.contiguous,
-      ackCapPerStream: config.ackCapPerStream,
-      ackCapSlack: config.ackCapSlack,
-      walCheckpoint: config.walCheckpoint,
-      maxWalBytes: config.maxWalBytes,
-      onCheckpointError: (err) => log.warn({ err }, 'WAL checkpoint failed; the next one retries'),
-      startupCheck: config.startupCheck,
-      maxPages: config.maxDbPages,
-      changeLog: config.changefeed,
-      onFileLost: (lost) => {
-        if (lost !== undefined) log.error({ err: lost, path: lost.path }, 'database file removed or replaced while open; refusing every write until restart');
-        else log.warn({ db: config.dbPath }, 'database files are back at their paths; accepting writes again');
-      },
-    }));
+    const store =
+      options.store ??
+      (config.store === 'postgres'
+        ? await PostgresStore.open({
+            connectionString: config.databaseUrl,
+            contiguous: config.contiguous,
+            ackCapPerStream: config.ackCapPerStream,
+            ackCapSlack: config.ackCapSlack,
+            poolSize: config.pgPoolSize,
+            changeLog: config.changefeed,
+            onEvent: (e) => {
+              if (e.kind === 'retry') log.debug({ err: e.cause, attempt: e.attempt }, 'batch decided again after a lock or connection failure');
+              else if (e.kind === 'outcome-unknown') log.warn({ err: e.cause, txid: e.txid }, 'connection lost after COMMIT was sent; resolving the outcome');
+              else log.info({ txid: e.txid, status: e.status }, 'outcome of a batch resolved');
+            },
+          })
+        : new SqliteStore({
+            path: config.dbPath,
+            synchronous: config.synchronous,
+            contiguous: config.contiguous,
+            ackCapPerStream: config.ackCapPerStream,
+            ackCapSlack: config.ackCapSlack,
+            walCheckpoint: config.walCheckpoint,
+            maxWalBytes: config.maxWalBytes,
+            onCheckpointError: (err) => log.warn({ err }, 'WAL checkpoint failed; the next one retries'),
+            startupCheck: config.startupCheck,
+            maxPages: config.maxDbPages,
+            changeLog: config.changefeed,
+            onFileLost: (lost) => {
+              if (lost !== undefined)
+                log.error({ err: lost, path: lost.path }, 'database file removed or replaced while open; refusing every write until restart');
+              else log.warn({ db: config.dbPath }, 'database files are back at their paths; accepting writes again');
+            },
+          }));
     let committer: Committer | undefined;
     const metrics = new Metrics({ connections: () => server.connectionCount, putsInFlight: () => committer?.inFlight ?? 0 });
     const changefeed = new Changefeed(store, config, auth, log);
-    committer = new Committer(store, config.maxBatchPuts, guarded(log, 'batch observer', (info: BatchInfo) => {
-      changefeed.committed();
-      metrics.observeBatch(info);
-      options.onBatch?.(info);
-    }), log, config.batchWaitMs);
-    const pruner = new Pruner(store, {
-      retentionMs: config.ackRetentionSeconds * 1000,
-      idempotencyRetentionMs: config.idempotencyRetentionSeconds * 1000,
-      intervalMs: config.pruneIntervalMs,
-      batchRows: config.pruneBatchRows,
-      onPruned: (n) => metrics.prunedAcks.inc(n),
-    }, log);
+    committer = new Committer(
+      store,
+      config.maxBatchPuts,
+      guarded(log, 'batch observer', (info: BatchInfo) => {
+        changefeed.committed();
+        metrics.observeBatch(info);
+        options.onBatch?.(info);
+      }),
+      log,
+      config.batchWaitMs,
+    );
+    const pruner = new Pruner(
+      store,
+      {
+        retentionMs: config.ackRetentionSeconds * 1000,
+        idempotencyRetentionMs: config.idempotencyRetentionSeconds * 1000,
+        intervalMs: config.pruneIntervalMs,
+        batchRows: config.pruneBatchRows,
+        onPruned: (n) => metrics.prunedAcks.inc(n),
+      },
+      log,
+    );
 
     if (config.httpHeadersTimeoutMs > config.httpRequestTimeoutMs) {
       throw new ConfigError(`httpHeadersTimeoutMs (${config.httpHeadersTimeoutMs}) must not exceed httpRequestTimeoutMs (${config.httpRequestTimeoutMs})`);
@@ -184,11 +200,18 @@ export class SeqgateServer {
     pruner.start();
     changefeed.start();
     server.watchTokens();
-    log.info({
-      url: server.url, store: config.store, db: config.store === 'postgres' ? withoutPassword(config.databaseUrl) : config.dbPath,
-      synchronous: config.synchronous, contiguous: config.contiguous,
-      incarnation: store.incarnation, auth: auth.enabled ? 'tokens' : 'open',
-    }, 'seqgate listening');
+    log.info(
+      {
+        url: server.url,
+        store: config.store,
+        db: config.store === 'postgres' ? withoutPassword(config.databaseUrl) : config.dbPath,
+        synchronous: config.synchronous,
+        contiguous: config.contiguous,
+        incarnation: store.incarnation,
+        auth: auth.enabled ? 'tokens' : 'open',
+      },
+      'seqgate listening',
+    );
     return server;
   }
 
@@ -272,40 +295,56 @@ export class SeqgateServer {
         return;
       }
       if (token === undefined && this.auth.enabled) principal = undefined;
-      this.wss.handleUpgrade(req, socket, head, guarded(this.log, 'WebSocket accept', (ws: WebSocket) => {
-        // Connections that have not authenticated never keep out one that has a token: the
-        // oldest of them makes room, and they have a smaller cap of their own.
-        if (this.connections.size >= this.config.maxConnections) this.evictOldestUnauthenticated();
-        if (principal === undefined && this.unauthenticated.size >= this.config.maxUnauthenticatedConnections) this.evictOldestUnauthenticated();
-        if (this.connections.size >= this.config.maxConnections) {
-          ws.close(ERRORS.TOO_MANY_CONNECTIONS.closeCode, 'TOO_MANY_CONNECTIONS');
-          return;
-        }
-        const format = ws.protocol === SUBPROTOCOL_JSON ? 'json' : 'msgpack';
-        const conn = new Connection(ws, socket as Socket, format, context, principal);
-        this.connections.add(conn);
-        if (principal === undefined) this.unauthenticated.add(conn);
-      }, (_err, ws) => ws.terminate()));
+      this.wss.handleUpgrade(
+        req,
+        socket,
+        head,
+        guarded(
+          this.log,
+          'WebSocket accept',
+          (ws: WebSocket) => {
+            // Connections that have not authenticated never keep out one that has a token: the
+            // oldest of them makes room, and they have a smaller cap of their own.
+            if (this.connections.size >= this.config.maxConnections) this.evictOldestUnauthenticated();
+            if (principal === undefined && this.unauthenticated.size >= this.config.maxUnauthenticatedConnections) this.evictOldestUnauthenticated();
+            if (this.connections.size >= this.config.maxConnections) {
+              ws.close(ERRORS.TOO_MANY_CONNECTIONS.closeCode, 'TOO_MANY_CONNECTIONS');
+              return;
+            }
+            const format = ws.protocol === SUBPROTOCOL_JSON ? 'json' : 'msgpack';
+            const conn = new Connection(ws, socket as Socket, format, context, principal);
+            this.connections.add(conn);
+            if (principal === undefined) this.unauthenticated.add(conn);
+          },
+          (_err, ws) => ws.terminate(),
+        ),
+      );
     };
-    this.http.on('upgrade', guarded(this.log, 'WebSocket upgrade', upgrade, (_err, _req, socket) => {
-      // Nothing written yet: the client gets a status. After a 101 only cutting the connection is honest.
-      if (!socket.destroyed && (socket as Partial<Socket>).bytesWritten === 0) refuseSocket(socket, 500, 'Internal Server Error', INTERNAL_ERROR);
-      else socket.destroy();
-    }));
+    this.http.on(
+      'upgrade',
+      guarded(this.log, 'WebSocket upgrade', upgrade, (_err, _req, socket) => {
+        // Nothing written yet: the client gets a status. After a 101 only cutting the connection is honest.
+        if (!socket.destroyed && (socket as Partial<Socket>).bytesWritten === 0) refuseSocket(socket, 500, 'Internal Server Error', INTERNAL_ERROR);
+        else socket.destroy();
+      }),
+    );
 
     // One timer for every connection: each sweep pings, and drops whoever missed the last ping.
-    this.sweepTimer = setInterval(guarded(this.log, 'heartbeat sweep', () => {
-      for (const conn of this.connections) {
-        if (conn.isPaused) continue;
-        if (!conn.alive) {
-          this.log.debug('dropping connection that missed a heartbeat');
-          conn.ws.terminate();
-          continue;
+    this.sweepTimer = setInterval(
+      guarded(this.log, 'heartbeat sweep', () => {
+        for (const conn of this.connections) {
+          if (conn.isPaused) continue;
+          if (!conn.alive) {
+            this.log.debug('dropping connection that missed a heartbeat');
+            conn.ws.terminate();
+            continue;
+          }
+          conn.alive = false;
+          conn.ws.ping();
         }
-        conn.alive = false;
-        conn.ws.ping();
-      }
-    }), this.config.heartbeatIntervalMs);
+      }),
+      this.config.heartbeatIntervalMs,
+    );
   }
 
   /**
@@ -316,28 +355,43 @@ export class SeqgateServer {
     // A flood must not turn into a flood of log lines: one warning per second at most, with a count.
     let refused = 0;
     let lastWarning = -Infinity;
-    this.http.on('connection', guarded(this.log, 'HTTP connection', (socket: Socket) => {
-      if (this.httpSockets.size >= this.config.maxHttpConnections) {
-        refused++;
-        if (performance.now() - lastWarning >= 1000) {
-          lastWarning = performance.now();
-          this.log.warn({ refused, max: this.config.maxHttpConnections }, 'refused HTTP connections: maxHttpConnections reached');
-          refused = 0;
+    this.http.on(
+      'connection',
+      guarded(this.log, 'HTTP connection', (socket: Socket) => {
+        if (this.httpSockets.size >= this.config.maxHttpConnections) {
+          refused++;
+          if (performance.now() - lastWarning >= 1000) {
+            lastWarning = performance.now();
+            this.log.warn({ refused, max: this.config.maxHttpConnections }, 'refused HTTP connections: maxHttpConnections reached');
+            refused = 0;
+          }
+          refuseSocket(
+            socket,
+            503,
+            'Service Unavailable',
+            errorBody('TOO_MANY_CONNECTIONS', 'the server holds maxHttpConnections HTTP connections already'),
+            'Retry-After: 1\r\n',
+          );
+          return;
         }
-        refuseSocket(
-          socket, 503, 'Service Unavailable',
-          errorBody('TOO_MANY_CONNECTIONS', 'the server holds maxHttpConnections HTTP connections already'), 'Retry-After: 1\r\n',
-        );
-        return;
-      }
-      this.httpSockets.add(socket);
-      socket.once('close', () => this.httpSockets.delete(socket));
-    }));
-    this.http.on('request', createHttpHandler({
-      store: this.store, committer: this.committer, limits: this.limits, auth: this.auth, metrics: this.metrics, log: this.log,
-      bodies: new RequestBodies(budget), bodyIdleTimeoutMs: this.config.httpBodyIdleTimeoutMs,
-      changes: this.changefeed.http,
-    }));
+        this.httpSockets.add(socket);
+        socket.once('close', () => this.httpSockets.delete(socket));
+      }),
+    );
+    this.http.on(
+      'request',
+      createHttpHandler({
+        store: this.store,
+        committer: this.committer,
+        limits: this.limits,
+        auth: this.auth,
+        metrics: this.metrics,
+        log: this.log,
+        bodies: new RequestBodies(budget),
+        bodyIdleTimeoutMs: this.config.httpBodyIdleTimeoutMs,
+        changes: this.changefeed.http,
+      }),
+    );
   }
 
   /** Open HTTP connections (not counting WebSockets). */
@@ -434,10 +488,13 @@ export class SeqgateServer {
       while ([...this.connections].some((c) => !c.settled) && Date.now() < deadline) {
         await new Promise((resolve) => setTimeout(resolve, SHUTDOWN_POLL_MS));
       }
-      const closed = [...this.connections].map((conn) => new Promise<void>((resolve) => {
-        conn.ws.once('close', () => resolve());
-        conn.close(ERRORS.GOING_AWAY.closeCode, 'GOING_AWAY');
-      }));
+      const closed = [...this.connections].map(
+        (conn) =>
+          new Promise<void>((resolve) => {
+            conn.ws.once('close', () => resolve());
+            conn.close(ERRORS.GOING_AWAY.closeCode, 'GOING_AWAY');
+          }),
+      );
       await Promise.race([Promise.all(closed), new Promise((resolve) => setTimeout(resolve, SHUTDOWN_CLOSE_GRACE_MS))]);
       for (const conn of this.connections) conn.ws.terminate();
       this.wss.close();

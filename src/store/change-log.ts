@@ -13,9 +13,7 @@ import type { WriteOrigin } from '../batch-gate.js';
  */
 
 /** Where a change came from: a put by sequence, or an HTTP document route. */
-export type ChangeOrigin =
-  | { readonly stream: string; readonly epoch: number; readonly seq: number }
-  | { readonly route: string };
+export type ChangeOrigin = { readonly stream: string; readonly epoch: number; readonly seq: number } | { readonly route: string };
 
 export interface Change {
   readonly offset: number;

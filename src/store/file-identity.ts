@@ -21,9 +21,11 @@ export class FileLostError extends Error {
     readonly path: string,
     readonly reason: 'removed' | 'replaced',
   ) {
-    super(reason === 'removed'
-      ? `${path} was removed while open: writes would go to a file no one will read again; restart the server`
-      : `${path} was replaced while open: writes would go to the old file; restart the server`);
+    super(
+      reason === 'removed'
+        ? `${path} was removed while open: writes would go to a file no one will read again; restart the server`
+        : `${path} was replaced while open: writes would go to the old file; restart the server`,
+    );
   }
 }
 

@@ -250,10 +250,13 @@ ${BEGIN_BATCH_V1}
   // it back to the cap, and never more than slack + 1 per put.
   `
   DROP FUNCTION seqgate.begin_batch(json, bigint);
-  ${BEGIN_BATCH_V1
-    .replace('CREATE FUNCTION seqgate.begin_batch(b json, cap bigint)', 'CREATE FUNCTION seqgate.begin_batch(b json, cap bigint, slack bigint)')
-    .replace('LIMIT CASE WHEN s.ack_count + x.c > cap THEN x.c ELSE 0 END) o;',
-      'LIMIT CASE WHEN s.ack_count + x.c > cap + slack THEN least(s.ack_count + x.c - cap, x.c * (slack + 1)) ELSE 0 END) o;')}
+  ${BEGIN_BATCH_V1.replace(
+    'CREATE FUNCTION seqgate.begin_batch(b json, cap bigint)',
+    'CREATE FUNCTION seqgate.begin_batch(b json, cap bigint, slack bigint)',
+  ).replace(
+    'LIMIT CASE WHEN s.ack_count + x.c > cap THEN x.c ELSE 0 END) o;',
+    'LIMIT CASE WHEN s.ack_count + x.c > cap + slack THEN least(s.ack_count + x.c - cap, x.c * (slack + 1)) ELSE 0 END) o;',
+  )}
   `,
 ];
 
@@ -283,9 +286,7 @@ export async function migratePostgres(client: pg.ClientBase): Promise<number> {
     // The row lock serialises every server's migration: the others wait here, then see the new version.
     const found = Number((await client.query<{ version: number }>('SELECT version FROM seqgate.schema_version WHERE id = 1 FOR UPDATE')).rows[0]!.version);
     if (found > PG_SCHEMA_VERSION) {
-      throw new DatabaseUnusableError(
-        `database schema version ${found} is newer than this seqgate understands (${PG_SCHEMA_VERSION}); refusing to open it`,
-      );
+      throw new DatabaseUnusableError(`database schema version ${found} is newer than this seqgate understands (${PG_SCHEMA_VERSION}); refusing to open it`);
     }
     for (let v = found; v < PG_SCHEMA_VERSION; v++) await client.query(MIGRATIONS[v]!);
     if (found < PG_SCHEMA_VERSION) await client.query('UPDATE seqgate.schema_version SET version = $1 WHERE id = 1', [PG_SCHEMA_VERSION]);

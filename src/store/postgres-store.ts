@@ -6,13 +6,8 @@ import type { DocumentRow, IdempotencyRecord } from '../document-gate.js';
 import { storageUnavailable, type StoredAck } from '../gate.js';
 import { comparePositions, planPrune, type Position } from '../retention.js';
 import { migratePostgres } from './postgres-schema.js';
-import {
-  changeOrigin, planTrim, type Change, type ChangePage, type ChangeQuery, type ChangeRetention, type Snapshot,
-} from './change-log.js';
-import {
-  isDocWrite, type Ack, type DocResult, type Put, type PutResult, type Store, type StoredDocument, type StreamHead,
-  type Write,
-} from './store.js';
+import { changeOrigin, planTrim, type Change, type ChangePage, type ChangeQuery, type ChangeRetention, type Snapshot } from './change-log.js';
+import { isDocWrite, type Ack, type DocResult, type Put, type PutResult, type Store, type StoredDocument, type StreamHead, type Write } from './store.js';
 import { processClock } from './retention-clock.js';
 
 /**
@@ -87,9 +82,21 @@ function backoff(attempt: number, capMs: number): number {
 }
 
 interface BatchRow {
-  kind: number; id: number | null; tenant: string | null; name: string | null; epoch: number | null; seq: number | null;
-  n1: number | null; n2: number | null; flag: boolean | null; state: Buffer | null; fingerprint: Buffer | null;
-  outcome: number | null; akey: string | null; if_version: number | null; scope: string | null;
+  kind: number;
+  id: number | null;
+  tenant: string | null;
+  name: string | null;
+  epoch: number | null;
+  seq: number | null;
+  n1: number | null;
+  n2: number | null;
+  flag: boolean | null;
+  state: Buffer | null;
+  fingerprint: Buffer | null;
+  outcome: number | null;
+  akey: string | null;
+  if_version: number | null;
+  scope: string | null;
 }
 
 class Unknown extends Error {}
@@ -115,8 +122,11 @@ export class PostgresStore implements Store {
   /** Connects, migrates (serialised across servers by a row lock) and reads the incarnation. */
   static async open(options: PostgresStoreOptions): Promise<PostgresStore> {
     const pool = new pg.Pool({
-      connectionString: options.connectionString, max: options.poolSize ?? 4, types: TYPES,
-      application_name: 'seqgate', idleTimeoutMillis: 30_000,
+      connectionString: options.connectionString,
+      max: options.poolSize ?? 4,
+      types: TYPES,
+      application_name: 'seqgate',
+      idleTimeoutMillis: 30_000,
     });
     // An idle connection that dies (database restart) must not take the process with it.
     pool.on('error', () => undefined);
@@ -139,7 +149,9 @@ export class PostgresStore implements Store {
   private async connection(): Promise<pg.Client> {
     if (this.batchClient !== undefined) return this.batchClient;
     const client = new pg.Client({
-      connectionString: this.options.connectionString, types: TYPES, application_name: 'seqgate',
+      connectionString: this.options.connectionString,
+      types: TYPES,
+      application_name: 'seqgate',
       // A server that stalls mid-batch must not hold its row locks for ever.
       idle_in_transaction_session_timeout: 60_000,
     });
@@ -176,7 +188,9 @@ export class PostgresStore implements Store {
     const client = await this.connection();
     let rows: BatchRow[];
     try {
-      const res = (await client.query(`BEGIN; SELECT * FROM seqgate.begin_batch(${pg.escapeLiteral(JSON.stringify(lockRequest(batch)))}::json, ${this.options.ackCapPerStream}, ${this.options.ackCapSlack ?? 0})`)) as unknown as pg.QueryResult[];
+      const res = (await client.query(
+        `BEGIN; SELECT * FROM seqgate.begin_batch(${pg.escapeLiteral(JSON.stringify(lockRequest(batch)))}::json, ${this.options.ackCapPerStream}, ${this.options.ackCapSlack ?? 0})`,
+      )) as unknown as pg.QueryResult[];
       rows = res[1]!.rows as BatchRow[];
     } catch (err) {
       await this.rollback(client, err);
@@ -188,7 +202,10 @@ export class PostgresStore implements Store {
       const loaded = readerOver(rows);
       txid = loaded.txid;
       plan = planBatch(batch, loaded.reader, {
-        contiguous: this.options.contiguous, ackCapPerStream: this.options.ackCapPerStream, ackCapSlack: this.options.ackCapSlack ?? 0, now: this.now(),
+        contiguous: this.options.contiguous,
+        ackCapPerStream: this.options.ackCapPerStream,
+        ackCapSlack: this.options.ackCapSlack ?? 0,
+        now: this.now(),
       });
       reach('before-commit');
     } catch (err) {
@@ -253,7 +270,8 @@ export class PostgresStore implements Store {
   async heads(tenant: string, streams: readonly string[]): Promise<StreamHead[]> {
     const { rows } = await this.pool.query<{ name: string; epoch: number; seq: number; pruned_through: number }>(
       'SELECT name, epoch, seq, pruned_through FROM seqgate.streams WHERE tenant = $1 AND name = ANY($2::text[])',
-      [tenant, streams]);
+      [tenant, streams],
+    );
     const byName = new Map(rows.map((r) => [r.name, r]));
     return streams.map((stream) => {
       const r = byName.get(stream);
@@ -264,7 +282,8 @@ export class PostgresStore implements Store {
   async document(tenant: string, key: string): Promise<StoredDocument | undefined> {
     const { rows } = await this.pool.query<{ version: number; deleted: boolean; state: Buffer | null; updated_at: number }>(
       'SELECT version, deleted, state, updated_at FROM seqgate.documents WHERE tenant = $1 AND key = $2 AND version > 0',
-      [tenant, key]);
+      [tenant, key],
+    );
     const r = rows[0];
     return r && { key, version: r.version, deleted: r.deleted, state: r.state, updatedAt: r.updated_at };
   }
@@ -283,15 +302,24 @@ export class PostgresStore implements Store {
     const client = await this.pool.connect();
     try {
       await client.query('BEGIN');
-      const candidates = (await client.query<{ stream_id: number; epoch: number; seq: number; committed_at: number }>(
-        `SELECT stream_id, epoch, seq, committed_at FROM seqgate.acks
+      const candidates = (
+        await client.query<{ stream_id: number; epoch: number; seq: number; committed_at: number }>(
+          `SELECT stream_id, epoch, seq, committed_at FROM seqgate.acks
           WHERE committed_at < $1 AND (committed_at, stream_id, epoch, seq) > ($2, $3, $4, $5)
           ORDER BY committed_at, stream_id, epoch, seq LIMIT $6`,
-        [olderThan, ...this.pruneCursor, maxRows])).rows;
+          [olderThan, ...this.pruneCursor, maxRows],
+        )
+      ).rows;
       const ids = [...new Set(candidates.map((c) => c.stream_id))];
-      const heads = new Map((await client.query<{ id: number; epoch: number; seq: number; pruned_through: number }>(
-        `SELECT id, epoch, seq, pruned_through FROM seqgate.streams WHERE id = ANY($1::bigint[])
-          ORDER BY tenant COLLATE "C", name COLLATE "C" FOR UPDATE`, [ids])).rows.map((h) => [h.id, h]));
+      const heads = new Map(
+        (
+          await client.query<{ id: number; epoch: number; seq: number; pruned_through: number }>(
+            `SELECT id, epoch, seq, pruned_through FROM seqgate.streams WHERE id = ANY($1::bigint[])
+          ORDER BY tenant COLLATE "C", name COLLATE "C" FOR UPDATE`,
+            [ids],
+          )
+        ).rows.map((h) => [h.id, h]),
+      );
       const withHead = (r: { stream_id: number; epoch: number; seq: number }) => {
         const h = heads.get(r.stream_id)!;
         return { streamId: r.stream_id, epoch: r.epoch, seq: r.seq, head: { epoch: h.epoch, seq: h.seq, prunedThrough: h.pruned_through } };
@@ -299,17 +327,21 @@ export class PostgresStore implements Store {
       const plan = planPrune(candidates.filter((c) => heads.has(c.stream_id)).map(withHead));
       let pruned = 0;
       if (plan.deletes.length > 0) {
-        const deleted = (await client.query<{ stream_id: number; epoch: number; seq: number }>(
-          `DELETE FROM seqgate.acks a USING unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS x(i, e, q)
+        const deleted = (
+          await client.query<{ stream_id: number; epoch: number; seq: number }>(
+            `DELETE FROM seqgate.acks a USING unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS x(i, e, q)
             WHERE a.stream_id = x.i AND a.epoch = x.e AND a.seq = x.q RETURNING a.stream_id, a.epoch, a.seq`,
-          [plan.deletes.map((d) => d.streamId), plan.deletes.map((d) => d.epoch), plan.deletes.map((d) => d.seq)])).rows;
+            [plan.deletes.map((d) => d.streamId), plan.deletes.map((d) => d.epoch), plan.deletes.map((d) => d.seq)],
+          )
+        ).rows;
         // Another server, or the cap, may have removed some first: count what this step removed.
         const done = planPrune(deleted.map(withHead));
         if (done.streams.length > 0) {
           await client.query(
             `UPDATE seqgate.streams s SET ack_count = s.ack_count - x.r, pruned_through = x.p
                FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS x(i, r, p) WHERE s.id = x.i`,
-            [done.streams.map((s) => s.streamId), done.streams.map((s) => s.removed), done.streams.map((s) => s.prunedThrough)]);
+            [done.streams.map((s) => s.streamId), done.streams.map((s) => s.removed), done.streams.map((s) => s.prunedThrough)],
+          );
         }
         pruned = done.deletes.length;
       }
@@ -332,7 +364,8 @@ export class PostgresStore implements Store {
       `DELETE FROM seqgate.idempotency WHERE (tenant, scope, key) IN (
          SELECT tenant, scope, key FROM seqgate.idempotency
           WHERE created_at < $1 AND fingerprint IS NOT NULL ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)`,
-      [olderThan, maxRows]);
+      [olderThan, maxRows],
+    );
     return res.rowCount ?? 0;
   }
 
@@ -350,7 +383,8 @@ export class PostgresStore implements Store {
               AND $2 >= l.trimmed_through AND EXISTS (SELECT 1 FROM unnest($4::text[]) p WHERE starts_with(c.key, p))
             ORDER BY c."offset" LIMIT $5) c ON true
         WHERE l.tenant = $1`,
-      [tenant, q.after, Math.max(1, q.maxScan), q.prefixes, Math.max(0, q.limit)]);
+      [tenant, q.after, Math.max(1, q.maxScan), q.prefixes, Math.max(0, q.limit)],
+    );
     const tail = rows[0]?.last_offset ?? 0;
     const trimmedThrough = rows[0]?.trimmed_through ?? 0;
     if (q.after < trimmedThrough) return { expired: true, changes: [], next: q.after, tail, trimmedThrough };
@@ -370,14 +404,18 @@ export class PostgresStore implements Store {
     const client = await this.pool.connect();
     try {
       await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
-      const offset = (await client.query<{ last_offset: number }>('SELECT last_offset FROM seqgate.change_logs WHERE tenant = $1', [tenant])).rows[0]?.last_offset ?? 0;
-      const docs = (await client.query<{ key: string; version: number; state: Buffer }>(
-        `SELECT key, version, state FROM seqgate.documents
+      const offset =
+        (await client.query<{ last_offset: number }>('SELECT last_offset FROM seqgate.change_logs WHERE tenant = $1', [tenant])).rows[0]?.last_offset ?? 0;
+      const docs = (
+        await client.query<{ key: string; version: number; state: Buffer }>(
+          `SELECT key, version, state FROM seqgate.documents
           WHERE tenant = $1 AND version > 0 AND NOT deleted AND state IS NOT NULL
             AND ($2::text IS NULL OR key COLLATE "C" > $2::text COLLATE "C")
             AND EXISTS (SELECT 1 FROM unnest($3::text[]) p WHERE starts_with(key, p))
           ORDER BY key COLLATE "C" LIMIT $4`,
-        [tenant, afterKey, prefixes, limit + 1])).rows;
+          [tenant, afterKey, prefixes, limit + 1],
+        )
+      ).rows;
       await client.query('COMMIT');
       const page = docs.slice(0, limit);
       return { offset, documents: page, nextKey: docs.length > limit ? page[page.length - 1]!.key : null };
@@ -404,15 +442,27 @@ export class PostgresStore implements Store {
       let reachedNewer: boolean;
       try {
         await client.query('BEGIN');
-        const last = (await client.query<{ last_offset: number }>('SELECT last_offset FROM seqgate.change_logs WHERE tenant = $1 FOR UPDATE', [tenant])).rows[0]?.last_offset ?? 0;
+        const last =
+          (await client.query<{ last_offset: number }>('SELECT last_offset FROM seqgate.change_logs WHERE tenant = $1 FOR UPDATE', [tenant])).rows[0]
+            ?.last_offset ?? 0;
         const cursor = this.changeTrimCursor.get(tenant) ?? 0;
         const want = budget;
-        const rows = (await client.query<{ offset: number; version: number; committed_at: number; current: number | null }>(
-          `SELECT c."offset", c.version, c.committed_at, d.version AS current FROM seqgate.changes c
+        const rows = (
+          await client.query<{ offset: number; version: number; committed_at: number; current: number | null }>(
+            `SELECT c."offset", c.version, c.committed_at, d.version AS current FROM seqgate.changes c
              LEFT JOIN seqgate.documents d ON d.tenant = c.tenant AND d.key = c.key
-            WHERE c.tenant = $1 AND c."offset" > $2 ORDER BY c."offset" LIMIT $3`, [tenant, cursor, want])).rows;
+            WHERE c.tenant = $1 AND c."offset" > $2 ORDER BY c."offset" LIMIT $3`,
+            [tenant, cursor, want],
+          )
+        ).rows;
         budget -= rows.length;
-        const plan = planTrim(rows.map((r) => ({ offset: r.offset, version: r.version, committedAt: r.committed_at, currentVersion: r.current ?? undefined })), policy, last, want, cursor);
+        const plan = planTrim(
+          rows.map((r) => ({ offset: r.offset, version: r.version, committedAt: r.committed_at, currentVersion: r.current ?? undefined })),
+          policy,
+          last,
+          want,
+          cursor,
+        );
         if (plan.remove.length > 0) {
           await client.query('DELETE FROM seqgate.changes WHERE tenant = $1 AND "offset" = ANY($2::bigint[])', [tenant, plan.remove]);
         }
@@ -521,7 +571,12 @@ function readerOver(rows: readonly BatchRow[]): { reader: BatchReader<number>; t
       if (r === undefined) return undefined;
       const ack: Ack = {
         outcome: r.outcome === OUTCOME_CODES.applied ? 'applied' : 'version_conflict',
-        stream: put.stream, epoch: put.epoch, seq: put.seq, key: r.akey!, version: r.n1!, deleted: r.flag!,
+        stream: put.stream,
+        epoch: put.epoch,
+        seq: put.seq,
+        key: r.akey!,
+        version: r.n1!,
+        deleted: r.flag!,
         ...(r.if_version !== null ? { ifVersion: r.if_version } : {}),
         committedAt: r.n2!,
       };
@@ -544,11 +599,27 @@ function writeRequest(plan: BatchPlan<number>, logChanges: boolean): unknown {
   const s: unknown[] = [];
   const a: unknown[] = [];
   for (const w of plan.streams) {
-    s.push({ i: w.id, e: w.head.epoch, q: w.head.seq, p: w.head.prunedThrough, c: w.ackCount, ee: w.evictThrough?.epoch ?? null, eq: w.evictThrough?.seq ?? null });
+    s.push({
+      i: w.id,
+      e: w.head.epoch,
+      q: w.head.seq,
+      p: w.head.prunedThrough,
+      c: w.ackCount,
+      ee: w.evictThrough?.epoch ?? null,
+      eq: w.evictThrough?.seq ?? null,
+    });
     for (const { fingerprint, ack } of w.acks) {
       a.push({
-        i: w.id, e: ack.epoch, q: ack.seq, f: fingerprint.toString('base64'), o: OUTCOME_CODES[ack.outcome], k: ack.key,
-        v: ack.version, d: ack.deleted, iv: ack.ifVersion ?? null, ca: ack.committedAt,
+        i: w.id,
+        e: ack.epoch,
+        q: ack.seq,
+        f: fingerprint.toString('base64'),
+        o: OUTCOME_CODES[ack.outcome],
+        k: ack.key,
+        v: ack.version,
+        d: ack.deleted,
+        iv: ack.ifVersion ?? null,
+        ca: ack.committedAt,
       });
     }
   }
@@ -559,7 +630,13 @@ function writeRequest(plan: BatchPlan<number>, logChanges: boolean): unknown {
     docs.set(id, { t: d.tenant, k: d.key, v: d.row.version, d: d.row.deleted, s: d.row.state?.toString('base64') ?? null, u: d.row.updatedAt });
   }
   const i = plan.idempotency.map((r) => ({
-    t: r.tenant, sc: r.scope, k: r.idempotencyKey, f: r.record.fingerprint.toString('base64'), dk: r.record.key, v: r.record.version, ca: r.record.createdAt,
+    t: r.tenant,
+    sc: r.scope,
+    k: r.idempotencyKey,
+    f: r.record.fingerprint.toString('base64'),
+    dk: r.record.key,
+    v: r.record.version,
+    ca: r.record.createdAt,
   }));
   // Every document upsert is one change, in batch order; n numbers a tenant's changes of the batch
   // from 1, and write_batch adds the tenant's last offset under the log row's lock.
@@ -572,8 +649,16 @@ function writeRequest(plan: BatchPlan<number>, logChanges: boolean): unknown {
       const origin = changeOrigin(d.origin, d.row.deleted);
       const put = 'stream' in origin ? origin : undefined;
       c.push({
-        t: d.tenant, n, k: d.key, v: d.row.version, d: d.row.deleted, s: d.row.state?.toString('base64') ?? null,
-        sn: put?.stream ?? null, e: put?.epoch ?? null, q: put?.seq ?? null, r: put === undefined ? (origin as { route: string }).route : null,
+        t: d.tenant,
+        n,
+        k: d.key,
+        v: d.row.version,
+        d: d.row.deleted,
+        s: d.row.state?.toString('base64') ?? null,
+        sn: put?.stream ?? null,
+        e: put?.epoch ?? null,
+        q: put?.seq ?? null,
+        r: put === undefined ? (origin as { route: string }).route : null,
         ca: d.row.updatedAt,
       });
     }
@@ -582,13 +667,25 @@ function writeRequest(plan: BatchPlan<number>, logChanges: boolean): unknown {
 }
 
 interface ChangeRowPg {
-  offset: number; key: string; version: number; deleted: boolean; state: Buffer | null;
-  stream: string | null; epoch: number | null; seq: number | null; route: string | null; committed_at: number;
+  offset: number;
+  key: string;
+  version: number;
+  deleted: boolean;
+  state: Buffer | null;
+  stream: string | null;
+  epoch: number | null;
+  seq: number | null;
+  route: string | null;
+  committed_at: number;
 }
 
 function toChange(r: ChangeRowPg): Change {
   return {
-    offset: r.offset, key: r.key, version: r.version, deleted: r.deleted, state: r.state,
+    offset: r.offset,
+    key: r.key,
+    version: r.version,
+    deleted: r.deleted,
+    state: r.state,
     origin: r.stream !== null ? { stream: r.stream, epoch: r.epoch!, seq: r.seq! } : { route: r.route ?? '' },
     committedAt: r.committed_at,
   };

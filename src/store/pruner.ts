@@ -49,8 +49,7 @@ export class Pruner {
   start(): void {
     this.stopped = false;
     this.unsubscribe ??= this.clock.onStep((stepMs) => {
-      this.log.warn({ stepMs: Math.round(stepMs) },
-        'wall clock stepped; retention keeps measuring elapsed time, so nothing is pruned early');
+      this.log.warn({ stepMs: Math.round(stepMs) }, 'wall clock stepped; retention keeps measuring elapsed time, so nothing is pruned early');
     });
     this.schedule();
   }

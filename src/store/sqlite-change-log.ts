@@ -1,6 +1,13 @@
 import type Database from 'better-sqlite3';
 import {
-  planTrim, underPrefixes, type Change, type ChangeOrigin, type ChangePage, type ChangeQuery, type ChangeRetention, type Snapshot,
+  planTrim,
+  underPrefixes,
+  type Change,
+  type ChangeOrigin,
+  type ChangePage,
+  type ChangeQuery,
+  type ChangeRetention,
+  type Snapshot,
   type SnapshotDocument,
 } from './change-log.js';
 
@@ -65,11 +72,15 @@ interface Counter {
 }
 
 function toChange(r: ChangeRow): Change {
-  const origin: ChangeOrigin = r.stream !== null
-    ? { stream: r.stream, epoch: r.epoch!, seq: r.seq! }
-    : { route: r.route ?? '' };
+  const origin: ChangeOrigin = r.stream !== null ? { stream: r.stream, epoch: r.epoch!, seq: r.seq! } : { route: r.route ?? '' };
   return {
-    offset: r.offset, key: r.key, version: r.version, deleted: r.deleted === 1, state: r.state, origin, committedAt: r.committed_at,
+    offset: r.offset,
+    key: r.key,
+    version: r.version,
+    deleted: r.deleted === 1,
+    state: r.state,
+    origin,
+    committedAt: r.committed_at,
   };
 }
 
@@ -96,16 +107,20 @@ export class SqliteChangeLog {
       tenants: db.prepare<[], { tenant: string; last_offset: number }>('SELECT tenant, last_offset FROM change_logs ORDER BY tenant'),
       insert: db.prepare<[string, number, string, number, number, Buffer | null, string | null, number | null, number | null, string | null, number]>(
         `INSERT INTO changes (tenant, offset, key, version, deleted, state, stream, epoch, seq, route, committed_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      ),
       window: db.prepare<[string, number, number], ChangeRow>(
         `SELECT offset, key, version, deleted, state, stream, epoch, seq, route, committed_at
-           FROM changes WHERE tenant = ? AND offset > ? AND offset <= ? ORDER BY offset`),
+           FROM changes WHERE tenant = ? AND offset > ? AND offset <= ? ORDER BY offset`,
+      ),
       oldest: db.prepare<[string, number, number], { offset: number; key: string; version: number; committed_at: number }>(
-        'SELECT offset, key, version, committed_at FROM changes WHERE tenant = ? AND offset > ? ORDER BY offset LIMIT ?'),
+        'SELECT offset, key, version, committed_at FROM changes WHERE tenant = ? AND offset > ? ORDER BY offset LIMIT ?',
+      ),
       remove: db.prepare<[string, number]>('DELETE FROM changes WHERE tenant = ? AND offset = ?'),
       docVersion: db.prepare<[string, string], { version: number }>('SELECT version FROM documents WHERE tenant = ? AND key = ?'),
       docsFrom: db.prepare<[string, string], { key: string; version: number; deleted: number; state: Buffer | null }>(
-        'SELECT key, version, deleted, state FROM documents WHERE tenant = ? AND key >= ? ORDER BY key'),
+        'SELECT key, version, deleted, state FROM documents WHERE tenant = ? AND key >= ? ORDER BY key',
+      ),
     };
   }
 
@@ -125,8 +140,17 @@ export class SqliteChangeLog {
     c.last++;
     const put = 'stream' in origin ? origin : null;
     this.stmt.insert.run(
-      tenant, c.last, key, version, deleted ? 1 : 0, state,
-      put?.stream ?? null, put?.epoch ?? null, put?.seq ?? null, put === null ? (origin as { route: string }).route : null, committedAt,
+      tenant,
+      c.last,
+      key,
+      version,
+      deleted ? 1 : 0,
+      state,
+      put?.stream ?? null,
+      put?.epoch ?? null,
+      put?.seq ?? null,
+      put === null ? (origin as { route: string }).route : null,
+      committedAt,
     );
     return c.last;
   }
@@ -200,7 +224,9 @@ export class SqliteChangeLog {
       const cursor = this.trimCursor.get(tenant) ?? 0;
       const want = budget;
       const rows = this.stmt.oldest.all(tenant, cursor, want).map((r) => ({
-        offset: r.offset, version: r.version, committedAt: r.committed_at,
+        offset: r.offset,
+        version: r.version,
+        committedAt: r.committed_at,
         currentVersion: policy.compact ? this.stmt.docVersion.get(tenant, r.key)?.version : undefined,
       }));
       budget -= rows.length;

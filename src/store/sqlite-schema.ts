@@ -88,9 +88,7 @@ export class DatabaseUnusableError extends Error {
 export function migrate(db: Database.Database): number {
   const found = db.pragma('user_version', { simple: true }) as number;
   if (found > SCHEMA_VERSION) {
-    throw new DatabaseUnusableError(
-      `database schema version ${found} is newer than this seqgate understands (${SCHEMA_VERSION}); refusing to open it`,
-    );
+    throw new DatabaseUnusableError(`database schema version ${found} is newer than this seqgate understands (${SCHEMA_VERSION}); refusing to open it`);
   }
   for (let v = found; v < SCHEMA_VERSION; v++) {
     db.transaction(() => {

@@ -13,10 +13,7 @@ import { FileIdentity, type FileLostError } from './file-identity.js';
 import { processClock } from './retention-clock.js';
 
 export { DatabaseUnusableError };
-import {
-  type Ack, type DocResult, type Head, type Put, type PutResult, type Store, type StoredDocument, type StreamHead,
-  type Write,
-} from './store.js';
+import { type Ack, type DocResult, type Head, type Put, type PutResult, type Store, type StoredDocument, type StreamHead, type Write } from './store.js';
 
 export interface SqliteStoreOptions {
   /** File path, or ':memory:' for tests. */
@@ -79,7 +76,6 @@ const DEFAULT_MAX_WAL_BYTES = 64 * 1024 * 1024;
 
 class ProbeDone extends Error {}
 
-
 export class SqliteStore implements Store {
   readonly incarnation: string;
   /** The schema version found on open, before migrating (0: new file). */
@@ -126,60 +122,79 @@ export class SqliteStore implements Store {
       // After a checkpoint rewinds the WAL, the file is truncated back to this size.
       this.db.pragma(`journal_size_limit = ${maxWalBytes}`);
       this.checkpointer = new WalCheckpointer({
-        path: options.path, synchronous: options.synchronous, intervalMs: 100,
+        path: options.path,
+        synchronous: options.synchronous,
+        intervalMs: 100,
         ...(options.onCheckpointError ? { onError: options.onCheckpointError } : {}),
       });
     }
-    this.files = options.path === ':memory:' || options.path === '' ? undefined
-      // The files a restart reads acks from. A lost -shm is rebuilt from the WAL at the next open.
-      : new FileIdentity([options.path, `${options.path}-wal`], options.onFileLost);
+    this.files =
+      options.path === ':memory:' || options.path === ''
+        ? undefined
+        : // The files a restart reads acks from. A lost -shm is rebuilt from the WAL at the next open.
+          new FileIdentity([options.path, `${options.path}-wal`], options.onFileLost);
 
     const db = this.db;
     this.changes = new SqliteChangeLog(db);
     this.logChanges = options.changeLog ?? true;
     this.stmt = {
-      getStream: db.prepare<[string, string], StreamRow>(
-        'SELECT id, epoch, seq, pruned_through, ack_count FROM streams WHERE tenant = ? AND name = ?'),
+      getStream: db.prepare<[string, string], StreamRow>('SELECT id, epoch, seq, pruned_through, ack_count FROM streams WHERE tenant = ? AND name = ?'),
       insertStream: db.prepare<[string, string, number, number, number, number], { id: number }>(
-        'INSERT INTO streams (tenant, name, epoch, seq, pruned_through, ack_count) VALUES (?, ?, ?, ?, ?, ?) RETURNING id'),
+        'INSERT INTO streams (tenant, name, epoch, seq, pruned_through, ack_count) VALUES (?, ?, ?, ?, ?, ?) RETURNING id',
+      ),
       updateStream: db.prepare<[number, number, number, number, number]>(
-        'UPDATE streams SET epoch = ?, seq = ?, pruned_through = ?, ack_count = ? WHERE id = ?'),
+        'UPDATE streams SET epoch = ?, seq = ?, pruned_through = ?, ack_count = ? WHERE id = ?',
+      ),
       getAck: db.prepare<[number, number, number], AckRow>(
-        'SELECT fingerprint, outcome, key, version, deleted, if_version, committed_at FROM acks WHERE stream_id = ? AND epoch = ? AND seq = ?'),
+        'SELECT fingerprint, outcome, key, version, deleted, if_version, committed_at FROM acks WHERE stream_id = ? AND epoch = ? AND seq = ?',
+      ),
       insertAck: db.prepare<[number, number, number, Buffer, number, string, number, number, number | null, number]>(
-        'INSERT INTO acks (stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)'),
+        'INSERT INTO acks (stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      ),
       oldestAcks: db.prepare<[number, number, number, number], { epoch: number; seq: number }>(
-        'SELECT epoch, seq FROM acks WHERE stream_id = ? AND (epoch, seq) > (?, ?) ORDER BY epoch, seq LIMIT ?'),
-      deleteAcksThrough: db.prepare<[number, number, number]>(
-        'DELETE FROM acks WHERE stream_id = ? AND (epoch, seq) <= (?, ?)'),
-      deleteAck: db.prepare<[number, number, number]>(
-        'DELETE FROM acks WHERE stream_id = ? AND epoch = ? AND seq = ?'),
-      getDoc: db.prepare<[string, string], { version: number; deleted: number }>(
-        'SELECT version, deleted FROM documents WHERE tenant = ? AND key = ?'),
+        'SELECT epoch, seq FROM acks WHERE stream_id = ? AND (epoch, seq) > (?, ?) ORDER BY epoch, seq LIMIT ?',
+      ),
+      deleteAcksThrough: db.prepare<[number, number, number]>('DELETE FROM acks WHERE stream_id = ? AND (epoch, seq) <= (?, ?)'),
+      deleteAck: db.prepare<[number, number, number]>('DELETE FROM acks WHERE stream_id = ? AND epoch = ? AND seq = ?'),
+      getDoc: db.prepare<[string, string], { version: number; deleted: number }>('SELECT version, deleted FROM documents WHERE tenant = ? AND key = ?'),
       upsertDoc: db.prepare<[string, string, number, number, Buffer | null, number]>(
         `INSERT INTO documents (tenant, key, version, deleted, state, updated_at) VALUES (?, ?, ?, ?, ?, ?)
          ON CONFLICT (tenant, key) DO UPDATE SET version = excluded.version, deleted = excluded.deleted,
-           state = excluded.state, updated_at = excluded.updated_at`),
+           state = excluded.state, updated_at = excluded.updated_at`,
+      ),
       getDocFull: db.prepare<[string, string], { version: number; deleted: number; state: Buffer | null; updated_at: number }>(
-        'SELECT version, deleted, state, updated_at FROM documents WHERE tenant = ? AND key = ?'),
+        'SELECT version, deleted, state, updated_at FROM documents WHERE tenant = ? AND key = ?',
+      ),
       getIdempotency: db.prepare<[string, string, string], { fingerprint: Buffer; doc_key: string; version: number; created_at: number }>(
-        'SELECT fingerprint, doc_key, version, created_at FROM idempotency WHERE tenant = ? AND scope = ? AND key = ?'),
+        'SELECT fingerprint, doc_key, version, created_at FROM idempotency WHERE tenant = ? AND scope = ? AND key = ?',
+      ),
       insertIdempotency: db.prepare<[string, string, string, Buffer, string, number, number]>(
-        'INSERT INTO idempotency (tenant, scope, key, fingerprint, doc_key, version, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)'),
+        'INSERT INTO idempotency (tenant, scope, key, fingerprint, doc_key, version, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)',
+      ),
       pruneIdempotency: db.prepare<[number, number]>(
         `DELETE FROM idempotency WHERE (tenant, scope, key) IN
-           (SELECT tenant, scope, key FROM idempotency INDEXED BY idempotency_by_time WHERE created_at < ? LIMIT ?)`),
+           (SELECT tenant, scope, key FROM idempotency INDEXED BY idempotency_by_time WHERE created_at < ? LIMIT ?)`,
+      ),
       insertProbe: db.prepare<[string]>("INSERT INTO meta (name, value) VALUES ('readiness_probe', ?)"),
       deleteProbe: db.prepare("DELETE FROM meta WHERE name = 'readiness_probe'"),
-      pruneCandidates: db.prepare<[number, number, number, number, number, number], {
-        stream_id: number; epoch: number; seq: number; committed_at: number; head_epoch: number; head_seq: number; pruned_through: number;
-      }>(
+      pruneCandidates: db.prepare<
+        [number, number, number, number, number, number],
+        {
+          stream_id: number;
+          epoch: number;
+          seq: number;
+          committed_at: number;
+          head_epoch: number;
+          head_seq: number;
+          pruned_through: number;
+        }
+      >(
         `SELECT a.stream_id, a.epoch, a.seq, a.committed_at, s.epoch AS head_epoch, s.seq AS head_seq, s.pruned_through
            FROM acks AS a INDEXED BY acks_by_commit_time JOIN streams AS s ON s.id = a.stream_id
           WHERE a.committed_at < ? AND (a.committed_at, a.stream_id, a.epoch, a.seq) > (?, ?, ?, ?)
-          ORDER BY a.committed_at, a.stream_id, a.epoch, a.seq LIMIT ?`),
-      notePruned: db.prepare<[number, number, number]>(
-        'UPDATE streams SET ack_count = ack_count - ?, pruned_through = ? WHERE id = ?'),
+          ORDER BY a.committed_at, a.stream_id, a.epoch, a.seq LIMIT ?`,
+      ),
+      notePruned: db.prepare<[number, number, number]>('UPDATE streams SET ack_count = ack_count - ?, pruned_through = ? WHERE id = ?'),
     };
 
     const stmt = this.stmt;
@@ -205,7 +220,9 @@ export class SqliteStore implements Store {
     };
     this.runBatch = this.db.transaction((batch: readonly Write[]) => {
       const plan = planBatch(batch, this.reader, {
-        contiguous: this.options.contiguous, ackCapPerStream: this.options.ackCapPerStream, ackCapSlack: this.options.ackCapSlack ?? 0,
+        contiguous: this.options.contiguous,
+        ackCapPerStream: this.options.ackCapPerStream,
+        ackCapSlack: this.options.ackCapSlack ?? 0,
         now: this.now(),
       });
       this.write(plan);
@@ -283,8 +300,16 @@ export class SqliteStore implements Store {
       }
       for (const { fingerprint, ack } of s.acks) {
         stmt.insertAck.run(
-          id, ack.epoch, ack.seq, fingerprint, OUTCOME_CODES[ack.outcome], ack.key, ack.version,
-          ack.deleted ? 1 : 0, ack.ifVersion ?? null, ack.committedAt,
+          id,
+          ack.epoch,
+          ack.seq,
+          fingerprint,
+          OUTCOME_CODES[ack.outcome],
+          ack.key,
+          ack.version,
+          ack.deleted ? 1 : 0,
+          ack.ifVersion ?? null,
+          ack.committedAt,
         );
       }
     }
@@ -365,10 +390,14 @@ export class SqliteStore implements Store {
 
   private pruneInTransaction(olderThan: number, maxRows: number): { pruned: number; done: boolean } {
     const rows = this.stmt.pruneCandidates.all(olderThan, ...this.pruneCursor, maxRows);
-    const plan = planPrune(rows.map((r) => ({
-      streamId: r.stream_id, epoch: r.epoch, seq: r.seq,
-      head: { epoch: r.head_epoch, seq: r.head_seq, prunedThrough: r.pruned_through },
-    })));
+    const plan = planPrune(
+      rows.map((r) => ({
+        streamId: r.stream_id,
+        epoch: r.epoch,
+        seq: r.seq,
+        head: { epoch: r.head_epoch, seq: r.head_seq, prunedThrough: r.pruned_through },
+      })),
+    );
     for (const d of plan.deletes) this.stmt.deleteAck.run(d.streamId, d.epoch, d.seq);
     for (const s of plan.streams) this.stmt.notePruned.run(s.removed, s.prunedThrough, s.streamId);
     const done = rows.length < maxRows;

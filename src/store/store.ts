@@ -56,9 +56,7 @@ export type Rejection =
   | { readonly outcome: 'gap'; readonly code: 'GAP'; readonly expected: { epoch: number; seq: number } }
   | { readonly outcome: 'error'; readonly code: 'STORAGE_UNAVAILABLE'; readonly message: string };
 
-export type PutResult =
-  | { readonly kind: 'ack'; readonly ack: Ack; readonly replay: boolean }
-  | ({ readonly kind: 'rejected' } & Rejection);
+export type PutResult = { readonly kind: 'ack'; readonly ack: Ack; readonly replay: boolean } | ({ readonly kind: 'rejected' } & Rejection);
 
 export interface StreamHead extends Head {
   readonly stream: string;
@@ -71,26 +69,26 @@ export interface StreamHead extends Head {
 export type DocWrite =
   /** PUT or DELETE /v1/docs/{key}: replace (state) or delete (null), optionally conditional. */
   | {
-    readonly op: 'replace';
-    readonly tenant: string;
-    readonly key: string;
-    readonly state: Buffer | null;
-    /** 0: must not exist; N: must exist at version N; null: unconditional. */
-    readonly ifVersion: number | null;
-  }
+      readonly op: 'replace';
+      readonly tenant: string;
+      readonly key: string;
+      readonly state: Buffer | null;
+      /** 0: must not exist; N: must exist at version N; null: unconditional. */
+      readonly ifVersion: number | null;
+    }
   /** POST /v1/docs with an Idempotency-Key: create a document under a server-generated key. */
   | {
-    readonly op: 'create';
-    readonly tenant: string;
-    /** Method and path the key is scoped to, e.g. "POST /v1/docs". */
-    readonly scope: string;
-    readonly idempotencyKey: string;
-    /** Fingerprint of the request payload; a different one under the same key is refused. */
-    readonly fingerprint: Buffer;
-    /** The key to create; a replay answers with the key the first request created. */
-    readonly key: string;
-    readonly state: Buffer;
-  };
+      readonly op: 'create';
+      readonly tenant: string;
+      /** Method and path the key is scoped to, e.g. "POST /v1/docs". */
+      readonly scope: string;
+      readonly idempotencyKey: string;
+      /** Fingerprint of the request payload; a different one under the same key is refused. */
+      readonly fingerprint: Buffer;
+      /** The key to create; a replay answers with the key the first request created. */
+      readonly key: string;
+      readonly state: Buffer;
+    };
 
 export interface DocumentVersion {
   readonly key: string;

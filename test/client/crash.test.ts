@@ -26,7 +26,10 @@ const COUNT = 600;
 const KEYS = 5;
 const STREAM = 'crash-dev';
 
-interface Line { event: string; [field: string]: unknown }
+interface Line {
+  event: string;
+  [field: string]: unknown;
+}
 
 class Device {
   readonly lines: Line[] = [];
@@ -36,10 +39,11 @@ class Device {
   private waiters: Array<() => void> = [];
 
   constructor(url: string, outbox: string) {
-    this.child = spawn(process.execPath, [
-      device(), '--url', url, '--stream', STREAM, '--count', String(COUNT), '--rate', '300', '--keys', String(KEYS),
-      '--outbox', outbox, '--output', 'json',
-    ], { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child = spawn(
+      process.execPath,
+      [device(), '--url', url, '--stream', STREAM, '--count', String(COUNT), '--rate', '300', '--keys', String(KEYS), '--outbox', outbox, '--output', 'json'],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     let buf = '';
     this.child.stdout!.on('data', (d: Buffer) => {
       buf += d.toString('utf8');
@@ -50,11 +54,15 @@ class Device {
         for (const w of this.waiters.splice(0)) w();
       }
     });
-    this.child.stderr!.on('data', (d: Buffer) => { this.stderr += d.toString('utf8'); });
-    this.exited = new Promise((resolve) => this.child.on('exit', (code, signal) => {
-      resolve({ code, signal });
-      for (const w of this.waiters.splice(0)) w();
-    }));
+    this.child.stderr!.on('data', (d: Buffer) => {
+      this.stderr += d.toString('utf8');
+    });
+    this.exited = new Promise((resolve) =>
+      this.child.on('exit', (code, signal) => {
+        resolve({ code, signal });
+        for (const w of this.waiters.splice(0)) w();
+      }),
+    );
   }
 
   async waitFor(predicate: (line: Line) => boolean, timeoutMs = 20_000): Promise<Line> {
@@ -69,7 +77,10 @@ class Device {
       if (left <= 0) throw new Error(`timed out; last lines: ${JSON.stringify(this.lines.slice(-5))}`);
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, left);
-        this.waiters.push(() => { clearTimeout(t); resolve(); });
+        this.waiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
       });
     }
   }
@@ -113,7 +124,7 @@ it('a device killed with SIGKILL mid-stream and restarted on its SQLite outbox f
     await d.waitFor((l) => l.event === 'progress' && (l.reading as number) >= checkpoint + 150);
     d.kill();
     expect(await d.exited).toEqual({ code: null, signal: 'SIGKILL' });
-    checkpoint = (d.lines.filter((l) => l.event === 'progress').at(-1)!.reading as number);
+    checkpoint = d.lines.filter((l) => l.event === 'progress').at(-1)!.reading as number;
   }
 
   const last = new Device(proxy.url, outbox);

@@ -36,7 +36,9 @@ describe('client error codes', () => {
 
   it('cover every code the source gives an error of its own', () => {
     const used = new Set<string>();
-    for (const file of readdirSync(SRC, { recursive: true }).map(String).filter((f) => f.endsWith('.ts'))) {
+    for (const file of readdirSync(SRC, { recursive: true })
+      .map(String)
+      .filter((f) => f.endsWith('.ts'))) {
       const text = readFileSync(join(SRC, file), 'utf8');
       for (const m of text.matchAll(/new (?:\w+Error)\(\s*'([A-Z_]+)'/g)) used.add(m[1]!);
       for (const m of text.matchAll(/super\('([A-Z_]+)'/g)) used.add(m[1]!);

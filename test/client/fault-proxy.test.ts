@@ -15,7 +15,10 @@ describe('fault proxy', () => {
     t = await startTestServer();
     proxy = await FaultProxy.start(t.url);
     const seen: FrameInfo[] = [];
-    proxy.onFrame = (f) => { seen.push(f); return undefined; };
+    proxy.onFrame = (f) => {
+      seen.push(f);
+      return undefined;
+    };
     const c = await TestClient.connect(proxy.url);
     c.send({ type: 'hello', streams: ['s'] });
     await c.waitMessage('welcome');
@@ -24,8 +27,9 @@ describe('fault proxy', () => {
     expect(results.map((r: { outcome: string }) => r.outcome)).toEqual(Array(20).fill('applied'));
     const toServer = seen.filter((f) => f.direction === 'toServer' && f.opcode === 2);
     expect(toServer[0]!.payload.equals(Buffer.from(c.encode({ type: 'hello', streams: ['s'] }) as Buffer))).toBe(true);
-    expect(seen.filter((f) => f.direction === 'toClient' && f.opcode === 2).map((f) => f.payload.toString('hex')))
-      .toEqual(c.frames.map((f) => f.toString('hex')));
+    expect(seen.filter((f) => f.direction === 'toClient' && f.opcode === 2).map((f) => f.payload.toString('hex'))).toEqual(
+      c.frames.map((f) => f.toString('hex')),
+    );
     await c.close();
   });
 

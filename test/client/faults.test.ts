@@ -36,27 +36,33 @@ it('3 clients x 1000 puts under sustained drops, cuts before answers, stalls and
   const settledTimes = new Map<string, number>();
   const eventTimes = new Map<string, number>();
   const results: PutResult[][] = [];
-  await Promise.all(Array.from({ length: CLIENTS }, async (_, n) => {
-    const stream = `fleet-${n}`;
-    const c = newClient(proxy!.url, stream, {
-      window: 8, putTimeoutMs: 800, pingIntervalMs: 300, pongTimeoutMs: 800, connectTimeoutMs: 1500,
-      reconnect: { initialDelayMs: 10, maxDelayMs: 200 },
-    });
-    clients.push(c);
-    c.on('result', (s) => {
-      const id = `${s.put.stream}:${s.put.seq}`;
-      eventTimes.set(id, (eventTimes.get(id) ?? 0) + 1);
-    });
-    const promises: Array<Promise<PutResult>> = [];
-    for (let i = 1; i <= PUTS; i++) {
-      const p = c.put(keyOf(stream, i), stateOf(stream, i));
-      const id = `${stream}:${i}`;
-      promises.push(p.finally(() => settledTimes.set(id, (settledTimes.get(id) ?? 0) + 1)));
-      // Puts arrive over time, so faults keep hitting a live pipeline rather than one burst.
-      if (i % 5 === 0) await new Promise((resolve) => setTimeout(resolve, 2));
-    }
-    results[n] = await Promise.all(promises);
-  }));
+  await Promise.all(
+    Array.from({ length: CLIENTS }, async (_, n) => {
+      const stream = `fleet-${n}`;
+      const c = newClient(proxy!.url, stream, {
+        window: 8,
+        putTimeoutMs: 800,
+        pingIntervalMs: 300,
+        pongTimeoutMs: 800,
+        connectTimeoutMs: 1500,
+        reconnect: { initialDelayMs: 10, maxDelayMs: 200 },
+      });
+      clients.push(c);
+      c.on('result', (s) => {
+        const id = `${s.put.stream}:${s.put.seq}`;
+        eventTimes.set(id, (eventTimes.get(id) ?? 0) + 1);
+      });
+      const promises: Array<Promise<PutResult>> = [];
+      for (let i = 1; i <= PUTS; i++) {
+        const p = c.put(keyOf(stream, i), stateOf(stream, i));
+        const id = `${stream}:${i}`;
+        promises.push(p.finally(() => settledTimes.set(id, (settledTimes.get(id) ?? 0) + 1)));
+        // Puts arrive over time, so faults keep hitting a live pipeline rather than one burst.
+        if (i % 5 === 0) await new Promise((resolve) => setTimeout(resolve, 2));
+      }
+      results[n] = await Promise.all(promises);
+    }),
+  );
 
   // Every promise settled exactly once, every settlement was reported once, each as applied.
   expect(settledTimes.size).toBe(CLIENTS * PUTS);

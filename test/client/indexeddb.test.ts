@@ -26,15 +26,28 @@ const TOTAL = 600;
 
 class Chromium {
   readonly exited: Promise<void>;
-  private constructor(private readonly proc: ChildProcess, readonly browser: Browser) {
+  private constructor(
+    private readonly proc: ChildProcess,
+    readonly browser: Browser,
+  ) {
     this.exited = new Promise((resolve) => proc.once('exit', () => resolve()));
   }
 
   static async launch(profile: string): Promise<Chromium> {
-    const proc = spawn(CHROMIUM, [
-      '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--no-first-run',
-      `--user-data-dir=${profile}`, '--remote-debugging-port=0', 'about:blank',
-    ], { detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
+    const proc = spawn(
+      CHROMIUM,
+      [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-background-networking',
+        '--no-first-run',
+        `--user-data-dir=${profile}`,
+        '--remote-debugging-port=0',
+        'about:blank',
+      ],
+      { detached: true, stdio: ['ignore', 'ignore', 'pipe'] },
+    );
     const endpoint = await new Promise<string>((resolve, reject) => {
       let err = '';
       const timer = setTimeout(() => reject(new Error(`chromium did not start: ${err}`)), 20_000);
@@ -152,7 +165,9 @@ it('IndexedDbOutbox passes the outbox contract suite in Chromium', async () => {
   first = await launch();
   const page = await first.page(origin);
   await ready(page);
-  const results = await page.evaluate(() => (globalThis as unknown as { runContract: () => Promise<Array<{ name: string; ok: boolean; error?: string }>> }).runContract());
+  const results = await page.evaluate(() =>
+    (globalThis as unknown as { runContract: () => Promise<Array<{ name: string; ok: boolean; error?: string }>> }).runContract(),
+  );
   expect(results.length).toBeGreaterThan(5);
   for (const r of results) expect(r, r.error).toMatchObject({ ok: true });
   await page.close();
@@ -160,7 +175,8 @@ it('IndexedDbOutbox passes the outbox contract suite in Chromium', async () => {
 
 it('a page reloaded and a browser killed mid-stream lose no recorded put, apply none twice, and stay in one epoch', async () => {
   const args = { url: proxy.url, stream: STREAM, total: TOTAL, batch: 3, intervalMs: 15 };
-  const start = (page: Page): Promise<Progress> => page.evaluate((a) => (globalThis as unknown as { startWriter: (x: typeof a) => Promise<Progress> }).startWriter(a), args);
+  const start = (page: Page): Promise<Progress> =>
+    page.evaluate((a) => (globalThis as unknown as { startWriter: (x: typeof a) => Promise<Progress> }).startWriter(a), args);
 
   first ??= await launch();
   let page = await first.page(origin);
@@ -183,7 +199,13 @@ it('a page reloaded and a browser killed mid-stream lose no recorded put, apply 
   const figures = {
     reload: { recordedBefore: beforeReload.recordedThrough, resumedAt: afterReload.start, unansweredLoaded: afterReload.pendingAtStart },
     kill: { recordedBefore: beforeKill.recordedThrough, resumedAt: afterKill.start, unansweredLoaded: afterKill.pendingAtStart },
-    final: { answered: end.answered, recovered: end.recovered, replayed: end.replayed, firstAnswerMs: Math.round(end.firstAnswerMs ?? -1), doneMs: Math.round(end.doneMs ?? -1) },
+    final: {
+      answered: end.answered,
+      recovered: end.recovered,
+      replayed: end.replayed,
+      firstAnswerMs: Math.round(end.firstAnswerMs ?? -1),
+      doneMs: Math.round(end.doneMs ?? -1),
+    },
   };
   console.log(`chromium reload/kill figures: ${JSON.stringify(figures)}`);
 

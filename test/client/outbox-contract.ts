@@ -19,15 +19,35 @@ export interface ContractCase {
 }
 
 export const record = (over: Partial<StreamRecord> = {}): StreamRecord => ({
-  epoch: 3, nextSeq: 10, lastAcked: { epoch: 3, seq: 7 }, incarnation: 'inc-1', checkpoint: { offset: 41, file: 'log-2' }, ...over,
+  epoch: 3,
+  nextSeq: 10,
+  lastAcked: { epoch: 3, seq: 7 },
+  incarnation: 'inc-1',
+  checkpoint: { offset: 41, file: 'log-2' },
+  ...over,
 });
 export const entry = (pos: number, over: Partial<OutboxEntry> = {}): OutboxEntry => ({
-  pos, epoch: 3, seq: pos + 7, key: `k${pos}`, state: Uint8Array.of(0x81, 0xa1, 0x61, pos & 0x7f), ifVersion: null, createdAt: 1_700_000_000_000 + pos, ...over,
+  pos,
+  epoch: 3,
+  seq: pos + 7,
+  key: `k${pos}`,
+  state: Uint8Array.of(0x81, 0xa1, 0x61, pos & 0x7f),
+  ifVersion: null,
+  createdAt: 1_700_000_000_000 + pos,
+  ...over,
 });
 const applied = (seq: number): StoredAnswer => ({
-  ok: true, replay: false, ack: { stream: 's', epoch: 3, seq, key: `k${seq}`, version: 2, deleted: false, committedAt: 1_700_000_000_123 },
+  ok: true,
+  replay: false,
+  ack: { stream: 's', epoch: 3, seq, key: `k${seq}`, version: 2, deleted: false, committedAt: 1_700_000_000_123 },
 });
-const refused: StoredAnswer = { ok: false, name: 'StaleError', code: 'STALE', message: 'not applied', detail: { head: { epoch: 3, seq: 12 }, prunedThrough: 0, ownSkip: true } };
+const refused: StoredAnswer = {
+  ok: false,
+  name: 'StaleError',
+  code: 'STALE',
+  message: 'not applied',
+  detail: { head: { epoch: 3, seq: 12 }, prunedThrough: 0, ownSkip: true },
+};
 
 /** Entries as plain data: states as arrays, an absent answer as null. */
 function plain(entries: readonly OutboxEntry[]): unknown[] {
@@ -35,9 +55,15 @@ function plain(entries: readonly OutboxEntry[]): unknown[] {
 }
 
 function canonicalJson(v: unknown): string {
-  return JSON.stringify(v, (_k, x: unknown) => (x !== null && typeof x === 'object' && !Array.isArray(x)
-    ? Object.fromEntries(Object.entries(x as Record<string, unknown>).filter(([, y]) => y !== undefined).sort(([a], [b]) => (a < b ? -1 : 1)))
-    : x));
+  return JSON.stringify(v, (_k, x: unknown) =>
+    x !== null && typeof x === 'object' && !Array.isArray(x)
+      ? Object.fromEntries(
+          Object.entries(x as Record<string, unknown>)
+            .filter(([, y]) => y !== undefined)
+            .sort(([a], [b]) => (a < b ? -1 : 1)),
+        )
+      : x,
+  );
 }
 
 export function same(actual: unknown, expected: unknown, what: string): void {
@@ -68,7 +94,11 @@ export const outboxContract: ContractCase[] = [
       const loaded = await o.load('s');
       same(loaded.record, record({ lastAcked: { epoch: 3, seq: 9 } }), 'record');
       same(plain(loaded.entries), plain([entry(1), entry(3, { ifVersion: 0 })]), 'entries');
-      same((await o.load('other')).entries.map((e) => e.key), ['x'], 'other stream');
+      same(
+        (await o.load('other')).entries.map((e) => e.key),
+        ['x'],
+        'other stream',
+      );
     },
   },
   {
@@ -76,9 +106,17 @@ export const outboxContract: ContractCase[] = [
     async run(m) {
       let o = await m.make();
       const states = [Uint8Array.of(0xc0), new Uint8Array(0), null, Uint8Array.from({ length: 300 }, (_, i) => (i * 7) & 0xff)];
-      await o.append('s', record(), states.map((state, i) => entry(i + 1, { state })));
+      await o.append(
+        's',
+        record(),
+        states.map((state, i) => entry(i + 1, { state })),
+      );
       o = await reopened(m, o);
-      same((await o.load('s')).entries.map((e) => (e.state === null ? null : Array.from(e.state))), states.map((s) => (s === null ? null : Array.from(s))), 'states');
+      same(
+        (await o.load('s')).entries.map((e) => (e.state === null ? null : Array.from(e.state))),
+        states.map((s) => (s === null ? null : Array.from(s))),
+        'states',
+      );
     },
   },
   {
@@ -98,7 +136,16 @@ export const outboxContract: ContractCase[] = [
     async run(m) {
       let o = await m.make();
       await o.append('s', record(), [entry(1), entry(2), entry(3)]);
-      await o.settle('s', record({ lastAcked: { epoch: 3, seq: 9 } }), [{ pos: 1, answer: applied(8) }, { pos: 2, answer: refused }, { pos: 7, answer: applied(14) }], []);
+      await o.settle(
+        's',
+        record({ lastAcked: { epoch: 3, seq: 9 } }),
+        [
+          { pos: 1, answer: applied(8) },
+          { pos: 2, answer: refused },
+          { pos: 7, answer: applied(14) },
+        ],
+        [],
+      );
       o = await reopened(m, o);
       same(plain((await o.load('s')).entries), plain([entry(1, { answer: applied(8) }), entry(2, { answer: refused }), entry(3)]), 'answered');
       await o.settle('s', record({ lastAcked: { epoch: 3, seq: 10 } }), [{ pos: 3, answer: applied(10) }], [1, 2]);
@@ -128,11 +175,25 @@ export const outboxContract: ContractCase[] = [
     name: 'keeps the order of many entries across many writes',
     async run(m) {
       let o = await m.make();
-      for (let i = 0; i < 10; i++) await o.append('s', record({ nextSeq: 100 + i }), Array.from({ length: 50 }, (_, j) => entry(1 + i * 50 + j)));
-      await o.settle('s', record({ nextSeq: 200 }), [], Array.from({ length: 250 }, (_, j) => 2 * j + 1));
+      for (let i = 0; i < 10; i++)
+        await o.append(
+          's',
+          record({ nextSeq: 100 + i }),
+          Array.from({ length: 50 }, (_, j) => entry(1 + i * 50 + j)),
+        );
+      await o.settle(
+        's',
+        record({ nextSeq: 200 }),
+        [],
+        Array.from({ length: 250 }, (_, j) => 2 * j + 1),
+      );
       o = await reopened(m, o);
       const loaded = await o.load('s');
-      same(loaded.entries.map((e) => e.pos), Array.from({ length: 250 }, (_, j) => 2 * j + 2), 'positions');
+      same(
+        loaded.entries.map((e) => e.pos),
+        Array.from({ length: 250 }, (_, j) => 2 * j + 2),
+        'positions',
+      );
       same(loaded.record?.nextSeq, 200, 'record');
     },
   },

@@ -25,41 +25,51 @@ function tempDir(): string {
 
 const kinds: Array<[string, OutboxMaker]> = [
   ['MemoryOutbox', { make: () => new MemoryOutbox() }],
-  ['SqliteOutbox', {
-    make: () => {
-      const o = new SqliteOutbox(join(tempDir(), 'outbox.sqlite'));
-      cleanups.push(() => o.close());
-      return o;
+  [
+    'SqliteOutbox',
+    {
+      make: () => {
+        const o = new SqliteOutbox(join(tempDir(), 'outbox.sqlite'));
+        cleanups.push(() => o.close());
+        return o;
+      },
+      reopen: (o) => {
+        const path = (o as SqliteOutbox).path;
+        (o as SqliteOutbox).close();
+        const again = new SqliteOutbox(path);
+        cleanups.push(() => again.close());
+        return again;
+      },
     },
-    reopen: (o) => {
-      const path = (o as SqliteOutbox).path;
-      (o as SqliteOutbox).close();
-      const again = new SqliteOutbox(path);
-      cleanups.push(() => again.close());
-      return again;
-    },
-  }],
+  ],
 ];
 
 /** React Native's AsyncStorage as far as KeyValueOutbox uses it: strings, each key written atomically. */
 class MemoryAsyncStorage implements KeyValueStore {
   readonly data = new Map<string, string>();
-  async getItem(key: string): Promise<string | null> { return this.data.get(key) ?? null; }
+  async getItem(key: string): Promise<string | null> {
+    return this.data.get(key) ?? null;
+  }
   async setItem(key: string, value: string): Promise<void> {
     if (typeof value !== 'string') throw new TypeError('AsyncStorage stores strings only');
     this.data.set(key, value);
   }
-  async removeItem(key: string): Promise<void> { this.data.delete(key); }
+  async removeItem(key: string): Promise<void> {
+    this.data.delete(key);
+  }
 }
-kinds.push(['KeyValueOutbox over an AsyncStorage fake', {
-  make: () => new KeyValueOutbox(new MemoryAsyncStorage()),
-  // A restart: a new outbox on what the store holds, through a copy (nothing shared but strings).
-  reopen: (o) => {
-    const copy = new MemoryAsyncStorage();
-    for (const [k, v] of (o as unknown as { kv: MemoryAsyncStorage }).kv.data) copy.data.set(k, v);
-    return new KeyValueOutbox(copy);
+kinds.push([
+  'KeyValueOutbox over an AsyncStorage fake',
+  {
+    make: () => new KeyValueOutbox(new MemoryAsyncStorage()),
+    // A restart: a new outbox on what the store holds, through a copy (nothing shared but strings).
+    reopen: (o) => {
+      const copy = new MemoryAsyncStorage();
+      for (const [k, v] of (o as unknown as { kv: MemoryAsyncStorage }).kv.data) copy.data.set(k, v);
+      return new KeyValueOutbox(copy);
+    },
   },
-}]);
+]);
 
 describe.each(kinds)('outbox contract: %s', (_, maker) => {
   it.each(outboxContract.map((c) => [c.name, c] as const))('%s', async (_name, c) => {
@@ -96,7 +106,13 @@ describe('a client on a durable outbox', () => {
     const puts = [failure(a.put('k1', 1)), failure(a.put('k2', 2))];
     await waitUntil(() => a.stats.sent === 2);
     const report = await a.close({ timeoutMs: 200 });
-    expect(report).toEqual({ drained: false, left: [{ stream: 'dev-o', epoch: 1, seq: 1, key: 'k1' }, { stream: 'dev-o', epoch: 1, seq: 2, key: 'k2' }] });
+    expect(report).toEqual({
+      drained: false,
+      left: [
+        { stream: 'dev-o', epoch: 1, seq: 1, key: 'k1' },
+        { stream: 'dev-o', epoch: 1, seq: 2, key: 'k2' },
+      ],
+    });
     for (const p of puts) {
       const err = await p;
       expect(err).toBeInstanceOf(ClientClosedError);
@@ -111,7 +127,10 @@ describe('a client on a durable outbox', () => {
     const recovered: PutSettlement[] = [];
     b.on('result', (s) => recovered.push(s));
     await waitUntil(() => recovered.length === 2);
-    expect(recovered.map((s) => [s.recovered, s.put.seq, s.result?.replay])).toEqual([[true, 1, true], [true, 2, true]]);
+    expect(recovered.map((s) => [s.recovered, s.put.seq, s.result?.replay])).toEqual([
+      [true, 1, true],
+      [true, 2, true],
+    ]);
     // Seen answers leave the outbox with its next write, at the latest when the client closes.
     await b.close({ timeoutMs: 100 });
     expect((await second.load('dev-o')).entries).toEqual([]);
@@ -139,7 +158,9 @@ describe('the core client entry', () => {
     visit('wire/index.ts');
     visit('indexeddb.ts');
     visit('async-storage.ts');
-    const all = readdirSync(clientDir, { recursive: true }).map(String).filter((f) => f.endsWith('.ts'));
+    const all = readdirSync(clientDir, { recursive: true })
+      .map(String)
+      .filter((f) => f.endsWith('.ts'));
     // Every source file but the Node entry is reachable from the browser entries.
     expect([...seen].sort()).toEqual(all.filter((f) => f !== 'node.ts').sort());
   });

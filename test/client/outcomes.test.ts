@@ -3,8 +3,21 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
-  AuthenticationError, ClientClosedError, ExpiredError, FencedError, ForbiddenError, InvalidPutError, MemoryOutbox, SequenceReusedError, StaleError,
-  VersionConflictError, WriterConflictError, type EpochChange, type PutResult, type SeqgateClient, type TransientError,
+  AuthenticationError,
+  ClientClosedError,
+  ExpiredError,
+  FencedError,
+  ForbiddenError,
+  InvalidPutError,
+  MemoryOutbox,
+  SequenceReusedError,
+  StaleError,
+  VersionConflictError,
+  WriterConflictError,
+  type EpochChange,
+  type PutResult,
+  type SeqgateClient,
+  type TransientError,
 } from '@seqgate/client';
 import { storageUnavailable } from '../../src/gate.js';
 import { SqliteStore } from '../../src/store/sqlite-store.js';
@@ -294,7 +307,9 @@ describe('client outcomes against a real server', () => {
     ]);
     const c = client(t.url, 'dev-h', { outbox });
     const recovered: Array<{ key: string; error?: Error; result?: PutResult }> = [];
-    c.on('result', (s) => { if (s.recovered) recovered.push({ key: s.put.key, ...(s.error ? { error: s.error } : {}), ...(s.result ? { result: s.result } : {}) }); });
+    c.on('result', (s) => {
+      if (s.recovered) recovered.push({ key: s.put.key, ...(s.error ? { error: s.error } : {}), ...(s.result ? { result: s.result } : {}) });
+    });
     const r = await c.put('after', 2);
     await waitUntil(() => recovered.length === 2);
     expect(recovered[0]!.error).toBeInstanceOf(InvalidPutError);

@@ -41,7 +41,10 @@ beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'seqgate-pack-'));
   // `npm test` built the package already (pretest); prepack would build it again, which the
   // test of the package.json below checks instead of paying for.
-  const info = JSON.parse(run(NPM, ['pack', '--json', '--ignore-scripts', '--pack-destination', dir], CLIENT_DIR)) as Array<{ filename: string; files: Array<{ path: string }> }>;
+  const info = JSON.parse(run(NPM, ['pack', '--json', '--ignore-scripts', '--pack-destination', dir], CLIENT_DIR)) as Array<{
+    filename: string;
+    files: Array<{ path: string }>;
+  }>;
   tarball = join(dir, info[0]!.filename);
   packed = info[0]!.files.map((f) => f.path).sort();
 
@@ -67,10 +70,21 @@ describe('the @seqgate/client tarball', () => {
   });
 
   it('holds the ESM and CommonJS builds with their types, README and CHANGELOG, and nothing else', () => {
-    expect(packed).toEqual(expect.arrayContaining([
-      'package.json', 'README.md', 'CHANGELOG.md', 'dist/esm/index.js', 'dist/esm/index.d.ts', 'dist/esm/wire/index.js',
-      'dist/esm/node.js', 'dist/cjs/index.js', 'dist/cjs/index.d.ts', 'dist/cjs/package.json', 'dist/cjs/wire/index.d.ts',
-    ]));
+    expect(packed).toEqual(
+      expect.arrayContaining([
+        'package.json',
+        'README.md',
+        'CHANGELOG.md',
+        'dist/esm/index.js',
+        'dist/esm/index.d.ts',
+        'dist/esm/wire/index.js',
+        'dist/esm/node.js',
+        'dist/cjs/index.js',
+        'dist/cjs/index.d.ts',
+        'dist/cjs/package.json',
+        'dist/cjs/wire/index.d.ts',
+      ]),
+    );
     expect(packed.filter((f) => !/^(package\.json|README\.md|CHANGELOG\.md|dist\/(esm|cjs)\/.+\.(js|d\.ts)|dist\/cjs\/package\.json)$/.test(f))).toEqual([]);
     expect(packed.filter((f) => f.endsWith('.ts') && !f.endsWith('.d.ts'))).toEqual([]);
   });
@@ -80,7 +94,9 @@ describe('the @seqgate/client tarball', () => {
   });
 
   it('imports as ESM: a client runs, and the wire module encodes canonically', () => {
-    writeFileSync(join(app, 'esm.mjs'), `
+    writeFileSync(
+      join(app, 'esm.mjs'),
+      `
       import { SeqgateClient, MemoryOutbox, SeqgateClientError, ClientClosedError } from '@seqgate/client';
       import { canonicalEncode, SUBPROTOCOL_MSGPACK } from '@seqgate/client/wire';
       class NeverOpens { constructor() { this.binaryType = ''; this.protocol = ''; } send() {} close() {} }
@@ -93,24 +109,36 @@ describe('the @seqgate/client tarball', () => {
         left: report.left.length, closed: error instanceof ClientClosedError && error instanceof SeqgateClientError, code: error.code,
         hex: Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join(''), sub: SUBPROTOCOL_MSGPACK,
       }));
-    `);
+    `,
+    );
     expect(JSON.parse(run(process.execPath, ['esm.mjs'], app))).toEqual({ left: 1, closed: true, code: 'CLOSED', hex: '82a16102a16201', sub: 'seqgate.v1' });
   });
 
   it('requires as CommonJS', () => {
-    writeFileSync(join(app, 'cjs.cjs'), `
+    writeFileSync(
+      join(app, 'cjs.cjs'),
+      `
       const { SeqgateClient, MemoryOutbox, FencedError } = require('@seqgate/client');
       const { canonicalEncode, CLOSE_CODES } = require('@seqgate/client/wire');
       const bytes = canonicalEncode([1, 'a'], { maxBytes: 100, maxDepth: 4, bytesLimitName: 'x', depthLimitName: 'y' }, 'state');
       console.log(JSON.stringify({ client: typeof SeqgateClient, outbox: new MemoryOutbox().durable, fenced: new FencedError(3).code, bytes: Array.from(bytes), revoked: CLOSE_CODES.TOKEN_REVOKED }));
-    `);
-    expect(JSON.parse(run(process.execPath, ['cjs.cjs'], app))).toEqual({ client: 'function', outbox: false, fenced: 'FENCED', bytes: [0x92, 1, 0xa1, 0x61], revoked: 4403 });
+    `,
+    );
+    expect(JSON.parse(run(process.execPath, ['cjs.cjs'], app))).toEqual({
+      client: 'function',
+      outbox: false,
+      fenced: 'FENCED',
+      bytes: [0x92, 1, 0xa1, 0x61],
+      revoked: 4403,
+    });
   });
 
   it('runs the SQLite outbox from @seqgate/client/node once better-sqlite3 is installed beside it', () => {
     symlinkSync(join(ROOT, 'node_modules/better-sqlite3'), join(app, 'node_modules/better-sqlite3'), 'dir');
     const outboxFile = join(dir, 'outbox.sqlite');
-    writeFileSync(join(app, 'node.mjs'), `
+    writeFileSync(
+      join(app, 'node.mjs'),
+      `
       import { SqliteOutbox, SeqgateClient } from '@seqgate/client/node';
       const o = new SqliteOutbox(${JSON.stringify(outboxFile)});
       const record = { epoch: 1, nextSeq: 2, lastAcked: null, incarnation: null, checkpoint: { at: 7 } };
@@ -118,7 +146,8 @@ describe('the @seqgate/client tarball', () => {
       const loaded = await o.load('s');
       o.close();
       console.log(JSON.stringify({ client: typeof SeqgateClient, checkpoint: loaded.record.checkpoint, entries: loaded.entries.length }));
-    `);
+    `,
+    );
     expect(JSON.parse(run(process.execPath, ['node.mjs'], app))).toEqual({ client: 'function', checkpoint: { at: 7 }, entries: 1 });
   });
 
@@ -126,7 +155,9 @@ describe('the @seqgate/client tarball', () => {
     ['NodeNext', { module: 'nodenext', moduleResolution: 'nodenext' }],
     ['Bundler', { module: 'preserve', moduleResolution: 'bundler' }],
   ])('type-checks an app under tsc --strict with moduleResolution %s', (name, options) => {
-    writeFileSync(join(app, 'app.mts'), `
+    writeFileSync(
+      join(app, 'app.mts'),
+      `
       import { SeqgateClient, MemoryOutbox, FencedError, type PutResult, type WebSocketConstructor, type Outbox } from '@seqgate/client';
       import { canonicalEncode, type WireLimits } from '@seqgate/client/wire';
       declare const WS: WebSocketConstructor;
@@ -138,16 +169,23 @@ describe('the @seqgate/client tarball', () => {
       export const limits: Partial<WireLimits> = { maxFrameBytes: 1 };
       // @ts-expect-error the types are real: a number is not a URL
       new SeqgateClient({ url: 1, stream: 's' });
-    `);
-    writeFileSync(join(app, 'app-cjs.cts'), `
+    `,
+    );
+    writeFileSync(
+      join(app, 'app-cjs.cts'),
+      `
       import sdk = require('@seqgate/client');
       export const code: string = new sdk.FencedError(1).code;
-    `);
+    `,
+    );
     const files = name === 'NodeNext' ? ['app.mts', 'app-cjs.cts'] : ['app.mts'];
-    writeFileSync(join(app, `tsconfig.${name}.json`), JSON.stringify({
-      compilerOptions: { ...options, strict: true, noEmit: true, skipLibCheck: false, types: [], lib: ['es2022', 'dom'], target: 'es2022' },
-      files,
-    }));
+    writeFileSync(
+      join(app, `tsconfig.${name}.json`),
+      JSON.stringify({
+        compilerOptions: { ...options, strict: true, noEmit: true, skipLibCheck: false, types: [], lib: ['es2022', 'dom'], target: 'es2022' },
+        files,
+      }),
+    );
     expect(() => run(TSC, ['-p', `tsconfig.${name}.json`], app)).not.toThrow();
   });
 });
@@ -163,7 +201,11 @@ describe('the seqgate server tarball', () => {
 
 describe('the browser bundle', () => {
   it('bundles for the browser without Node built-ins, within 20 kB minified and gzipped', () => {
-    const rows = JSON.parse(run(process.execPath, [join(CLIENT_DIR, 'scripts/bundle-size.mjs'), '--json'], ROOT)) as Array<{ bundle: string; minifiedBytes: number; gzipBytes: number }>;
+    const rows = JSON.parse(run(process.execPath, [join(CLIENT_DIR, 'scripts/bundle-size.mjs'), '--json'], ROOT)) as Array<{
+      bundle: string;
+      minifiedBytes: number;
+      gzipBytes: number;
+    }>;
     for (const r of rows) console.log(`${r.bundle}: ${(r.minifiedBytes / 1000).toFixed(1)} kB minified, ${(r.gzipBytes / 1000).toFixed(1)} kB min+gz`);
     const whole = rows.find((r) => r.bundle.startsWith('whole client'))!;
     expect(whole.gzipBytes).toBeLessThanOrEqual(20_000);

@@ -18,16 +18,42 @@ const FIXTURE = fileURLToPath(new URL('./fixtures/result-crash.mjs', import.meta
 const PUTS = 20;
 const STREAM = 'result-crash';
 
-interface Line { event: string; seq?: number; recovered?: boolean; ok?: boolean; replay?: boolean | null; drained?: boolean }
+interface Line {
+  event: string;
+  seq?: number;
+  recovered?: boolean;
+  ok?: boolean;
+  replay?: boolean | null;
+  drained?: boolean;
+}
 
-function runClient(url: string, outbox: string, puts: number, killAtSettle: number): Promise<{ lines: Line[]; signal: string | null; code: number | null; stderr: string }> {
+function runClient(
+  url: string,
+  outbox: string,
+  puts: number,
+  killAtSettle: number,
+): Promise<{ lines: Line[]; signal: string | null; code: number | null; stderr: string }> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, [FIXTURE, url, STREAM, outbox, String(puts), String(killAtSettle)], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let stderr = '';
-    child.stdout.on('data', (d: Buffer) => { out += d.toString('utf8'); });
-    child.stderr.on('data', (d: Buffer) => { stderr += d.toString('utf8'); });
-    child.on('exit', (code, signal) => resolve({ lines: out.split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as Line), code, signal, stderr }));
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString('utf8');
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString('utf8');
+    });
+    child.on('exit', (code, signal) =>
+      resolve({
+        lines: out
+          .split('\n')
+          .filter((l) => l !== '')
+          .map((l) => JSON.parse(l) as Line),
+        code,
+        signal,
+        stderr,
+      }),
+    );
   });
 }
 
@@ -49,7 +75,7 @@ it('reports after a restart every put whose answer was stored but never delivere
   // Killed after the answers were committed to the outbox and before any result event.
   expect(first.lines.filter((l) => l.event === 'result')).toEqual([]);
   const db = new Database(outbox, { readonly: true });
-  const answered = (db.prepare('SELECT seq, answer FROM entries WHERE answer IS NOT NULL ORDER BY seq').all() as Array<{ seq: number; answer: string }>);
+  const answered = db.prepare('SELECT seq, answer FROM entries WHERE answer IS NOT NULL ORDER BY seq').all() as Array<{ seq: number; answer: string }>;
   db.close();
   expect(answered.length).toBeGreaterThan(0);
   for (const a of answered) expect(JSON.parse(a.answer)).toMatchObject({ ok: true, replay: false, ack: { seq: a.seq } });

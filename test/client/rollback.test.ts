@@ -4,9 +4,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import {
-  FencedError, MemoryOutbox, ServerRollbackError, type EpochChange, type RollbackInfo, type SeqgateClient,
-} from '@seqgate/client';
+import { FencedError, MemoryOutbox, ServerRollbackError, type EpochChange, type RollbackInfo, type SeqgateClient } from '@seqgate/client';
 import { SqliteOutbox } from '@seqgate/client/node';
 import { SeqgateServer } from '../../src/server/websocket-server.js';
 import { withDb } from '../support/db-checker.js';
@@ -114,8 +112,14 @@ describe('server rollback', () => {
     for (const e of errors) expect(e).toBeInstanceOf(ServerRollbackError);
     expect(rollbacks).toHaveLength(1);
     expect(rollbacks[0]).toMatchObject({
-      reason: 'incarnation', stream: 'meter-1', incarnation: second.store.incarnation,
-      lastAcked: { epoch: 1, seq: 5 }, head: { epoch: 0, seq: 0 }, pending: 2, policy: 'reject', epoch: 2,
+      reason: 'incarnation',
+      stream: 'meter-1',
+      incarnation: second.store.incarnation,
+      lastAcked: { epoch: 1, seq: 5 },
+      head: { epoch: 0, seq: 0 },
+      pending: 2,
+      policy: 'reject',
+      epoch: 2,
     });
     expect(rollbacks[0]!.previousIncarnation).toBe(first.store.incarnation);
     expect(errors[0].rollback).toEqual(rollbacks[0]);
@@ -149,7 +153,12 @@ describe('server rollback', () => {
     s.proxy.stallAll();
     s.proxy.cutAll();
     await s.first.close();
-    const pending = [s.c.put('k7', 7), s.c.put('k8', 8)].map((p) => p.then((v) => ({ ok: true as const, v }), (e: Error) => ({ ok: false as const, e })));
+    const pending = [s.c.put('k7', 7), s.c.put('k8', 8)].map((p) =>
+      p.then(
+        (v) => ({ ok: true as const, v }),
+        (e: Error) => ({ ok: false as const, e }),
+      ),
+    );
     const restored = await serverOn(copyPath);
     expect(restored.store.incarnation).toBe(incarnation);
     s.proxy.setTarget(restored.url);
@@ -161,7 +170,12 @@ describe('server rollback', () => {
     const { c, restored, pending, rollbacks } = await restoreOlderCopy('reject');
     expect(rollbacks).toHaveLength(1);
     expect(rollbacks[0]).toMatchObject({
-      reason: 'head-behind', lastAcked: { epoch: 1, seq: 6 }, head: { epoch: 1, seq: 3 }, pending: 2, policy: 'reject', epoch: 2,
+      reason: 'head-behind',
+      lastAcked: { epoch: 1, seq: 6 },
+      head: { epoch: 1, seq: 3 },
+      pending: 2,
+      policy: 'reject',
+      epoch: 2,
     });
     expect(rollbacks[0]!.previousIncarnation).toBe(rollbacks[0]!.incarnation);
     for (const p of pending) {

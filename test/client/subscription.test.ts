@@ -39,12 +39,20 @@ describe('SeqgateClient.subscribe', () => {
     let outbox = new SqliteOutbox(path);
     let reader = newClient(t.url, 'reader', { outbox });
     const first: Change[] = [];
-    let sub = await reader.subscribe('room/', { onChanges: (changes) => { first.push(...changes); } });
+    let sub = await reader.subscribe('room/', {
+      onChanges: (changes) => {
+        first.push(...changes);
+      },
+    });
     await sub.upToDate;
     await sub.close();
     await reader.close();
     outbox.close();
-    expect(first.map((c) => [c.key, c.version, c.state])).toEqual([['room/1', 1, { n: 1 }], ['room/2', 1, { n: 2 }], ['room/3', 1, { n: 3 }]]);
+    expect(first.map((c) => [c.key, c.version, c.state])).toEqual([
+      ['room/1', 1, { n: 1 }],
+      ['room/2', 1, { n: 2 }],
+      ['room/3', 1, { n: 3 }],
+    ]);
 
     await writer.put('room/2', { n: 22 });
     await writer.put('room/4', { n: 4 });
@@ -53,10 +61,17 @@ describe('SeqgateClient.subscribe', () => {
     outbox = new SqliteOutbox(path);
     reader = newClient(t.url, 'reader', { outbox });
     const second: Change[] = [];
-    sub = await reader.subscribe('room/', { onChanges: (changes) => { second.push(...changes); } });
+    sub = await reader.subscribe('room/', {
+      onChanges: (changes) => {
+        second.push(...changes);
+      },
+    });
     await waitUntil(() => second.length >= 2, 5000, 'the changes after the saved offset');
     await sub.upToDate;
-    expect(second.map((c) => [c.key, c.version, c.state])).toEqual([['room/2', 2, { n: 22 }], ['room/4', 1, { n: 4 }]]);
+    expect(second.map((c) => [c.key, c.version, c.state])).toEqual([
+      ['room/2', 2, { n: 22 }],
+      ['room/4', 1, { n: 4 }],
+    ]);
     expect(sub.offset).toBe(second[1]!.offset);
     await sub.close();
     await reader.close();
@@ -70,7 +85,12 @@ describe('SeqgateClient.subscribe', () => {
     const writer = newClient(t.url, 'w');
     await writer.put('k/1', 1);
     const got: Change[] = [];
-    const sub = await writer.subscribe('k/', { onChanges: (changes) => { got.push(...changes); }, reconnect: { initialDelayMs: 20, maxDelayMs: 200 } });
+    const sub = await writer.subscribe('k/', {
+      onChanges: (changes) => {
+        got.push(...changes);
+      },
+      reconnect: { initialDelayMs: 20, maxDelayMs: 200 },
+    });
     await waitUntil(() => got.length === 1, 5000, 'the first change');
     const port = Number(new URL(t.url).port);
     await t.server.close();
@@ -111,7 +131,10 @@ describe('IdempotentConsumer', () => {
       // from -1 every time, with a memory offset store: every change is delivered again.
       const sub = await reader.subscribe('', {
         onChanges: async (changes) => {
-          for (const c of changes) await consumer.apply(c, () => { effects.push(`${c.key}@${c.version}`); });
+          for (const c of changes)
+            await consumer.apply(c, () => {
+              effects.push(`${c.key}@${c.version}`);
+            });
         },
       });
       await sub.upToDate;

@@ -53,7 +53,10 @@ export class ConformanceClient {
   private cursor = 0;
   private closeInfo: { code: number; reason: string } | undefined;
 
-  private constructor(readonly ws: WebSocket, readonly format: Format) {
+  private constructor(
+    readonly ws: WebSocket,
+    readonly format: Format,
+  ) {
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       const frame = isBinary ? data : data.toString('utf8');
       const message: Msg = isBinary ? unpackr.unpack(data) : JSON.parse(frame as string);
@@ -63,11 +66,13 @@ export class ConformanceClient {
       }
       this.wake();
     });
-    this.closed = new Promise((resolve) => ws.on('close', (code, reason) => {
-      this.closeInfo = { code, reason: reason.toString() };
-      resolve(this.closeInfo);
-      this.wake();
-    }));
+    this.closed = new Promise((resolve) =>
+      ws.on('close', (code, reason) => {
+        this.closeInfo = { code, reason: reason.toString() };
+        resolve(this.closeInfo);
+        this.wake();
+      }),
+    );
     ws.on('error', () => undefined);
   }
 
@@ -177,20 +182,41 @@ export function skipValue(buf: Buffer, pos: number): number {
   if (b >= 0x90 && b <= 0x9f) return skipItems(buf, pos + 1, b & 0x0f);
   if (b >= 0x80 && b <= 0x8f) return skipItems(buf, pos + 1, (b & 0x0f) * 2);
   switch (b) {
-    case 0xc4: case 0xd9: return pos + 2 + buf.readUInt8(pos + 1);
-    case 0xc5: case 0xda: return pos + 3 + buf.readUInt16BE(pos + 1);
-    case 0xc6: case 0xdb: return pos + 5 + buf.readUInt32BE(pos + 1);
-    case 0xca: return pos + 5;
-    case 0xcb: return pos + 9;
-    case 0xcc: case 0xd0: return pos + 2;
-    case 0xcd: case 0xd1: return pos + 3;
-    case 0xce: case 0xd2: return pos + 5;
-    case 0xcf: case 0xd3: return pos + 9;
-    case 0xdc: return skipItems(buf, pos + 3, buf.readUInt16BE(pos + 1));
-    case 0xdd: return skipItems(buf, pos + 5, buf.readUInt32BE(pos + 1));
-    case 0xde: return skipItems(buf, pos + 3, buf.readUInt16BE(pos + 1) * 2);
-    case 0xdf: return skipItems(buf, pos + 5, buf.readUInt32BE(pos + 1) * 2);
-    default: throw new Error(`unexpected MessagePack byte 0x${b.toString(16)} at ${pos}`);
+    case 0xc4:
+    case 0xd9:
+      return pos + 2 + buf.readUInt8(pos + 1);
+    case 0xc5:
+    case 0xda:
+      return pos + 3 + buf.readUInt16BE(pos + 1);
+    case 0xc6:
+    case 0xdb:
+      return pos + 5 + buf.readUInt32BE(pos + 1);
+    case 0xca:
+      return pos + 5;
+    case 0xcb:
+      return pos + 9;
+    case 0xcc:
+    case 0xd0:
+      return pos + 2;
+    case 0xcd:
+    case 0xd1:
+      return pos + 3;
+    case 0xce:
+    case 0xd2:
+      return pos + 5;
+    case 0xcf:
+    case 0xd3:
+      return pos + 9;
+    case 0xdc:
+      return skipItems(buf, pos + 3, buf.readUInt16BE(pos + 1));
+    case 0xdd:
+      return skipItems(buf, pos + 5, buf.readUInt32BE(pos + 1));
+    case 0xde:
+      return skipItems(buf, pos + 3, buf.readUInt16BE(pos + 1) * 2);
+    case 0xdf:
+      return skipItems(buf, pos + 5, buf.readUInt32BE(pos + 1) * 2);
+    default:
+      throw new Error(`unexpected MessagePack byte 0x${b.toString(16)} at ${pos}`);
   }
 }
 

@@ -72,7 +72,10 @@ describe('conformance suite independence', () => {
     for (const file of ['client.ts', 'server-process.ts', 'conformance.test.ts']) {
       const source = readFileSync(new URL(file, import.meta.url), 'utf8');
       const imports = [...source.matchAll(/^import .* from '([^']+)';$/gm)].map((m) => m[1]!);
-      expect(imports.filter((i) => !/^(node:|ws$|msgpackr$|vitest$|\.\/)/.test(i)), file).toEqual([]);
+      expect(
+        imports.filter((i) => !/^(node:|ws$|msgpackr$|vitest$|\.\/)/.test(i)),
+        file,
+      ).toEqual([]);
     }
   });
 });
@@ -132,7 +135,11 @@ describe('conformance: a server with --ack-cap-per-stream 2 --ack-cap-slack 0', 
       expect(Object.keys(w.limits).sort()).toEqual(Object.keys(documented.limits).sort());
       for (const value of Object.values(w.limits)) expect(Number.isSafeInteger(value)).toBe(true);
       const zero = { epoch: 0, seq: 0, prunedThrough: 0 };
-      expect(w.heads).toEqual([{ stream: 'never-a', ...zero }, { stream: 'never-b', ...zero }, { stream: 'never-a', ...zero }]);
+      expect(w.heads).toEqual([
+        { stream: 'never-a', ...zero },
+        { stream: 'never-b', ...zero },
+        { stream: 'never-a', ...zero },
+      ]);
     });
 
     it('reports heads that include every put this connection sent before the hello', async () => {
@@ -250,22 +257,30 @@ describe('conformance: a server with --ack-cap-per-stream 2 --ack-cap-slack 0', 
       expect(replayed.result).toMatchObject({ outcome: 'version_conflict', replay: true });
       expect(ackBytesOf(replayed)).toEqual(ackBytesOf(conflict));
       expect((await step(put({ stream: s, seq: 3, key, ifVersion: 1 }))).result).toMatchObject({ outcome: 'applied', ack: { version: 2 } });
-      expect((await step(put({ stream: s, seq: 4, key, delete: true, state: undefined }))).result)
-        .toMatchObject({ outcome: 'applied', ack: { version: 3, deleted: true } });
+      expect((await step(put({ stream: s, seq: 4, key, delete: true, state: undefined }))).result).toMatchObject({
+        outcome: 'applied',
+        ack: { version: 3, deleted: true },
+      });
       // Deleting what is already deleted changes nothing, so the version stays.
-      expect((await step(put({ stream: s, seq: 5, key, delete: true, state: undefined }))).result)
-        .toMatchObject({ outcome: 'applied', ack: { version: 3, deleted: true } });
-      expect((await step(put({ stream: s, seq: 6, key, ifVersion: 3 }))).result)
-        .toMatchObject({ outcome: 'version_conflict', ack: { version: 3, deleted: true, ifVersion: 3 } });
-      expect((await step(put({ stream: s, seq: 7, key, ifVersion: 0 }))).result)
-        .toMatchObject({ outcome: 'applied', ack: { version: 4, deleted: false } });
+      expect((await step(put({ stream: s, seq: 5, key, delete: true, state: undefined }))).result).toMatchObject({
+        outcome: 'applied',
+        ack: { version: 3, deleted: true },
+      });
+      expect((await step(put({ stream: s, seq: 6, key, ifVersion: 3 }))).result).toMatchObject({
+        outcome: 'version_conflict',
+        ack: { version: 3, deleted: true, ifVersion: 3 },
+      });
+      expect((await step(put({ stream: s, seq: 7, key, ifVersion: 0 }))).result).toMatchObject({ outcome: 'applied', ack: { version: 4, deleted: false } });
       // Documents belong to the tenant, not to a stream.
-      expect((await step(put({ stream: 'conflict-other', seq: 1, key, ifVersion: 4 }))).result)
-        .toMatchObject({ outcome: 'applied', ack: { version: 5 } });
-      expect((await step(put({ stream: s, seq: 8, key: 'conflict-never', delete: true, state: undefined }))).result)
-        .toMatchObject({ outcome: 'applied', ack: { version: 0, deleted: true } });
-      expect((await step(put({ stream: s, seq: 9, key: 'conflict-never-2', ifVersion: 5 }))).result)
-        .toMatchObject({ outcome: 'version_conflict', ack: { version: 0, deleted: true, ifVersion: 5 } });
+      expect((await step(put({ stream: 'conflict-other', seq: 1, key, ifVersion: 4 }))).result).toMatchObject({ outcome: 'applied', ack: { version: 5 } });
+      expect((await step(put({ stream: s, seq: 8, key: 'conflict-never', delete: true, state: undefined }))).result).toMatchObject({
+        outcome: 'applied',
+        ack: { version: 0, deleted: true },
+      });
+      expect((await step(put({ stream: s, seq: 9, key: 'conflict-never-2', ifVersion: 5 }))).result).toMatchObject({
+        outcome: 'version_conflict',
+        ack: { version: 0, deleted: true, ifVersion: 5 },
+      });
     });
 
     it('answers invalid puts in place, consuming nothing, with field, limit and max', async () => {
@@ -349,8 +364,10 @@ describe('conformance: a server with --ack-cap-per-stream 2 --ack-cap-slack 0', 
       await refuse(() => c.send(['put']), 'INVALID_MESSAGE', { field: 'type' });
       await refuse(() => c.send({ type: 'put', puts: 'many' }), 'INVALID_MESSAGE', { field: 'puts' });
       await refuse(() => c.send({ type: 'ping', nonce: nested(limits.maxStateDepth! + 3) }), 'TOO_DEEP', { limit: 'maxStateDepth', max: limits.maxStateDepth });
-      await refuse(() => c.send({ type: 'hello', streams: new Array(limits.maxHelloStreams! + 1).fill('s') }), 'TOO_MANY_STREAMS',
-        { limit: 'maxHelloStreams', max: limits.maxHelloStreams });
+      await refuse(() => c.send({ type: 'hello', streams: new Array(limits.maxHelloStreams! + 1).fill('s') }), 'TOO_MANY_STREAMS', {
+        limit: 'maxHelloStreams',
+        max: limits.maxHelloStreams,
+      });
       const many = Array.from({ length: limits.maxPutsPerFrame! + 1 }, (_, i) => put({ stream: 'too-many', seq: i + 1 }));
       await refuse(() => c.send({ type: 'put', puts: many }), 'TOO_MANY_PUTS', { limit: 'maxPutsPerFrame', max: limits.maxPutsPerFrame });
       // None of the refused frame's puts was processed.
@@ -440,12 +457,13 @@ describe('conformance: a server with --contiguous', () => {
 describe('conformance: a server with tokens', () => {
   const writer = 'conformance-writer-0001';
   const other = 'conformance-other-00002';
-  const tokens = (list: string[]): string => JSON.stringify({
-    tokens: [
-      { token: writer, tenant: 't1', write: { streams: ['dev-'], documents: ['dev-'] }, read: { streams: ['dev-'], documents: [''] } },
-      { token: other, tenant: 't2' },
-    ].filter((t) => list.includes(t.token)),
-  });
+  const tokens = (list: string[]): string =>
+    JSON.stringify({
+      tokens: [
+        { token: writer, tenant: 't1', write: { streams: ['dev-'], documents: ['dev-'] }, read: { streams: ['dev-'], documents: [''] } },
+        { token: other, tenant: 't2' },
+      ].filter((t) => list.includes(t.token)),
+    });
   let tokensFile = '';
   const fx = serverFixture((dir) => {
     tokensFile = join(dir.dir, 'tokens.json');
@@ -486,10 +504,7 @@ describe('conformance: a server with tokens', () => {
 
   it('answers forbidden, consuming nothing, for a stream or key outside the grant', async () => {
     const c = await fx.connect({ headers: { authorization: `Bearer ${writer}` } });
-    const [stream, key] = await c.put([
-      put({ stream: 'prod-1', seq: 1, key: 'dev-x' }),
-      put({ stream: 'dev-grant', seq: 1, key: 'prod-x' }),
-    ]);
+    const [stream, key] = await c.put([put({ stream: 'prod-1', seq: 1, key: 'dev-x' }), put({ stream: 'dev-grant', seq: 1, key: 'prod-x' })]);
     const documented = vector('server-messages.json', 'results-forbidden').decoded.results[0];
     for (const r of [stream!.result, key!.result]) {
       expect(r.outcome).toBe('forbidden');

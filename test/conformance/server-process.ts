@@ -46,7 +46,9 @@ export class ServerProcess {
     let stderr = '';
     child.stdout!.setEncoding('utf8');
     child.stderr!.setEncoding('utf8');
-    child.stderr!.on('data', (d: string) => { stderr += d; });
+    child.stderr!.on('data', (d: string) => {
+      stderr += d;
+    });
     const ready = await new Promise<{ url: string; incarnation: string }>((resolve, reject) => {
       const timer = setTimeout(() => {
         child.kill('SIGKILL');
@@ -76,8 +78,12 @@ export class ServerProcess {
     const server = new ServerProcess(child, ready.url, ready.incarnation);
     server.stdout = stdout;
     server.stderr = stderr;
-    child.stdout!.on('data', (d: string) => { server.stdout += d; });
-    child.stderr!.on('data', (d: string) => { server.stderr += d; });
+    child.stdout!.on('data', (d: string) => {
+      server.stdout += d;
+    });
+    child.stderr!.on('data', (d: string) => {
+      server.stderr += d;
+    });
     return server;
   }
 

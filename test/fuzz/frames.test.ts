@@ -34,7 +34,12 @@ const packr = new Packr({ useRecords: false });
 
 const FUZZ_TOKEN = `F${randomBytes(18).toString('base64url')}`;
 const CONTROL_TOKEN = `C${randomBytes(18).toString('base64url')}`;
-const TOKENS = JSON.stringify({ tokens: [{ token: FUZZ_TOKEN, tenant: 'fuzz' }, { token: CONTROL_TOKEN, tenant: 'control' }] });
+const TOKENS = JSON.stringify({
+  tokens: [
+    { token: FUZZ_TOKEN, tenant: 'fuzz' },
+    { token: CONTROL_TOKEN, tenant: 'control' },
+  ],
+});
 /** How long the server may take to answer the probe after a fuzzed frame. */
 const PROBE_TIMEOUT_MS = 10_000;
 /** Generous bound on each control put's round trip, and on the time between two of its answers. */
@@ -156,7 +161,8 @@ function malformedAnswer(m: Msg): string | null {
       for (const r of m.results) {
         if (!OUTCOMES.has(r.outcome)) return `unknown outcome ${r.outcome}`;
         if (r.outcome === 'applied' || r.outcome === 'version_conflict') {
-          if (typeof r.replay !== 'boolean' || typeof r.ack?.version !== 'number' || typeof r.ack?.committedAt !== 'number') return 'stored outcome without a full ack';
+          if (typeof r.replay !== 'boolean' || typeof r.ack?.version !== 'number' || typeof r.ack?.committedAt !== 'number')
+            return 'stored outcome without a full ack';
         } else {
           const spec = ERRORS[r.error?.code as ErrorCode];
           if (spec === undefined || spec.scope !== 'put' || r.error.retryable !== spec.retryable) return `result with bad error ${JSON.stringify(r.error)}`;
@@ -184,10 +190,12 @@ function onUncaught(err: Error): void {
 }
 
 function describeFrames(frames: readonly Frame[]): string {
-  return frames.map((f) => {
-    const b = typeof f.data === 'string' ? Buffer.from(f.data, 'utf8') : f.data;
-    return `${f.binary ? 'binary' : 'text'} ${b.length} bytes: ${b.subarray(0, 48).toString('hex')}${b.length > 48 ? '…' : ''}`;
-  }).join('; ');
+  return frames
+    .map((f) => {
+      const b = typeof f.data === 'string' ? Buffer.from(f.data, 'utf8') : f.data;
+      return `${f.binary ? 'binary' : 'text'} ${b.length} bytes: ${b.subarray(0, 48).toString('hex')}${b.length > 48 ? '…' : ''}`;
+    })
+    .join('; ');
 }
 
 /**
@@ -205,9 +213,8 @@ async function exchange(link: Link, frames: readonly Frame[], counters: Counters
   const nonce = `probe-${++probes}`;
   if (link.kind === 'unauth') c.send({ type: 'ping', nonce });
   else c.send({ type: 'hello', streams: [nonce] });
-  const isProbe = (m: Msg): boolean => (link.kind === 'unauth'
-    ? m.type === 'pong' && m.nonce === nonce
-    : m.type === 'welcome' && m.heads?.[0]?.stream === nonce);
+  const isProbe = (m: Msg): boolean =>
+    link.kind === 'unauth' ? m.type === 'pong' && m.nonce === nonce : m.type === 'welcome' && m.heads?.[0]?.stream === nonce;
   const uncaughtBefore = uncaught.length;
   const threw = new Promise<void>((resolve) => uncaughtWaiters.push(resolve));
   try {
@@ -217,8 +224,10 @@ async function exchange(link: Link, frames: readonly Frame[], counters: Counters
     ]);
   } catch {
     link.dispose();
-    throw new Error(`the server answered neither the probe nor with a close within ${PROBE_TIMEOUT_MS} ms after ${describeFrames(frames)}; `
-      + `the connection's last frames: ${link.history.join(' | ')}; its last answers: ${JSON.stringify(c.messages.slice(-4)).slice(0, 1500)}`);
+    throw new Error(
+      `the server answered neither the probe nor with a close within ${PROBE_TIMEOUT_MS} ms after ${describeFrames(frames)}; ` +
+        `the connection's last frames: ${link.history.join(' | ')}; its last answers: ${JSON.stringify(c.messages.slice(-4)).slice(0, 1500)}`,
+    );
   }
   if (uncaught.length > uncaughtBefore) {
     link.dispose();
@@ -292,37 +301,42 @@ function sometimes<T>(valid: fc.Arbitrary<T>, other: fc.Arbitrary<unknown> = val
   return fc.oneof({ weight: 8, arbitrary: valid }, { weight: 1, arbitrary: other });
 }
 
-const putArb = fc.record({
-  id: sometimes(fc.oneof(fc.nat(), fc.string({ maxLength: 10 }))),
-  stream: sometimes(nameArb),
-  epoch: sometimes(fc.integer({ min: 0, max: 3 })),
-  seq: sometimes(fc.integer({ min: 1, max: 60 })),
-  key: sometimes(keyArb),
-  body: fc.oneof(
-    { weight: 8, arbitrary: valueArb.map((state) => [['state', state]] as Array<[string, unknown]>) },
-    { weight: 2, arbitrary: fc.constant([['delete', true]] as Array<[string, unknown]>) },
-    { weight: 1, arbitrary: valueArb.map((d) => [['delete', d]] as Array<[string, unknown]>) },
-    { weight: 1, arbitrary: fc.constant([] as Array<[string, unknown]>) },
-  ),
-  ifVersion: fc.option(sometimes(fc.integer({ min: 0, max: 4 })), { nil: undefined, freq: 3 }),
-  extra: fc.option(fc.tuple(fc.oneof(fc.string({ maxLength: 6 }), valueArb), valueArb), { nil: undefined, freq: 8 }),
-  asMap: fc.boolean(),
-}).map(({ body, extra, asMap, ifVersion, ...fields }) => {
-  const entries: Array<[unknown, unknown]> = [...Object.entries(fields), ...body];
-  if (ifVersion !== undefined) entries.push(['ifVersion', ifVersion]);
-  if (extra !== undefined) entries.push(extra);
-  return asMap ? new Map(entries) : Object.fromEntries(entries.map(([k, v]) => [String(k), v]));
-});
+const putArb = fc
+  .record({
+    id: sometimes(fc.oneof(fc.nat(), fc.string({ maxLength: 10 }))),
+    stream: sometimes(nameArb),
+    epoch: sometimes(fc.integer({ min: 0, max: 3 })),
+    seq: sometimes(fc.integer({ min: 1, max: 60 })),
+    key: sometimes(keyArb),
+    body: fc.oneof(
+      { weight: 8, arbitrary: valueArb.map((state) => [['state', state]] as Array<[string, unknown]>) },
+      { weight: 2, arbitrary: fc.constant([['delete', true]] as Array<[string, unknown]>) },
+      { weight: 1, arbitrary: valueArb.map((d) => [['delete', d]] as Array<[string, unknown]>) },
+      { weight: 1, arbitrary: fc.constant([] as Array<[string, unknown]>) },
+    ),
+    ifVersion: fc.option(sometimes(fc.integer({ min: 0, max: 4 })), { nil: undefined, freq: 3 }),
+    extra: fc.option(fc.tuple(fc.oneof(fc.string({ maxLength: 6 }), valueArb), valueArb), { nil: undefined, freq: 8 }),
+    asMap: fc.boolean(),
+  })
+  .map(({ body, extra, asMap, ifVersion, ...fields }) => {
+    const entries: Array<[unknown, unknown]> = [...Object.entries(fields), ...body];
+    if (ifVersion !== undefined) entries.push(['ifVersion', ifVersion]);
+    if (extra !== undefined) entries.push(extra);
+    return asMap ? new Map(entries) : Object.fromEntries(entries.map(([k, v]) => [String(k), v]));
+  });
 
 const messageArb: fc.Arbitrary<unknown> = fc.oneof(
   { weight: 8, arbitrary: fc.array(putArb, { maxLength: 5 }).map((puts) => ({ type: 'put', puts })) },
   {
     weight: 2,
-    arbitrary: fc.record({
-      type: fc.constant('hello'),
-      streams: sometimes(fc.array(nameArb, { maxLength: 4 })),
-      protocol: sometimes(fc.constant(1)),
-    }, { requiredKeys: ['type'] }),
+    arbitrary: fc.record(
+      {
+        type: fc.constant('hello'),
+        streams: sometimes(fc.array(nameArb, { maxLength: 4 })),
+        protocol: sometimes(fc.constant(1)),
+      },
+      { requiredKeys: ['type'] },
+    ),
   },
   { weight: 2, arbitrary: fc.record({ type: fc.constant('ping'), nonce: valueArb }, { requiredKeys: ['type'] }) },
   { weight: 1, arbitrary: fc.record({ type: fc.oneof(fc.string({ maxLength: 10 }), valueArb), puts: valueArb }, { requiredKeys: ['type'] }) },
@@ -336,7 +350,10 @@ const mutationArb: fc.Arbitrary<Mutation> = fc.oneof(
   { weight: 1, arbitrary: fc.record({ op: fc.constant('insert' as const), at: fc.nat(), bytes: fc.uint8Array({ minLength: 1, maxLength: 8 }) }) },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('delete' as const), at: fc.nat(), length: fc.integer({ min: 1, max: 16 }) }) },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('trailing' as const), bytes: fc.uint8Array({ minLength: 1, maxLength: 8 }) }) },
-  { weight: 1, arbitrary: fc.record({ op: fc.constant('repeat' as const), at: fc.nat(), length: fc.integer({ min: 1, max: 32 }), times: fc.integer({ min: 1, max: 64 }) }) },
+  {
+    weight: 1,
+    arbitrary: fc.record({ op: fc.constant('repeat' as const), at: fc.nat(), length: fc.integer({ min: 1, max: 32 }), times: fc.integer({ min: 1, max: 64 }) }),
+  },
   {
     weight: 4,
     arbitrary: fc.record({
@@ -377,29 +394,31 @@ describe('fuzzed frames against a live server', () => {
   it('random bytes on a msgpack connection, and as text frames, never crash the server, stall it or close the connection', async () => {
     const link = new Link('msgpack');
     const counters: Counters = {};
-    await runProperty(fc.asyncProperty(
-      fc.uint8Array({ maxLength: 512 }),
-      fc.nat(9),
-      async (bytes, textChance) => {
+    await runProperty(
+      fc.asyncProperty(fc.uint8Array({ maxLength: 512 }), fc.nat(9), async (bytes, textChance) => {
         await exchange(link, [{ data: Buffer.from(bytes), binary: textChance !== 0 }], counters);
-      },
-    ), { fileUrl: import.meta.url, name: 'random bytes on a msgpack connection', numRuns: 300, counters });
+      }),
+      { fileUrl: import.meta.url, name: 'random bytes on a msgpack connection', numRuns: 300, counters },
+    );
     link.dispose();
   }, 120_000);
 
   it('valid messages in every msgpack encoding, mutated by bit flips, truncation, inflated lengths and spliced bytes, are answered with documented codes', async () => {
     const link = new Link('msgpack');
     const counters: Counters = {};
-    await runProperty(fc.asyncProperty(
-      messageArb,
-      fc.integer(),
-      fc.oneof({ weight: 1, arbitrary: fc.constant([] as Mutation[]) }, { weight: 3, arbitrary: fc.array(mutationArb, { minLength: 1, maxLength: 3 }) }),
-      fc.nat(19),
-      async (message, formSeed, mutations, textChance) => {
-        const bytes = mutate(forge(message, mulberry32(formSeed)), mutations);
-        await exchange(link, [{ data: bytes, binary: textChance !== 0 }], counters);
-      },
-    ), { fileUrl: import.meta.url, name: 'mutated msgpack frames', numRuns: 1500, counters });
+    await runProperty(
+      fc.asyncProperty(
+        messageArb,
+        fc.integer(),
+        fc.oneof({ weight: 1, arbitrary: fc.constant([] as Mutation[]) }, { weight: 3, arbitrary: fc.array(mutationArb, { minLength: 1, maxLength: 3 }) }),
+        fc.nat(19),
+        async (message, formSeed, mutations, textChance) => {
+          const bytes = mutate(forge(message, mulberry32(formSeed)), mutations);
+          await exchange(link, [{ data: bytes, binary: textChance !== 0 }], counters);
+        },
+      ),
+      { fileUrl: import.meta.url, name: 'mutated msgpack frames', numRuns: 1500, counters },
+    );
     link.dispose();
   }, 120_000);
 
@@ -408,31 +427,36 @@ describe('fuzzed frames against a live server', () => {
     const counters: Counters = {};
     const limit = t.server.limits.maxStateDepth + 3;
     let deepSeq = 0;
-    await runProperty(fc.asyncProperty(
-      fc.oneof(fc.integer({ min: 1, max: limit + 4 }), fc.constantFrom(1000, 100_000)),
-      fc.constantFrom('array', 'map', 'mixed'),
-      fc.constantFrom('bare', 'state', 'nonce', 'unknown-field'),
-      fc.constantFrom('msgpack' as const, 'json' as const),
-      async (depth, container, where, format) => {
-        const envelope = { bare: 0, state: 3, nonce: 1, 'unknown-field': 1 }[where];
-        const seq = ++deepSeq;
-        const frame = nestedFrame(depth, container, where, format, seq);
-        const tooDeep = depth + envelope > limit;
-        await exchange(links[format], [frame], counters, {
-          answers: (answers) => {
-            if (tooDeep) {
-              expect(answers).toEqual([{ type: 'error', code: 'TOO_DEEP', message: expect.any(String), retryable: false, limit: 'maxStateDepth', max: limit - 3 }]);
-            } else {
-              expect(answers.some((m: Msg) => m.code === 'TOO_DEEP')).toBe(false);
-              if (where === 'state') {
-                expect(answers).toHaveLength(1);
-                expect(answers[0].results[0]).toMatchObject({ outcome: 'applied', ack: { stream: 'fz-deep', seq } });
+    await runProperty(
+      fc.asyncProperty(
+        fc.oneof(fc.integer({ min: 1, max: limit + 4 }), fc.constantFrom(1000, 100_000)),
+        fc.constantFrom('array', 'map', 'mixed'),
+        fc.constantFrom('bare', 'state', 'nonce', 'unknown-field'),
+        fc.constantFrom('msgpack' as const, 'json' as const),
+        async (depth, container, where, format) => {
+          const envelope = { bare: 0, state: 3, nonce: 1, 'unknown-field': 1 }[where];
+          const seq = ++deepSeq;
+          const frame = nestedFrame(depth, container, where, format, seq);
+          const tooDeep = depth + envelope > limit;
+          await exchange(links[format], [frame], counters, {
+            answers: (answers) => {
+              if (tooDeep) {
+                expect(answers).toEqual([
+                  { type: 'error', code: 'TOO_DEEP', message: expect.any(String), retryable: false, limit: 'maxStateDepth', max: limit - 3 },
+                ]);
+              } else {
+                expect(answers.some((m: Msg) => m.code === 'TOO_DEEP')).toBe(false);
+                if (where === 'state') {
+                  expect(answers).toHaveLength(1);
+                  expect(answers[0].results[0]).toMatchObject({ outcome: 'applied', ack: { stream: 'fz-deep', seq } });
+                }
               }
-            }
-          },
-        });
-      },
-    ), { fileUrl: import.meta.url, name: 'deep nesting', numRuns: 80, counters });
+            },
+          });
+        },
+      ),
+      { fileUrl: import.meta.url, name: 'deep nesting', numRuns: 80, counters },
+    );
     links.msgpack.dispose();
     links.json.dispose();
   }, 120_000);
@@ -441,27 +465,30 @@ describe('fuzzed frames against a live server', () => {
     const links = { msgpack: new Link('msgpack'), json: new Link('json') };
     const counters: Counters = {};
     let hugeSeq = 0;
-    await runProperty(fc.asyncProperty(
-      fc.constantFrom('string', 'binary', 'map', 'array', 'puts', 'streams'),
-      fc.constantFrom('nonce', 'state', 'unknown-field', 'id'),
-      fc.constantFrom(-300_000, -1000, -1, 0, 1, 1000),
-      fc.constantFrom('msgpack' as const, 'json' as const),
-      async (kind, where, delta, format) => {
-        const target = maxFrameBytes + delta;
-        const frame = hugeFrame(kind, where, format, target, ++hugeSeq);
-        const size = typeof frame.data === 'string' ? Buffer.byteLength(frame.data) : frame.data.length;
-        bump(counters, 'hugeBytes', size);
-        const started = performance.now();
-        await exchange(links[format], [frame], counters, {
-          answers: (_answers, closed) => {
-            if (size > maxFrameBytes) expect(closed?.code).toBe(1009);
-            else expect(closed).toBeUndefined();
-          },
-        });
-        const ms = Math.round(performance.now() - started);
-        counters[`maxMs:${kind}/${where}/${format}`] = Math.max(counters[`maxMs:${kind}/${where}/${format}`] ?? 0, ms);
-      },
-    ), { fileUrl: import.meta.url, name: 'huge frames up to and past the limit', numRuns: 36, counters });
+    await runProperty(
+      fc.asyncProperty(
+        fc.constantFrom('string', 'binary', 'map', 'array', 'puts', 'streams'),
+        fc.constantFrom('nonce', 'state', 'unknown-field', 'id'),
+        fc.constantFrom(-300_000, -1000, -1, 0, 1, 1000),
+        fc.constantFrom('msgpack' as const, 'json' as const),
+        async (kind, where, delta, format) => {
+          const target = maxFrameBytes + delta;
+          const frame = hugeFrame(kind, where, format, target, ++hugeSeq);
+          const size = typeof frame.data === 'string' ? Buffer.byteLength(frame.data) : frame.data.length;
+          bump(counters, 'hugeBytes', size);
+          const started = performance.now();
+          await exchange(links[format], [frame], counters, {
+            answers: (_answers, closed) => {
+              if (size > maxFrameBytes) expect(closed?.code).toBe(1009);
+              else expect(closed).toBeUndefined();
+            },
+          });
+          const ms = Math.round(performance.now() - started);
+          counters[`maxMs:${kind}/${where}/${format}`] = Math.max(counters[`maxMs:${kind}/${where}/${format}`] ?? 0, ms);
+        },
+      ),
+      { fileUrl: import.meta.url, name: 'huge frames up to and past the limit', numRuns: 36, counters },
+    );
     links.msgpack.dispose();
     links.json.dispose();
   }, 180_000);
@@ -469,9 +496,12 @@ describe('fuzzed frames against a live server', () => {
   it('random JSON, mutated JSON messages, odd JSON texts and non-UTF-8 or binary frames on a JSON connection are answered with documented codes', async () => {
     const link = new Link('json');
     const counters: Counters = {};
-    await runProperty(fc.asyncProperty(jsonFrameArb, async (frame) => {
-      await exchange(link, [frame], counters);
-    }), { fileUrl: import.meta.url, name: 'JSON text frames', numRuns: 600, counters });
+    await runProperty(
+      fc.asyncProperty(jsonFrameArb, async (frame) => {
+        await exchange(link, [frame], counters);
+      }),
+      { fileUrl: import.meta.url, name: 'JSON text frames', numRuns: 600, counters },
+    );
     link.dispose();
   }, 120_000);
 
@@ -479,19 +509,17 @@ describe('fuzzed frames against a live server', () => {
     const link = new Link('unauth');
     const counters: Counters = {};
     const before = fuzzTenantFootprint();
-    await runProperty(fc.asyncProperty(
-      messageArb,
-      fc.integer(),
-      fc.array(mutationArb, { maxLength: 2 }),
-      async (message, formSeed, mutations) => {
+    await runProperty(
+      fc.asyncProperty(messageArb, fc.integer(), fc.array(mutationArb, { maxLength: 2 }), async (message, formSeed, mutations) => {
         const bytes = mutate(forge(message, mulberry32(formSeed)), mutations);
         await exchange(link, [{ data: bytes, binary: true }], counters, {
           answers: (answers) => {
             for (const m of answers) expect(['error', 'pong']).toContain(m.type);
           },
         });
-      },
-    ), { fileUrl: import.meta.url, name: 'frames before authentication', numRuns: 200, counters });
+      }),
+      { fileUrl: import.meta.url, name: 'frames before authentication', numRuns: 200, counters },
+    );
     link.dispose();
     expect(fuzzTenantFootprint()).toEqual(before);
   }, 120_000);
@@ -534,7 +562,7 @@ describe('fuzzed frames against a live server', () => {
 
 /** A value nested `depth` levels deep (the innermost container empty), as msgpack or JSON. */
 function nestedValue(depth: number, container: string, format: 'msgpack' | 'json'): Buffer | string {
-  const kindAt = (i: number): 'array' | 'map' => (container === 'mixed' ? (i % 2 === 0 ? 'array' : 'map') : container as 'array' | 'map');
+  const kindAt = (i: number): 'array' | 'map' => (container === 'mixed' ? (i % 2 === 0 ? 'array' : 'map') : (container as 'array' | 'map'));
   if (format === 'json') {
     const open: string[] = [];
     const close: string[] = [];
@@ -555,17 +583,25 @@ function nestedFrame(depth: number, container: string, where: string, format: 'm
   const inner = nestedValue(depth, container, format);
   if (format === 'json') {
     const v = inner as string;
-    const text = where === 'bare' ? v
-      : where === 'state' ? `{"type":"put","puts":[{"id":${seq},"stream":"fz-deep","epoch":1,"seq":${seq},"key":"fk-deep","state":${v}}]}`
-        : where === 'nonce' ? `{"type":"ping","nonce":${v}}`
-          : `{"type":"hello","extra":${v}}`;
+    const text =
+      where === 'bare'
+        ? v
+        : where === 'state'
+          ? `{"type":"put","puts":[{"id":${seq},"stream":"fz-deep","epoch":1,"seq":${seq},"key":"fk-deep","state":${v}}]}`
+          : where === 'nonce'
+            ? `{"type":"ping","nonce":${v}}`
+            : `{"type":"hello","extra":${v}}`;
     return { data: text, binary: false };
   }
   const raw = new Raw(inner as Buffer);
-  const message = where === 'bare' ? raw
-    : where === 'state' ? { type: 'put', puts: [{ id: seq, stream: 'fz-deep', epoch: 1, seq, key: 'fk-deep', state: raw }] }
-      : where === 'nonce' ? { type: 'ping', nonce: raw }
-        : { type: 'hello', extra: raw };
+  const message =
+    where === 'bare'
+      ? raw
+      : where === 'state'
+        ? { type: 'put', puts: [{ id: seq, stream: 'fz-deep', epoch: 1, seq, key: 'fk-deep', state: raw }] }
+        : where === 'nonce'
+          ? { type: 'ping', nonce: raw }
+          : { type: 'hello', extra: raw };
   return { data: forge(message, () => 0).bytes, binary: true };
 }
 
@@ -578,20 +614,33 @@ function hugeFrame(kind: string, where: string, format: 'msgpack' | 'json', targ
     const n = Math.max(0, fill);
     let bulk: unknown;
     switch (kind) {
-      case 'string': bulk = 'x'.repeat(n); break;
-      case 'binary': bulk = format === 'msgpack' ? new Uint8Array(n) : 'b'.repeat(n); break;
+      case 'string':
+        bulk = 'x'.repeat(n);
+        break;
+      case 'binary':
+        bulk = format === 'msgpack' ? new Uint8Array(n) : 'b'.repeat(n);
+        break;
       case 'map': {
         const m = new Map<string, number>();
         for (let i = 0; i < Math.floor(n / 8); i++) m.set(`k${i}`, i % 100);
         bulk = format === 'msgpack' ? m : Object.fromEntries(m);
         break;
       }
-      case 'array': bulk = Array.from({ length: Math.floor(n / 2) }, (_, i) => i % 100); break;
+      case 'array':
+        bulk = Array.from({ length: Math.floor(n / 2) }, (_, i) => i % 100);
+        break;
       case 'puts': {
         // Up to maxPutsPerFrame puts (one more gets TOO_MANY_PUTS), each padded evenly.
         const count = n > 0 && seq % 2 === 0 ? 1001 : 1000;
         const pad = Math.max(0, Math.floor(n / count) - 60);
-        bulk = Array.from({ length: count }, (_, i) => ({ id: i, stream: `fz-huge-${seq}`, epoch: 1, seq: i + 1, key: `fk-h${i % 4}`, state: 'p'.repeat(pad) }));
+        bulk = Array.from({ length: count }, (_, i) => ({
+          id: i,
+          stream: `fz-huge-${seq}`,
+          epoch: 1,
+          seq: i + 1,
+          key: `fk-h${i % 4}`,
+          state: 'p'.repeat(pad),
+        }));
         break;
       }
       default: {
@@ -624,14 +673,17 @@ function hugeFrame(kind: string, where: string, format: 'msgpack' | 'json', targ
 // ---------------------------------------------------------------------------------------------
 // JSON frames.
 
-const jsonPutArb = fc.record({
-  id: sometimes(fc.oneof(fc.nat(), fc.string({ maxLength: 10 })), fc.jsonValue({ maxDepth: 2 })),
-  stream: sometimes(nameArb, fc.jsonValue({ maxDepth: 1 })),
-  epoch: sometimes(fc.integer({ min: 0, max: 3 }), fc.jsonValue({ maxDepth: 1 })),
-  seq: sometimes(fc.integer({ min: 1, max: 60 }), fc.jsonValue({ maxDepth: 1 })),
-  key: sometimes(keyArb, fc.jsonValue({ maxDepth: 1 })),
-  state: fc.jsonValue({ maxDepth: 3 }),
-}, { requiredKeys: [] });
+const jsonPutArb = fc.record(
+  {
+    id: sometimes(fc.oneof(fc.nat(), fc.string({ maxLength: 10 })), fc.jsonValue({ maxDepth: 2 })),
+    stream: sometimes(nameArb, fc.jsonValue({ maxDepth: 1 })),
+    epoch: sometimes(fc.integer({ min: 0, max: 3 }), fc.jsonValue({ maxDepth: 1 })),
+    seq: sometimes(fc.integer({ min: 1, max: 60 }), fc.jsonValue({ maxDepth: 1 })),
+    key: sometimes(keyArb, fc.jsonValue({ maxDepth: 1 })),
+    state: fc.jsonValue({ maxDepth: 3 }),
+  },
+  { requiredKeys: [] },
+);
 
 const jsonMessageArb = fc.oneof(
   { weight: 6, arbitrary: fc.array(jsonPutArb, { maxLength: 4 }).map((puts) => ({ type: 'put', puts })) },
@@ -642,7 +694,11 @@ const jsonMessageArb = fc.oneof(
 
 const textEditArb: fc.Arbitrary<TextEdit> = fc.oneof(
   fc.record({ op: fc.constant('delete' as const), at: fc.nat(), length: fc.integer({ min: 1, max: 8 }) }),
-  fc.record({ op: fc.constant('insert' as const), at: fc.nat(), text: fc.oneof(fc.string({ maxLength: 4 }), fc.constantFrom('"', '{', '[', ']', '}', ',', ':', '\\', '\\u', '1e999', '-', '\ud800', '\u0000')) }),
+  fc.record({
+    op: fc.constant('insert' as const),
+    at: fc.nat(),
+    text: fc.oneof(fc.string({ maxLength: 4 }), fc.constantFrom('"', '{', '[', ']', '}', ',', ':', '\\', '\\u', '1e999', '-', '\ud800', '\u0000')),
+  }),
   fc.record({ op: fc.constant('truncate' as const), at: fc.nat() }),
 );
 
@@ -663,23 +719,45 @@ function editText(text: string, edits: readonly TextEdit[]): string {
 }
 
 const ODD_JSON = [
-  '', ' ', 'null', '[]', '{}', '"str"', '{"type":"put"}', '{"type":"put","puts":[', '\ufeff{"type":"ping"}',
-  '{"type":"ping","type":"put","puts":[]}', '{"type":"ping","nonce":"\\ud800"}', '{"type":"ping","nonce":"\\udc00\\ud800"}',
+  '',
+  ' ',
+  'null',
+  '[]',
+  '{}',
+  '"str"',
+  '{"type":"put"}',
+  '{"type":"put","puts":[',
+  '\ufeff{"type":"ping"}',
+  '{"type":"ping","type":"put","puts":[]}',
+  '{"type":"ping","nonce":"\\ud800"}',
+  '{"type":"ping","nonce":"\\udc00\\ud800"}',
   '{"type":"put","puts":[{"id":1,"stream":"fz-a","epoch":1e400,"seq":1,"key":"k","state":1}]}',
   '{"type":"put","puts":[{"id":1,"stream":"fz-a","epoch":1,"seq":1.0000000000000002,"key":"k","state":-0}]}',
   '{"type":"put","puts":[{"id":1,"stream":"fz-\\u0000","epoch":1,"seq":1,"key":"k","state":1}]}',
   '{"type":"put","puts":[{"id":1,"stream":"fz-a","epoch":1,"seq":9007199254740993,"key":"k","state":1}]}',
-  '{"__proto__":{"type":"ping"}}', '{"type":{"toString":1}}', '{"type":"hello","streams":["a","a","a"]}',
-  '1e999999', '-', '"\\u', '["[[[[', `"${'['.repeat(50_000)}"`, `{"type":"ping","nonce":"${'{'.repeat(50_000)}"}`,
-  `{"type":"ping","nonce":"\\\\","x":${'['.repeat(40)}${']'.repeat(40)}}`, `{"type":"ping","nonce":"\\"${'['.repeat(40)}"}`,
-  ']]]]]]]]]]', '}}}}{{{{', '{"type":"put","puts":{"length":1}}', '{"type":"hello","protocol":null}',
+  '{"__proto__":{"type":"ping"}}',
+  '{"type":{"toString":1}}',
+  '{"type":"hello","streams":["a","a","a"]}',
+  '1e999999',
+  '-',
+  '"\\u',
+  '["[[[[',
+  `"${'['.repeat(50_000)}"`,
+  `{"type":"ping","nonce":"${'{'.repeat(50_000)}"}`,
+  `{"type":"ping","nonce":"\\\\","x":${'['.repeat(40)}${']'.repeat(40)}}`,
+  `{"type":"ping","nonce":"\\"${'['.repeat(40)}"}`,
+  ']]]]]]]]]]',
+  '}}}}{{{{',
+  '{"type":"put","puts":{"length":1}}',
+  '{"type":"hello","protocol":null}',
 ];
 
 const jsonFrameArb: fc.Arbitrary<Frame> = fc.oneof(
   { weight: 3, arbitrary: fc.json({ maxDepth: 4 }).map((text) => ({ data: text, binary: false })) },
   {
     weight: 6,
-    arbitrary: fc.tuple(jsonMessageArb, fc.array(textEditArb, { maxLength: 3 }))
+    arbitrary: fc
+      .tuple(jsonMessageArb, fc.array(textEditArb, { maxLength: 3 }))
       .map(([message, edits]) => ({ data: editText(JSON.stringify(message), edits), binary: false })),
   },
   { weight: 1, arbitrary: fc.string({ unit: 'grapheme', maxLength: 40 }).map((text) => ({ data: text, binary: false })) },
@@ -718,9 +796,18 @@ function storeInvariantViolations(dbPath: string): string[] {
       const found = rows(sql);
       if (found.length > 0) out.push(`${what}: ${JSON.stringify(found.slice(0, 5))}`);
     };
-    check('acks above their head', 'SELECT s.tenant, s.name, a.epoch, a.seq FROM acks a JOIN streams s ON s.id = a.stream_id WHERE (a.epoch, a.seq) > (s.epoch, s.seq)');
-    check('heads without their own ack', 'SELECT s.tenant, s.name FROM streams s WHERE NOT EXISTS (SELECT 1 FROM acks a WHERE a.stream_id = s.id AND a.epoch = s.epoch AND a.seq = s.seq)');
-    check('ack_count differing from the rows', 'SELECT s.tenant, s.name, s.ack_count, (SELECT count(*) FROM acks a WHERE a.stream_id = s.id) AS n FROM streams s WHERE s.ack_count != (SELECT count(*) FROM acks a WHERE a.stream_id = s.id)');
+    check(
+      'acks above their head',
+      'SELECT s.tenant, s.name, a.epoch, a.seq FROM acks a JOIN streams s ON s.id = a.stream_id WHERE (a.epoch, a.seq) > (s.epoch, s.seq)',
+    );
+    check(
+      'heads without their own ack',
+      'SELECT s.tenant, s.name FROM streams s WHERE NOT EXISTS (SELECT 1 FROM acks a WHERE a.stream_id = s.id AND a.epoch = s.epoch AND a.seq = s.seq)',
+    );
+    check(
+      'ack_count differing from the rows',
+      'SELECT s.tenant, s.name, s.ack_count, (SELECT count(*) FROM acks a WHERE a.stream_id = s.id) AS n FROM streams s WHERE s.ack_count != (SELECT count(*) FROM acks a WHERE a.stream_id = s.id)',
+    );
     check('acks of no stream', 'SELECT a.stream_id FROM acks a WHERE NOT EXISTS (SELECT 1 FROM streams s WHERE s.id = a.stream_id)');
     check('pruned-through above the head', 'SELECT tenant, name FROM streams WHERE pruned_through > seq');
     check('documents below version 1', 'SELECT tenant, key FROM documents WHERE version < 1');

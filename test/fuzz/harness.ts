@@ -126,7 +126,7 @@ export interface RunOptions {
  */
 export async function runProperty<Ts>(property: fc.IAsyncPropertyWithHooks<Ts>, options: RunOptions): Promise<fc.RunDetails<Ts>> {
   const file = relative(REPO, fileURLToPath(options.fileUrl));
-  const seed = envSeed() ?? ((Date.now() ^ Math.floor(Math.random() * 0x1_0000_0000)) | 0);
+  const seed = envSeed() ?? (Date.now() ^ Math.floor(Math.random() * 0x1_0000_0000)) | 0;
   const path = process.env.SEQGATE_FUZZ_PATH || undefined;
   const numRuns = Math.max(1, Math.round(options.numRuns * runsFactor()));
   // vitest's -t is a pattern over the test's title: the it() title, regex-escaped, selects just it.
@@ -138,7 +138,7 @@ export async function runProperty<Ts>(property: fc.IAsyncPropertyWithHooks<Ts>, 
   const started = performance.now();
   const details = await fc.check(property, { numRuns, seed, ...(path ? { path } : {}) });
   const durationMs = Math.round(performance.now() - started);
-  const report = details.failed ? (await fc.asyncDefaultReportMessage(details)) ?? 'property failed' : undefined;
+  const report = details.failed ? ((await fc.asyncDefaultReportMessage(details)) ?? 'property failed') : undefined;
   recordProperty(options.name, {
     file,
     numRuns,
@@ -149,13 +149,16 @@ export async function runProperty<Ts>(property: fc.IAsyncPropertyWithHooks<Ts>, 
     durationMs,
     finishedAt: new Date().toISOString(),
     counters: { ...options.counters },
-    ...(report !== undefined ? { error: `${report}\n${details.errorInstance instanceof Error ? details.errorInstance.message : String(details.errorInstance)}`.slice(0, 4000) } : {}),
+    ...(report !== undefined
+      ? { error: `${report}\n${details.errorInstance instanceof Error ? details.errorInstance.message : String(details.errorInstance)}`.slice(0, 4000) }
+      : {}),
   });
-  process.stdout.write(`[fuzz] ${options.name}: ${details.numRuns} cases ${details.failed ? 'FAILED' : 'passed'} in ${durationMs} ms; summary in ${SUMMARY_PATH}\n`);
+  process.stdout.write(
+    `[fuzz] ${options.name}: ${details.numRuns} cases ${details.failed ? 'FAILED' : 'passed'} in ${durationMs} ms; summary in ${SUMMARY_PATH}\n`,
+  );
   if (details.failed) {
     const cause = details.errorInstance instanceof Error ? details.errorInstance.message : String(details.errorInstance);
     throw new Error(`${report}\n\nError of the shrunk counterexample:\n${cause}\n\nReplay it with:\n  ${replay(details.counterexamplePath ?? undefined)}`);
   }
   return details;
 }
-

@@ -24,7 +24,12 @@ import { mutate, type Mutation } from './msgpack-forge.js';
 
 const FUZZ_TOKEN = `F${randomBytes(18).toString('base64url')}`;
 const CONTROL_TOKEN = `C${randomBytes(18).toString('base64url')}`;
-const TOKENS = JSON.stringify({ tokens: [{ token: FUZZ_TOKEN, tenant: 'fuzz' }, { token: CONTROL_TOKEN, tenant: 'control' }] });
+const TOKENS = JSON.stringify({
+  tokens: [
+    { token: FUZZ_TOKEN, tenant: 'fuzz' },
+    { token: CONTROL_TOKEN, tenant: 'control' },
+  ],
+});
 const FACTOR = Number(process.env.SEQGATE_FUZZ_RUNS_FACTOR || 1);
 /**
  * How long a case waits for the server to answer and close before the probes run anyway: after a
@@ -97,7 +102,9 @@ function sendCase(pieces: readonly Buffer[], halfClose: boolean): Promise<Outcom
 }
 
 type Counters = Record<string, number>;
-const bump = (c: Counters, k: string): void => { c[k] = (c[k] ?? 0) + 1; };
+const bump = (c: Counters, k: string): void => {
+  c[k] = (c[k] ?? 0) + 1;
+};
 
 async function checkAlive(after: string): Promise<void> {
   if (!child.running) throw new Error(`the server process exited after ${after}:\n${child.stderr.slice(-3000)}`);
@@ -115,7 +122,10 @@ async function checkAlive(after: string): Promise<void> {
 }
 
 function describeCase(bytes: Buffer): string {
-  const shown = bytes.subarray(0, 300).toString('latin1').replace(/[^\x20-\x7e]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+  const shown = bytes
+    .subarray(0, 300)
+    .toString('latin1')
+    .replace(/[^\x20-\x7e]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
   return `${bytes.length} bytes: ${shown}${bytes.length > 300 ? '…' : ''}`;
 }
 
@@ -148,15 +158,34 @@ const methodArb = fc.oneof(
   { weight: 1, arbitrary: fc.constantFrom('get', 'G ET', '', 'PRI', 'M-SEARCH', 'GET\u0000') },
   { weight: 1, arbitrary: ascii(8) },
 );
-const nameArb = fc.oneof(
-  fc.constantFrom('k', 's', 'a%2Fb', '%', '%zz', '%ff%fe', '..', '.', '%00', '%2e%2e', 'ключ', 'x'.repeat(300)),
-  ascii(12),
-);
+const nameArb = fc.oneof(fc.constantFrom('k', 's', 'a%2Fb', '%', '%zz', '%ff%fe', '..', '.', '%00', '%2e%2e', 'ключ', 'x'.repeat(300)), ascii(12));
 const targetArb = fc.oneof(
-  { weight: 6, arbitrary: fc.tuple(fc.constantFrom('/v1/docs/', '/v1/streams/', '/v1/streams/s/puts?', '/v1/docs', '/healthz', '/readyz', '/metrics', '/'), nameArb)
-    .map(([a, b]) => a + b) },
+  {
+    weight: 6,
+    arbitrary: fc
+      .tuple(fc.constantFrom('/v1/docs/', '/v1/streams/', '/v1/streams/s/puts?', '/v1/docs', '/healthz', '/readyz', '/metrics', '/'), nameArb)
+      .map(([a, b]) => a + b),
+  },
   { weight: 1, arbitrary: fc.tuple(nameArb, fc.constantFrom('', '/puts')).map(([s, tail]) => `/v1/streams/${s}${tail}`) },
-  { weight: 2, arbitrary: fc.constantFrom('//[', '/\\[', '//', '*', 'http://h/healthz', 'http://[', 'ws://x/', 'h:80', '/?token=%ff', '/?token=', '/#frag', '/%', '//v1/docs/x', '') },
+  {
+    weight: 2,
+    arbitrary: fc.constantFrom(
+      '//[',
+      '/\\[',
+      '//',
+      '*',
+      'http://h/healthz',
+      'http://[',
+      'ws://x/',
+      'h:80',
+      '/?token=%ff',
+      '/?token=',
+      '/#frag',
+      '/%',
+      '//v1/docs/x',
+      '',
+    ),
+  },
   { weight: 1, arbitrary: ascii(24) },
   { weight: 1, arbitrary: bytesText(24) },
 );
@@ -165,31 +194,92 @@ const versionArb = fc.oneof(
   { weight: 2, arbitrary: fc.constantFrom('HTTP/1.0', 'HTTP/2.0', 'HTTP/0.9', 'HTTP/1.10', 'http/1.1', 'HTTP/', '') },
 );
 const headerArb: fc.Arbitrary<[string, string]> = fc.oneof(
-  { weight: 4, arbitrary: fc.tuple(fc.constant('Authorization'), fc.oneof(fc.constant(`Bearer ${FUZZ_TOKEN}`), fc.constantFrom('Bearer', 'Bearer  ', `bearer ${FUZZ_TOKEN}x`, 'Basic YTpi'), ascii(40))) },
-  { weight: 3, arbitrary: fc.tuple(fc.constant('Content-Type'), fc.constantFrom('application/json', 'application/msgpack', 'text/plain', 'application/json; charset=utf-8', '', ';;;')) },
-  { weight: 2, arbitrary: fc.tuple(fc.constant('Content-Length'), fc.oneof(fc.nat(70).map(String), fc.constantFrom('-1', '99999999999999999999', '1e3', ' 5', '5, 6', 'abc', '0x10'))) },
+  {
+    weight: 4,
+    arbitrary: fc.tuple(
+      fc.constant('Authorization'),
+      fc.oneof(fc.constant(`Bearer ${FUZZ_TOKEN}`), fc.constantFrom('Bearer', 'Bearer  ', `bearer ${FUZZ_TOKEN}x`, 'Basic YTpi'), ascii(40)),
+    ),
+  },
+  {
+    weight: 3,
+    arbitrary: fc.tuple(
+      fc.constant('Content-Type'),
+      fc.constantFrom('application/json', 'application/msgpack', 'text/plain', 'application/json; charset=utf-8', '', ';;;'),
+    ),
+  },
+  {
+    weight: 2,
+    arbitrary: fc.tuple(
+      fc.constant('Content-Length'),
+      fc.oneof(fc.nat(70).map(String), fc.constantFrom('-1', '99999999999999999999', '1e3', ' 5', '5, 6', 'abc', '0x10')),
+    ),
+  },
   { weight: 1, arbitrary: fc.tuple(fc.constant('Transfer-Encoding'), fc.constantFrom('chunked', 'gzip, chunked', 'identity', 'chunked, chunked', 'xchunked')) },
-  { weight: 2, arbitrary: fc.tuple(fc.constantFrom('If-Match', 'If-None-Match'), fc.oneof(fc.constantFrom('"1"', '*', 'W/"1"', '"4', '5"', 'W/6', '"1", "2"'), ascii(12))) },
+  {
+    weight: 2,
+    arbitrary: fc.tuple(fc.constantFrom('If-Match', 'If-None-Match'), fc.oneof(fc.constantFrom('"1"', '*', 'W/"1"', '"4', '5"', 'W/6', '"1", "2"'), ascii(12))),
+  },
   { weight: 1, arbitrary: fc.tuple(fc.constant('Idempotency-Key'), ascii(20)) },
   { weight: 1, arbitrary: fc.tuple(fc.constant('Accept'), fc.constantFrom('application/msgpack', 'application/json', '*/*', '')) },
-  { weight: 1, arbitrary: fc.tuple(fc.constantFrom('Expect', 'Connection', 'Upgrade', 'Host'), fc.constantFrom('100-continue', 'close', 'keep-alive', 'upgrade', 'websocket', 'h2c', '')) },
+  {
+    weight: 1,
+    arbitrary: fc.tuple(
+      fc.constantFrom('Expect', 'Connection', 'Upgrade', 'Host'),
+      fc.constantFrom('100-continue', 'close', 'keep-alive', 'upgrade', 'websocket', 'h2c', ''),
+    ),
+  },
   { weight: 1, arbitrary: fc.tuple(ascii(10), ascii(30)) },
   { weight: 1, arbitrary: fc.tuple(bytesText(8), bytesText(20)) },
 );
 const bodyArb = fc.oneof(
   { weight: 3, arbitrary: fc.constant('') },
-  { weight: 3, arbitrary: fc.constantFrom('{"epoch":1,"seq":1,"key":"k","state":{"a":1}}', '{}', 'null', '1', '[', '{"epoch":1,"seq":1,"key":"k","state":{"a":', '5\r\nhello\r\n0\r\n\r\n', 'ff\r\nab\r\n', '0\r\n\r\n') },
+  {
+    weight: 3,
+    arbitrary: fc.constantFrom(
+      '{"epoch":1,"seq":1,"key":"k","state":{"a":1}}',
+      '{}',
+      'null',
+      '1',
+      '[',
+      '{"epoch":1,"seq":1,"key":"k","state":{"a":',
+      '5\r\nhello\r\n0\r\n\r\n',
+      'ff\r\nab\r\n',
+      '0\r\n\r\n',
+    ),
+  },
   { weight: 2, arbitrary: bytesText(64) },
 );
 const mutationArb: fc.Arbitrary<Mutation> = fc.oneof(
   { weight: 3, arbitrary: fc.record({ op: fc.constant('flip' as const), at: fc.nat(), bit: fc.nat(7) }) },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('truncate' as const), at: fc.nat() }) },
-  { weight: 2, arbitrary: fc.record({ op: fc.constant('insert' as const), at: fc.nat(), bytes: fc.constantFrom(Uint8Array.of(13, 10), Uint8Array.of(10), Uint8Array.of(13), Uint8Array.of(0), Uint8Array.of(32), Uint8Array.of(58), Uint8Array.of(0xff)) }) },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      op: fc.constant('insert' as const),
+      at: fc.nat(),
+      bytes: fc.constantFrom(
+        Uint8Array.of(13, 10),
+        Uint8Array.of(10),
+        Uint8Array.of(13),
+        Uint8Array.of(0),
+        Uint8Array.of(32),
+        Uint8Array.of(58),
+        Uint8Array.of(0xff),
+      ),
+    }),
+  },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('insert' as const), at: fc.nat(), bytes: fc.uint8Array({ minLength: 1, maxLength: 8 }) }) },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('delete' as const), at: fc.nat(), length: fc.integer({ min: 1, max: 8 }) }) },
-  { weight: 1, arbitrary: fc.record({ op: fc.constant('repeat' as const), at: fc.nat(), length: fc.integer({ min: 1, max: 16 }), times: fc.integer({ min: 1, max: 64 }) }) },
+  {
+    weight: 1,
+    arbitrary: fc.record({ op: fc.constant('repeat' as const), at: fc.nat(), length: fc.integer({ min: 1, max: 16 }), times: fc.integer({ min: 1, max: 64 }) }),
+  },
 );
-const mutationsArb = fc.oneof({ weight: 2, arbitrary: fc.constant([] as Mutation[]) }, { weight: 3, arbitrary: fc.array(mutationArb, { minLength: 1, maxLength: 3 }) });
+const mutationsArb = fc.oneof(
+  { weight: 2, arbitrary: fc.constant([] as Mutation[]) },
+  { weight: 3, arbitrary: fc.array(mutationArb, { minLength: 1, maxLength: 3 }) },
+);
 const cutsArb = fc.array(fc.nat(), { maxLength: 3 });
 
 function requestBytes(method: string, target: string, version: string, headers: ReadonlyArray<[string, string]>, body: string, withLength: boolean): Buffer {
@@ -199,16 +289,31 @@ function requestBytes(method: string, target: string, version: string, headers: 
 }
 
 const UPGRADE_HEADERS: Array<[string, string]> = [
-  ['Connection', 'Upgrade'], ['Upgrade', 'websocket'], ['Sec-WebSocket-Version', '13'],
-  ['Sec-WebSocket-Key', 'dGhlIHNhbXBsZSBub25jZQ=='], ['Sec-WebSocket-Protocol', 'seqgate.v1'],
+  ['Connection', 'Upgrade'],
+  ['Upgrade', 'websocket'],
+  ['Sec-WebSocket-Version', '13'],
+  ['Sec-WebSocket-Key', 'dGhlIHNhbXBsZSBub25jZQ=='],
+  ['Sec-WebSocket-Protocol', 'seqgate.v1'],
 ];
 const upgradeHeaderArb: fc.Arbitrary<[string, string]> = fc.oneof(
-  { weight: 3, arbitrary: fc.tuple(fc.constant('Sec-WebSocket-Protocol'), fc.constantFrom('seqgate.v1', 'seqgate.v1.json', 'other', '', 'seqgate.v1, seqgate.v1', ',,,')) },
+  {
+    weight: 3,
+    arbitrary: fc.tuple(fc.constant('Sec-WebSocket-Protocol'), fc.constantFrom('seqgate.v1', 'seqgate.v1.json', 'other', '', 'seqgate.v1, seqgate.v1', ',,,')),
+  },
   { weight: 2, arbitrary: fc.tuple(fc.constant('Sec-WebSocket-Version'), fc.constantFrom('13', '8', '', '13, 8', 'x')) },
   { weight: 2, arbitrary: fc.tuple(fc.constant('Sec-WebSocket-Key'), fc.oneof(fc.constantFrom('', 'short', '!!!!!!!!!!!!!!!!!!!!!!!!'), ascii(30))) },
-  { weight: 2, arbitrary: fc.tuple(fc.constant('Sec-WebSocket-Extensions'), fc.constantFrom('permessage-deflate', 'permessage-deflate; client_max_window_bits', 'x; y=', ';;')) },
+  {
+    weight: 2,
+    arbitrary: fc.tuple(
+      fc.constant('Sec-WebSocket-Extensions'),
+      fc.constantFrom('permessage-deflate', 'permessage-deflate; client_max_window_bits', 'x; y=', ';;'),
+    ),
+  },
   { weight: 2, arbitrary: fc.tuple(fc.constant('Authorization'), fc.oneof(fc.constant(`Bearer ${FUZZ_TOKEN}`), ascii(30))) },
-  { weight: 1, arbitrary: fc.tuple(fc.constantFrom('Upgrade', 'Connection'), fc.constantFrom('websocket', 'WebSocket', 'Upgrade', 'keep-alive, Upgrade', '', 'h2c')) },
+  {
+    weight: 1,
+    arbitrary: fc.tuple(fc.constantFrom('Upgrade', 'Connection'), fc.constantFrom('websocket', 'WebSocket', 'Upgrade', 'keep-alive, Upgrade', '', 'h2c')),
+  },
   { weight: 1, arbitrary: headerArb },
 );
 const upgradeTargetArb = fc.oneof(
@@ -228,41 +333,91 @@ async function runInMode<Ts>(mode: string, property: fc.IAsyncPropertyWithHooks<
   }
 }
 
-for (const mode of MODES) describe(`fuzzed raw HTTP against the real server process (${mode} mode)`, () => {
-  const timeout = 120_000 * FACTOR;
-  beforeAll(() => startChild(mode));
-  afterAll(stopChild);
+for (const mode of MODES)
+  describe(`fuzzed raw HTTP against the real server process (${mode} mode)`, () => {
+    const timeout = 120_000 * FACTOR;
+    beforeAll(() => startChild(mode));
+    afterAll(stopChild);
 
-  it(`${mode} mode: fuzzed request lines, headers and bodies never end the process, never get a 5xx, and leave it serving HTTP and WebSocket`, async () => {
-    const counters: Counters = {};
-    await runInMode(mode, fc.asyncProperty(
-      methodArb, targetArb, versionArb, fc.array(headerArb, { maxLength: 6 }), bodyArb, fc.boolean(), mutationsArb, cutsArb, fc.nat(3),
-      async (method, target, version, headers, body, withLength, mutations, cuts, closeChance) => {
-        const bytes = mutate({ bytes: requestBytes(method, target, version, headers, body, withLength), headers: [] }, mutations);
-        await runCase(bytes, cuts, closeChance !== 0, counters);
+    it(
+      `${mode} mode: fuzzed request lines, headers and bodies never end the process, never get a 5xx, and leave it serving HTTP and WebSocket`,
+      async () => {
+        const counters: Counters = {};
+        await runInMode(
+          mode,
+          fc.asyncProperty(
+            methodArb,
+            targetArb,
+            versionArb,
+            fc.array(headerArb, { maxLength: 6 }),
+            bodyArb,
+            fc.boolean(),
+            mutationsArb,
+            cutsArb,
+            fc.nat(3),
+            async (method, target, version, headers, body, withLength, mutations, cuts, closeChance) => {
+              const bytes = mutate({ bytes: requestBytes(method, target, version, headers, body, withLength), headers: [] }, mutations);
+              await runCase(bytes, cuts, closeChance !== 0, counters);
+            },
+          ),
+          { fileUrl: import.meta.url, name: `raw HTTP requests (${mode})`, numRuns: 150, counters },
+        );
       },
-    ), { fileUrl: import.meta.url, name: `raw HTTP requests (${mode})`, numRuns: 150, counters });
-  }, timeout);
+      timeout,
+    );
 
-  it(`${mode} mode: fuzzed WebSocket upgrade requests never end the process, never get a 5xx, and leave it serving HTTP and WebSocket`, async () => {
-    const counters: Counters = {};
-    await runInMode(mode, fc.asyncProperty(
-      upgradeTargetArb, fc.subarray(UPGRADE_HEADERS), fc.array(upgradeHeaderArb, { maxLength: 5 }), bodyArb, mutationsArb, cutsArb, fc.nat(3),
-      async (target, base, extra, trailing, mutations, cuts, closeChance) => {
-        const bytes = mutate({ bytes: Buffer.concat([requestBytes('GET', target, 'HTTP/1.1', [...base, ...extra], '', false), Buffer.from(trailing, 'latin1')]), headers: [] }, mutations);
-        await runCase(bytes, cuts, closeChance !== 0, counters);
+    it(
+      `${mode} mode: fuzzed WebSocket upgrade requests never end the process, never get a 5xx, and leave it serving HTTP and WebSocket`,
+      async () => {
+        const counters: Counters = {};
+        await runInMode(
+          mode,
+          fc.asyncProperty(
+            upgradeTargetArb,
+            fc.subarray(UPGRADE_HEADERS),
+            fc.array(upgradeHeaderArb, { maxLength: 5 }),
+            bodyArb,
+            mutationsArb,
+            cutsArb,
+            fc.nat(3),
+            async (target, base, extra, trailing, mutations, cuts, closeChance) => {
+              const bytes = mutate(
+                {
+                  bytes: Buffer.concat([requestBytes('GET', target, 'HTTP/1.1', [...base, ...extra], '', false), Buffer.from(trailing, 'latin1')]),
+                  headers: [],
+                },
+                mutations,
+              );
+              await runCase(bytes, cuts, closeChance !== 0, counters);
+            },
+          ),
+          { fileUrl: import.meta.url, name: `raw WebSocket upgrades (${mode})`, numRuns: 120, counters },
+        );
       },
-    ), { fileUrl: import.meta.url, name: `raw WebSocket upgrades (${mode})`, numRuns: 120, counters });
-  }, timeout);
+      timeout,
+    );
 
-  it(`${mode} mode: random bytes on a raw socket never end the process and leave it serving HTTP and WebSocket`, async () => {
-    const counters: Counters = {};
-    await runInMode(mode, fc.asyncProperty(
-      fc.oneof(fc.uint8Array({ maxLength: 256 }), ascii(256).map((s) => Uint8Array.from(Buffer.from(s, 'latin1')))), cutsArb, fc.nat(3),
-      async (bytes, cuts, closeChance) => {
-        await runCase(Buffer.from(bytes), cuts, closeChance !== 0, counters);
+    it(
+      `${mode} mode: random bytes on a raw socket never end the process and leave it serving HTTP and WebSocket`,
+      async () => {
+        const counters: Counters = {};
+        await runInMode(
+          mode,
+          fc.asyncProperty(
+            fc.oneof(
+              fc.uint8Array({ maxLength: 256 }),
+              ascii(256).map((s) => Uint8Array.from(Buffer.from(s, 'latin1'))),
+            ),
+            cutsArb,
+            fc.nat(3),
+            async (bytes, cuts, closeChance) => {
+              await runCase(Buffer.from(bytes), cuts, closeChance !== 0, counters);
+            },
+          ),
+          { fileUrl: import.meta.url, name: `raw random bytes (${mode})`, numRuns: 60, counters },
+        );
+        expect(child.running).toBe(true);
       },
-    ), { fileUrl: import.meta.url, name: `raw random bytes (${mode})`, numRuns: 60, counters });
-    expect(child.running).toBe(true);
-  }, timeout);
-});
+      timeout,
+    );
+  });

@@ -38,8 +38,7 @@ const STREAMS = 3;
 const KEYS = 3;
 
 type Body =
-  | { readonly kind: 'state'; readonly value: unknown; readonly ifVersion: number | null }
-  | { readonly kind: 'delete'; readonly ifVersion: number | null };
+  { readonly kind: 'state'; readonly value: unknown; readonly ifVersion: number | null } | { readonly kind: 'delete'; readonly ifVersion: number | null };
 
 type PutCmd =
   | { readonly c: 'new'; readonly stream: number; readonly key: number; readonly skip: number; readonly body: Body }
@@ -69,7 +68,8 @@ const bodyArb: fc.Arbitrary<Body> = fc.oneof(
   { weight: 2, arbitrary: fc.constant({ kind: 'delete' as const, ifVersion: null }) },
   {
     weight: 2,
-    arbitrary: fc.tuple(fc.boolean(), stateArb, fc.integer({ min: 0, max: 4 }))
+    arbitrary: fc
+      .tuple(fc.boolean(), stateArb, fc.integer({ min: 0, max: 4 }))
       .map(([del, value, ifVersion]) => (del ? { kind: 'delete' as const, ifVersion } : { kind: 'state' as const, value, ifVersion })),
   },
 );
@@ -87,7 +87,13 @@ const putCmdArb: fc.Arbitrary<PutCmd> = fc.oneof(
   { weight: 3, arbitrary: fc.record({ c: fc.constant('dup' as const), pick: fc.nat() }) },
   {
     weight: 2,
-    arbitrary: fc.record({ c: fc.constant('stale' as const), stream: fc.nat(STREAMS - 1), key: fc.nat(KEYS - 1), back: fc.integer({ min: 0, max: 6 }), body: bodyArb }),
+    arbitrary: fc.record({
+      c: fc.constant('stale' as const),
+      stream: fc.nat(STREAMS - 1),
+      key: fc.nat(KEYS - 1),
+      back: fc.integer({ min: 0, max: 6 }),
+      body: bodyArb,
+    }),
   },
   { weight: 2, arbitrary: fc.record({ c: fc.constant('reuse' as const), pick: fc.nat(), body: bodyArb }) },
 );
@@ -274,7 +280,12 @@ class Harness {
     }
     const ids = new Set(sent.map((s) => s.id));
     await client.waitFor(() => client.results().filter((r: Msg) => ids.has(r.id)).length === sent.length, 15_000);
-    const byId = new Map<number, Msg>(client.results().filter((r: Msg) => ids.has(r.id)).map((r: Msg) => [r.id, r]));
+    const byId = new Map<number, Msg>(
+      client
+        .results()
+        .filter((r: Msg) => ids.has(r.id))
+        .map((r: Msg) => [r.id, r]),
+    );
 
     for (const { id, put } of sent) {
       const actual = byId.get(id)!;
@@ -288,9 +299,11 @@ class Harness {
       this.bump('putsCompared');
       this.bump(`outcome:${got.outcome}${got.replay ? ':replay' : ''}`);
       if (!isDeepStrictEqual(got, want)) {
-        throw new Error(`result differs from the model for ${JSON.stringify(put)} (${how}, format ${client.format})\n`
-          + `server: ${JSON.stringify(got, bigintSafe)}\nmodel:  ${JSON.stringify(want, bigintSafe)}\n`
-          + `steps so far:\n  ${run.log.slice(-40).join('\n  ')}`);
+        throw new Error(
+          `result differs from the model for ${JSON.stringify(put)} (${how}, format ${client.format})\n` +
+            `server: ${JSON.stringify(got, bigintSafe)}\nmodel:  ${JSON.stringify(want, bigintSafe)}\n` +
+            `steps so far:\n  ${run.log.slice(-40).join('\n  ')}`,
+        );
       }
     }
   }
@@ -303,8 +316,10 @@ class Harness {
     const welcome = run.main.messages.slice(before).find((m: Msg) => m.type === 'welcome');
     const expected = await run.model.heads(DEFAULT_TENANT, streams);
     if (!isDeepStrictEqual(welcome.heads, expected)) {
-      throw new Error(`heads ${when} differ from the model\nserver: ${JSON.stringify(welcome.heads)}\nmodel:  ${JSON.stringify(expected)}\n`
-        + `steps so far:\n  ${run.log.slice(-40).join('\n  ')}`);
+      throw new Error(
+        `heads ${when} differ from the model\nserver: ${JSON.stringify(welcome.heads)}\nmodel:  ${JSON.stringify(expected)}\n` +
+          `steps so far:\n  ${run.log.slice(-40).join('\n  ')}`,
+      );
     }
   }
 
@@ -331,8 +346,13 @@ class Harness {
         for (const a of s.acks) {
           const stored = await db.ack(name, a.epoch, a.seq);
           const want = {
-            outcome: a.ack.outcome, key: a.ack.key, version: a.ack.version, deleted: a.ack.deleted,
-            ifVersion: a.ack.ifVersion ?? null, committedAt: a.ack.committedAt, fingerprint: a.fingerprint,
+            outcome: a.ack.outcome,
+            key: a.ack.key,
+            version: a.ack.version,
+            deleted: a.ack.deleted,
+            ifVersion: a.ack.ifVersion ?? null,
+            committedAt: a.ack.committedAt,
+            fingerprint: a.fingerprint,
           };
           const got = stored && { ...stored, fingerprint: stored.fingerprint.toString('hex') };
           if (!isDeepStrictEqual(got, want)) problems.push(`${name} (${a.epoch}, ${a.seq}): stored ack ${JSON.stringify(got)}, model ${JSON.stringify(want)}`);
@@ -346,7 +366,8 @@ class Harness {
         const want = d && { version: d.version, deleted: d.deleted, state: d.state?.toString('hex') ?? null };
         if (!isDeepStrictEqual(got, want)) problems.push(`${key}: stored ${JSON.stringify(got)}, model ${JSON.stringify(want)}`);
       }
-      if (problems.length > 0) throw new Error(`the database differs from the model:\n  ${problems.join('\n  ')}\nsteps:\n  ${run.log.slice(-40).join('\n  ')}`);
+      if (problems.length > 0)
+        throw new Error(`the database differs from the model:\n  ${problems.join('\n  ')}\nsteps:\n  ${run.log.slice(-40).join('\n  ')}`);
     } finally {
       sqlite?.close();
     }
@@ -368,7 +389,12 @@ function projectModel(m: PutResult): Record<string, unknown> {
       outcome: a.outcome,
       replay: m.replay,
       ack: {
-        stream: a.stream, epoch: a.epoch, seq: a.seq, key: a.key, version: a.version, deleted: a.deleted,
+        stream: a.stream,
+        epoch: a.epoch,
+        seq: a.seq,
+        key: a.key,
+        version: a.version,
+        deleted: a.deleted,
         ...(a.ifVersion !== undefined ? { ifVersion: a.ifVersion } : {}),
         committedAt: a.committedAt,
       },
@@ -381,7 +407,10 @@ function projectModel(m: PutResult): Record<string, unknown> {
       return { outcome: m.outcome, error: { code: m.code, retryable: false, epoch: m.epoch } };
     case 'stale':
     case 'expired':
-      return { outcome: m.outcome, error: { code: m.code, retryable: false, head: { epoch: m.head.epoch, seq: m.head.seq }, prunedThrough: m.head.prunedThrough } };
+      return {
+        outcome: m.outcome,
+        error: { code: m.code, retryable: false, head: { epoch: m.head.epoch, seq: m.head.seq }, prunedThrough: m.head.prunedThrough },
+      };
     case 'gap':
       return { outcome: m.outcome, error: { code: m.code, retryable: false, expected: m.expected } };
     case 'error':
@@ -395,10 +424,12 @@ describe.each([
   { mode: 'default', store: 'sqlite' as const, contiguous: false, numRuns: 300 },
   { mode: 'contiguous', store: 'sqlite' as const, contiguous: true, numRuns: 150 },
   // Fewer runs on PostgreSQL: each command is a round trip to a database server, not a file.
-  ...(PG ? [
-    { mode: 'default, PostgreSQL', store: 'postgres' as const, contiguous: false, numRuns: 40 },
-    { mode: 'contiguous, PostgreSQL', store: 'postgres' as const, contiguous: true, numRuns: 20 },
-  ] : []),
+  ...(PG
+    ? [
+        { mode: 'default, PostgreSQL', store: 'postgres' as const, contiguous: false, numRuns: 40 },
+        { mode: 'contiguous, PostgreSQL', store: 'postgres' as const, contiguous: true, numRuns: 20 },
+      ]
+    : []),
 ])('the gate in $mode mode, against the reference model', ({ mode, store, contiguous, numRuns }) => {
   const h = new Harness({ contiguous, store });
   beforeAll(() => h.start());

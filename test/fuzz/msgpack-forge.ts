@@ -7,7 +7,10 @@
 
 /** An extension value (fixext or ext 8/16/32): the server must refuse the frame. */
 export class Ext {
-  constructor(readonly type: number, readonly data: Uint8Array) {}
+  constructor(
+    readonly type: number,
+    readonly data: Uint8Array,
+  ) {}
 }
 
 /** Bytes spliced in as they are, e.g. 0xc1 or a lone header byte. */
@@ -74,7 +77,12 @@ function choose<T>(pick: Pick, options: readonly T[]): T {
 function writeLength(out: Out, kind: HeaderSite['kind'], n: number, pick: Pick): void {
   const forms: Array<{ form: HeaderForm; code: number; max: number }> = [];
   if (kind === 'str') {
-    forms.push({ form: 'fix5', code: 0xa0, max: 31 }, { form: 'u8', code: 0xd9, max: 0xff }, { form: 'u16', code: 0xda, max: 0xffff }, { form: 'u32', code: 0xdb, max: 0xffffffff });
+    forms.push(
+      { form: 'fix5', code: 0xa0, max: 31 },
+      { form: 'u8', code: 0xd9, max: 0xff },
+      { form: 'u16', code: 0xda, max: 0xffff },
+      { form: 'u32', code: 0xdb, max: 0xffffffff },
+    );
   } else if (kind === 'bin') {
     forms.push({ form: 'u8', code: 0xc4, max: 0xff }, { form: 'u16', code: 0xc5, max: 0xffff }, { form: 'u32', code: 0xc6, max: 0xffffffff });
   } else if (kind === 'array') {
@@ -82,7 +90,10 @@ function writeLength(out: Out, kind: HeaderSite['kind'], n: number, pick: Pick):
   } else if (kind === 'map') {
     forms.push({ form: 'fix4', code: 0x80, max: 15 }, { form: 'u16', code: 0xde, max: 0xffff }, { form: 'u32', code: 0xdf, max: 0xffffffff });
   }
-  const f = choose(pick, forms.filter((x) => n <= x.max));
+  const f = choose(
+    pick,
+    forms.filter((x) => n <= x.max),
+  );
   out.headers.push({ offset: out.length, form: f.form, kind });
   if (f.form === 'fix4' || f.form === 'fix5') out.byte(f.code | n);
   else {
@@ -97,14 +108,45 @@ function writeInt(out: Out, v: number, pick: Pick): void {
   const forms: Array<() => void> = [];
   if (v >= 0 && v <= 0x7f) forms.push(() => out.byte(v));
   if (v >= -32 && v < 0) forms.push(() => out.byte(v & 0xff));
-  if (v >= 0 && v <= 0xff) forms.push(() => { out.byte(0xcc); out.byte(v); });
-  if (v >= 0 && v <= 0xffff) forms.push(() => { out.byte(0xcd); out.u16(v); });
-  if (v >= 0 && v <= 0xffffffff) forms.push(() => { out.byte(0xce); out.u32(v); });
-  if (v >= -0x80 && v <= 0x7f) forms.push(() => { out.byte(0xd0); out.byte(v & 0xff); });
-  if (v >= -0x8000 && v <= 0x7fff) forms.push(() => { out.byte(0xd1); out.u16(v & 0xffff); });
-  if (v >= -0x80000000 && v <= 0x7fffffff) forms.push(() => { out.byte(0xd2); out.u32(v | 0); });
-  if (v >= 0) forms.push(() => { out.byte(0xcf); out.bytes(bigBytes(BigInt(v), false)); });
-  forms.push(() => { out.byte(0xd3); out.bytes(bigBytes(BigInt(v), true)); });
+  if (v >= 0 && v <= 0xff)
+    forms.push(() => {
+      out.byte(0xcc);
+      out.byte(v);
+    });
+  if (v >= 0 && v <= 0xffff)
+    forms.push(() => {
+      out.byte(0xcd);
+      out.u16(v);
+    });
+  if (v >= 0 && v <= 0xffffffff)
+    forms.push(() => {
+      out.byte(0xce);
+      out.u32(v);
+    });
+  if (v >= -0x80 && v <= 0x7f)
+    forms.push(() => {
+      out.byte(0xd0);
+      out.byte(v & 0xff);
+    });
+  if (v >= -0x8000 && v <= 0x7fff)
+    forms.push(() => {
+      out.byte(0xd1);
+      out.u16(v & 0xffff);
+    });
+  if (v >= -0x80000000 && v <= 0x7fffffff)
+    forms.push(() => {
+      out.byte(0xd2);
+      out.u32(v | 0);
+    });
+  if (v >= 0)
+    forms.push(() => {
+      out.byte(0xcf);
+      out.bytes(bigBytes(BigInt(v), false));
+    });
+  forms.push(() => {
+    out.byte(0xd3);
+    out.bytes(bigBytes(BigInt(v), true));
+  });
   // An integral float is a valid integer on the wire (PROTOCOL.md §2.2).
   forms.push(() => writeFloat64(out, v));
   choose(pick, forms)();
@@ -160,7 +202,16 @@ function writeValue(out: Out, v: unknown, pick: Pick): void {
       out.byte(code);
     } else {
       out.headers.push({ offset: out.length, form: v.data.length <= 0xff ? 'u8' : v.data.length <= 0xffff ? 'u16' : 'u32', kind: 'ext' });
-      if (v.data.length <= 0xff) { out.byte(0xc7); out.byte(v.data.length); } else if (v.data.length <= 0xffff) { out.byte(0xc8); out.u16(v.data.length); } else { out.byte(0xc9); out.u32(v.data.length); }
+      if (v.data.length <= 0xff) {
+        out.byte(0xc7);
+        out.byte(v.data.length);
+      } else if (v.data.length <= 0xffff) {
+        out.byte(0xc8);
+        out.u16(v.data.length);
+      } else {
+        out.byte(0xc9);
+        out.u32(v.data.length);
+      }
     }
     out.byte(v.type);
     return out.bytes(v.data);

@@ -43,17 +43,21 @@ describe('found by fuzzing', () => {
     ['2^64 as a float32', Buffer.from('82a474797065a470696e67a56e6f6e6365ca5f800000', 'hex')],
     ['1e20 as a float64', { type: 'ping', nonce: 1e20 }],
     ['-1e300 inside an array', { type: 'ping', nonce: [1, -1e300] }],
-  ])('a ping whose nonce holds %s is answered with a pong and the server process keeps running', async (_name, frame) => {
-    const server = await serve();
-    const c = await connect(server.url);
-    c.sendRaw(Buffer.isBuffer(frame) ? frame : packr.pack(frame));
-    c.send({ type: 'hello', streams: ['after'] });
-    await c.waitFor(() => c.messages.some((m: Msg) => m.type === 'welcome') || c.ws.readyState === c.ws.CLOSED, 10_000);
-    if (c.ws.readyState === c.ws.CLOSED) await server.waitExit(5000).catch(() => undefined);
-    expect(server.running, `the server exited: ${server.stderr.slice(0, 600)}`).toBe(true);
-    expect(c.messages.map((m: Msg) => m.type)).toEqual(['pong', 'welcome']);
-    const other = await connect(server.url);
-    other.send({ type: 'ping', nonce: 'still there' });
-    expect(await other.waitMessage('pong')).toEqual({ type: 'pong', nonce: 'still there' });
-  }, 60_000);
+  ])(
+    'a ping whose nonce holds %s is answered with a pong and the server process keeps running',
+    async (_name, frame) => {
+      const server = await serve();
+      const c = await connect(server.url);
+      c.sendRaw(Buffer.isBuffer(frame) ? frame : packr.pack(frame));
+      c.send({ type: 'hello', streams: ['after'] });
+      await c.waitFor(() => c.messages.some((m: Msg) => m.type === 'welcome') || c.ws.readyState === c.ws.CLOSED, 10_000);
+      if (c.ws.readyState === c.ws.CLOSED) await server.waitExit(5000).catch(() => undefined);
+      expect(server.running, `the server exited: ${server.stderr.slice(0, 600)}`).toBe(true);
+      expect(c.messages.map((m: Msg) => m.type)).toEqual(['pong', 'welcome']);
+      const other = await connect(server.url);
+      other.send({ type: 'ping', nonce: 'still there' });
+      expect(await other.waitMessage('pong')).toEqual({ type: 'pong', nonce: 'still there' });
+    },
+    60_000,
+  );
 });

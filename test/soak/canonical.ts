@@ -28,15 +28,46 @@ function integer(n: number): Buffer {
   if (n >= 0) {
     if (n <= 0x7f) return Buffer.from([n]);
     if (n <= 0xff) return Buffer.from([0xcc, n]);
-    if (n <= 0xffff) { const b = Buffer.alloc(3); b[0] = 0xcd; b.writeUInt16BE(n, 1); return b; }
-    if (n <= 0xffffffff) { const b = Buffer.alloc(5); b[0] = 0xce; b.writeUInt32BE(n, 1); return b; }
-    const b = Buffer.alloc(9); b[0] = 0xcf; b.writeBigUInt64BE(BigInt(n), 1); return b;
+    if (n <= 0xffff) {
+      const b = Buffer.alloc(3);
+      b[0] = 0xcd;
+      b.writeUInt16BE(n, 1);
+      return b;
+    }
+    if (n <= 0xffffffff) {
+      const b = Buffer.alloc(5);
+      b[0] = 0xce;
+      b.writeUInt32BE(n, 1);
+      return b;
+    }
+    const b = Buffer.alloc(9);
+    b[0] = 0xcf;
+    b.writeBigUInt64BE(BigInt(n), 1);
+    return b;
   }
   if (n >= -32) return Buffer.from([n & 0xff]);
-  if (n >= -0x80) { const b = Buffer.alloc(2); b[0] = 0xd0; b.writeInt8(n, 1); return b; }
-  if (n >= -0x8000) { const b = Buffer.alloc(3); b[0] = 0xd1; b.writeInt16BE(n, 1); return b; }
-  if (n >= -0x80000000) { const b = Buffer.alloc(5); b[0] = 0xd2; b.writeInt32BE(n, 1); return b; }
-  const b = Buffer.alloc(9); b[0] = 0xd3; b.writeBigInt64BE(BigInt(n), 1); return b;
+  if (n >= -0x80) {
+    const b = Buffer.alloc(2);
+    b[0] = 0xd0;
+    b.writeInt8(n, 1);
+    return b;
+  }
+  if (n >= -0x8000) {
+    const b = Buffer.alloc(3);
+    b[0] = 0xd1;
+    b.writeInt16BE(n, 1);
+    return b;
+  }
+  if (n >= -0x80000000) {
+    const b = Buffer.alloc(5);
+    b[0] = 0xd2;
+    b.writeInt32BE(n, 1);
+    return b;
+  }
+  const b = Buffer.alloc(9);
+  b[0] = 0xd3;
+  b.writeBigInt64BE(BigInt(n), 1);
+  return b;
 }
 
 function str(s: string): Buffer {

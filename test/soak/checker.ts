@@ -87,17 +87,29 @@ export function checkDatabase(path: string, seed: number, books: readonly Stream
       const stored = new Set<number>();
       for (const row of rows) {
         const where = `stored ack ${book.name}#${row.seq} (epoch ${row.epoch})`;
-        if (row.epoch !== EPOCH) { fail(`${where}: no client ever used epoch ${row.epoch}`); continue; }
+        if (row.epoch !== EPOCH) {
+          fail(`${where}: no client ever used epoch ${row.epoch}`);
+          continue;
+        }
         stored.add(row.seq);
         const candidates = bySeq.get(row.seq) ?? [];
-        if (candidates.length === 0) { fail(`${where}: no put was ever sent at this position (a write that was never sent)`); continue; }
+        if (candidates.length === 0) {
+          fail(`${where}: no put was ever sent at this position (a write that was never sent)`);
+          continue;
+        }
         const match = candidates.find((r) => fingerprintOf(seed, r).equals(row.fingerprint));
         if (match === undefined) {
           fail(`${where}: fingerprint ${row.fingerprint.toString('hex')} matches none of the ${candidates.length} puts sent at this position`);
           continue;
         }
-        if (match.kind !== 'new') { fail(`${where}: it is the ${match.label}, which the server refused to the client`); continue; }
-        if (match.status !== 'ok') { fail(`${where}: the client recorded ${match.label} as ${match.status} (${match.failure ?? 'no answer'})`); continue; }
+        if (match.kind !== 'new') {
+          fail(`${where}: it is the ${match.label}, which the server refused to the client`);
+          continue;
+        }
+        if (match.status !== 'ok') {
+          fail(`${where}: the client recorded ${match.label} as ${match.status} (${match.failure ?? 'no answer'})`);
+          continue;
+        }
         const got = storedAck(row);
         const want = receivedAck(match);
         if (!isDeepStrictEqual(got, want)) fail(`${where} is ${JSON.stringify(got)}, the client received ${JSON.stringify(want)}`);
@@ -132,9 +144,17 @@ export function checkDatabase(path: string, seed: number, books: readonly Stream
         let version = 0;
         let live: PutRecord | undefined;
         for (const rec of recs) {
-          if (!rec.deleted) { version++; live = rec; } else if (live !== undefined) { version++; live = undefined; }
+          if (!rec.deleted) {
+            version++;
+            live = rec;
+          } else if (live !== undefined) {
+            version++;
+            live = undefined;
+          }
           if (rec.ackVersion !== version) {
-            fail(`${rec.label}: its ack says version ${rec.ackVersion}; the ${recs.indexOf(rec) + 1} applied puts of ${key} through it give version ${version}`);
+            fail(
+              `${rec.label}: its ack says version ${rec.ackVersion}; the ${recs.indexOf(rec) + 1} applied puts of ${key} through it give version ${version}`,
+            );
           }
         }
         const doc = checker.document(key);
@@ -144,14 +164,21 @@ export function checkDatabase(path: string, seed: number, books: readonly Stream
         }
         documents++;
         const wantState = live === undefined ? null : canonical(stateOf(seed, live));
-        if (doc === undefined) { fail(`document ${key} is missing; ${version} applied puts wrote it`); continue; }
+        if (doc === undefined) {
+          fail(`document ${key} is missing; ${version} applied puts wrote it`);
+          continue;
+        }
         if (doc.version !== version || doc.deleted !== (live === undefined)) {
-          fail(`document ${key}: version ${doc.version} deleted ${doc.deleted}; its ${recs.length} applied puts give version ${version} deleted ${live === undefined}`);
+          fail(
+            `document ${key}: version ${doc.version} deleted ${doc.deleted}; its ${recs.length} applied puts give version ${version} deleted ${live === undefined}`,
+          );
         }
         const same = wantState === null ? doc.stateBytes === null : doc.stateBytes !== null && doc.stateBytes.equals(wantState);
         if (!same) {
-          fail(`document ${key}: state ${doc.stateBytes?.toString('hex') ?? 'null'} is not the payload of its last applied put ` +
-            `${recs[recs.length - 1]!.label} (${wantState?.toString('hex') ?? 'null'})`);
+          fail(
+            `document ${key}: state ${doc.stateBytes?.toString('hex') ?? 'null'} is not the payload of its last applied put ` +
+              `${recs[recs.length - 1]!.label} (${wantState?.toString('hex') ?? 'null'})`,
+          );
         }
       }
       // Stated separately because it is the guarantee as the issue names it.
@@ -164,7 +191,10 @@ export function checkDatabase(path: string, seed: number, books: readonly Stream
     // Rows of streams no client wrote, or orphaned from their stream, escape the per-stream reads above.
     const totalRows = (raw.prepare('SELECT count(*) AS n FROM acks').get() as { n: number }).n;
     if (totalRows !== ackRows) fail(`${totalRows} ack rows in the database, ${ackRows} of them belong to the clients' streams`);
-    const expectedStreams = books.filter((b) => b.maxOk > 0).map((b) => b.name).sort();
+    const expectedStreams = books
+      .filter((b) => b.maxOk > 0)
+      .map((b) => b.name)
+      .sort();
     const streams = checker.streams();
     if (!isDeepStrictEqual(streams, expectedStreams)) {
       fail(`streams in the database (${streams.length}) differ from the streams with acked writes (${expectedStreams.length})`);
@@ -187,7 +217,12 @@ function checkChangeLog(raw: Database.Database, fail: (message: string) => void)
   const replayed = new Map<string, { version: number; deleted: number; state: Buffer | null }>();
   const counted = new Map<string, { n: number; last: number }>();
   for (const r of raw.prepare('SELECT tenant, offset, key, version, deleted, state FROM changes ORDER BY tenant, offset').iterate() as Iterable<{
-    tenant: string; offset: number; key: string; version: number; deleted: number; state: Buffer | null;
+    tenant: string;
+    offset: number;
+    key: string;
+    version: number;
+    deleted: number;
+    state: Buffer | null;
   }>) {
     const c = counted.get(r.tenant) ?? { n: 0, last: 0 };
     if (r.offset !== c.last + 1) fail(`change log of ${r.tenant}: offset ${r.offset} follows ${c.last}`);
@@ -199,12 +234,18 @@ function checkChangeLog(raw: Database.Database, fail: (message: string) => void)
     if (c?.last !== l.last_offset) fail(`change log of ${l.tenant}: ends at ${c?.last ?? 0}, its row says ${l.last_offset}`);
   }
   const docs = raw.prepare('SELECT tenant, key, version, deleted, state FROM documents').all() as Array<{
-    tenant: string; key: string; version: number; deleted: number; state: Buffer | null;
+    tenant: string;
+    key: string;
+    version: number;
+    deleted: number;
+    state: Buffer | null;
   }>;
   for (const d of docs) {
     const r = replayed.get(`${d.tenant}\u0000${d.key}`);
     if (r === undefined || r.version !== d.version || r.deleted !== d.deleted || !isDeepStrictEqual(r.state, d.state)) {
-      fail(`document ${d.key}: version ${d.version} deleted ${d.deleted === 1}; replaying the change log gives ${r === undefined ? 'nothing' : `version ${r.version} deleted ${r.deleted === 1}${isDeepStrictEqual(r.state, d.state) ? '' : ' with another state'}`}`);
+      fail(
+        `document ${d.key}: version ${d.version} deleted ${d.deleted === 1}; replaying the change log gives ${r === undefined ? 'nothing' : `version ${r.version} deleted ${r.deleted === 1}${isDeepStrictEqual(r.state, d.state) ? '' : ' with another state'}`}`,
+      );
     }
   }
   if (replayed.size !== docs.length) fail(`the change log names ${replayed.size} documents, the database holds ${docs.length}`);
@@ -217,7 +258,11 @@ function fingerprintOf(seed: number, rec: PutRecord): Buffer {
 function storedAck(row: AckRow): object {
   return {
     outcome: row.outcome === 0 ? 'applied' : row.outcome === 1 ? 'version_conflict' : `outcome code ${row.outcome}`,
-    key: row.key, version: row.version, deleted: row.deleted === 1, ifVersion: row.if_version, committedAt: row.committed_at,
+    key: row.key,
+    version: row.version,
+    deleted: row.deleted === 1,
+    ifVersion: row.if_version,
+    committedAt: row.committed_at,
   };
 }
 

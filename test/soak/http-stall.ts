@@ -64,7 +64,9 @@ async function startServer(cli: string): Promise<Server> {
     env: Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('SEQGATE_'))),
   });
   let out = '';
-  child.stderr!.on('data', (d: Buffer) => { out += d.toString(); });
+  child.stderr!.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
   const port = await new Promise<number>((resolvePort, reject) => {
     child.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
@@ -88,7 +90,11 @@ function quantile(xs: readonly number[], q: number): number {
   return s[Math.min(s.length - 1, Math.floor(q * s.length))]!;
 }
 
-interface Latencies { put: number[]; healthz: number[]; failures: number }
+interface Latencies {
+  put: number[];
+  healthz: number[];
+  failures: number;
+}
 
 /** Sequential WebSocket puts and GET /healthz, each timed, until `stop()` is called. */
 function controlClient(port: number): { stop: () => Promise<Latencies> } {
@@ -125,7 +131,9 @@ function controlClient(port: number): { stop: () => Promise<Latencies> } {
         return res.status;
       };
       // A pooled keep-alive connection the server closed meanwhile fails at once: one retry.
-      const status = await get().catch(() => get()).catch(() => 0);
+      const status = await get()
+        .catch(() => get())
+        .catch(() => 0);
       if (status === 200) lat.healthz.push(performance.now() - started);
       else lat.failures++;
       await new Promise((r) => setTimeout(r, 20));
@@ -141,15 +149,23 @@ function controlClient(port: number): { stop: () => Promise<Latencies> } {
   };
 }
 
-interface Attacker { socket: Socket; answer: string; closedAtMs: number | undefined }
+interface Attacker {
+  socket: Socket;
+  answer: string;
+  closedAtMs: number | undefined;
+}
 
 function attack(port: number, started: number): Promise<Attacker> {
   return new Promise((resolveAttacker) => {
     const socket = connect(port, '127.0.0.1');
     const a: Attacker = { socket, answer: '', closedAtMs: undefined };
-    socket.on('data', (d: Buffer) => { if (a.answer.length < 200) a.answer += d.toString('latin1'); });
+    socket.on('data', (d: Buffer) => {
+      if (a.answer.length < 200) a.answer += d.toString('latin1');
+    });
     socket.on('error', () => undefined);
-    socket.on('close', () => { a.closedAtMs = performance.now() - started; });
+    socket.on('close', () => {
+      a.closedAtMs = performance.now() - started;
+    });
     socket.once('connect', () => {
       socket.write(`PUT /v1/docs/stall HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${BODY_BYTES}\r\n\r\n`);
       socket.write(Buffer.alloc(BODY_BYTES - 1, 0x20), () => resolveAttacker(a));
@@ -183,7 +199,9 @@ async function arm(label: string, cli: string): Promise<ArmResult> {
     const started = performance.now();
     const loadedClient = controlClient(server.port);
     let rssPeak = rssBaseline;
-    const sampler = setInterval(() => { rssPeak = Math.max(rssPeak, rss(server.child.pid!)); }, 100);
+    const sampler = setInterval(() => {
+      rssPeak = Math.max(rssPeak, rss(server.child.pid!));
+    }, 100);
     const attackers = await Promise.all(Array.from({ length: BODIES }, () => attack(server.port, started)));
     const openAt: Array<[number, number]> = [];
     for (let s = 5; s * 1000 <= HOLD_MS; s += 5) {
@@ -218,30 +236,38 @@ function render(arms: readonly ArmResult[], command: string): string {
   const lines = [
     '## Issue 9: stalled HTTP request bodies (finding 5, HTTP part)',
     '',
-    `${BODIES} clients each send \`PUT /v1/docs/stall\` with \`Content-Length: ${BODY_BYTES}\`, send all but the last byte, and wait. `
-      + 'A control client meanwhile runs sequential WebSocket puts on one connection and `GET /healthz` requests (keep-alive), each 20 ms after the previous answer. '
-      + `Measured for ${HOLD_MS / 1000} s after the attack starts, against the real server process with default options.`,
+    `${BODIES} clients each send \`PUT /v1/docs/stall\` with \`Content-Length: ${BODY_BYTES}\`, send all but the last byte, and wait. ` +
+      'A control client meanwhile runs sequential WebSocket puts on one connection and `GET /healthz` requests (keep-alive), each 20 ms after the previous answer. ' +
+      `Measured for ${HOLD_MS / 1000} s after the attack starts, against the real server process with default options.`,
     '',
     head,
     row('server RSS idle → peak → end', (a) => `${MiB(a.rssBaseline)} → ${MiB(a.rssPeak)} → ${MiB(a.rssEnd)}`),
-    row('stalled requests ended as', (a) => Object.entries(a.outcomes).map(([k, n]) => `${n} × ${k}`).join(', ')),
+    row('stalled requests ended as', (a) =>
+      Object.entries(a.outcomes)
+        .map(([k, n]) => `${n} × ${k}`)
+        .join(', '),
+    ),
     row('stalled connections still open', (a) => a.openAt.map(([s, n]) => `${n} at ${s} s`).join(', ')),
-    row('median time to close a stalled request', (a) => (Number.isNaN(a.medianClosedS) ? `not within ${HOLD_MS / 1000} s` : `${a.medianClosedS.toFixed(1)} s`)),
+    row('median time to close a stalled request', (a) =>
+      Number.isNaN(a.medianClosedS) ? `not within ${HOLD_MS / 1000} s` : `${a.medianClosedS.toFixed(1)} s`,
+    ),
     row('control WebSocket put p50 / p99, quiet', (a) => `${ms(quantile(a.quiet.put, 0.5))} / ${ms(quantile(a.quiet.put, 0.99))}`),
     row('control WebSocket put p50 / p99, under attack', (a) => `${ms(quantile(a.loaded.put, 0.5))} / ${ms(quantile(a.loaded.put, 0.99))}`),
     row('control GET /healthz p50 / p99, quiet', (a) => `${ms(quantile(a.quiet.healthz, 0.5))} / ${ms(quantile(a.quiet.healthz, 0.99))}`),
     row('control GET /healthz p50 / p99, under attack', (a) => `${ms(quantile(a.loaded.healthz, 0.5))} / ${ms(quantile(a.loaded.healthz, 0.99))}`),
     row('control requests unanswered or failed', (a) => String(a.quiet.failures + a.loaded.failures)),
     '',
-    `Machine: ${cpus().length} × ${cpus()[0]?.model.trim() ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(1)} GiB, node ${process.version}, `
-      + `load ${loadavg().map((l) => l.toFixed(2)).join(' ')} at the end: the machine was shared with other builds and tests, so the `
-      + 'control latencies are dominated by that load (see the quiet rows) and differ from run to run; RSS and the stalled-request outcomes do not. '
-      + `Measured ${new Date().toISOString()}. Command: \`${command}\`.`,
+    `Machine: ${cpus().length} × ${cpus()[0]?.model.trim() ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(1)} GiB, node ${process.version}, ` +
+      `load ${loadavg()
+        .map((l) => l.toFixed(2))
+        .join(' ')} at the end: the machine was shared with other builds and tests, so the ` +
+      'control latencies are dominated by that load (see the quiet rows) and differ from run to run; RSS and the stalled-request outcomes do not. ' +
+      `Measured ${new Date().toISOString()}. Command: \`${command}\`.`,
     '',
-    'Why it changed: request bodies now count against the server-wide memory budget as their bytes arrive and may hold at most half of it '
-      + '(`--max-in-flight-bytes`, 256 MiB: 128 MiB for bodies; past it `503 SERVER_BUSY`), a body idle for `--http-body-idle-timeout-ms` (10 s) '
-      + 'is answered `408 REQUEST_TIMEOUT` and its connection closed, and headers and whole requests have their own timeouts (10 s, 60 s, checked every second '
-      + 'instead of Node\'s 300 s checked every 30 s). Regression tests: `test/http-limits.test.ts`.',
+    'Why it changed: request bodies now count against the server-wide memory budget as their bytes arrive and may hold at most half of it ' +
+      '(`--max-in-flight-bytes`, 256 MiB: 128 MiB for bodies; past it `503 SERVER_BUSY`), a body idle for `--http-body-idle-timeout-ms` (10 s) ' +
+      'is answered `408 REQUEST_TIMEOUT` and its connection closed, and headers and whole requests have their own timeouts (10 s, 60 s, checked every second ' +
+      "instead of Node's 300 s checked every 30 s). Regression tests: `test/http-limits.test.ts`.",
   ];
   return lines.join('\n');
 }
@@ -264,7 +290,10 @@ async function main(): Promise<void> {
   }
 }
 
-main().then(() => process.exit(0), (err: unknown) => {
-  process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
-  process.exit(1);
-});
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
+    process.exit(1);
+  },
+);

@@ -16,16 +16,21 @@ export const FUZZ_SUMMARY = process.env.SEQGATE_FUZZ_SUMMARY ?? join('test', 'fu
 
 export interface FuzzSummary {
   readonly updatedAt: string;
-  readonly properties: Readonly<Record<string, {
-    readonly file: string;
-    /** The stated minimum number of cases. */
-    readonly numRuns: number;
-    readonly casesRun: number;
-    readonly seed: number;
-    readonly failed: boolean;
-    readonly finishedAt: string;
-    readonly counters?: Readonly<Record<string, number>>;
-  }>>;
+  readonly properties: Readonly<
+    Record<
+      string,
+      {
+        readonly file: string;
+        /** The stated minimum number of cases. */
+        readonly numRuns: number;
+        readonly casesRun: number;
+        readonly seed: number;
+        readonly failed: boolean;
+        readonly finishedAt: string;
+        readonly counters?: Readonly<Record<string, number>>;
+      }
+    >
+  >;
 }
 
 export interface ReportContext {
@@ -74,7 +79,9 @@ export function renderReport(r: SoakResult, ctx: ReportContext, fuzz: FuzzSummar
   const faults = r.kills.length + st.clientDisconnects + st.duplicatesSent + st.lateSent + st.reusesSent;
   const restart = r.kills.map((k) => k.restartMs);
   const lines: string[] = [];
-  const row = (name: string, value: string, note = ''): void => { lines.push(`| ${name} | ${value} | ${note} |`); };
+  const row = (name: string, value: string, note = ''): void => {
+    lines.push(`| ${name} | ${value} | ${note} |`);
+  };
 
   lines.push(
     '# Reliability report',
@@ -91,7 +98,9 @@ export function renderReport(r: SoakResult, ctx: ReportContext, fuzz: FuzzSummar
     `| duration | ${s(r.durationMs)} (kill phase ${s(r.killPhaseMs)}, drain ${s(r.drainMs)}, check ${s(r.checkMs)}) |`,
     `| seed | ${r.seed} (\`--seed ${r.seed}\` gives the same payloads and random streams; how they interleave with kills depends on timing, so a run is not replayed exactly) |`,
     `| commit | ${gitCommit(ctx.repoRoot)} |`,
-    `| machine | ${cpu.length} × ${cpu[0]?.model.trim() ?? 'unknown CPU'}, ${(totalmem() / 2 ** 30).toFixed(1)} GiB, ${platform()} ${release()}, load ${loadavg().map((x) => x.toFixed(2)).join(' ')} at the end |`,
+    `| machine | ${cpu.length} × ${cpu[0]?.model.trim() ?? 'unknown CPU'}, ${(totalmem() / 2 ** 30).toFixed(1)} GiB, ${platform()} ${release()}, load ${loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ')} at the end |`,
     `| node | ${process.version} |`,
     '',
   );
@@ -120,33 +129,49 @@ export function renderReport(r: SoakResult, ctx: ReportContext, fuzz: FuzzSummar
   row('puts sent', n(st.putsSent), `every put on the wire, in ${n(st.frames)} frames`);
   row('distinct puts', n(r.records), 'writes, late puts and reuses the clients created');
   row('acked', n(r.acked), 'distinct puts acked (`ok`); each checked against its stored ack');
-  row('failed', n(r.failed), `definite refusals: ${n(st.sharedStale)} shared-stream writes passed by the other writer (stale), and every late put (stale; ${n(st.lateSent)} sent) and reuse (sequence_reused; ${n(st.reusesSent)} sent)`);
+  row(
+    'failed',
+    n(r.failed),
+    `definite refusals: ${n(st.sharedStale)} shared-stream writes passed by the other writer (stale), and every late put (stale; ${n(st.lateSent)} sent) and reuse (sequence_reused; ${n(st.reusesSent)} sent)`,
+  );
   row('unknown', n(st.unknownsCreated), 'puts whose connection died before the answer; all resent until answered');
   row('resends answered as replay', n(st.resendsReplayed), 'committed before the crash, ack lost: answered from the stored ack');
   row('resends applied fresh', n(st.resendsAppliedFresh), 'not committed before the crash: applied on resend');
   row('resends refused', n(st.resendsRefused), 'unknown late/reuse puts, or shared-stream writes passed meanwhile');
-  row('duplicates sent', n(st.duplicatesSent), `deliberate retries of acked puts; ${n(st.duplicatesReplayed)} answered (the rest lost with their connection), all with the ack first received`);
+  row(
+    'duplicates sent',
+    n(st.duplicatesSent),
+    `deliberate retries of acked puts; ${n(st.duplicatesReplayed)} answered (the rest lost with their connection), all with the ack first received`,
+  );
   row('skipped seqs (gaps)', n(st.skippedSeqs), '');
   row('deletes', n(st.deletesCreated), '');
-  row('kills survived', n(r.kills.length), `${r.kills.filter((k) => k.inFlight > 0).length} with puts in flight (median ${median(r.kills.map((k) => k.inFlight))}); ${r.serverStarts} server starts`);
+  row(
+    'kills survived',
+    n(r.kills.length),
+    `${r.kills.filter((k) => k.inFlight > 0).length} with puts in flight (median ${median(r.kills.map((k) => k.inFlight))}); ${r.serverStarts} server starts`,
+  );
   row('restart time', `median ${median(restart)} ms, max ${Math.max(0, ...restart)} ms`, 'SIGKILL to "listening" (includes the startup quick_check)');
   row('client disconnects', n(st.clientDisconnects), `${n(st.connectionsOpened)} connections opened, ${n(st.welcomes)} welcomes checked`);
   row('faults injected', n(faults), 'kills + client disconnects + duplicates + late puts + reuses');
   row('storage errors', n(st.storageErrors), 'retryable STORAGE_UNAVAILABLE answers (resent)');
   row('violations found', n(r.violationCount), 'during the run and in the final check');
   if (r.check !== undefined) {
-    row('database checked', `${n(r.check.ackRows)} ack rows, ${n(r.check.documents)} documents, ${r.check.streams} streams`, `integrity_check: ${r.check.integrity.join('; ')}; ${(r.dbBytes / 2 ** 20).toFixed(1)} MiB`);
+    row(
+      'database checked',
+      `${n(r.check.ackRows)} ack rows, ${n(r.check.documents)} documents, ${r.check.streams} streams`,
+      `integrity_check: ${r.check.integrity.join('; ')}; ${(r.dbBytes / 2 ** 20).toFixed(1)} MiB`,
+    );
   }
   lines.push(
     '',
     'What the final check proves, reading the SQLite file directly (test/soak/checker.ts):',
     '',
     '- no acked put lost: every put a client saw acked has its ack row, equal to the ack received (outcome, key, version, deleted, ifVersion, committedAt);',
-    '- no write that was never sent: every ack row is at a position a client sent a write to, with the fingerprint of that write\'s payload (recomputed from PROTOCOL.md §6 by the test\'s own encoder), and that client saw it acked; no late or reused put was applied;',
-    '- nothing applied twice: per key, the versions in the acks and the document\'s version count exactly the applied puts;',
-    '- each document holds the canonical payload of its last applied put, so each stream\'s head-seq document holds the head put\'s payload; heads and ack counts match the acked writes;',
+    "- no write that was never sent: every ack row is at a position a client sent a write to, with the fingerprint of that write's payload (recomputed from PROTOCOL.md §6 by the test's own encoder), and that client saw it acked; no late or reused put was applied;",
+    "- nothing applied twice: per key, the versions in the acks and the document's version count exactly the applied puts;",
+    "- each document holds the canonical payload of its last applied put, so each stream's head-seq document holds the head put's payload; heads and ack counts match the acked writes;",
     '- `PRAGMA integrity_check` is ok; after every kill, before the restart, each head on disk is at or past every seq acked so far;',
-    '- online: every duplicate and every replayed resend returns the ack first received; every welcome\'s head lies between what was acked and what was sent.',
+    "- online: every duplicate and every replayed resend returns the ack first received; every welcome's head lies between what was acked and what was sent.",
     '',
   );
   if (r.violations.length > 0) {
@@ -171,8 +196,14 @@ export function renderReport(r: SoakResult, ctx: ReportContext, fuzz: FuzzSummar
       '|---|---|---|---|---|---|---|---|',
     );
     for (const [name, x] of all) {
-      const counters = Object.entries(x.counters ?? {}).sort((a, b) => b[1] - a[1]).slice(0, 4).map(([k, v]) => `${k} ${n(v)}`).join(', ');
-      lines.push(`| ${name} | ${x.file} | ${n(x.casesRun)} | ${n(x.numRuns)} | ${x.seed} | ${x.failed ? 'FAILED' : 'passed'} | ${x.finishedAt} | ${counters} |`);
+      const counters = Object.entries(x.counters ?? {})
+        .sort((a, b) => b[1] - a[1])
+        .slice(0, 4)
+        .map(([k, v]) => `${k} ${n(v)}`)
+        .join(', ');
+      lines.push(
+        `| ${name} | ${x.file} | ${n(x.casesRun)} | ${n(x.numRuns)} | ${x.seed} | ${x.failed ? 'FAILED' : 'passed'} | ${x.finishedAt} | ${counters} |`,
+      );
     }
     lines.push('');
   }
@@ -182,7 +213,7 @@ export function renderReport(r: SoakResult, ctx: ReportContext, fuzz: FuzzSummar
     '',
     '`test/crash-points.test.ts` (part of `npm test`) kills the server with `SEQGATE_TEST_CRASH_AT` before the commit, after the ' +
       'commit but before the ack is sent, and after the ack was sent, for a single put and for a batch, restarts it without the ' +
-      'switch and checks each retry\'s outcome against PROTOCOL.md and the database file.',
+      "switch and checks each retry's outcome against PROTOCOL.md and the database file.",
     '',
     '## Reproducing',
     '',

@@ -78,7 +78,8 @@ async function main(): Promise<number> {
   const { FUZZ_SUMMARY, readFuzzSummary, renderReport } = await import('./report.js');
   const { keepMeasuredSections } = await import('./report-sections.js');
 
-  if (values.store !== undefined && values.store !== 'sqlite' && values.store !== 'postgres') throw new Error(`--store must be sqlite or postgres, not ${values.store}`);
+  if (values.store !== undefined && values.store !== 'sqlite' && values.store !== 'postgres')
+    throw new Error(`--store must be sqlite or postgres, not ${values.store}`);
   const minutes = values.minutes === undefined ? undefined : num('minutes', values.minutes, 0);
   const seed = Math.floor(num('seed', values.seed, Math.floor(Math.random() * 2 ** 31)));
   const killMs = minutes === undefined ? undefined : Math.round(minutes * 60_000);
@@ -87,21 +88,23 @@ async function main(): Promise<number> {
     seed,
     clients: Math.floor(num('clients', values.clients, SHORT_RUN.clients)),
     streamsPerClient: Math.floor(num('streams', values.streams, SHORT_RUN.streamsPerClient)),
-    rate: num('rate', values.rate, minutes === undefined ? SHORT_RUN.rate ?? 0 : 2000),
+    rate: num('rate', values.rate, minutes === undefined ? (SHORT_RUN.rate ?? 0) : 2000),
     ...(killMs === undefined ? {} : { minDurationMs: killMs, maxKillPhaseMs: killMs, drainTimeoutMs: 60_000 }),
     keepDb: values['keep-db'] === true,
     ...(values.store === 'postgres' ? { postgresAdminUrl: values['pg-url'] ?? 'postgres://postgres@127.0.0.1:5432/postgres' } : {}),
     log: (line: string) => process.stdout.write(`[soak ${new Date().toISOString().slice(11, 19)}] ${line}\n`),
   };
   const command = ['npm run soak --', ...process.argv.slice(2)].join(' ').replace(/ --$/, '');
-  options.log(`seed ${seed}; ${minutes === undefined ? 'short run' : `${minutes} minutes of kills`}; store ${values.store ?? 'sqlite'}; server ${process.env.SEQGATE_TEST_CLI}`);
+  options.log(
+    `seed ${seed}; ${minutes === undefined ? 'short run' : `${minutes} minutes of kills`}; store ${values.store ?? 'sqlite'}; server ${process.env.SEQGATE_TEST_CLI}`,
+  );
 
   const result = await runSoak(options);
   const failures = verdict(result);
   const mem = process.memoryUsage();
   options.log(
     `${result.kills.length} kills, ${result.acked} acked, ${result.failed} failed, ${result.stats.putsSent} puts sent, ` +
-    `${result.violationCount} violations, ${(result.durationMs / 1000).toFixed(1)} s, heap ${(mem.heapUsed / 2 ** 20).toFixed(0)} MiB`,
+      `${result.violationCount} violations, ${(result.durationMs / 1000).toFixed(1)} s, heap ${(mem.heapUsed / 2 ** 20).toFixed(0)} MiB`,
   );
   for (const v of result.violations.slice(0, 20)) options.log(`violation: ${v}`);
   if (result.options.keepDb === true) options.log(`database kept at ${result.dbPath}`);
@@ -121,7 +124,9 @@ async function main(): Promise<number> {
 }
 
 main().then(
-  (code) => { process.exitCode = code; },
+  (code) => {
+    process.exitCode = code;
+  },
   (err: unknown) => {
     process.stderr.write(`soak runner: ${(err as Error).stack ?? String(err)}\n`);
     process.exitCode = 2;

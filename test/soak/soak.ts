@@ -214,7 +214,12 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     while (serverUp && !clients.every((c) => c.settled) && Date.now() - drainStart < options.drainTimeoutMs) await sleep(20);
     drainMs = Date.now() - drainStart;
     if (serverUp && !clients.every((c) => c.settled)) {
-      w.violation(`drain: ${clients.filter((c) => !c.settled).map((c) => c.name).join(', ')} still had unanswered puts after ${options.drainTimeoutMs} ms`);
+      w.violation(
+        `drain: ${clients
+          .filter((c) => !c.settled)
+          .map((c) => c.name)
+          .join(', ')} still had unanswered puts after ${options.drainTimeoutMs} ms`,
+      );
     }
     await Promise.all(clients.map((c) => c.stop()));
     if (serverUp) {

@@ -84,7 +84,12 @@ export class PutRecord {
   get ack(): WireAck | undefined {
     if (this.ackVersion < 0) return undefined;
     return {
-      stream: this.book.name, epoch: EPOCH, seq: this.seq, key: this.key, version: this.ackVersion, deleted: this.deleted,
+      stream: this.book.name,
+      epoch: EPOCH,
+      seq: this.seq,
+      key: this.key,
+      version: this.ackVersion,
+      deleted: this.deleted,
       committedAt: this.ackCommittedAt,
     };
   }
@@ -104,7 +109,10 @@ export class StreamBook {
   /** Reuse puts created so far; numbers their payload variants. */
   reuses = 0;
 
-  constructor(readonly name: string, readonly shared: boolean) {}
+  constructor(
+    readonly name: string,
+    readonly shared: boolean,
+  ) {}
 
   add(rec: PutRecord): PutRecord {
     this.records.push(rec);
@@ -164,9 +172,25 @@ export class Workload {
   acked = 0;
   failed = 0;
   readonly stats: WorkloadStats = {
-    frames: 0, putsSent: 0, firstSends: 0, resends: 0, resendsReplayed: 0, resendsAppliedFresh: 0, resendsRefused: 0,
-    duplicatesSent: 0, duplicatesReplayed: 0, lateSent: 0, reusesSent: 0, skippedSeqs: 0, deletesCreated: 0,
-    sharedStale: 0, unknownsCreated: 0, clientDisconnects: 0, connectionsOpened: 0, welcomes: 0, storageErrors: 0,
+    frames: 0,
+    putsSent: 0,
+    firstSends: 0,
+    resends: 0,
+    resendsReplayed: 0,
+    resendsAppliedFresh: 0,
+    resendsRefused: 0,
+    duplicatesSent: 0,
+    duplicatesReplayed: 0,
+    lateSent: 0,
+    reusesSent: 0,
+    skippedSeqs: 0,
+    deletesCreated: 0,
+    sharedStale: 0,
+    unknownsCreated: 0,
+    clientDisconnects: 0,
+    connectionsOpened: 0,
+    welcomes: 0,
+    storageErrors: 0,
   };
   readonly violations: string[] = [];
   violationCount = 0;

@@ -50,7 +50,10 @@ export interface ChildServerOptions {
 
 /** The child exited (or never got ready) where the caller expected a listening server. */
 export class ChildExitError extends Error {
-  constructor(message: string, readonly run: RunRecord) {
+  constructor(
+    message: string,
+    readonly run: RunRecord,
+  ) {
     super(`${message}\n--- stdout ---\n${tail(run.stdout)}\n--- stderr ---\n${tail(run.stderr)}`);
   }
 }
@@ -89,13 +92,7 @@ export class ChildServer {
   start(): Promise<ReadyInfo> {
     if (this.child !== undefined) throw new Error('child server is already running; kill it first');
     if (!existsSync(CLI_PATH)) throw new Error(`${CLI_PATH} is missing: run \`npm run build\` before these tests`);
-    const args = [
-      CLI_PATH,
-      '--port', String(this.nextPort),
-      '--db-path', this.options.dbPath,
-      '--log-format', 'json',
-      ...(this.options.args ?? []),
-    ];
+    const args = [CLI_PATH, '--port', String(this.nextPort), '--db-path', this.options.dbPath, '--log-format', 'json', ...(this.options.args ?? [])];
     const child = spawn(process.execPath, args, {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...inheritedEnv(), ...this.options.env },
@@ -112,7 +109,9 @@ export class ChildServer {
       run.stdout += chunk;
       for (const w of this.lineWaiters.splice(0)) w();
     });
-    child.stderr!.on('data', (chunk: string) => { run.stderr += chunk; });
+    child.stderr!.on('data', (chunk: string) => {
+      run.stderr += chunk;
+    });
 
     // 'close' rather than 'exit': it comes after the pipes are drained, so the output is complete.
     this.exited = new Promise<ExitInfo>((resolve) => {
@@ -124,7 +123,9 @@ export class ChildServer {
         resolve(run.exit);
       });
     });
-    child.once('error', (err) => { run.stderr += `spawn error: ${err.message}\n`; });
+    child.once('error', (err) => {
+      run.stderr += `spawn error: ${err.message}\n`;
+    });
 
     const timeoutMs = this.options.readyTimeoutMs ?? 30_000;
     this.ready = (async () => {

@@ -56,7 +56,9 @@ export class Cleanup {
   /** A test protocol client; the connection is cut after the test. */
   async client(url: string, format: Format = 'msgpack', options: WebSocket.ClientOptions = {}): Promise<TestClient> {
     const c = await TestClient.connect(url, format, options);
-    this.push(() => { c.ws.terminate(); });
+    this.push(() => {
+      c.ws.terminate();
+    });
     return c;
   }
 

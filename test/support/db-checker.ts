@@ -48,10 +48,27 @@ export interface DbAck {
   readonly fingerprint: Buffer;
 }
 
-interface StreamRow { id: number; epoch: number; seq: number; pruned_through: number; ack_count: number }
-interface DocRow { version: number; deleted: number; state: Buffer | null; updated_at: number }
+interface StreamRow {
+  id: number;
+  epoch: number;
+  seq: number;
+  pruned_through: number;
+  ack_count: number;
+}
+interface DocRow {
+  version: number;
+  deleted: number;
+  state: Buffer | null;
+  updated_at: number;
+}
 interface AckRow {
-  outcome: number; key: string; version: number; deleted: number; if_version: number | null; committed_at: number; fingerprint: Buffer;
+  outcome: number;
+  key: string;
+  version: number;
+  deleted: number;
+  if_version: number | null;
+  committed_at: number;
+  fingerprint: Buffer;
 }
 
 export class DbChecker {
@@ -98,21 +115,18 @@ export class DbChecker {
 
   /** The stream's head row, or undefined if the stream was never written. */
   head(stream: string, tenant = DEFAULT_TENANT): DbHead | undefined {
-    const row = this.q('SELECT id, epoch, seq, pruned_through, ack_count FROM streams WHERE tenant = ? AND name = ?')
-      .get(tenant, stream) as StreamRow | undefined;
-    return row === undefined ? undefined
-      : { id: row.id, epoch: row.epoch, seq: row.seq, prunedThrough: row.pruned_through, ackCount: row.ack_count };
+    const row = this.q('SELECT id, epoch, seq, pruned_through, ack_count FROM streams WHERE tenant = ? AND name = ?').get(tenant, stream) as
+      StreamRow | undefined;
+    return row === undefined ? undefined : { id: row.id, epoch: row.epoch, seq: row.seq, prunedThrough: row.pruned_through, ackCount: row.ack_count };
   }
 
   /** Every stream name of the tenant. */
   streams(tenant = DEFAULT_TENANT): string[] {
-    return (this.q('SELECT name FROM streams WHERE tenant = ? ORDER BY name').all(tenant) as Array<{ name: string }>)
-      .map((r) => r.name);
+    return (this.q('SELECT name FROM streams WHERE tenant = ? ORDER BY name').all(tenant) as Array<{ name: string }>).map((r) => r.name);
   }
 
   document(key: string, tenant = DEFAULT_TENANT): DbDocument | undefined {
-    const row = this.q('SELECT version, deleted, state, updated_at FROM documents WHERE tenant = ? AND key = ?')
-      .get(tenant, key) as DocRow | undefined;
+    const row = this.q('SELECT version, deleted, state, updated_at FROM documents WHERE tenant = ? AND key = ?').get(tenant, key) as DocRow | undefined;
     if (row === undefined) return undefined;
     return {
       version: row.version,
@@ -125,8 +139,7 @@ export class DbChecker {
 
   /** Every document key of the tenant. */
   documentKeys(tenant = DEFAULT_TENANT): string[] {
-    return (this.q('SELECT key FROM documents WHERE tenant = ? ORDER BY key').all(tenant) as Array<{ key: string }>)
-      .map((r) => r.key);
+    return (this.q('SELECT key FROM documents WHERE tenant = ? ORDER BY key').all(tenant) as Array<{ key: string }>).map((r) => r.key);
   }
 
   /** The stored ack of (stream, epoch, seq), or undefined if none is stored (never acked, or pruned). */
@@ -150,9 +163,11 @@ export class DbChecker {
 
   /** How many ack rows the stream has (compare with its head's ackCount). */
   countAcks(stream: string, tenant = DEFAULT_TENANT): number {
-    return (this.q(
-      'SELECT count(*) AS n FROM acks AS a JOIN streams AS s ON s.id = a.stream_id WHERE s.tenant = ? AND s.name = ?',
-    ).get(tenant, stream) as { n: number }).n;
+    return (
+      this.q('SELECT count(*) AS n FROM acks AS a JOIN streams AS s ON s.id = a.stream_id WHERE s.tenant = ? AND s.name = ?').get(tenant, stream) as {
+        n: number;
+      }
+    ).n;
   }
 
   close(): void {

@@ -280,7 +280,13 @@ export class FaultProxy {
   /** Decides the fate of each frame; return undefined to fall back to `faults`. */
   onFrame: ((frame: FrameInfo) => FrameAction | undefined) | undefined;
   readonly stats: ProxyStats = {
-    connections: 0, cuts: 0, truncations: 0, stalls: 0, duplicates: 0, reorders: 0, frames: { toServer: 0, toClient: 0 },
+    connections: 0,
+    cuts: 0,
+    truncations: 0,
+    stalls: 0,
+    duplicates: 0,
+    reorders: 0,
+    frames: { toServer: 0, toClient: 0 },
   };
   readonly connections = new Set<ProxyConnection>();
   stalledAll = false;

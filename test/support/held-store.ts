@@ -17,9 +17,17 @@ export class HeldStore implements Store {
 
   constructor(readonly inner: SqliteStore) {}
 
-  get incarnation(): string { return this.inner.incarnation; }
-  hold(): void { this.held = new Promise((resolve) => { this.release = resolve; }); }
-  open(): void { this.release?.(); }
+  get incarnation(): string {
+    return this.inner.incarnation;
+  }
+  hold(): void {
+    this.held = new Promise((resolve) => {
+      this.release = resolve;
+    });
+  }
+  open(): void {
+    this.release?.();
+  }
 
   apply(batch: readonly Put[]): Promise<PutResult[]>;
   apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>>;
@@ -40,12 +48,28 @@ export class HeldStore implements Store {
     return this.inner.document(tenant, key);
   }
 
-  ready() { return this.inner.ready(); }
-  readChanges(tenant: string, query: ChangeQuery) { return this.inner.readChanges(tenant, query); }
-  changeTail(tenant: string) { return this.inner.changeTail(tenant); }
-  snapshot(tenant: string, prefixes: readonly string[], afterKey: string | null, limit: number) { return this.inner.snapshot(tenant, prefixes, afterKey, limit); }
-  trimChanges(policy: ChangeRetention, maxRows: number) { return this.inner.trimChanges(policy, maxRows); }
-  prune(olderThan: number, maxRows: number) { return this.inner.prune(olderThan, maxRows); }
-  pruneIdempotency(olderThan: number, maxRows: number) { return this.inner.pruneIdempotency(olderThan, maxRows); }
-  close(): Promise<void> { return this.inner.close(); }
+  ready() {
+    return this.inner.ready();
+  }
+  readChanges(tenant: string, query: ChangeQuery) {
+    return this.inner.readChanges(tenant, query);
+  }
+  changeTail(tenant: string) {
+    return this.inner.changeTail(tenant);
+  }
+  snapshot(tenant: string, prefixes: readonly string[], afterKey: string | null, limit: number) {
+    return this.inner.snapshot(tenant, prefixes, afterKey, limit);
+  }
+  trimChanges(policy: ChangeRetention, maxRows: number) {
+    return this.inner.trimChanges(policy, maxRows);
+  }
+  prune(olderThan: number, maxRows: number) {
+    return this.inner.prune(olderThan, maxRows);
+  }
+  pruneIdempotency(olderThan: number, maxRows: number) {
+    return this.inner.pruneIdempotency(olderThan, maxRows);
+  }
+  close(): Promise<void> {
+    return this.inner.close();
+  }
 }

@@ -18,7 +18,8 @@ export function postgresAvailable(): Promise<boolean> {
       await client.query('SELECT 1');
       return true;
     } catch (err) {
-      if (process.env['CI']) throw new Error(`PostgreSQL is required under CI and did not answer at ${PG_ADMIN_URL}: ${(err as Error).message}`, { cause: err });
+      if (process.env['CI'])
+        throw new Error(`PostgreSQL is required under CI and did not answer at ${PG_ADMIN_URL}: ${(err as Error).message}`, { cause: err });
       process.stderr.write(`[postgres] not reachable at ${PG_ADMIN_URL}; PostgreSQL suites are skipped\n`);
       return false;
     } finally {
@@ -77,36 +78,82 @@ export async function createTestDatabase(prefix = 'seqgate_test', options: { fas
  * version 0) read as "never written", exactly as the store itself treats them.
  */
 export class PgChecker {
-  constructor(private readonly db: Pick<TestDatabase, 'query'>, private readonly tenant = 'default') {}
+  constructor(
+    private readonly db: Pick<TestDatabase, 'query'>,
+    private readonly tenant = 'default',
+  ) {}
 
   async head(stream: string): Promise<{ epoch: number; seq: number; prunedThrough: number; ackCount: number } | undefined> {
-    const r = (await this.db.query<{ epoch: string; seq: string; pruned_through: string; ack_count: string }>(
-      'SELECT epoch, seq, pruned_through, ack_count FROM seqgate.streams WHERE tenant = $1 AND name = $2 AND seq > 0', [this.tenant, stream])).rows[0];
+    const r = (
+      await this.db.query<{ epoch: string; seq: string; pruned_through: string; ack_count: string }>(
+        'SELECT epoch, seq, pruned_through, ack_count FROM seqgate.streams WHERE tenant = $1 AND name = $2 AND seq > 0',
+        [this.tenant, stream],
+      )
+    ).rows[0];
     return r && { epoch: Number(r.epoch), seq: Number(r.seq), prunedThrough: Number(r.pruned_through), ackCount: Number(r.ack_count) };
   }
 
   async countAcks(stream: string): Promise<number> {
-    return (await this.db.query<{ n: number }>(
-      'SELECT count(*)::int AS n FROM seqgate.acks a JOIN seqgate.streams s ON s.id = a.stream_id WHERE s.tenant = $1 AND s.name = $2',
-      [this.tenant, stream])).rows[0]!.n;
+    return (
+      await this.db.query<{ n: number }>(
+        'SELECT count(*)::int AS n FROM seqgate.acks a JOIN seqgate.streams s ON s.id = a.stream_id WHERE s.tenant = $1 AND s.name = $2',
+        [this.tenant, stream],
+      )
+    ).rows[0]!.n;
   }
 
-  async ack(stream: string, epoch: number, seq: number): Promise<{
-    outcome: 'applied' | 'version_conflict'; key: string; version: number; deleted: boolean; ifVersion: number | null; committedAt: number; fingerprint: Buffer;
-  } | undefined> {
-    const r = (await this.db.query<{ outcome: number; key: string; version: string; deleted: boolean; if_version: string | null; committed_at: string; fingerprint: Buffer }>(
-      `SELECT a.outcome, a.key, a.version, a.deleted, a.if_version, a.committed_at, a.fingerprint
+  async ack(
+    stream: string,
+    epoch: number,
+    seq: number,
+  ): Promise<
+    | {
+        outcome: 'applied' | 'version_conflict';
+        key: string;
+        version: number;
+        deleted: boolean;
+        ifVersion: number | null;
+        committedAt: number;
+        fingerprint: Buffer;
+      }
+    | undefined
+  > {
+    const r = (
+      await this.db.query<{
+        outcome: number;
+        key: string;
+        version: string;
+        deleted: boolean;
+        if_version: string | null;
+        committed_at: string;
+        fingerprint: Buffer;
+      }>(
+        `SELECT a.outcome, a.key, a.version, a.deleted, a.if_version, a.committed_at, a.fingerprint
          FROM seqgate.acks a JOIN seqgate.streams s ON s.id = a.stream_id
-        WHERE s.tenant = $1 AND s.name = $2 AND a.epoch = $3 AND a.seq = $4`, [this.tenant, stream, epoch, seq])).rows[0];
-    return r && {
-      outcome: r.outcome === 0 ? 'applied' : 'version_conflict', key: r.key, version: Number(r.version), deleted: r.deleted,
-      ifVersion: r.if_version === null ? null : Number(r.if_version), committedAt: Number(r.committed_at), fingerprint: r.fingerprint,
-    };
+        WHERE s.tenant = $1 AND s.name = $2 AND a.epoch = $3 AND a.seq = $4`,
+        [this.tenant, stream, epoch, seq],
+      )
+    ).rows[0];
+    return (
+      r && {
+        outcome: r.outcome === 0 ? 'applied' : 'version_conflict',
+        key: r.key,
+        version: Number(r.version),
+        deleted: r.deleted,
+        ifVersion: r.if_version === null ? null : Number(r.if_version),
+        committedAt: Number(r.committed_at),
+        fingerprint: r.fingerprint,
+      }
+    );
   }
 
   async document(key: string): Promise<{ version: number; deleted: boolean; stateBytes: Buffer | null } | undefined> {
-    const r = (await this.db.query<{ version: string; deleted: boolean; state: Buffer | null }>(
-      'SELECT version, deleted, state FROM seqgate.documents WHERE tenant = $1 AND key = $2 AND version > 0', [this.tenant, key])).rows[0];
+    const r = (
+      await this.db.query<{ version: string; deleted: boolean; state: Buffer | null }>(
+        'SELECT version, deleted, state FROM seqgate.documents WHERE tenant = $1 AND key = $2 AND version > 0',
+        [this.tenant, key],
+      )
+    ).rows[0];
     return r && { version: Number(r.version), deleted: r.deleted, stateBytes: r.state };
   }
 }

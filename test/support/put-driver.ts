@@ -78,10 +78,19 @@ export class PutDriver {
 
   /** Resolves once every put has a final (non-retryable) answer. */
   run(): Promise<void> {
-    const finishedAll = new Promise<void>((resolve, reject) => { this.done = resolve; this.failed = reject; });
-    const timer = setTimeout(() => this.failed(new Error(
-      `put driver timed out: ${this.finished}/${this.puts.length} answered, ${this.inFlight.size} in flight, ${this.lostConnections} connections lost`,
-    )), this.options.timeoutMs);
+    const finishedAll = new Promise<void>((resolve, reject) => {
+      this.done = resolve;
+      this.failed = reject;
+    });
+    const timer = setTimeout(
+      () =>
+        this.failed(
+          new Error(
+            `put driver timed out: ${this.finished}/${this.puts.length} answered, ${this.inFlight.size} in flight, ${this.lostConnections} connections lost`,
+          ),
+        ),
+      this.options.timeoutMs,
+    );
     this.socket.start();
     return finishedAll.finally(() => {
       clearTimeout(timer);
@@ -134,7 +143,18 @@ export class PutDriver {
       }
       if (frame.length === 0) return;
       for (const p of frame) this.inFlight.set(p.id, p);
-      this.socket.send({ type: 'put', puts: frame.map(({ id, stream, epoch, seq, key, state, ifVersion }) => ({ id, stream, epoch, seq, key, state, ...(ifVersion !== undefined ? { ifVersion } : {}) })) });
+      this.socket.send({
+        type: 'put',
+        puts: frame.map(({ id, stream, epoch, seq, key, state, ifVersion }) => ({
+          id,
+          stream,
+          epoch,
+          seq,
+          key,
+          state,
+          ...(ifVersion !== undefined ? { ifVersion } : {}),
+        })),
+      });
     }
   }
 }

@@ -50,8 +50,15 @@ export function rawExchange(port: number, bytes: Buffer | string | readonly (Buf
       resolve({ status: m ? Number(m[1]) : undefined, text, body, closedByServer, ...(error ? { error } : {}) });
     };
     const timer = setTimeout(finish, timeoutMs);
-    socket.on('error', (err) => { error = err.message; closedByServer = true; finish(); });
-    socket.on('close', () => { closedByServer = true; finish(); });
+    socket.on('error', (err) => {
+      error = err.message;
+      closedByServer = true;
+      finish();
+    });
+    socket.on('close', () => {
+      closedByServer = true;
+      finish();
+    });
     socket.on('data', (d: Buffer) => {
       chunks.push(d);
       if (untilResponse && completeResponse(Buffer.concat(chunks).toString('latin1'))) finish();

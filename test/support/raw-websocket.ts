@@ -47,11 +47,20 @@ export class RawWebSocket {
       });
       socket.once('close', () => reject(new Error('connection closed before the upgrade was answered')));
     });
-    socket.write([
-      `GET ${pathname}${search} HTTP/1.1`, `Host: ${hostname}:${port}`, 'Upgrade: websocket', 'Connection: Upgrade',
-      'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==', 'Sec-WebSocket-Version: 13', `Sec-WebSocket-Protocol: ${protocol}`,
-      ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`), '', '',
-    ].join('\r\n'));
+    socket.write(
+      [
+        `GET ${pathname}${search} HTTP/1.1`,
+        `Host: ${hostname}:${port}`,
+        'Upgrade: websocket',
+        'Connection: Upgrade',
+        'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==',
+        'Sec-WebSocket-Version: 13',
+        `Sec-WebSocket-Protocol: ${protocol}`,
+        ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`),
+        '',
+        '',
+      ].join('\r\n'),
+    );
     const status = await answered;
     if (!status.startsWith('HTTP/1.1 101')) throw new Error(`upgrade refused: ${status.split('\r\n')[0]}`);
     return raw;
@@ -64,12 +73,16 @@ export class RawWebSocket {
 
   /** Close frames the server sent: their codes, in order. */
   closeCodes(): number[] {
-    return serverFrames(this.received).filter((f) => f.opcode === 8 && f.payload.length >= 2).map((f) => f.payload.readUInt16BE(0));
+    return serverFrames(this.received)
+      .filter((f) => f.opcode === 8 && f.payload.length >= 2)
+      .map((f) => f.payload.readUInt16BE(0));
   }
 
   /** Data frames the server sent (whole messages only; the server never fragments). */
   messages(): Buffer[] {
-    return serverFrames(this.received).filter((f) => f.opcode === 1 || f.opcode === 2).map((f) => f.payload);
+    return serverFrames(this.received)
+      .filter((f) => f.opcode === 1 || f.opcode === 2)
+      .map((f) => f.payload);
   }
 
   destroy(): void {

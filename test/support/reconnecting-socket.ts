@@ -118,8 +118,14 @@ export class ReconnectingSocket {
     const ws = this.ws;
     if (ws === undefined || ws.readyState === WebSocket.CLOSED) return;
     await new Promise<void>((resolve) => {
-      const timer = setTimeout(() => { ws.terminate(); resolve(); }, CLOSE_GRACE_MS);
-      ws.once('close', () => { clearTimeout(timer); resolve(); });
+      const timer = setTimeout(() => {
+        ws.terminate();
+        resolve();
+      }, CLOSE_GRACE_MS);
+      ws.once('close', () => {
+        clearTimeout(timer);
+        resolve();
+      });
       ws.close(1000);
     });
   }

@@ -1,10 +1,16 @@
 import {
-  isDocWrite, type Ack, type DocResult, type DocWrite, type Put, type PutResult, type Store, type StoredDocument,
-  type StreamHead, type Write,
+  isDocWrite,
+  type Ack,
+  type DocResult,
+  type DocWrite,
+  type Put,
+  type PutResult,
+  type Store,
+  type StoredDocument,
+  type StreamHead,
+  type Write,
 } from '../../src/store/store.js';
-import type {
-  Change, ChangeLog, ChangeOrigin, ChangePage, ChangeQuery, ChangeRetention, Snapshot,
-} from '../../src/store/change-log.js';
+import type { Change, ChangeLog, ChangeOrigin, ChangePage, ChangeQuery, ChangeRetention, Snapshot } from '../../src/store/change-log.js';
 
 /**
  * An in-memory model of PROTOCOL.md's gate, written from the spec's table and deliberately not
@@ -87,7 +93,15 @@ export class ReferenceModel implements Store, ChangeLog {
     const same = w.state === null ? !exists : exists && doc.state !== null && doc.state.equals(w.state);
     if (same) return { kind: 'written', key: w.key, version, deleted: !exists, changed: false, updatedAt: doc?.updatedAt ?? now };
     this.docs.set(did, { version: version + 1, deleted: w.state === null, state: w.state, updatedAt: now });
-    this.appendChange(w.tenant, w.key, version + 1, w.state === null, w.state, { route: w.state === null ? 'DELETE /v1/docs/{key}' : 'PUT /v1/docs/{key}' }, now);
+    this.appendChange(
+      w.tenant,
+      w.key,
+      version + 1,
+      w.state === null,
+      w.state,
+      { route: w.state === null ? 'DELETE /v1/docs/{key}' : 'PUT /v1/docs/{key}' },
+      now,
+    );
     return { kind: 'written', key: w.key, version: version + 1, deleted: w.state === null, changed: true, updatedAt: now };
   }
 
@@ -129,7 +143,17 @@ export class ReferenceModel implements Store, ChangeLog {
     const version = doc?.version ?? 0;
     let ack: Ack;
     if (p.ifVersion !== null && !(p.ifVersion === 0 ? !exists : exists && version === p.ifVersion)) {
-      ack = { outcome: 'version_conflict', stream: p.stream, epoch: p.epoch, seq: p.seq, key: p.key, version, deleted: !exists, ifVersion: p.ifVersion, committedAt: now };
+      ack = {
+        outcome: 'version_conflict',
+        stream: p.stream,
+        epoch: p.epoch,
+        seq: p.seq,
+        key: p.key,
+        version,
+        deleted: !exists,
+        ifVersion: p.ifVersion,
+        committedAt: now,
+      };
     } else if (p.state === null) {
       if (exists) {
         this.docs.set(did, { version: version + 1, deleted: true, state: null, updatedAt: now });

@@ -43,16 +43,21 @@ export class TestClient {
   private waiters: Array<() => void> = [];
   readonly closed: Promise<{ code: number; reason: string }>;
 
-  private constructor(readonly ws: WebSocket, readonly format: Format) {
+  private constructor(
+    readonly ws: WebSocket,
+    readonly format: Format,
+  ) {
     ws.on('message', (data: Buffer) => {
       this.frames.push(data);
       this.messages.push(format === 'msgpack' ? decodeMsgpack(data) : JSON.parse(data.toString('utf8')));
       for (const w of this.waiters.splice(0)) w();
     });
-    this.closed = new Promise((resolve) => ws.on('close', (code, reason) => {
-      resolve({ code, reason: reason.toString() });
-      for (const w of this.waiters.splice(0)) w();
-    }));
+    this.closed = new Promise((resolve) =>
+      ws.on('close', (code, reason) => {
+        resolve({ code, reason: reason.toString() });
+        for (const w of this.waiters.splice(0)) w();
+      }),
+    );
     ws.on('error', () => undefined);
   }
 
@@ -86,7 +91,10 @@ export class TestClient {
       if (left <= 0) throw new Error(`timed out; received ${JSON.stringify(this.messages, bigintSafe).slice(0, 2000)}`);
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, left);
-        this.waiters.push(() => { clearTimeout(t); resolve(); });
+        this.waiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
       });
     }
   }
@@ -128,10 +136,7 @@ export interface TestServer {
 export async function startTestServer(overrides: Partial<Config> = {}, options: StartOptions = {}): Promise<TestServer> {
   const dir = mkdtempSync(join(tmpdir(), 'seqgate-test-'));
   const dbPath = join(dir, 'seqgate.db');
-  const server = await SeqgateServer.start(
-    { port: 0, dbPath, pruneIntervalMs: 3_600_000, ...overrides },
-    { logger: pino({ level: 'silent' }), ...options },
-  );
+  const server = await SeqgateServer.start({ port: 0, dbPath, pruneIntervalMs: 3_600_000, ...overrides }, { logger: pino({ level: 'silent' }), ...options });
   return {
     server,
     url: server.url,

@@ -26,7 +26,13 @@ const rows = [];
 for (const [name, contents] of Object.entries(entries)) {
   const result = await build({
     stdin: { contents, resolveDir: root, loader: 'js' },
-    bundle: true, minify: true, format: 'esm', platform: 'browser', target: 'es2020', write: false, logLevel: 'silent',
+    bundle: true,
+    minify: true,
+    format: 'esm',
+    platform: 'browser',
+    target: 'es2020',
+    write: false,
+    logLevel: 'silent',
   });
   const code = result.outputFiles[0].contents;
   rows.push({ bundle: name, minifiedBytes: code.length, gzipBytes: gzipSync(code, { level: 9 }).length });

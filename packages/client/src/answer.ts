@@ -1,6 +1,19 @@
 import {
-  AuthenticationError, ExpiredError, FencedError, ForbiddenError, GapError, InvalidPutError, OutboxError, ProtocolError, SequenceReusedError,
-  SeqgateClientError, ServerRollbackError, StaleError, TransientError, VersionConflictError, WriterConflictError,
+  AuthenticationError,
+  ExpiredError,
+  FencedError,
+  ForbiddenError,
+  GapError,
+  InvalidPutError,
+  OutboxError,
+  ProtocolError,
+  SequenceReusedError,
+  SeqgateClientError,
+  ServerRollbackError,
+  StaleError,
+  TransientError,
+  VersionConflictError,
+  WriterConflictError,
 } from './errors.js';
 import type { Ack, Position, PutRef, PutResult, RollbackInfo } from './types.js';
 
@@ -36,22 +49,45 @@ export function loadAnswer(a: StoredAnswer, put: PutRef): { result?: PutResult; 
   const d = (a.detail ?? {}) as Record<string, unknown>;
   const o = { put };
   switch (a.name) {
-    case 'VersionConflictError': return { error: new VersionConflictError(d.ack as Ack, d.replay === true, o) };
-    case 'FencedError': return { error: new FencedError(Number(d.epoch), { ...o, message: a.message }) };
-    case 'StaleError': return { error: new StaleError(d.head as Position, Number(d.prunedThrough), d.ownSkip === true, o) };
-    case 'ExpiredError': return { error: new ExpiredError(d.head as Position, Number(d.prunedThrough), o) };
-    case 'SequenceReusedError': return { error: new SequenceReusedError(o) };
-    case 'GapError': return { error: new GapError(d.expected as Position, o) };
+    case 'VersionConflictError':
+      return { error: new VersionConflictError(d.ack as Ack, d.replay === true, o) };
+    case 'FencedError':
+      return { error: new FencedError(Number(d.epoch), { ...o, message: a.message }) };
+    case 'StaleError':
+      return { error: new StaleError(d.head as Position, Number(d.prunedThrough), d.ownSkip === true, o) };
+    case 'ExpiredError':
+      return { error: new ExpiredError(d.head as Position, Number(d.prunedThrough), o) };
+    case 'SequenceReusedError':
+      return { error: new SequenceReusedError(o) };
+    case 'GapError':
+      return { error: new GapError(d.expected as Position, o) };
     case 'InvalidPutError':
-      return { error: new InvalidPutError(a.code === 'LIMIT_EXCEEDED' ? 'LIMIT_EXCEEDED' : 'INVALID_FIELD', a.message, String(d.field),
-        typeof d.limit === 'string' ? d.limit : undefined, typeof d.max === 'number' ? d.max : undefined, d.local === true, o) };
-    case 'ForbiddenError': return { error: new ForbiddenError(a.message, o) };
-    case 'WriterConflictError': return { error: new WriterConflictError(a.message, o) };
-    case 'ServerRollbackError': return { error: new ServerRollbackError(d.rollback as RollbackInfo, o) };
-    case 'OutboxError': return { error: new OutboxError(a.message, o) };
-    case 'TransientError': return { error: new TransientError(a.code, a.message, o) };
-    case 'AuthenticationError': return { error: new AuthenticationError(a.code === 'TOKEN_REVOKED' ? 'TOKEN_REVOKED' : 'UNAUTHORIZED', a.message, Number(d.closeCode), o) };
-    case 'ProtocolError': return { error: new ProtocolError(a.code, a.message, d.retryable === true, o) };
-    default: return { error: new SeqgateClientError(a.code, a.message, o) };
+      return {
+        error: new InvalidPutError(
+          a.code === 'LIMIT_EXCEEDED' ? 'LIMIT_EXCEEDED' : 'INVALID_FIELD',
+          a.message,
+          String(d.field),
+          typeof d.limit === 'string' ? d.limit : undefined,
+          typeof d.max === 'number' ? d.max : undefined,
+          d.local === true,
+          o,
+        ),
+      };
+    case 'ForbiddenError':
+      return { error: new ForbiddenError(a.message, o) };
+    case 'WriterConflictError':
+      return { error: new WriterConflictError(a.message, o) };
+    case 'ServerRollbackError':
+      return { error: new ServerRollbackError(d.rollback as RollbackInfo, o) };
+    case 'OutboxError':
+      return { error: new OutboxError(a.message, o) };
+    case 'TransientError':
+      return { error: new TransientError(a.code, a.message, o) };
+    case 'AuthenticationError':
+      return { error: new AuthenticationError(a.code === 'TOKEN_REVOKED' ? 'TOKEN_REVOKED' : 'UNAUTHORIZED', a.message, Number(d.closeCode), o) };
+    case 'ProtocolError':
+      return { error: new ProtocolError(a.code, a.message, d.retryable === true, o) };
+    default:
+      return { error: new SeqgateClientError(a.code, a.message, o) };
   }
 }

@@ -79,7 +79,10 @@ export class KeyValueOutbox implements Outbox {
   readonly durable = true;
   private readonly prefix: string;
 
-  constructor(private readonly kv: KeyValueStore, options: KeyValueOutboxOptions = {}) {
+  constructor(
+    private readonly kv: KeyValueStore,
+    options: KeyValueOutboxOptions = {},
+  ) {
     this.prefix = options.prefix ?? 'seqgate-outbox:';
   }
 

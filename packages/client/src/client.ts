@@ -4,20 +4,53 @@ import { later, numberBatch, renumber } from './core/numbering.js';
 import { planReconcile } from './core/reconcile.js';
 import { Emitter } from './emitter.js';
 import {
-  decodeMsgpack, encodePutJson, encodePutMsgpack, encodeState, JSON_FRAME_OVERHEAD, jsonPutFrame, msgpackMessage,
-  MSGPACK_FRAME_OVERHEAD, msgpackPutFrame, nameProblem, StateProblem, utf8Length,
+  decodeMsgpack,
+  encodePutJson,
+  encodePutMsgpack,
+  encodeState,
+  JSON_FRAME_OVERHEAD,
+  jsonPutFrame,
+  msgpackMessage,
+  MSGPACK_FRAME_OVERHEAD,
+  msgpackPutFrame,
+  nameProblem,
+  StateProblem,
+  utf8Length,
 } from './encode.js';
 import {
-  AuthenticationError, ClientClosedError, ConnectionError, FencedError, ForbiddenError, InvalidPutError, OutboxError, ProtocolError,
-  SeqgateClientError, ServerRollbackError, TransientError, WriterConflictError,
+  AuthenticationError,
+  ClientClosedError,
+  ConnectionError,
+  FencedError,
+  ForbiddenError,
+  InvalidPutError,
+  OutboxError,
+  ProtocolError,
+  SeqgateClientError,
+  ServerRollbackError,
+  TransientError,
+  WriterConflictError,
 } from './errors.js';
 import { CLOSE_CODES, PROTOCOL_VERSION, SUBPROTOCOLS } from './wire/constants.js';
 import { loadAnswer, storeAnswer, type StoredAnswer } from './answer.js';
 import { MemoryOutbox, type AnswerEntry, type Outbox, type OutboxEntry, type StreamRecord } from './outbox.js';
 import {
-  DEFAULT_LIMITS, type ClientStats, type CloseReport, type ConnectionState, type EpochChange, type Head,
-  type Limits, type Position, type PutOptions, type PutRef, type PutResult, type PutSettlement, type RollbackInfo,
-  type RollbackPolicy, type StateChange, type WelcomeInfo,
+  DEFAULT_LIMITS,
+  type ClientStats,
+  type CloseReport,
+  type ConnectionState,
+  type EpochChange,
+  type Head,
+  type Limits,
+  type Position,
+  type PutOptions,
+  type PutRef,
+  type PutResult,
+  type PutSettlement,
+  type RollbackInfo,
+  type RollbackPolicy,
+  type StateChange,
+  type WelcomeInfo,
 } from './types.js';
 
 /**
@@ -140,7 +173,6 @@ interface Conn {
   pingSentAt: number;
   nextPingAt: number;
 }
-
 
 function asRecord(v: unknown): Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : {};
@@ -338,9 +370,14 @@ export class SeqgateClient extends Emitter<ClientEvents> {
    */
   subscribe(prefix: string, options: Omit<SubscribeOptions, 'url' | 'prefix' | 'WebSocket' | 'token'>): Promise<Subscription> {
     const outbox = this.outbox as Partial<OffsetStore>;
-    const offsets = options.offsets ?? (typeof outbox.loadOffset === 'function' && typeof outbox.saveOffset === 'function' ? outbox as OffsetStore : undefined);
+    const offsets =
+      options.offsets ?? (typeof outbox.loadOffset === 'function' && typeof outbox.saveOffset === 'function' ? (outbox as OffsetStore) : undefined);
     return Subscription.start({
-      ...options, url: this.url, prefix, WebSocket: this.WebSocketCtor, ...(this.token !== undefined ? { token: this.token } : {}),
+      ...options,
+      url: this.url,
+      prefix,
+      WebSocket: this.WebSocketCtor,
+      ...(this.token !== undefined ? { token: this.token } : {}),
       ...(offsets !== undefined ? { offsets } : {}),
     });
   }
@@ -359,13 +396,23 @@ export class SeqgateClient extends Emitter<ClientEvents> {
 
     const keyProblem = nameProblem(key, 'key', this.limits.maxKeyBytes);
     if (keyProblem !== null) {
-      return Promise.reject(new InvalidPutError(keyProblem.code, keyProblem.message, 'key',
-        keyProblem.code === 'LIMIT_EXCEEDED' ? 'maxKeyBytes' : undefined,
-        keyProblem.code === 'LIMIT_EXCEEDED' ? this.limits.maxKeyBytes : undefined, true, { put: ref }));
+      return Promise.reject(
+        new InvalidPutError(
+          keyProblem.code,
+          keyProblem.message,
+          'key',
+          keyProblem.code === 'LIMIT_EXCEEDED' ? 'maxKeyBytes' : undefined,
+          keyProblem.code === 'LIMIT_EXCEEDED' ? this.limits.maxKeyBytes : undefined,
+          true,
+          { put: ref },
+        ),
+      );
     }
     const ifVersion = options.ifVersion ?? null;
     if (ifVersion !== null && !(Number.isSafeInteger(ifVersion) && ifVersion >= 0)) {
-      return Promise.reject(new InvalidPutError('INVALID_FIELD', 'ifVersion must be a safe integer >= 0', 'ifVersion', undefined, undefined, true, { put: ref }));
+      return Promise.reject(
+        new InvalidPutError('INVALID_FIELD', 'ifVersion must be a safe integer >= 0', 'ifVersion', undefined, undefined, true, { put: ref }),
+      );
     }
     let encoded: Uint8Array | null = null;
     if (!isDelete) {
@@ -373,25 +420,35 @@ export class SeqgateClient extends Emitter<ClientEvents> {
         encoded = encodeState(state, this.limits, this.format === 'json');
       } catch (err) {
         if (!(err instanceof StateProblem)) throw err;
-        return Promise.reject(new InvalidPutError(err.code, err.message, 'state', err.limit,
-          err.limit === undefined ? undefined : this.limits[err.limit], true, { put: ref }));
+        return Promise.reject(
+          new InvalidPutError(err.code, err.message, 'state', err.limit, err.limit === undefined ? undefined : this.limits[err.limit], true, { put: ref }),
+        );
       }
     }
     if (options.checkpoint !== undefined) {
       try {
         JSON.stringify(options.checkpoint);
       } catch (err) {
-        return Promise.reject(new InvalidPutError('INVALID_FIELD', 'checkpoint must be a JSON value', 'checkpoint', undefined, undefined, true, { put: ref, cause: err }));
+        return Promise.reject(
+          new InvalidPutError('INVALID_FIELD', 'checkpoint must be a JSON value', 'checkpoint', undefined, undefined, true, { put: ref, cause: err }),
+        );
       }
     }
     // A put that cannot fit in a frame alone would close the connection (1009) on every resend.
     const widest = { stream: this.stream, epoch: Number.MAX_SAFE_INTEGER, seq: Number.MAX_SAFE_INTEGER, key, state: encoded, ifVersion };
-    const size = this.format === 'msgpack'
-      ? encodePutMsgpack(widest).length + MSGPACK_FRAME_OVERHEAD
-      : utf8Length(encodePutJson(widest)) + JSON_FRAME_OVERHEAD;
+    const size = this.format === 'msgpack' ? encodePutMsgpack(widest).length + MSGPACK_FRAME_OVERHEAD : utf8Length(encodePutJson(widest)) + JSON_FRAME_OVERHEAD;
     if (size > this.limits.maxFrameBytes) {
-      return Promise.reject(new InvalidPutError('LIMIT_EXCEEDED', `the put exceeds maxFrameBytes ${this.limits.maxFrameBytes}`, 'state',
-        'maxFrameBytes', this.limits.maxFrameBytes, true, { put: ref }));
+      return Promise.reject(
+        new InvalidPutError(
+          'LIMIT_EXCEEDED',
+          `the put exceeds maxFrameBytes ${this.limits.maxFrameBytes}`,
+          'state',
+          'maxFrameBytes',
+          this.limits.maxFrameBytes,
+          true,
+          { put: ref },
+        ),
+      );
     }
 
     return new Promise<PutResult>((resolve, reject) => {
@@ -438,8 +495,21 @@ export class SeqgateClient extends Emitter<ClientEvents> {
       if (e.pos >= this.nextPos) this.nextPos = e.pos + 1;
       if (e.answer !== undefined && e.answer !== null) {
         // Answered before the last process ended, but never seen by its application.
-        answered.push({ entry: { ...e, checkpoint: undefined, waiter: undefined, recovered: true, status: 'settling', appended: true,
-          sentBefore: true, sentAt: 0, wire: undefined, wireBytes: 0 }, answer: e.answer });
+        answered.push({
+          entry: {
+            ...e,
+            checkpoint: undefined,
+            waiter: undefined,
+            recovered: true,
+            status: 'settling',
+            appended: true,
+            sentBefore: true,
+            sentAt: 0,
+            wire: undefined,
+            wireBytes: 0,
+          },
+          answer: e.answer,
+        });
         continue;
       }
       this.entries.push({
@@ -466,10 +536,12 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     if (this.appendScheduled) return;
     this.appendScheduled = true;
     this.appending++;
-    void this.run(() => this.recordFresh().finally(() => {
-      this.appending--;
-      this.checkDrain();
-    }));
+    void this.run(() =>
+      this.recordFresh().finally(() => {
+        this.appending--;
+        this.checkDrain();
+      }),
+    );
   }
 
   /** Records the puts put() accepted since the last recording, numbering them if the epoch is known. */
@@ -616,7 +688,14 @@ export class SeqgateClient extends Emitter<ClientEvents> {
       return;
     }
     const conn: Conn = {
-      ws, openedAt: this.now(), welcomed: false, inflight: new Map(), frames: [], pingNonce: 0, pingSentAt: 0, nextPingAt: 0,
+      ws,
+      openedAt: this.now(),
+      welcomed: false,
+      inflight: new Map(),
+      frames: [],
+      pingNonce: 0,
+      pingSentAt: 0,
+      nextPingAt: 0,
     };
     this.conn = conn;
     this.counters.connections++;
@@ -636,8 +715,13 @@ export class SeqgateClient extends Emitter<ClientEvents> {
       const code = event.code ?? 1006;
       const reason = event.reason ?? '';
       if (code === CLOSE_CODES.UNAUTHORIZED || code === CLOSE_CODES.TOKEN_REVOKED) {
-        this.stop(new AuthenticationError(code === CLOSE_CODES.UNAUTHORIZED ? 'UNAUTHORIZED' : 'TOKEN_REVOKED',
-          `the server closed the connection (${code}${reason ? ' ' + reason : ''}): get a new token, retrying cannot succeed`, code));
+        this.stop(
+          new AuthenticationError(
+            code === CLOSE_CODES.UNAUTHORIZED ? 'UNAUTHORIZED' : 'TOKEN_REVOKED',
+            `the server closed the connection (${code}${reason ? ' ' + reason : ''}): get a new token, retrying cannot succeed`,
+            code,
+          ),
+        );
       }
       this.afterDisconnect(conn, new ConnectionError('CONNECTION_CLOSED', `connection closed (${code}${reason ? ' ' + reason : ''})`, code), false);
     };
@@ -737,7 +821,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     const heads = Array.isArray(msg.heads) ? msg.heads.map(asRecord) : [];
     const h = heads.find((x) => x.stream === this.stream);
     if (h === undefined || typeof msg.incarnation !== 'string') {
-      const error = new ProtocolError('PROTOCOL', 'welcome without this stream\'s head or without an incarnation', false);
+      const error = new ProtocolError('PROTOCOL', "welcome without this stream's head or without an incarnation", false);
       this.emit('error', error);
       this.dropConnection(conn, error, false);
       return;
@@ -776,7 +860,13 @@ export class SeqgateClient extends Emitter<ClientEvents> {
   private async reconcile(head: Head, incarnation: string): Promise<void> {
     const open = this.entries.filter((e) => e.status !== 'settling');
     const plan = planReconcile({
-      stream: this.stream, record: this.record, head, incarnation, policy: this.rollbackPolicy, needRebase: this.needRebase, open: open.length,
+      stream: this.stream,
+      record: this.record,
+      head,
+      incarnation,
+      policy: this.rollbackPolicy,
+      needRebase: this.needRebase,
+      open: open.length,
     });
     if (plan.kind === 'reject-open') {
       await this.outbox.replace(this.stream, plan.record, []);
@@ -800,7 +890,11 @@ export class SeqgateClient extends Emitter<ClientEvents> {
       // The outbox is written first: a put must never go out under a number the outbox does not
       // hold, or a restart could number it again.
       const { positions, record } = renumber(plan.renumber.base, plan.renumber.epoch.epoch, open.length);
-      await this.outbox.replace(this.stream, record, open.map((e, i) => ({ ...toOutboxEntry(e), ...positions[i]! })));
+      await this.outbox.replace(
+        this.stream,
+        record,
+        open.map((e, i) => ({ ...toOutboxEntry(e), ...positions[i]! })),
+      );
       this.record = record;
       open.forEach((e, i) => {
         e.epoch = positions[i]!.epoch;
@@ -874,15 +968,17 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     } catch {
       // refused below
     }
-    this.settle(e, { error: new InvalidPutError('INVALID_FIELD', 'a put recorded as MessagePack cannot be sent as JSON unchanged', 'state', undefined, undefined, true, { put: this.refOf(e) }) });
+    this.settle(e, {
+      error: new InvalidPutError('INVALID_FIELD', 'a put recorded as MessagePack cannot be sent as JSON unchanged', 'state', undefined, undefined, true, {
+        put: this.refOf(e),
+      }),
+    });
     this.noteHole();
     return false;
   }
 
   private sendFrame(conn: Conn, batch: Live[]): boolean {
-    const frame = this.format === 'msgpack'
-      ? msgpackPutFrame(batch.map((e) => e.wire as Uint8Array))
-      : jsonPutFrame(batch.map((e) => e.wire as string));
+    const frame = this.format === 'msgpack' ? msgpackPutFrame(batch.map((e) => e.wire as Uint8Array)) : jsonPutFrame(batch.map((e) => e.wire as string));
     if (!this.sendRaw(conn, frame)) return false;
     const t = this.now();
     for (const e of batch) {
@@ -982,10 +1078,12 @@ export class SeqgateClient extends Emitter<ClientEvents> {
         this.dropConnection(conn, new ProtocolError(code, message, true), false);
         return;
       }
-      const error = code === 'FORBIDDEN' ? new ForbiddenError(`the server refused the hello: ${message}`)
-        : code === 'UNAUTHORIZED' || code === 'TOKEN_REVOKED'
-          ? new AuthenticationError(code, `the server refused the token: ${message}; get a new token, retrying cannot succeed`, CLOSE_CODES[code])
-          : new ProtocolError(code, `the server refused the hello: ${message}`, false);
+      const error =
+        code === 'FORBIDDEN'
+          ? new ForbiddenError(`the server refused the hello: ${message}`)
+          : code === 'UNAUTHORIZED' || code === 'TOKEN_REVOKED'
+            ? new AuthenticationError(code, `the server refused the token: ${message}; get a new token, retrying cannot succeed`, CLOSE_CODES[code])
+            : new ProtocolError(code, `the server refused the hello: ${message}`, false);
       this.stop(error);
       this.dropConnection(conn, error, false);
       return;
@@ -1031,7 +1129,8 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     if (why instanceof WriterConflictError) return new WriterConflictError(why.message, { cause: why.cause ?? why, put });
     if (why instanceof ForbiddenError) return new ForbiddenError(why.message, { cause: why, put });
     if (why instanceof OutboxError) return new OutboxError(why.message, { cause: why, put });
-    if (why instanceof AuthenticationError) return new AuthenticationError(why.code as 'UNAUTHORIZED' | 'TOKEN_REVOKED', why.message, why.closeCode, { cause: why, put });
+    if (why instanceof AuthenticationError)
+      return new AuthenticationError(why.code as 'UNAUTHORIZED' | 'TOKEN_REVOKED', why.message, why.closeCode, { cause: why, put });
     return new ProtocolError(why.code, `client stopped: ${why.message}`, false, { cause: why, put });
   }
 
@@ -1057,11 +1156,14 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     this.timer = undefined;
     this.timerAt = at;
     if (at === Infinity) return;
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      this.timerAt = Infinity;
-      this.watchdog();
-    }, Math.max(0, Math.ceil(at - this.now())));
+    this.timer = setTimeout(
+      () => {
+        this.timer = undefined;
+        this.timerAt = Infinity;
+        this.watchdog();
+      },
+      Math.max(0, Math.ceil(at - this.now())),
+    );
   }
 
   private watchdog(): void {

@@ -25,7 +25,9 @@ export class Emitter<Events extends { [K in keyof Events]: unknown }> {
       try {
         (listener as (value: Events[K]) => void)(value);
       } catch (err) {
-        queueMicrotask(() => { throw err; });
+        queueMicrotask(() => {
+          throw err;
+        });
       }
     }
   }

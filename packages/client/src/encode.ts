@@ -26,9 +26,17 @@ export class StateProblem extends Error {
 /** Canonical MessagePack of a state, in its own buffer (it is stored); throws StateProblem. */
 export function encodeState(value: unknown, limits: Pick<Limits, 'maxStateBytes' | 'maxStateDepth'>, json: boolean): Uint8Array {
   try {
-    return canonicalEncode(value, {
-      maxBytes: limits.maxStateBytes, maxDepth: limits.maxStateDepth, bytesLimitName: 'maxStateBytes', depthLimitName: 'maxStateDepth', json,
-    }, 'state');
+    return canonicalEncode(
+      value,
+      {
+        maxBytes: limits.maxStateBytes,
+        maxDepth: limits.maxStateDepth,
+        bytesLimitName: 'maxStateBytes',
+        depthLimitName: 'maxStateDepth',
+        json,
+      },
+      'state',
+    );
   } catch (err) {
     if (!(err instanceof CanonicalError)) throw err;
     if (err.kind === 'limit') throw new StateProblem('LIMIT_EXCEEDED', err.limit === 'maxStateDepth' ? 'maxStateDepth' : 'maxStateBytes', err.message);
@@ -55,12 +63,18 @@ export interface WirePut {
  * replayed answer is byte-identical to the first but for its replay flag.
  */
 export function encodePutMsgpack(p: WirePut): Uint8Array {
-  const w = new MessageWriter().map(p.ifVersion === null ? 6 : 7)
-    .str('id').int(p.seq)
-    .str('stream').str(p.stream)
-    .str('epoch').int(p.epoch)
-    .str('seq').int(p.seq)
-    .str('key').str(p.key);
+  const w = new MessageWriter()
+    .map(p.ifVersion === null ? 6 : 7)
+    .str('id')
+    .int(p.seq)
+    .str('stream')
+    .str(p.stream)
+    .str('epoch')
+    .int(p.epoch)
+    .str('seq')
+    .int(p.seq)
+    .str('key')
+    .str(p.key);
   if (p.state === null) w.str('delete').bool(true);
   else w.str('state').raw(p.state);
   if (p.ifVersion !== null) w.str('ifVersion').int(p.ifVersion);

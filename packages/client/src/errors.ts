@@ -63,7 +63,10 @@ function where(put: PutRef | undefined): string {
  */
 export class FencedError extends SeqgateClientError {
   override readonly name = 'FencedError';
-  constructor(readonly epoch: number, options: { cause?: unknown; put?: PutRef; message?: string } = {}) {
+  constructor(
+    readonly epoch: number,
+    options: { cause?: unknown; put?: PutRef; message?: string } = {},
+  ) {
     super('FENCED', options.message ?? `fenced: the stream is at epoch ${epoch}, above this client's${where(options.put)}`, options);
   }
 }
@@ -75,17 +78,30 @@ export class FencedError extends SeqgateClientError {
  */
 export class StaleError extends SeqgateClientError {
   override readonly name = 'StaleError';
-  constructor(readonly head: Position, readonly prunedThrough: number, readonly ownSkip: boolean, options: { cause?: unknown; put?: PutRef } = {}) {
-    super('STALE', ownSkip
-      ? `not applied: a later put of this client committed first, after a transient storage error${where(options.put)}`
-      : `not applied: another writer moved the stream to ${head.epoch}:${head.seq}${where(options.put)}`, options);
+  constructor(
+    readonly head: Position,
+    readonly prunedThrough: number,
+    readonly ownSkip: boolean,
+    options: { cause?: unknown; put?: PutRef } = {},
+  ) {
+    super(
+      'STALE',
+      ownSkip
+        ? `not applied: a later put of this client committed first, after a transient storage error${where(options.put)}`
+        : `not applied: another writer moved the stream to ${head.epoch}:${head.seq}${where(options.put)}`,
+      options,
+    );
   }
 }
 
 /** The ack of this position was pruned; whether the put applied is unknown. */
 export class ExpiredError extends SeqgateClientError {
   override readonly name = 'ExpiredError';
-  constructor(readonly head: Position, readonly prunedThrough: number, options: { cause?: unknown; put?: PutRef } = {}) {
+  constructor(
+    readonly head: Position,
+    readonly prunedThrough: number,
+    options: { cause?: unknown; put?: PutRef } = {},
+  ) {
     super('EXPIRED', `outcome unknown: the ack was pruned (pruned through seq ${prunedThrough})${where(options.put)}`, options);
   }
 }
@@ -101,7 +117,10 @@ export class SequenceReusedError extends SeqgateClientError {
 /** Contiguous mode: the server expected another position. */
 export class GapError extends SeqgateClientError {
   override readonly name = 'GapError';
-  constructor(readonly expected: Position, options: { cause?: unknown; put?: PutRef } = {}) {
+  constructor(
+    readonly expected: Position,
+    options: { cause?: unknown; put?: PutRef } = {},
+  ) {
     super('GAP', `gap: the server expected position ${expected.epoch}:${expected.seq}${where(options.put)}`, options);
   }
 }
@@ -131,8 +150,16 @@ export class InvalidPutError extends SeqgateClientError {
  */
 export class VersionConflictError extends SeqgateClientError {
   override readonly name = 'VersionConflictError';
-  constructor(readonly ack: Ack, readonly replay: boolean, options: { cause?: unknown; put?: PutRef } = {}) {
-    super('VERSION_CONFLICT', `version conflict: expected version ${ack.ifVersion ?? '?'}, the document is at ${ack.version}${ack.deleted ? ' (absent)' : ''}${where(options.put)}`, options);
+  constructor(
+    readonly ack: Ack,
+    readonly replay: boolean,
+    options: { cause?: unknown; put?: PutRef } = {},
+  ) {
+    super(
+      'VERSION_CONFLICT',
+      `version conflict: expected version ${ack.ifVersion ?? '?'}, the document is at ${ack.version}${ack.deleted ? ' (absent)' : ''}${where(options.put)}`,
+      options,
+    );
   }
 }
 
@@ -167,7 +194,10 @@ export class WriterConflictError extends SeqgateClientError {
 /** The server went back in time (see `rollback` in docs/CLIENT.md); this put was not resent. */
 export class ServerRollbackError extends SeqgateClientError {
   override readonly name = 'ServerRollbackError';
-  constructor(readonly rollback: RollbackInfo, options: { cause?: unknown; put?: PutRef } = {}) {
+  constructor(
+    readonly rollback: RollbackInfo,
+    options: { cause?: unknown; put?: PutRef } = {},
+  ) {
     super('SERVER_ROLLBACK', `the server went back in time (${rollback.reason}); this unanswered put was not resent${where(options.put)}`, options);
   }
 }
@@ -178,10 +208,19 @@ export class ServerRollbackError extends SeqgateClientError {
  */
 export class ClientClosedError extends SeqgateClientError {
   override readonly name = 'ClientClosedError';
-  constructor(readonly keptInOutbox: boolean, options: { cause?: unknown; put?: PutRef; message?: string } = {}) {
-    super('CLOSED', options.message !== undefined ? options.message : keptInOutbox
-      ? `client closed before an answer; the put stays in the outbox for the next client${where(options.put)}`
-      : `client closed before an answer; the put is dropped${where(options.put)}`, options);
+  constructor(
+    readonly keptInOutbox: boolean,
+    options: { cause?: unknown; put?: PutRef; message?: string } = {},
+  ) {
+    super(
+      'CLOSED',
+      options.message !== undefined
+        ? options.message
+        : keptInOutbox
+          ? `client closed before an answer; the put stays in the outbox for the next client${where(options.put)}`
+          : `client closed before an answer; the put is dropped${where(options.put)}`,
+      options,
+    );
   }
 }
 
@@ -196,7 +235,12 @@ export class OutboxError extends SeqgateClientError {
 /** The server refused a frame as a whole, or sent something this client does not understand. */
 export class ProtocolError extends SeqgateClientError {
   override readonly name = 'ProtocolError';
-  constructor(code: string, message: string, readonly retryable: boolean, options: { cause?: unknown; put?: PutRef } = {}) {
+  constructor(
+    code: string,
+    message: string,
+    readonly retryable: boolean,
+    options: { cause?: unknown; put?: PutRef } = {},
+  ) {
     super(code, message, options);
   }
 }
@@ -208,7 +252,12 @@ export class ProtocolError extends SeqgateClientError {
  */
 export class AuthenticationError extends SeqgateClientError {
   override readonly name = 'AuthenticationError';
-  constructor(code: 'UNAUTHORIZED' | 'TOKEN_REVOKED', message: string, readonly closeCode: number, options: { cause?: unknown; put?: PutRef } = {}) {
+  constructor(
+    code: 'UNAUTHORIZED' | 'TOKEN_REVOKED',
+    message: string,
+    readonly closeCode: number,
+    options: { cause?: unknown; put?: PutRef } = {},
+  ) {
     super(code, message, options);
   }
 }

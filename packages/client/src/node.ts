@@ -50,7 +50,10 @@ export class SqliteOutbox implements Outbox, OffsetStore, VersionStore {
   private readonly stmt;
   private readonly tx;
 
-  constructor(readonly path: string, options: SqliteOutboxOptions = {}) {
+  constructor(
+    readonly path: string,
+    options: SqliteOutboxOptions = {},
+  ) {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
     this.db = new Database(path);
     this.db.pragma('journal_mode = WAL');
@@ -60,13 +63,16 @@ export class SqliteOutbox implements Outbox, OffsetStore, VersionStore {
     const found = this.db.pragma('user_version', { simple: true }) as number;
     if (found > SCHEMA_VERSION) throw new Error(`outbox ${path} has schema ${found}, newer than this client (${SCHEMA_VERSION})`);
     if (found === 1) {
-      this.db.transaction(() => {
-        this.db.exec('ALTER TABLE entries ADD COLUMN answer TEXT');
-        this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
-      }).immediate();
+      this.db
+        .transaction(() => {
+          this.db.exec('ALTER TABLE entries ADD COLUMN answer TEXT');
+          this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
+        })
+        .immediate();
     } else if (found < SCHEMA_VERSION) {
-      this.db.transaction(() => {
-        this.db.exec(`
+      this.db
+        .transaction(() => {
+          this.db.exec(`
           CREATE TABLE streams (
             stream      TEXT PRIMARY KEY,
             epoch       INTEGER,
@@ -90,8 +96,9 @@ export class SqliteOutbox implements Outbox, OffsetStore, VersionStore {
             PRIMARY KEY (stream, pos)
           ) WITHOUT ROWID;
         `);
-        this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
-      }).immediate();
+          this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
+        })
+        .immediate();
     }
     // The changefeed's offsets and applied versions live next to the entries (subscription.ts);
     // tables an older client does not know leave its schema version alone.
@@ -102,19 +109,25 @@ export class SqliteOutbox implements Outbox, OffsetStore, VersionStore {
     const db = this.db;
     this.stmt = {
       getOffset: db.prepare<[string], { offset: string }>('SELECT "offset" FROM changefeed_offsets WHERE name = ?'),
-      putOffset: db.prepare<[string, string]>('INSERT INTO changefeed_offsets (name, "offset") VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET "offset" = excluded."offset"'),
+      putOffset: db.prepare<[string, string]>(
+        'INSERT INTO changefeed_offsets (name, "offset") VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET "offset" = excluded."offset"',
+      ),
       getVersion: db.prepare<[string], { version: number }>('SELECT version FROM changefeed_versions WHERE key = ?'),
-      putVersion: db.prepare<[string, number]>('INSERT INTO changefeed_versions (key, version) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET version = max(version, excluded.version)'),
-      getRecord: db.prepare<[string], RecordRow>(
-        'SELECT epoch, next_seq, acked_epoch, acked_seq, incarnation, checkpoint FROM streams WHERE stream = ?'),
+      putVersion: db.prepare<[string, number]>(
+        'INSERT INTO changefeed_versions (key, version) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET version = max(version, excluded.version)',
+      ),
+      getRecord: db.prepare<[string], RecordRow>('SELECT epoch, next_seq, acked_epoch, acked_seq, incarnation, checkpoint FROM streams WHERE stream = ?'),
       getEntries: db.prepare<[string], EntryRow>(
-        'SELECT pos, epoch, seq, key, state, if_version, created_at, answer FROM entries WHERE stream = ? ORDER BY pos'),
+        'SELECT pos, epoch, seq, key, state, if_version, created_at, answer FROM entries WHERE stream = ? ORDER BY pos',
+      ),
       putRecord: db.prepare<[string, number | null, number, number | null, number | null, string | null, string | null]>(
         `INSERT INTO streams (stream, epoch, next_seq, acked_epoch, acked_seq, incarnation, checkpoint) VALUES (?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (stream) DO UPDATE SET epoch = excluded.epoch, next_seq = excluded.next_seq, acked_epoch = excluded.acked_epoch,
-           acked_seq = excluded.acked_seq, incarnation = excluded.incarnation, checkpoint = excluded.checkpoint`),
+           acked_seq = excluded.acked_seq, incarnation = excluded.incarnation, checkpoint = excluded.checkpoint`,
+      ),
       putEntry: db.prepare<[string, number, number, number, string, Uint8Array | null, number | null, number, string | null]>(
-        'INSERT OR REPLACE INTO entries (stream, pos, epoch, seq, key, state, if_version, created_at, answer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)'),
+        'INSERT OR REPLACE INTO entries (stream, pos, epoch, seq, key, state, if_version, created_at, answer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      ),
       deleteEntry: db.prepare<[string, number]>('DELETE FROM entries WHERE stream = ? AND pos = ?'),
       answerEntry: db.prepare<[string, string, number]>('UPDATE entries SET answer = ? WHERE stream = ? AND pos = ?'),
       deleteEntries: db.prepare<[string]>('DELETE FROM entries WHERE stream = ?'),
@@ -144,25 +157,51 @@ export class SqliteOutbox implements Outbox, OffsetStore, VersionStore {
   }
 
   private writeRecord(stream: string, r: StreamRecord): void {
-    this.stmt.putRecord.run(stream, r.epoch, r.nextSeq, r.lastAcked?.epoch ?? null, r.lastAcked?.seq ?? null, r.incarnation,
-      r.checkpoint === undefined ? null : JSON.stringify(r.checkpoint));
+    this.stmt.putRecord.run(
+      stream,
+      r.epoch,
+      r.nextSeq,
+      r.lastAcked?.epoch ?? null,
+      r.lastAcked?.seq ?? null,
+      r.incarnation,
+      r.checkpoint === undefined ? null : JSON.stringify(r.checkpoint),
+    );
   }
 
   private writeEntry(stream: string, e: OutboxEntry): void {
-    this.stmt.putEntry.run(stream, e.pos, e.epoch, e.seq, e.key, e.state, e.ifVersion, e.createdAt, e.answer === undefined || e.answer === null ? null : JSON.stringify(e.answer));
+    this.stmt.putEntry.run(
+      stream,
+      e.pos,
+      e.epoch,
+      e.seq,
+      e.key,
+      e.state,
+      e.ifVersion,
+      e.createdAt,
+      e.answer === undefined || e.answer === null ? null : JSON.stringify(e.answer),
+    );
   }
 
   async load(stream: string): Promise<{ record: StreamRecord | null; entries: OutboxEntry[] }> {
     const row = this.stmt.getRecord.get(stream);
-    const record: StreamRecord | null = row === undefined ? null : {
-      epoch: row.epoch,
-      nextSeq: row.next_seq,
-      lastAcked: row.acked_epoch === null || row.acked_seq === null ? null : { epoch: row.acked_epoch, seq: row.acked_seq },
-      incarnation: row.incarnation,
-      checkpoint: row.checkpoint === null ? undefined : JSON.parse(row.checkpoint),
-    };
+    const record: StreamRecord | null =
+      row === undefined
+        ? null
+        : {
+            epoch: row.epoch,
+            nextSeq: row.next_seq,
+            lastAcked: row.acked_epoch === null || row.acked_seq === null ? null : { epoch: row.acked_epoch, seq: row.acked_seq },
+            incarnation: row.incarnation,
+            checkpoint: row.checkpoint === null ? undefined : JSON.parse(row.checkpoint),
+          };
     const entries = this.stmt.getEntries.all(stream).map((e): OutboxEntry => ({
-      pos: e.pos, epoch: e.epoch, seq: e.seq, key: e.key, state: e.state, ifVersion: e.if_version, createdAt: e.created_at,
+      pos: e.pos,
+      epoch: e.epoch,
+      seq: e.seq,
+      key: e.key,
+      state: e.state,
+      ifVersion: e.if_version,
+      createdAt: e.created_at,
       answer: e.answer === null ? null : JSON.parse(e.answer),
     }));
     return { record, entries };

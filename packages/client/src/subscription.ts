@@ -40,7 +40,11 @@ export class MemoryOffsetStore implements OffsetStore {
 /** The offset is gone (retention) or from another database: restart from GET /v1/changes/snapshot. */
 export class SubscriptionOffsetError extends Error {
   override readonly name = 'SubscriptionOffsetError';
-  constructor(readonly code: 'OFFSET_EXPIRED' | 'OFFSET_UNKNOWN' | 'INVALID_OFFSET', message: string, readonly earliest?: string) {
+  constructor(
+    readonly code: 'OFFSET_EXPIRED' | 'OFFSET_UNKNOWN' | 'INVALID_OFFSET',
+    message: string,
+    readonly earliest?: string,
+  ) {
     super(message);
   }
 }
@@ -48,7 +52,10 @@ export class SubscriptionOffsetError extends Error {
 /** The server refused the subscription for good (FORBIDDEN, a bad prefix, a changefeed that is off). */
 export class SubscriptionRefusedError extends Error {
   override readonly name = 'SubscriptionRefusedError';
-  constructor(readonly code: string, message: string) {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
     super(message);
   }
 }
@@ -83,9 +90,14 @@ export class Subscription {
   private caughtUp!: () => void;
   private timer: ReturnType<typeof setTimeout> | undefined;
   /** Resolves the first time the subscription has delivered everything committed so far. */
-  readonly upToDate: Promise<void> = new Promise((resolve) => { this.caughtUp = resolve; });
+  readonly upToDate: Promise<void> = new Promise((resolve) => {
+    this.caughtUp = resolve;
+  });
 
-  private constructor(private readonly options: SubscribeOptions, private readonly offsets: OffsetStore) {}
+  private constructor(
+    private readonly options: SubscribeOptions,
+    private readonly offsets: OffsetStore,
+  ) {}
 
   static async start(options: SubscribeOptions): Promise<Subscription> {
     const sub = new Subscription(options, options.offsets ?? new MemoryOffsetStore());
@@ -132,14 +144,16 @@ export class Subscription {
     if (message.type === 'subscribed') this.attempt = 0;
     if (message.type === 'changes' && message.id === SUBSCRIPTION_ID) {
       const { changes = [], next, upToDate } = message;
-      this.queue = this.queue.then(async () => {
-        if (this.closed || next === undefined) return;
-        if (changes.length > 0) await this.options.onChanges(changes, next);
-        // Saved only once the handler is done: a crash before this replays the batch, never skips it.
-        await this.offsets.saveOffset(this.name, next);
-        this.current = next;
-        if (upToDate === true) this.caughtUp();
-      }).catch((err: unknown) => this.fail(err instanceof Error ? err : new Error(String(err))));
+      this.queue = this.queue
+        .then(async () => {
+          if (this.closed || next === undefined) return;
+          if (changes.length > 0) await this.options.onChanges(changes, next);
+          // Saved only once the handler is done: a crash before this replays the batch, never skips it.
+          await this.offsets.saveOffset(this.name, next);
+          this.current = next;
+          if (upToDate === true) this.caughtUp();
+        })
+        .catch((err: unknown) => this.fail(err instanceof Error ? err : new Error(String(err))));
       return;
     }
     if (message.type === 'error' && message.code !== undefined) {
@@ -161,7 +175,9 @@ export class Subscription {
     const max = this.options.reconnect?.maxDelayMs ?? 10_000;
     const delay = Math.random() * Math.min(max, initial * 2 ** this.attempt++);
     // Reconnect only after every batch received so far is handled, so `from` is the latest offset.
-    this.timer = setTimeout(() => { void this.queue.then(() => this.connect()); }, delay);
+    this.timer = setTimeout(() => {
+      void this.queue.then(() => this.connect());
+    }, delay);
   }
 
   private fail(error: Error): void {

@@ -1,6 +1,16 @@
 import {
-  ExpiredError, FencedError, ForbiddenError, GapError, InvalidPutError, ProtocolError, SequenceReusedError, type SeqgateClientError,
-  StaleError, TransientError, VersionConflictError, WriterConflictError,
+  ExpiredError,
+  FencedError,
+  ForbiddenError,
+  GapError,
+  InvalidPutError,
+  ProtocolError,
+  SequenceReusedError,
+  type SeqgateClientError,
+  StaleError,
+  TransientError,
+  VersionConflictError,
+  WriterConflictError,
 } from '../errors.js';
 import type { Ack, Position, PutRef, PutResult } from '../types.js';
 
@@ -55,7 +65,13 @@ export function decideOutcome(answer: Record<string, unknown>, ctx: OutcomeConte
   const error = record(answer.error);
   const code = typeof error.code === 'string' ? error.code : 'UNKNOWN';
   const message = typeof error.message === 'string' ? error.message : String(outcome);
-  const reject = (e: SeqgateClientError, stop: SeqgateClientError | null, hole: boolean): OutcomeInstruction => ({ kind: 'reject', error: e, acked: false, stop, hole });
+  const reject = (e: SeqgateClientError, stop: SeqgateClientError | null, hole: boolean): OutcomeInstruction => ({
+    kind: 'reject',
+    error: e,
+    acked: false,
+    stop,
+    hole,
+  });
   switch (outcome) {
     case 'fenced': {
       const fenced = new FencedError(num(error.epoch), { put });
@@ -67,14 +83,26 @@ export function decideOutcome(answer: Record<string, unknown>, ctx: OutcomeConte
       // Overtaken by this client's own later put (after a transient error), or by another writer.
       const ownSkip = last !== null && last.epoch === put.epoch && last.seq > put.seq;
       const stale = new StaleError(head, num(error.prunedThrough), ownSkip, { put });
-      return reject(stale, ownSkip ? null : new WriterConflictError(
-        `another writer moved stream ${put.stream} to ${head.epoch}:${head.seq} in this client's epoch ${put.epoch}; this client stops writing`,
-        { cause: stale }), false);
+      return reject(
+        stale,
+        ownSkip
+          ? null
+          : new WriterConflictError(
+              `another writer moved stream ${put.stream} to ${head.epoch}:${head.seq} in this client's epoch ${put.epoch}; this client stops writing`,
+              { cause: stale },
+            ),
+        false,
+      );
     }
     case 'sequence_reused': {
       const reused = new SequenceReusedError({ put });
-      return reject(reused, new WriterConflictError(
-        `position ${put.epoch}:${put.seq} of stream ${put.stream} was consumed by another payload; this client stops writing`, { cause: reused }), false);
+      return reject(
+        reused,
+        new WriterConflictError(`position ${put.epoch}:${put.seq} of stream ${put.stream} was consumed by another payload; this client stops writing`, {
+          cause: reused,
+        }),
+        false,
+      );
     }
     case 'expired':
       return reject(new ExpiredError(position(error.head), num(error.prunedThrough), { put }), null, false);
@@ -87,7 +115,11 @@ export function decideOutcome(answer: Record<string, unknown>, ctx: OutcomeConte
       const field = typeof error.field === 'string' ? error.field : 'put';
       const limit = typeof error.limit === 'string' ? error.limit : undefined;
       const max = typeof error.max === 'number' ? error.max : undefined;
-      return reject(new InvalidPutError(code === 'LIMIT_EXCEEDED' ? 'LIMIT_EXCEEDED' : 'INVALID_FIELD', message, field, limit, max, false, { put }), null, true);
+      return reject(
+        new InvalidPutError(code === 'LIMIT_EXCEEDED' ? 'LIMIT_EXCEEDED' : 'INVALID_FIELD', message, field, limit, max, false, { put }),
+        null,
+        true,
+      );
     }
     case 'forbidden':
       return reject(new ForbiddenError(message, { put }), null, true);

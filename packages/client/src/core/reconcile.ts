@@ -24,14 +24,14 @@ export type ReconcilePlan =
   /** Rollback with policy `reject`: store `record` with no open puts; reject every open put. */
   | { readonly kind: 'reject-open'; readonly rollback: RollbackInfo; readonly record: StreamRecord; readonly epoch: EpochChange }
   | {
-    readonly kind: 'continue';
-    /** Rollback with policy `resend`: store `record` (acks forgotten) and report, before the rest. */
-    readonly rollback: { readonly info: RollbackInfo; readonly record: StreamRecord } | null;
-    /** Number every open put from seq 1 of a new epoch, on top of `base`. */
-    readonly renumber: { readonly base: StreamRecord; readonly epoch: EpochChange } | null;
-    /** Store this record (the incarnation changed); null when nothing changes. */
-    readonly store: StreamRecord | null;
-  };
+      readonly kind: 'continue';
+      /** Rollback with policy `resend`: store `record` (acks forgotten) and report, before the rest. */
+      readonly rollback: { readonly info: RollbackInfo; readonly record: StreamRecord } | null;
+      /** Number every open put from seq 1 of a new epoch, on top of `base`. */
+      readonly renumber: { readonly base: StreamRecord; readonly epoch: EpochChange } | null;
+      /** Store this record (the incarnation changed); null when nothing changes. */
+      readonly store: StreamRecord | null;
+    };
 
 export function planReconcile(i: ReconcileInput): ReconcilePlan {
   const r = i.record;
@@ -45,12 +45,20 @@ export function planReconcile(i: ReconcileInput): ReconcilePlan {
   if (reason !== null) {
     const epoch = i.policy === 'reject' ? Math.max(head.epoch, r.epoch ?? 0) + 1 : (r.epoch ?? head.epoch + 1);
     const info: RollbackInfo = {
-      reason, stream: i.stream, previousIncarnation: r.incarnation, incarnation: i.incarnation,
-      lastAcked: r.lastAcked, head, pending: i.open, policy: i.policy, epoch,
+      reason,
+      stream: i.stream,
+      previousIncarnation: r.incarnation,
+      incarnation: i.incarnation,
+      lastAcked: r.lastAcked,
+      head,
+      pending: i.open,
+      policy: i.policy,
+      epoch,
     };
     if (i.policy === 'reject') {
       return {
-        kind: 'reject-open', rollback: info,
+        kind: 'reject-open',
+        rollback: info,
         record: { ...r, epoch, nextSeq: 1, lastAcked: null, incarnation: i.incarnation },
         epoch: { epoch, previous: r.epoch, reason: 'rollback', head: i.head },
       };
@@ -64,11 +72,21 @@ export function planReconcile(i: ReconcileInput): ReconcilePlan {
     // fences any older writer of the stream.
     const epoch = head.epoch + 1;
     const why = head.seq > 0 || head.epoch > 0 ? 'counter-loss' : 'new-stream';
-    return { kind: 'continue', rollback, renumber: { base: { ...rec, incarnation: i.incarnation }, epoch: { epoch, previous: null, reason: why, head: i.head } }, store: null };
+    return {
+      kind: 'continue',
+      rollback,
+      renumber: { base: { ...rec, incarnation: i.incarnation }, epoch: { epoch, previous: null, reason: why, head: i.head } },
+      store: null,
+    };
   }
   if (i.needRebase) {
     const epoch = Math.max(head.epoch, rec.epoch) + 1;
-    return { kind: 'continue', rollback, renumber: { base: { ...rec, incarnation: i.incarnation }, epoch: { epoch, previous: rec.epoch, reason: 'gap', head: i.head } }, store: null };
+    return {
+      kind: 'continue',
+      rollback,
+      renumber: { base: { ...rec, incarnation: i.incarnation }, epoch: { epoch, previous: rec.epoch, reason: 'gap', head: i.head } },
+      store: null,
+    };
   }
   return { kind: 'continue', rollback, renumber: null, store: rec.incarnation !== i.incarnation ? { ...rec, incarnation: i.incarnation } : null };
 }

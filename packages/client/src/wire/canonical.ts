@@ -51,7 +51,12 @@ class Writer {
   view: DataView;
   pos = 0;
 
-  constructor(size: number, public max: number, private path: string, private limitName: string) {
+  constructor(
+    size: number,
+    public max: number,
+    private path: string,
+    private limitName: string,
+  ) {
     this.buf = new Uint8Array(size);
     this.view = new DataView(this.buf.buffer);
   }
@@ -95,9 +100,27 @@ function writeNumberInt(w: Writer, v: number): void {
   if (v === 0) return w.byte(0); // also -0
   if (v > 0) {
     if (v < 0x80) return w.byte(v);
-    if (v <= 0xff) { w.ensure(2); w.buf[w.pos] = 0xcc; w.buf[w.pos + 1] = v; w.pos += 2; return; }
-    if (v <= 0xffff) { w.ensure(3); w.buf[w.pos] = 0xcd; w.view.setUint16(w.pos + 1, v); w.pos += 3; return; }
-    if (v <= 0xffffffff) { w.ensure(5); w.buf[w.pos] = 0xce; w.view.setUint32(w.pos + 1, v); w.pos += 5; return; }
+    if (v <= 0xff) {
+      w.ensure(2);
+      w.buf[w.pos] = 0xcc;
+      w.buf[w.pos + 1] = v;
+      w.pos += 2;
+      return;
+    }
+    if (v <= 0xffff) {
+      w.ensure(3);
+      w.buf[w.pos] = 0xcd;
+      w.view.setUint16(w.pos + 1, v);
+      w.pos += 3;
+      return;
+    }
+    if (v <= 0xffffffff) {
+      w.ensure(5);
+      w.buf[w.pos] = 0xce;
+      w.view.setUint32(w.pos + 1, v);
+      w.pos += 5;
+      return;
+    }
     w.ensure(9);
     w.buf[w.pos] = 0xcf;
     w.view.setUint32(w.pos + 1, Math.floor(v / 0x100000000));
@@ -106,9 +129,27 @@ function writeNumberInt(w: Writer, v: number): void {
     return;
   }
   if (v >= -32) return w.byte(v & 0xff);
-  if (v >= -0x80) { w.ensure(2); w.buf[w.pos] = 0xd0; w.view.setInt8(w.pos + 1, v); w.pos += 2; return; }
-  if (v >= -0x8000) { w.ensure(3); w.buf[w.pos] = 0xd1; w.view.setInt16(w.pos + 1, v); w.pos += 3; return; }
-  if (v >= -0x80000000) { w.ensure(5); w.buf[w.pos] = 0xd2; w.view.setInt32(w.pos + 1, v); w.pos += 5; return; }
+  if (v >= -0x80) {
+    w.ensure(2);
+    w.buf[w.pos] = 0xd0;
+    w.view.setInt8(w.pos + 1, v);
+    w.pos += 2;
+    return;
+  }
+  if (v >= -0x8000) {
+    w.ensure(3);
+    w.buf[w.pos] = 0xd1;
+    w.view.setInt16(w.pos + 1, v);
+    w.pos += 3;
+    return;
+  }
+  if (v >= -0x80000000) {
+    w.ensure(5);
+    w.buf[w.pos] = 0xd2;
+    w.view.setInt32(w.pos + 1, v);
+    w.pos += 5;
+    return;
+  }
   w.ensure(9);
   w.buf[w.pos] = 0xd3;
   w.view.setBigInt64(w.pos + 1, BigInt(v));
@@ -130,8 +171,20 @@ function writeBigInt(w: Writer, v: bigint): void {
 
 function writeHeader(w: Writer, len: number, fix: number, fixMax: number, op8: number | null, op16: number, op32: number): void {
   if (len <= fixMax) return w.byte(fix | len);
-  if (op8 !== null && len <= 0xff) { w.ensure(2); w.buf[w.pos] = op8; w.buf[w.pos + 1] = len; w.pos += 2; return; }
-  if (len <= 0xffff) { w.ensure(3); w.buf[w.pos] = op16; w.view.setUint16(w.pos + 1, len); w.pos += 3; return; }
+  if (op8 !== null && len <= 0xff) {
+    w.ensure(2);
+    w.buf[w.pos] = op8;
+    w.buf[w.pos + 1] = len;
+    w.pos += 2;
+    return;
+  }
+  if (len <= 0xffff) {
+    w.ensure(3);
+    w.buf[w.pos] = op16;
+    w.view.setUint16(w.pos + 1, len);
+    w.pos += 3;
+    return;
+  }
   w.ensure(5);
   w.buf[w.pos] = op32;
   w.view.setUint32(w.pos + 1, len);
@@ -220,7 +273,11 @@ function typeError(path: string, message: string): CanonicalError {
   return new CanonicalError('type', path, undefined, `${path} ${message}`);
 }
 
-interface Entry { sort: string; key: string | number | bigint; value: unknown }
+interface Entry {
+  sort: string;
+  key: string | number | bigint;
+  value: unknown;
+}
 
 function write(w: Writer, v: unknown, depth: number, limits: CanonicalLimits, path: string): void {
   switch (typeof v) {
@@ -340,12 +397,32 @@ let scratch: Writer | undefined = new Writer(SCRATCH_BYTES, 0, '', '');
 export class MessageWriter {
   private readonly w = new Writer(128, 2 ** 32, 'message', '');
 
-  map(entries: number): this { writeHeader(this.w, entries, 0x80, 15, null, 0xde, 0xdf); return this; }
-  array(items: number): this { writeHeader(this.w, items, 0x90, 15, null, 0xdc, 0xdd); return this; }
-  str(s: string): this { writeString(this.w, s); return this; }
-  int(v: number): this { writeNumberInt(this.w, v); return this; }
-  bool(v: boolean): this { this.w.byte(v ? 0xc3 : 0xc2); return this; }
-  raw(bytes: Uint8Array): this { this.w.bytes(bytes); return this; }
+  map(entries: number): this {
+    writeHeader(this.w, entries, 0x80, 15, null, 0xde, 0xdf);
+    return this;
+  }
+  array(items: number): this {
+    writeHeader(this.w, items, 0x90, 15, null, 0xdc, 0xdd);
+    return this;
+  }
+  str(s: string): this {
+    writeString(this.w, s);
+    return this;
+  }
+  int(v: number): this {
+    writeNumberInt(this.w, v);
+    return this;
+  }
+  bool(v: boolean): this {
+    this.w.byte(v ? 0xc3 : 0xc2);
+    return this;
+  }
+  raw(bytes: Uint8Array): this {
+    this.w.bytes(bytes);
+    return this;
+  }
   /** A copy of the bytes written (the writer's buffer is reused no further). */
-  finish(): Uint8Array { return this.w.buf.slice(0, this.w.pos); }
+  finish(): Uint8Array {
+    return this.w.buf.slice(0, this.w.pos);
+  }
 }

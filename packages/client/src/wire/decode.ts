@@ -78,30 +78,54 @@ function value(r: Reader, depth: number): unknown {
   if (b >= 0x90 && b <= 0x9f) return arr(r, b & 0x0f, depth);
   if (b >= 0x80 && b <= 0x8f) return map(r, b & 0x0f, depth);
   switch (b) {
-    case 0xc0: return null;
-    case 0xc2: return false;
-    case 0xc3: return true;
-    case 0xc4: return bin(r, readLen(r, 1));
-    case 0xc5: return bin(r, readLen(r, 2));
-    case 0xc6: return bin(r, readLen(r, 4));
-    case 0xca: return r.view.getFloat32(r.need(4));
-    case 0xcb: return r.view.getFloat64(r.need(8));
-    case 0xcc: return r.buf[r.need(1)]!;
-    case 0xcd: return r.view.getUint16(r.need(2));
-    case 0xce: return r.view.getUint32(r.need(4));
-    case 0xcf: return int64(r.view.getBigUint64(r.need(8)));
-    case 0xd0: return r.view.getInt8(r.need(1));
-    case 0xd1: return r.view.getInt16(r.need(2));
-    case 0xd2: return r.view.getInt32(r.need(4));
-    case 0xd3: return int64(r.view.getBigInt64(r.need(8)));
-    case 0xd9: return str(r, readLen(r, 1));
-    case 0xda: return str(r, readLen(r, 2));
-    case 0xdb: return str(r, readLen(r, 4));
-    case 0xdc: return arr(r, readLen(r, 2), depth);
-    case 0xdd: return arr(r, readLen(r, 4), depth);
-    case 0xde: return map(r, readLen(r, 2), depth);
-    case 0xdf: return map(r, readLen(r, 4), depth);
-    default: throw new DecodeError(`MessagePack type 0x${b.toString(16)} is not part of the protocol`);
+    case 0xc0:
+      return null;
+    case 0xc2:
+      return false;
+    case 0xc3:
+      return true;
+    case 0xc4:
+      return bin(r, readLen(r, 1));
+    case 0xc5:
+      return bin(r, readLen(r, 2));
+    case 0xc6:
+      return bin(r, readLen(r, 4));
+    case 0xca:
+      return r.view.getFloat32(r.need(4));
+    case 0xcb:
+      return r.view.getFloat64(r.need(8));
+    case 0xcc:
+      return r.buf[r.need(1)]!;
+    case 0xcd:
+      return r.view.getUint16(r.need(2));
+    case 0xce:
+      return r.view.getUint32(r.need(4));
+    case 0xcf:
+      return int64(r.view.getBigUint64(r.need(8)));
+    case 0xd0:
+      return r.view.getInt8(r.need(1));
+    case 0xd1:
+      return r.view.getInt16(r.need(2));
+    case 0xd2:
+      return r.view.getInt32(r.need(4));
+    case 0xd3:
+      return int64(r.view.getBigInt64(r.need(8)));
+    case 0xd9:
+      return str(r, readLen(r, 1));
+    case 0xda:
+      return str(r, readLen(r, 2));
+    case 0xdb:
+      return str(r, readLen(r, 4));
+    case 0xdc:
+      return arr(r, readLen(r, 2), depth);
+    case 0xdd:
+      return arr(r, readLen(r, 4), depth);
+    case 0xde:
+      return map(r, readLen(r, 2), depth);
+    case 0xdf:
+      return map(r, readLen(r, 4), depth);
+    default:
+      throw new DecodeError(`MessagePack type 0x${b.toString(16)} is not part of the protocol`);
   }
 }
 

@@ -5,8 +5,20 @@
  */
 export { CanonicalError, canonicalEncode, MessageWriter, type CanonicalLimits } from './canonical.js';
 export {
-  CLOSE_CODES, DEFAULT_WIRE_LIMITS, ENVELOPE_DEPTH, MAX_POSITION, PROTOCOL_VERSION, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK,
-  SUBPROTOCOLS, WIRE_ERRORS, type CloseCodeName, type WireErrorCode, type WireErrorScope, type WireFormat, type WireLimits,
+  CLOSE_CODES,
+  DEFAULT_WIRE_LIMITS,
+  ENVELOPE_DEPTH,
+  MAX_POSITION,
+  PROTOCOL_VERSION,
+  SUBPROTOCOL_JSON,
+  SUBPROTOCOL_MSGPACK,
+  SUBPROTOCOLS,
+  WIRE_ERRORS,
+  type CloseCodeName,
+  type WireErrorCode,
+  type WireErrorScope,
+  type WireFormat,
+  type WireLimits,
 } from './constants.js';
 export { DecodeError, decodeMsgpack } from './decode.js';
 export { nameProblem, type NameProblem } from './names.js';

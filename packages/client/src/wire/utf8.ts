@@ -52,7 +52,9 @@ export function writeUtf8Js(buf: Uint8Array, pos: number, s: string): number {
   return p;
 }
 
-interface Encoder { encodeInto(s: string, dest: Uint8Array): { read: number; written: number } }
+interface Encoder {
+  encodeInto(s: string, dest: Uint8Array): { read: number; written: number };
+}
 // Older React Native engines have no TextEncoder; the JS loop above is the fallback.
 const encoder = (globalThis as { TextEncoder?: new () => Encoder }).TextEncoder;
 const native: Encoder | undefined = encoder !== undefined && typeof encoder.prototype.encodeInto === 'function' ? new encoder() : undefined;
@@ -64,7 +66,9 @@ const native: Encoder | undefined = encoder !== undefined && typeof encoder.prot
 export const encodeInto: ((s: string, dest: Uint8Array) => { read: number; written: number }) | undefined =
   native === undefined ? undefined : (s, dest) => native.encodeInto(s, dest);
 
-interface Decoder { decode(b: Uint8Array): string }
+interface Decoder {
+  decode(b: Uint8Array): string;
+}
 const decoderCtor = (globalThis as { TextDecoder?: new (label?: string) => Decoder }).TextDecoder;
 const nativeDecoder: Decoder | undefined = decoderCtor !== undefined ? new decoderCtor('utf-8') : undefined;
 
@@ -83,22 +87,43 @@ export function readUtf8(buf: Uint8Array, start: number, end: number): string {
   if (nativeDecoder !== undefined) return out + nativeDecoder.decode(buf.subarray(i, end));
   while (i < end) {
     const b = buf[i++]!;
-    if (b < 0x80) { out += String.fromCharCode(b); continue; }
+    if (b < 0x80) {
+      out += String.fromCharCode(b);
+      continue;
+    }
     let need: number;
     let cp: number;
     let min: number;
-    if (b >= 0xc2 && b <= 0xdf) { need = 1; cp = b & 0x1f; min = 0x80; }
-    else if (b >= 0xe0 && b <= 0xef) { need = 2; cp = b & 0x0f; min = 0x800; }
-    else if (b >= 0xf0 && b <= 0xf4) { need = 3; cp = b & 0x07; min = 0x10000; }
-    else { out += '\ufffd'; continue; }
+    if (b >= 0xc2 && b <= 0xdf) {
+      need = 1;
+      cp = b & 0x1f;
+      min = 0x80;
+    } else if (b >= 0xe0 && b <= 0xef) {
+      need = 2;
+      cp = b & 0x0f;
+      min = 0x800;
+    } else if (b >= 0xf0 && b <= 0xf4) {
+      need = 3;
+      cp = b & 0x07;
+      min = 0x10000;
+    } else {
+      out += '\ufffd';
+      continue;
+    }
     let ok = true;
     for (let k = 0; k < need; k++) {
       const c = buf[i];
-      if (i >= end || c === undefined || (c & 0xc0) !== 0x80) { ok = false; break; }
+      if (i >= end || c === undefined || (c & 0xc0) !== 0x80) {
+        ok = false;
+        break;
+      }
       cp = (cp << 6) | (c & 0x3f);
       i++;
     }
-    if (!ok || cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) { out += '\ufffd'; continue; }
+    if (!ok || cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
+      out += '\ufffd';
+      continue;
+    }
     out += String.fromCodePoint(cp);
   }
   return out;
