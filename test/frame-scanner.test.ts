@@ -1,7 +1,11 @@
 import fc from 'fast-check';
 import { Packr, Unpackr } from 'msgpackr';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
+import { defaultConfig } from '../src/config.js';
+import { canonicalEncode } from '../src/protocol/canonical.js';
+import { IncomingFrame } from '../src/protocol/frame.js';
 import { indexMsgpack, peekJsonType, scanJsonDepth, scanMsgpack } from '../src/protocol/frame-scanner.js';
+import { limitsOf } from '../src/protocol/messages.js';
 import { MSGPACK_EXTENSIONS } from './support/msgpack-extensions.js';
 
 const packr = new Packr({ useRecords: false, structuredClone: false, moreTypes: false });
@@ -391,5 +395,47 @@ describe('indexMsgpack', () => {
       }),
       { numRuns: 2000 },
     );
+  });
+
+  it('counts string and binary payload bytes, so that items + payload never exceeds the canonical size', () => {
+    const buf = packr.pack({ type: 'put', puts: [{ key: 'abc', state: { s: 'x'.repeat(300), b: new Uint8Array(70_000) } }] });
+    const scanned = indexMsgpack(buf, 16, 3);
+    if ('fault' in scanned) throw new Error(scanned.fault);
+    const put = scanned.root.children![3]!.children![0]!;
+    const [keyName, key, , state] = put.children!;
+    expect([keyName!.payload, key!.payload]).toEqual([3, 3]);
+    expect(state!.payload).toBe(1 + 300 + 1 + 70_000);
+    expect(put.payload).toBe(3 + 3 + 5 + state!.payload);
+    const limits = { maxBytes: 1 << 30, maxDepth: 64, bytesLimitName: 'b', depthLimitName: 'd' };
+    fc.assert(
+      fc.property(fc.jsonValue(), fc.uint8Array({ maxLength: 300 }), (value, bin) => {
+        // Wire bytes in any encoding (msgpackr picks its own widths); the bound is on canonical bytes.
+        const v = { value, bin };
+        const scanned = indexMsgpack(packr.pack(v), 64, 0);
+        if ('fault' in scanned) throw new Error(scanned.fault);
+        expect(scanned.root.items + scanned.root.payload).toBeLessThanOrEqual(canonicalEncode(v, limits, 'state').length);
+      }),
+      { numRuns: 1000 },
+    );
+  });
+});
+
+describe('IncomingFrame', () => {
+  it('refuses a put whose state is one long string by its payload, without decoding that string', () => {
+    const limits = limitsOf(defaultConfig());
+    const big = 's'.repeat(1024 * 1024 - 200);
+    const frame = packr.pack({ type: 'put', puts: [{ id: 1, stream: 'big', epoch: 1, seq: 1, key: 'big', state: big }] });
+    const unpack = vi.spyOn(Unpackr.prototype, 'unpack');
+    try {
+      const message = IncomingFrame.open(frame, true, 'msgpack', limits).message(limits, 'default');
+      expect(message).toMatchObject({
+        type: 'put',
+        puts: [{ ok: false, id: 1, result: { outcome: 'invalid', error: { code: 'LIMIT_EXCEEDED', field: 'state', limit: 'maxStateBytes' } } }],
+      });
+      const decoded = unpack.mock.calls.map(([bytes]) => (bytes as Uint8Array).length);
+      expect(Math.max(...decoded), 'largest span handed to the decoder, bytes').toBeLessThan(64);
+    } finally {
+      unpack.mockRestore();
+    }
   });
 });

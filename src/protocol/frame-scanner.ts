@@ -17,6 +17,12 @@ export interface ScannedValue {
   /** Values in the span: 1 for a scalar, 1 + every nested key, value and element for a container. */
   items: number;
   /**
+   * Bytes of string and binary payload in the span. Canonical form writes each value in at least
+   * one byte and each payload whole, so `items + payload` is a lower bound on the span's canonical
+   * size: a state can be refused by it without being decoded, however it is encoded on the wire.
+   */
+  payload: number;
+  /**
    * For a map or array within the indexed depth: the values nested directly in it, a map's keys
    * and values alternately (key, value, key, …). Undefined for scalars and deeper containers.
    */
@@ -41,7 +47,9 @@ export function indexMsgpack(buf: Uint8Array, maxDepth: number, indexDepth: numb
   const remaining: number[] = [];
   const opened: Array<ScannedValue | null> = [];
   const counted: number[] = [];
+  const paid: number[] = [];
   let count = 0;
+  let payload = 0;
   let root: ScannedValue | undefined;
   let pos = 0;
   let rootDone = false;
@@ -55,9 +63,11 @@ export function indexMsgpack(buf: Uint8Array, maxDepth: number, indexDepth: numb
       remaining.pop();
       const closing = opened.pop()!;
       const at = counted.pop()!;
+      const payloadAt = paid.pop()!;
       if (closing !== null) {
         closing.end = pos;
         closing.items = count - at + 1;
+        closing.payload = payload - payloadAt;
       }
     }
   };
@@ -77,6 +87,7 @@ export function indexMsgpack(buf: Uint8Array, maxDepth: number, indexDepth: numb
         if (b <= 0x7f || b >= 0xe0 || b === 0xc0 || b === 0xc2 || b === 0xc3) p++;
         else if (b >= 0xa0 && b <= 0xbf) {
           p += 1 + (b & 0x1f);
+          payload += b & 0x1f;
           if (p > len) return truncated();
         } else break;
         left--;
@@ -98,6 +109,7 @@ export function indexMsgpack(buf: Uint8Array, maxDepth: number, indexDepth: numb
     const b = buf[pos++]!;
     let skip = 0;
     let children = -1;
+    let bytes = 0;
 
     if (b <= 0x7f || b >= 0xe0 || b === 0xc0 || b === 0xc2 || b === 0xc3) {
       // fixint, negative fixint, nil, false, true: the byte is the whole value
@@ -107,24 +119,28 @@ export function indexMsgpack(buf: Uint8Array, maxDepth: number, indexDepth: numb
       children = b & 0x0f;
     } else if (b >= 0xa0 && b <= 0xbf) {
       skip = b & 0x1f;
+      bytes = skip;
     } else {
       switch (b) {
         case 0xc4:
         case 0xd9:
           if (!need(1)) return truncated();
           skip = buf[pos]!;
+          bytes = skip;
           pos += 1;
           break;
         case 0xc5:
         case 0xda:
           if (!need(2)) return truncated();
           skip = view.getUint16(pos);
+          bytes = skip;
           pos += 2;
           break;
         case 0xc6:
         case 0xdb:
           if (!need(4)) return truncated();
           skip = view.getUint32(pos);
+          bytes = skip;
           pos += 4;
           break;
         case 0xca:
@@ -180,10 +196,11 @@ export function indexMsgpack(buf: Uint8Array, maxDepth: number, indexDepth: numb
       if (!need(skip)) return truncated();
       pos += skip;
     }
+    payload += bytes;
 
     let node: ScannedValue | null = null;
     if (depth <= indexDepth) {
-      node = depth < indexDepth && children >= 0 ? { start, end: pos, items: 1, children: [] } : { start, end: pos, items: 1 };
+      node = depth < indexDepth && children >= 0 ? { start, end: pos, items: 1, payload: 0, children: [] } : { start, end: pos, items: 1, payload: bytes };
       if (depth === 0) root = node;
       else opened[depth - 1]!.children!.push(node);
     }
@@ -198,6 +215,7 @@ export function indexMsgpack(buf: Uint8Array, maxDepth: number, indexDepth: numb
       remaining.push(children);
       opened.push(node);
       counted.push(count);
+      paid.push(payload);
     } else if (children === 0 && remaining.length + 1 > maxDepth) {
       return { fault: 'too_deep', depth: remaining.length + 1 };
     }

@@ -9,10 +9,12 @@ import { oversizeStateResult, parseMessage, parsePut, type IncomingMessage, type
  * whole (structure and depth, one pass without allocation) and then decoded piece by piece:
  * - its `type` first, so that a connection that has not authenticated pays for nothing else;
  * - a hello or ping only in the fields the message has (ignored fields are never decoded);
- * - each put on its own, and a put whose state holds more values than `maxStateBytes` is refused
- *   `LIMIT_EXCEEDED` without decoding or sorting that state: every value takes at least one byte
- *   in canonical form, so its canonical form is larger than the limit (duplicate map keys, which
- *   decoding would collapse, are counted as sent: PROTOCOL.md appendix).
+ * - each put on its own, and a put whose state holds more values, plus string and binary payload
+ *   bytes, than `maxStateBytes` is refused `LIMIT_EXCEEDED` without decoding or sorting that
+ *   state: every value takes at least one byte in canonical form and every payload its own length,
+ *   so its canonical form is larger than the limit (duplicate map keys, which decoding would
+ *   collapse, are counted as sent: PROTOCOL.md appendix). One string just under maxFrameBytes cost
+ *   3-4 ms of decoding before it was refused.
  * Decoding a million-key map costs hundreds of milliseconds of a single-threaded server; counting
  * its items costs a few.
  * A JSON frame is parsed whole (JSON.parse has no partial mode) once its depth is checked, but
@@ -183,7 +185,7 @@ function putsOf(data: Buffer, span: Span | undefined, limits: Limits, tenant: st
 
 /** One put, as parsePut() would answer it; an oversize state is refused without being decoded. */
 function putOf(data: Buffer, span: Span, limits: Limits, tenant: string): ParsedPut {
-  if (span.items <= limits.maxStateBytes + PUT_ENVELOPE_ITEMS) return parsePut(decode(data, span), limits, tenant);
+  if (span.items <= limits.maxStateBytes + PUT_ENVELOPE_ITEMS && span.payload <= limits.maxStateBytes) return parsePut(decode(data, span), limits, tenant);
   // Not a map: refused for that, whatever it holds.
   if (!isMapAt(data, span)) return parsePut([], limits, tenant);
   const fields = span.children!;
@@ -195,7 +197,7 @@ function putOf(data: Buffer, span: Span, limits: Limits, tenant: string): Parsed
     const key = keySpan.items > SMALL_ITEMS ? TOO_LARGE : decode(data, keySpan);
     if (key === 'state') {
       // The last one counts, as when the map is decoded.
-      oversize = valueSpan.items > limits.maxStateBytes;
+      oversize = valueSpan.items + valueSpan.payload > limits.maxStateBytes;
       put.set(key, oversize ? null : decode(data, valueSpan));
     } else {
       put.set(key, valueSpan.items > SMALL_ITEMS ? TOO_LARGE : decode(data, valueSpan));
