@@ -11,7 +11,7 @@ import type { OffsetStore, VersionStore } from './subscription.js';
  *
  * Subscriptions' offsets and IdempotentConsumer's applied versions are kept under the same prefix,
  * one key each (`<prefix>\x1Foffset\x1F<name>`, `<prefix>\x1Fversion\x1F<key>`): every update
- * touches one key, so none needs multiSet (which is not atomic on every AsyncStorage platform), and
+ * touches one key, so none needs multiSet (whose atomicity AsyncStorage does not promise), and
  * a stream name cannot contain a control character, so these keys never meet a stream's key.
  *
  * ```ts
