@@ -394,7 +394,8 @@ export class SeqgateClient extends Emitter<ClientEvents> {
 
   private submit(key: string, state: unknown, isDelete: boolean, options: PutOptions): Promise<PutResult> {
     const ref: PutRef = { stream: this.stream, epoch: this.record.epoch ?? 0, seq: 0, key };
-    if (this.closePromise !== undefined) return Promise.reject(new ClientClosedError(false, { put: ref, message: 'the client is closed or closing; the put was not recorded' }));
+    if (this.closePromise !== undefined)
+      return Promise.reject(new ClientClosedError(false, { put: ref, message: 'the client is closed or closing; the put was not recorded' }));
     if (this.stoppedBecause !== undefined) return Promise.reject(this.stoppedError(ref));
 
     const keyProblem = nameProblem(key, 'key', this.limits.maxKeyBytes);
@@ -774,7 +775,8 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     ws.onmessage = (event: { data: unknown }) => {
       if (link === this.link) this.onMessage(link, event.data);
     };
-    ws.onclose = (event: { code?: number; reason?: string }) => this.dispatch({ type: 'socket-closed', id, code: event.code ?? 1006, reason: event.reason ?? '' });
+    ws.onclose = (event: { code?: number; reason?: string }) =>
+      this.dispatch({ type: 'socket-closed', id, code: event.code ?? 1006, reason: event.reason ?? '' });
     ws.onerror = () => undefined; // a close event always follows
   }
 

@@ -30,23 +30,35 @@ export interface LifecycleConfig {
 /** While connected: either a ping is due at `nextAt`, or ping `nonce` went out at `sentAt`. */
 export type Ping = { readonly nextAt: number; readonly nonce: number } | { readonly sentAt: number; readonly nonce: number };
 
-/** What a connected phase knows: its socket, its ping, and two facts that die with it or a welcome. */
-interface Connected {
-  readonly id: number;
-  readonly ping: Ping;
-  /** Transient refusals since the last ack: the exponent of the next pause. */
-  readonly transient: number;
+/**
+ * Transient refusals since the last ack (the exponent of the next pause) and when sending may
+ * resume. Both outlive a connection, so a server that keeps refusing is not hammered through
+ * reconnects.
+ */
+export interface Retry {
+  readonly count: number;
+  readonly until: number;
+}
+
+/** What a phase carries from one socket to the next until a welcome or an ack settles it. */
+interface Carried {
   /** Contiguous mode left a hole in this epoch: reconnect, and the next welcome moves to a new epoch. */
   readonly rebase: boolean;
+  readonly retry: Retry;
+}
+
+/** A welcomed socket: its id and its ping. */
+interface Connected extends Carried {
+  readonly id: number;
+  readonly ping: Ping;
 }
 
 /** A socket on its way to a welcome. `attempt`: connections failed since the last welcome. */
-interface Joining {
+interface Joining extends Carried {
   readonly id: number;
   /** When the socket was created; the connect timeout counts from here. */
   readonly since: number;
   readonly attempt: number;
-  readonly rebase: boolean;
 }
 
 export type Phase =
@@ -60,10 +72,10 @@ export type Phase =
   | ({ readonly kind: 'reconciling' } & Joining)
   /** Puts flow. */
   | ({ readonly kind: 'open' } & Connected)
-  /** Connected, but the server refused a put with a retryable error: no sends until `until`. */
-  | ({ readonly kind: 'paused'; readonly until: number } & Connected)
+  /** Connected, but the server refused a put with a retryable error: no sends until `retry.until`. */
+  | ({ readonly kind: 'paused' } & Connected)
   /** No socket; the next one opens at `until`. `id`: the last socket's (0: none yet). */
-  | { readonly kind: 'backoff'; readonly until: number; readonly id: number; readonly attempt: number; readonly rebase: boolean }
+  | ({ readonly kind: 'backoff'; readonly until: number; readonly id: number; readonly attempt: number } & Carried)
   /**
    * No more writes, for `error`. `id`: the socket kept open until the puts in flight on it are
    * answered (docs/CLIENT.md: they still get their own answers); null once there is none.
@@ -199,7 +211,7 @@ export function deadline(phase: Phase, config: LifecycleConfig, oldestSentAt: nu
     case 'paused': {
       let at = 'sentAt' in phase.ping ? phase.ping.sentAt + config.pongTimeoutMs : phase.ping.nextAt;
       if (oldestSentAt !== null) at = Math.min(at, oldestSentAt + config.putTimeoutMs);
-      if (phase.kind === 'paused') at = Math.min(at, phase.until);
+      if (phase.kind === 'paused') at = Math.min(at, phase.retry.until);
       return at;
     }
     case 'stopped':
@@ -216,6 +228,7 @@ export function backoffDelay(config: LifecycleConfig, attempt: number, jitter: (
 }
 
 const NOTHING: readonly Instruction[] = [];
+const FRESH: Carried = { rebase: false, retry: { count: 0, until: 0 } };
 
 function same(phase: Phase): Step {
   return { phase, instructions: NOTHING };
@@ -225,7 +238,8 @@ function same(phase: Phase): Step {
 function to(from: Phase, phase: Phase, instructions: Instruction[], error?: SeqgateClientError, at = instructions.length): Step {
   const previous = publicState(from);
   const state = publicState(phase);
-  if (state !== previous) instructions.splice(at, 0, error === undefined ? { type: 'emit-state', state, previous } : { type: 'emit-state', state, previous, error });
+  if (state !== previous)
+    instructions.splice(at, 0, error === undefined ? { type: 'emit-state', state, previous } : { type: 'emit-state', state, previous, error });
   return { phase, instructions };
 }
 
@@ -248,9 +262,9 @@ function disconnect(
   if (from.kind === 'stopped') return to(from, { kind: 'stopped', error: from.error, id: null }, [...close, { type: 'fail-queued' }]);
   const joining = from.kind === 'connecting' || from.kind === 'authenticating' || from.kind === 'reconciling';
   const attempt = joining ? from.attempt : 0;
-  const rebase = 'rebase' in from ? from.rebase : false;
+  const carried: Carried = 'rebase' in from ? { rebase: from.rebase, retry: from.retry } : FRESH;
   const until = now + (immediate ? 0 : backoffDelay(config, attempt, jitter));
-  return to(from, { kind: 'backoff', until, id: id ?? 0, attempt: attempt + 1, rebase }, close, error);
+  return to(from, { kind: 'backoff', until, id: id ?? 0, attempt: attempt + 1, ...carried }, close, error);
 }
 
 /**
@@ -275,7 +289,7 @@ export function transition(config: LifecycleConfig, phase: Phase, event: Lifecyc
   switch (event.type) {
     case 'loaded':
       if (phase.kind !== 'loading') return same(phase);
-      return to(phase, { kind: 'connecting', id: 1, since: now, attempt: 0, rebase: false }, [{ type: 'open-socket', id: 1 }], undefined, 0);
+      return to(phase, { kind: 'connecting', id: 1, since: now, attempt: 0, ...FRESH }, [{ type: 'open-socket', id: 1 }], undefined, 0);
 
     case 'stop':
       return phase.kind === 'stopped' ? same(phase) : stop(phase, event.error);
@@ -327,15 +341,18 @@ export function transition(config: LifecycleConfig, phase: Phase, event: Lifecyc
       }
       return to(phase, { ...phase, kind: 'reconciling' }, [{ type: 'reconcile', id: phase.id, welcome: event.welcome, rebase: phase.rebase }]);
 
-    case 'reconciled':
+    case 'reconciled': {
       if (phase.kind !== 'reconciling' || phase.id !== event.id) return same(phase);
+      // The reconcile moved past any hole. A pause from before the reconnect still holds.
+      const paused = now < phase.retry.until;
       return to(
         phase,
-        { kind: 'open', id: phase.id, ping: { nextAt: now + config.pingIntervalMs, nonce: 0 }, transient: 0, rebase: false },
-        [{ type: 'welcomed', welcome: event.welcome }, { type: 'pump' }],
+        { kind: paused ? 'paused' : 'open', id: phase.id, ping: { nextAt: now + config.pingIntervalMs, nonce: 0 }, rebase: false, retry: phase.retry },
+        paused ? [{ type: 'welcomed', welcome: event.welcome }] : [{ type: 'welcomed', welcome: event.welcome }, { type: 'pump' }],
         undefined,
         1,
       );
+    }
 
     case 'pong':
       if ((phase.kind !== 'open' && phase.kind !== 'paused') || phase.id !== event.id) return same(phase);
@@ -349,13 +366,13 @@ export function transition(config: LifecycleConfig, phase: Phase, event: Lifecyc
     }
 
     case 'acked':
-      if ((phase.kind !== 'open' && phase.kind !== 'paused') || phase.transient === 0) return same(phase);
-      return same({ ...phase, transient: 0 });
+      if ((phase.kind !== 'open' && phase.kind !== 'paused') || phase.retry.count === 0) return same(phase);
+      return same({ ...phase, retry: { count: 0, until: phase.retry.until } });
 
     case 'transient': {
       if (phase.kind !== 'open' && phase.kind !== 'paused') return same(phase);
-      const until = now + backoffDelay(config, phase.transient, jitter);
-      return same({ ...phase, kind: 'paused', until: phase.kind === 'paused' ? Math.max(phase.until, until) : until, transient: phase.transient + 1 });
+      const until = Math.max(phase.retry.until, now + backoffDelay(config, phase.retry.count, jitter));
+      return same({ ...phase, kind: 'paused', retry: { count: phase.retry.count + 1, until } });
     }
 
     case 'hole':
@@ -365,7 +382,9 @@ export function transition(config: LifecycleConfig, phase: Phase, event: Lifecyc
     case 'answers':
       if (socketOf(phase) !== event.id) return same(phase);
       if (phase.kind === 'stopped') {
-        return event.inflight === 0 ? to(phase, { ...phase, id: null }, [{ type: 'close-socket', id: event.id, how: 'dropped' }, { type: 'fail-queued' }]) : same(phase);
+        return event.inflight === 0
+          ? to(phase, { ...phase, id: null }, [{ type: 'close-socket', id: event.id, how: 'dropped' }, { type: 'fail-queued' }])
+          : same(phase);
       }
       if (phase.kind !== 'open' && phase.kind !== 'paused') return same(phase);
       // Contiguous mode cannot pass the hole in this epoch: reconnect at once and re-number (reconcile).
@@ -378,7 +397,13 @@ function tick(config: LifecycleConfig, phase: Phase, oldestSentAt: number | null
   switch (phase.kind) {
     case 'backoff':
       if (now < phase.until) return same(phase);
-      return to(phase, { kind: 'connecting', id: phase.id + 1, since: now, attempt: phase.attempt, rebase: phase.rebase }, [{ type: 'open-socket', id: phase.id + 1 }], undefined, 0);
+      return to(
+        phase,
+        { kind: 'connecting', id: phase.id + 1, since: now, attempt: phase.attempt, rebase: phase.rebase, retry: phase.retry },
+        [{ type: 'open-socket', id: phase.id + 1 }],
+        undefined,
+        0,
+      );
     case 'connecting':
     case 'authenticating':
     case 'reconciling': {
@@ -388,7 +413,10 @@ function tick(config: LifecycleConfig, phase: Phase, oldestSentAt: number | null
     }
     case 'stopped': {
       if (phase.id === null || oldestSentAt === null || now - oldestSentAt < config.putTimeoutMs) return same(phase);
-      return { phase: { ...phase, id: null }, instructions: [{ type: 'count-timeout' }, { type: 'close-socket', id: phase.id, how: 'dropped' }, { type: 'fail-queued' }] };
+      return {
+        phase: { ...phase, id: null },
+        instructions: [{ type: 'count-timeout' }, { type: 'close-socket', id: phase.id, how: 'dropped' }, { type: 'fail-queued' }],
+      };
     }
     case 'open':
     case 'paused': {
@@ -406,9 +434,8 @@ function tick(config: LifecycleConfig, phase: Phase, oldestSentAt: number | null
         next = { ...phase, ping: { sentAt: now, nonce } };
         instructions.push({ type: 'send-ping', id: phase.id, nonce });
       }
-      if (next.kind === 'paused' && now >= next.until) {
-        const { until: _until, ...rest } = next;
-        next = { ...rest, kind: 'open' };
+      if (next.kind === 'paused' && now >= next.retry.until) {
+        next = { ...next, kind: 'open' };
         instructions.push({ type: 'pump' });
       }
       return { phase: next, instructions };
