@@ -107,7 +107,7 @@ export function changeOrigin(origin: WriteOrigin, deleted: boolean): ChangeOrigi
 }
 
 /** One change as the retention pass sees it, oldest first. */
-export interface TrimCandidate {
+interface TrimCandidate {
   readonly offset: number;
   readonly version: number;
   readonly committedAt: number;
@@ -115,7 +115,7 @@ export interface TrimCandidate {
   readonly currentVersion: number | undefined;
 }
 
-export interface TrimPlan {
+interface TrimPlan {
   /** Offsets to delete. */
   readonly remove: number[];
   /** The highest offset retention (not compaction) removed: raise trimmed_through to it (0: none). */

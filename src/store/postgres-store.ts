@@ -26,7 +26,7 @@ import { processClock } from './retention-clock.js';
  * as "nothing consumed" without knowing.
  */
 
-export interface PostgresStoreOptions {
+interface PostgresStoreOptions {
   readonly connectionString: string;
   readonly contiguous: boolean;
   readonly ackCapPerStream: number;

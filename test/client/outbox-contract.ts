@@ -1,16 +1,22 @@
-import type { Outbox, OutboxEntry, StoredAnswer, StreamRecord } from '@seqgate/client';
+import type { OffsetStore, Outbox, OutboxEntry, StoredAnswer, StreamRecord, VersionStore } from '@seqgate/client';
 
 /**
  * The one contract every outbox implementation must keep (MQTT.js style: one suite, every store).
  * Plain async functions without a test framework, so that the same cases run under vitest (memory,
  * SQLite, AsyncStorage-shaped key-value store) and inside a real Chromium page (IndexedDB; see
  * indexeddb.test.ts). `make` returns a fresh, empty outbox; `reopen` (when the store can) a new
- * instance on the same storage, as after a restart.
+ * instance on the same storage, as after a restart; `share` a second instance on the same storage
+ * while the first stays open, as a second tab or a second process would hold.
+ *
+ * `offsetContract` is the part for outboxes that also keep a subscription's offsets and an
+ * IdempotentConsumer's applied versions (OffsetStore, VersionStore): its cases fail, rather than
+ * skip, on an outbox that lacks those methods, so run it for exactly the outboxes that claim them.
  */
 
 export interface OutboxMaker {
   make(): Promise<Outbox> | Outbox;
   reopen?(o: Outbox): Promise<Outbox> | Outbox;
+  share?(o: Outbox): Promise<Outbox> | Outbox;
 }
 
 export interface ContractCase {
@@ -50,7 +56,7 @@ const refused: StoredAnswer = {
 };
 
 /** Entries as plain data: states as arrays, an absent answer as null. */
-function plain(entries: readonly OutboxEntry[]): unknown[] {
+export function plain(entries: readonly OutboxEntry[]): unknown[] {
   return entries.map((e) => ({ ...e, state: e.state === null ? null : Array.from(e.state), answer: e.answer ?? null }));
 }
 
@@ -195,6 +201,114 @@ export const outboxContract: ContractCase[] = [
         'positions',
       );
       same(loaded.record?.nextSeq, 200, 'record');
+    },
+  },
+];
+
+type FeedOutbox = Outbox & OffsetStore & VersionStore;
+
+function feed(o: Outbox): FeedOutbox {
+  const f = o as Partial<FeedOutbox>;
+  for (const m of ['loadOffset', 'saveOffset', 'appliedVersion', 'markApplied'] as const) {
+    if (typeof f[m] !== 'function') throw new Error(`this outbox has no ${m}(): it does not keep offsets and versions`);
+  }
+  return o as FeedOutbox;
+}
+
+async function makeFeed(m: OutboxMaker): Promise<FeedOutbox> {
+  return feed(await m.make());
+}
+
+async function reopenedFeed(m: OutboxMaker, o: FeedOutbox): Promise<FeedOutbox> {
+  if (m.reopen === undefined) throw new Error('the offset contract needs reopen(): offsets must survive a restart');
+  return feed(await m.reopen(o));
+}
+
+/** Offsets as the server writes them: fixed width, lexically sortable, with the database's id. */
+const offset = (n: number): string => `${String(n).padStart(16, '0')}_5eed0f5e`;
+
+export const offsetContract: ContractCase[] = [
+  {
+    name: 'starts with no offset and no applied version',
+    async run(m) {
+      const o = await makeFeed(m);
+      same(await o.loadOffset('room/'), null, 'offset');
+      same(await o.appliedVersion('room/1'), undefined, 'version');
+    },
+  },
+  {
+    name: 'saves an offset that loads after a reopen, and a later save overwrites it',
+    async run(m) {
+      let o = await makeFeed(m);
+      await o.saveOffset('room/', offset(7));
+      o = await reopenedFeed(m, o);
+      same(await o.loadOffset('room/'), offset(7), 'after reopen');
+      await o.saveOffset('room/', offset(12));
+      same(await o.loadOffset('room/'), offset(12), 'overwritten');
+      o = await reopenedFeed(m, o);
+      same(await o.loadOffset('room/'), offset(12), 'overwritten, after reopen');
+    },
+  },
+  {
+    name: 'keeps the offsets of different names apart, including the empty prefix and names alike but for a character',
+    async run(m) {
+      let o = await makeFeed(m);
+      const names = ['', 'room', 'room/', 'room/a', 'Room/', 'zimmer/ü', 'a:b', 'offset', 'version'];
+      for (const [i, name] of names.entries()) await o.saveOffset(name, offset(100 + i));
+      await o.saveOffset('room/', offset(999));
+      o = await reopenedFeed(m, o);
+      same(
+        await Promise.all(names.map((n) => o.loadOffset(n))),
+        names.map((n, i) => (n === 'room/' ? offset(999) : offset(100 + i))),
+        'offsets by name',
+      );
+      same(await o.loadOffset('room/b'), null, 'a name never saved');
+    },
+  },
+  {
+    name: 'keeps the highest applied version per key across a reopen; a lower one never lowers it',
+    async run(m) {
+      let o = await makeFeed(m);
+      await o.markApplied('a', 1);
+      await o.markApplied('a', 3);
+      await o.markApplied('b', 2);
+      await o.markApplied('a', 2);
+      o = await reopenedFeed(m, o);
+      same([await o.appliedVersion('a'), await o.appliedVersion('b'), await o.appliedVersion('c')], [3, 2, undefined], 'versions');
+      // Concurrent marks of one key, as two consumers of one outbox could make: the highest wins.
+      await Promise.all([5, 9, 6, 8, 7].map((v) => o.markApplied('a', v)));
+      o = await reopenedFeed(m, o);
+      same(await o.appliedVersion('a'), 9, 'after concurrent marks');
+    },
+  },
+  {
+    name: 'keeps offsets and versions apart from streams of the same names; forgetting a stream leaves them',
+    async run(m) {
+      let o = await makeFeed(m);
+      await o.saveOffset('s', offset(3));
+      await o.markApplied('s', 4);
+      await o.append('s', record(), [entry(1)]);
+      o = await reopenedFeed(m, o);
+      same(plain((await o.load('s')).entries), plain([entry(1)]), 'stream entries');
+      same(await o.load('offset'), { record: null, entries: [] }, 'no stream appeared');
+      await o.forget('s');
+      o = await reopenedFeed(m, o);
+      same(await o.load('s'), { record: null, entries: [] }, 'stream forgotten');
+      same([await o.loadOffset('s'), await o.appliedVersion('s')], [offset(3), 4], 'offset and version kept');
+    },
+  },
+  {
+    name: 'a second instance on the same storage sees what the first saved, and the other way round (nothing cached per instance)',
+    async run(m) {
+      if (m.share === undefined) throw new Error('the offset contract needs share()');
+      const a = await makeFeed(m);
+      await a.saveOffset('room/', offset(1));
+      await a.markApplied('k', 1);
+      const b = feed(await m.share(a));
+      same([await b.loadOffset('room/'), await b.appliedVersion('k')], [offset(1), 1], 'b sees a');
+      await b.saveOffset('room/', offset(2));
+      await b.markApplied('k', 2);
+      same([await a.loadOffset('room/'), await a.appliedVersion('k')], [offset(2), 2], 'a sees b');
     },
   },
 ];

@@ -10,7 +10,7 @@ import { ERRORS } from '../../src/errors.js';
 import { FaultProxy } from '../support/fault-proxy.js';
 import { startTestServer } from '../support/test-client.js';
 import { failure, newClient, waitUntil } from './helpers.js';
-import { entry, outboxContract, record, type OutboxMaker } from './outbox-contract.js';
+import { entry, offsetContract, outboxContract, record, type OutboxMaker } from './outbox-contract.js';
 
 const cleanups: Array<() => Promise<unknown> | unknown> = [];
 afterEach(async () => {
@@ -23,8 +23,9 @@ function tempDir(): string {
   return dir;
 }
 
-const kinds: Array<[string, OutboxMaker]> = [
-  ['MemoryOutbox', { make: () => new MemoryOutbox() }],
+/** The third field: the outbox keeps subscriptions' offsets and applied versions (offsetContract). */
+const kinds: Array<[string, OutboxMaker, boolean]> = [
+  ['MemoryOutbox', { make: () => new MemoryOutbox() }, false],
   [
     'SqliteOutbox',
     {
@@ -40,7 +41,13 @@ const kinds: Array<[string, OutboxMaker]> = [
         cleanups.push(() => again.close());
         return again;
       },
+      share: (o) => {
+        const twin = new SqliteOutbox((o as SqliteOutbox).path);
+        cleanups.push(() => twin.close());
+        return twin;
+      },
     },
+    true,
   ],
 ];
 
@@ -68,13 +75,25 @@ kinds.push([
       for (const [k, v] of (o as unknown as { kv: MemoryAsyncStorage }).kv.data) copy.data.set(k, v);
       return new KeyValueOutbox(copy);
     },
+    share: (o) => new KeyValueOutbox((o as unknown as { kv: MemoryAsyncStorage }).kv),
   },
+  true,
 ]);
 
 describe.each(kinds)('outbox contract: %s', (_, maker) => {
   it.each(outboxContract.map((c) => [c.name, c] as const))('%s', async (_name, c) => {
     await c.run(maker);
   });
+});
+
+describe.each(kinds.filter(([, , keepsOffsets]) => keepsOffsets))('offset and version contract: %s', (_, maker) => {
+  it.each(offsetContract.map((c) => [c.name, c] as const))('%s', async (_name, c) => {
+    await c.run(maker);
+  });
+});
+
+it('the offset contract fails on an outbox that does not keep offsets, instead of passing vacuously', async () => {
+  for (const c of offsetContract) await expect(c.run({ make: () => new MemoryOutbox(), reopen: (o) => o, share: (o) => o })).rejects.toThrow(/loadOffset/);
 });
 
 describe('SqliteOutbox', () => {

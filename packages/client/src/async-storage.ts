@@ -1,4 +1,5 @@
 import type { AnswerEntry, Outbox, OutboxEntry, StoredAnswer, StreamRecord } from './outbox.js';
+import type { OffsetStore, VersionStore } from './subscription.js';
 
 /**
  * `@seqgate/client/async-storage`: an outbox over any key-value store shaped like React Native's
@@ -7,6 +8,11 @@ import type { AnswerEntry, Outbox, OutboxEntry, StoredAnswer, StreamRecord } fro
  * exactly one key: every Outbox call reads the stream's value, changes it and writes it back whole.
  * That keeps each call atomic; it also makes each write cost the size of the stream's outbox, so
  * it suits outboxes of hundreds of puts, not of hundreds of thousands.
+ *
+ * Subscriptions' offsets and IdempotentConsumer's applied versions are kept under the same prefix,
+ * one key each (`<prefix>\x1Foffset\x1F<name>`, `<prefix>\x1Fversion\x1F<key>`): every update
+ * touches one key, so none needs multiSet (whose atomicity AsyncStorage does not promise), and
+ * a stream name cannot contain a control character, so these keys never meet a stream's key.
  *
  * ```ts
  * import AsyncStorage from '@react-native-async-storage/async-storage';
@@ -75,9 +81,14 @@ function store(e: OutboxEntry): StoredEntry {
   return { ...e, state: e.state === null ? null : toBase64(e.state) };
 }
 
-export class KeyValueOutbox implements Outbox {
+/** U+001F: no stream name may hold a control character (wire/names.ts), so no stream key has it. */
+const SEPARATOR = '\x1F';
+
+export class KeyValueOutbox implements Outbox, OffsetStore, VersionStore {
   readonly durable = true;
   private readonly prefix: string;
+  /** markApplied reads then writes; calls on one instance run one after the other so none is lost. */
+  private versionWrites: Promise<unknown> = Promise.resolve();
 
   constructor(
     private readonly kv: KeyValueStore,
@@ -131,5 +142,36 @@ export class KeyValueOutbox implements Outbox {
 
   async forget(stream: string): Promise<void> {
     await this.kv.removeItem(this.prefix + stream);
+  }
+
+  private offsetKey(name: string): string {
+    return `${this.prefix}${SEPARATOR}offset${SEPARATOR}${name}`;
+  }
+
+  private versionKey(key: string): string {
+    return `${this.prefix}${SEPARATOR}version${SEPARATOR}${key}`;
+  }
+
+  async loadOffset(name: string): Promise<string | null> {
+    return this.kv.getItem(this.offsetKey(name));
+  }
+
+  async saveOffset(name: string, offset: string): Promise<void> {
+    await this.kv.setItem(this.offsetKey(name), offset);
+  }
+
+  async appliedVersion(key: string): Promise<number | undefined> {
+    const raw = await this.kv.getItem(this.versionKey(key));
+    return raw === null ? undefined : Number(raw);
+  }
+
+  /** Never lowers a key's version (as SqliteOutbox's max()). */
+  markApplied(key: string, version: number): Promise<void> {
+    const write = this.versionWrites.then(async () => {
+      const seen = await this.appliedVersion(key);
+      if (seen === undefined || seen < version) await this.kv.setItem(this.versionKey(key), String(version));
+    });
+    this.versionWrites = write.catch(() => undefined);
+    return write;
   }
 }

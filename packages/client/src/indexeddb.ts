@@ -1,10 +1,13 @@
 import type { AnswerEntry, Outbox, OutboxEntry, StreamRecord } from './outbox.js';
+import type { OffsetStore, VersionStore } from './subscription.js';
 
 /**
  * `@seqgate/client/indexeddb`: an outbox in the browser's IndexedDB, so that a page reload, a
  * closed tab or a killed browser loses no recorded put and the stream goes on in the same epoch.
  * Each Outbox call is one IndexedDB transaction (atomic), committed with `durability: 'strict'`
  * by default (flushed to disk before it completes, like SqliteOutbox's synchronous=FULL).
+ * Subscriptions keep their offsets, and IdempotentConsumer its applied versions, in two more
+ * object stores of the same database, so they live and die with the outbox's entries.
  */
 
 export interface IndexedDbOutboxOptions {
@@ -18,6 +21,10 @@ export interface IndexedDbOutboxOptions {
 
 const STREAMS = 'streams';
 const ENTRIES = 'entries';
+const OFFSETS = 'offsets';
+const VERSIONS = 'versions';
+/** 2 added the offsets and versions stores; a version-1 database keeps its streams and entries. */
+const SCHEMA_VERSION = 2;
 
 interface StoredRecord extends StreamRecord {
   readonly stream: string;
@@ -51,7 +58,7 @@ function withoutStream<T extends { stream: string }>(v: T): Omit<T, 'stream'> {
   return rest;
 }
 
-export class IndexedDbOutbox implements Outbox {
+export class IndexedDbOutbox implements Outbox, OffsetStore, VersionStore {
   readonly durable = true;
   readonly name: string;
   private readonly durability: 'strict' | 'relaxed';
@@ -63,13 +70,27 @@ export class IndexedDbOutbox implements Outbox {
     const factory = options.indexedDB ?? (globalThis as { indexedDB?: IDBFactory }).indexedDB;
     if (factory === undefined) throw new TypeError('seqgate IndexedDbOutbox: no IndexedDB here; pass options.indexedDB');
     this.db = new Promise((resolve, reject) => {
-      const open = factory.open(this.name, 1);
-      open.onupgradeneeded = () => {
+      const open = factory.open(this.name, SCHEMA_VERSION);
+      open.onupgradeneeded = (event) => {
+        // Runs inside the versionchange transaction: either every step lands or the database stays
+        // at its old version with everything it held.
         const db = open.result;
-        db.createObjectStore(STREAMS, { keyPath: 'stream' });
-        db.createObjectStore(ENTRIES, { keyPath: ['stream', 'pos'] });
+        if (event.oldVersion < 1) {
+          db.createObjectStore(STREAMS, { keyPath: 'stream' });
+          db.createObjectStore(ENTRIES, { keyPath: ['stream', 'pos'] });
+        }
+        if (event.oldVersion < 2) {
+          db.createObjectStore(OFFSETS, { keyPath: 'name' });
+          db.createObjectStore(VERSIONS, { keyPath: 'key' });
+        }
       };
-      open.onsuccess = () => resolve(open.result);
+      open.onsuccess = () => {
+        const db = open.result;
+        // A newer client in another tab wants to upgrade: let it, rather than block it for as long
+        // as this page lives. Calls on this instance fail from then on; the page should reload.
+        db.onversionchange = () => db.close();
+        resolve(db);
+      };
       open.onerror = () => reject(open.error ?? new Error(`cannot open IndexedDB ${this.name}`));
       open.onblocked = () => reject(new Error(`IndexedDB ${this.name} is blocked by another open version`));
     });
@@ -139,6 +160,39 @@ export class IndexedDbOutbox implements Outbox {
     const finished = done(tx);
     tx.objectStore(STREAMS).delete(stream);
     tx.objectStore(ENTRIES).delete(range(stream));
+    await finished;
+  }
+
+  async loadOffset(name: string): Promise<string | null> {
+    const db = await this.db;
+    const row = await request(db.transaction(OFFSETS, 'readonly').objectStore(OFFSETS).get(name) as IDBRequest<{ offset: string } | undefined>);
+    return row?.offset ?? null;
+  }
+
+  async saveOffset(name: string, offset: string): Promise<void> {
+    const db = await this.db;
+    const tx = db.transaction(OFFSETS, 'readwrite', { durability: this.durability });
+    const finished = done(tx);
+    tx.objectStore(OFFSETS).put({ name, offset });
+    await finished;
+  }
+
+  async appliedVersion(key: string): Promise<number | undefined> {
+    const db = await this.db;
+    const row = await request(db.transaction(VERSIONS, 'readonly').objectStore(VERSIONS).get(key) as IDBRequest<{ version: number } | undefined>);
+    return row?.version;
+  }
+
+  /** Never lowers a key's version (as SqliteOutbox's max()): the read and the write are one transaction. */
+  async markApplied(key: string, version: number): Promise<void> {
+    const db = await this.db;
+    const tx = db.transaction(VERSIONS, 'readwrite', { durability: this.durability });
+    const finished = done(tx);
+    const store = tx.objectStore(VERSIONS);
+    const get = store.get(key) as IDBRequest<{ version: number } | undefined>;
+    get.onsuccess = () => {
+      if (get.result === undefined || get.result.version < version) store.put({ key, version });
+    };
     await finished;
   }
 

@@ -21,7 +21,7 @@ export interface Change {
   readonly committedAt: number;
 }
 
-/** Where subscriptions keep their offsets. SqliteOutbox (`@seqgate/client/node`) is one, next to its entries. */
+/** Where subscriptions keep their offsets. Every durable outbox (SQLite, IndexedDB, key-value) is one, next to its entries. */
 export interface OffsetStore {
   loadOffset(name: string): Promise<string | null>;
   saveOffset(name: string, offset: string): Promise<void>;
@@ -197,7 +197,7 @@ export class Subscription {
   }
 }
 
-/** Remembers the highest version applied per key; SqliteOutbox is a durable one. */
+/** Remembers the highest version applied per key; every durable outbox is one. */
 export interface VersionStore {
   appliedVersion(key: string): Promise<number | undefined>;
   markApplied(key: string, version: number): Promise<void>;
