@@ -172,6 +172,23 @@ describe('a subscriber that stops reading', () => {
     await write(writer, { seq: 1000, key: 'after' });
   });
 
+  it('with --changefeed false: writes still apply, subscribe is UNKNOWN_TYPE and /v1/changes 404 NOT_FOUND', async () => {
+    t = await startTestServer({ changefeed: false });
+    const c = await connect('json');
+    await write(c, { seq: 1, key: 'a/1', state: { n: 1 } });
+    c.send({ type: 'subscribe', id: 's', prefix: '', from: '-1' });
+    await c.waitFor(() => c.messages.some((m) => m.type === 'error' && m.id === 's'));
+    expect(c.messages.find((m) => m.type === 'error')).toMatchObject({ code: 'UNKNOWN_TYPE', id: 's' });
+    const http = t.url.replace(/^ws:/, 'http:');
+    for (const path of ['/v1/changes?offset=-1', '/v1/changes?offset=-1&live=sse', '/v1/changes/snapshot']) {
+      const res = await fetch(`${http}${path}`);
+      expect(res.status).toBe(404);
+      expect(((await res.json()) as { error: { code: string } }).error.code).toBe('NOT_FOUND');
+    }
+    // The write went to the document, not to any log.
+    expect((await (await fetch(`${http}/v1/docs/a%2F1`)).json()) as unknown).toEqual({ n: 1 });
+  });
+
   it('does not hold back a subscriber sent the same shared messages while it stops reading', async () => {
     const warnings: string[] = [];
     const sink = new Writable({

@@ -1,5 +1,7 @@
 /** The benchmark matrix: which cells run, in which order, with which knobs. */
 
+import { CHANGEFEED_OFF } from '../arms/changefeed-off.js';
+
 export type Arm = 'a' | 'b' | 'c' | 'p' | 'p2';
 
 export const ARM_LABEL: Record<Arm, string> = {
@@ -178,7 +180,7 @@ function deviceOpen(arm: Arm, round: number, variant?: Variant): Cell {
  */
 export function devicePlan(o: PlanOptions): Cell[] {
   const cells: Cell[] = [];
-  const bArms: Array<Variant | undefined> = [undefined, ...o.variants, NOCAP];
+  const bArms: Array<Variant | undefined> = [undefined, ...o.variants, CHANGEFEED_OFF, NOCAP];
   const shapes = o.quick ? DEVICE_SHAPES.slice(0, 1) : DEVICE_SHAPES;
   for (let round = 1; round <= o.rounds; round++) {
     for (const { connections, window } of shapes) {
