@@ -2,6 +2,17 @@ import { decideOutcome } from './core/outcome.js';
 import { Subscription, type OffsetStore, type SubscribeOptions } from './subscription.js';
 import { later, numberBatch, renumber } from './core/numbering.js';
 import { planReconcile } from './core/reconcile.js';
+import {
+  deadline,
+  INITIAL_PHASE,
+  publicState,
+  stoppedBecause as whyStopped,
+  transition,
+  type Instruction,
+  type LifecycleConfig,
+  type LifecycleEvent,
+  type Phase,
+} from './core/lifecycle.js';
 import { Emitter } from './emitter.js';
 import {
   decodeMsgpack,
@@ -161,17 +172,15 @@ interface Live {
   wireBytes: number;
 }
 
-interface Conn {
+/** An open socket and the puts sent on it; the lifecycle phase says what the socket is doing. */
+interface Link {
+  /** The lifecycle's name for this socket. */
+  readonly id: number;
   readonly ws: WebSocketLike;
-  readonly openedAt: number;
-  welcomed: boolean;
   /** Puts sent on this connection and not yet answered, by correlation id (= seq). */
   readonly inflight: Map<number, Live>;
   /** Put frames sent, oldest first, for matching an `error` message to its frame. */
   frames: Live[][];
-  pingNonce: number;
-  pingSentAt: number;
-  nextPingAt: number;
 }
 
 function asRecord(v: unknown): Record<string, unknown> {
@@ -205,12 +214,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
   private readonly format: 'msgpack' | 'json';
   private readonly token: string | undefined;
   private readonly window: number;
-  private readonly putTimeoutMs: number;
-  private readonly connectTimeoutMs: number;
-  private readonly pingIntervalMs: number;
-  private readonly pongTimeoutMs: number;
-  private readonly initialDelayMs: number;
-  private readonly maxDelayMs: number;
+  private readonly lifecycle: LifecycleConfig;
   private readonly rollbackPolicy: RollbackPolicy;
   private readonly now: () => number;
   private readonly random: () => number;
@@ -228,20 +232,17 @@ export class SeqgateClient extends Emitter<ClientEvents> {
   private settleScheduled = false;
   private io: Promise<void> = Promise.resolve();
 
-  private conn: Conn | null = null;
-  private currentState: ConnectionState = 'connecting';
-  private attempt = 0;
-  private reconnectAt = 0;
-  private pausedUntil = 0;
-  private transientAttempts = 0;
-  private needRebase = false;
-  private nonce = 0;
-  private timer: ReturnType<typeof setTimeout> | undefined;
-  private timerAt = Infinity;
+  /** The connection lifecycle (core/lifecycle.ts); changed only by dispatch(). */
+  private phase: Phase = INITIAL_PHASE;
+  /** Events raised while an earlier one's instructions run wait here, so each sees a settled phase. */
+  private readonly events: LifecycleEvent[] = [];
+  private dispatching = false;
+  /** The socket the phase holds, with its in-flight puts. */
+  private link: Link | null = null;
+  /** The one platform timer, set for deadline(phase). */
+  private timer: { readonly at: number; readonly handle: ReturnType<typeof setTimeout> } | undefined;
 
-  private stopError: SeqgateClientError | undefined;
-  private closing = false;
-  private closed = false;
+  /** close()'s answer; once set, put() refuses. */
   private closePromise: Promise<CloseReport> | undefined;
   private drainWaiters: Array<() => void> = [];
   private readonly confirmMode: 'auto' | 'manual';
@@ -267,12 +268,14 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     this.format = options.format ?? 'msgpack';
     this.token = options.token;
     this.window = Math.max(1, options.window ?? 256);
-    this.putTimeoutMs = options.putTimeoutMs ?? 10_000;
-    this.connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
-    this.pingIntervalMs = options.pingIntervalMs ?? 15_000;
-    this.pongTimeoutMs = options.pongTimeoutMs ?? 10_000;
-    this.initialDelayMs = options.reconnect?.initialDelayMs ?? 250;
-    this.maxDelayMs = options.reconnect?.maxDelayMs ?? 30_000;
+    this.lifecycle = {
+      putTimeoutMs: options.putTimeoutMs ?? 10_000,
+      connectTimeoutMs: options.connectTimeoutMs ?? 10_000,
+      pingIntervalMs: options.pingIntervalMs ?? 15_000,
+      pongTimeoutMs: options.pongTimeoutMs ?? 10_000,
+      initialDelayMs: options.reconnect?.initialDelayMs ?? 250,
+      maxDelayMs: options.reconnect?.maxDelayMs ?? 30_000,
+    };
     this.rollbackPolicy = options.onRollback ?? 'reject';
     this.now = options.now ?? defaultNow();
     this.random = options.random ?? Math.random;
@@ -300,7 +303,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
   }
 
   get state(): ConnectionState {
-    return this.currentState;
+    return publicState(this.phase);
   }
 
   /** The epoch this client writes; null until its first welcome. */
@@ -333,7 +336,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
 
   /** Why the client stopped writing, if it did. */
   get stoppedBecause(): SeqgateClientError | undefined {
-    return this.stopError;
+    return whyStopped(this.phase);
   }
 
   /**
@@ -391,8 +394,9 @@ export class SeqgateClient extends Emitter<ClientEvents> {
 
   private submit(key: string, state: unknown, isDelete: boolean, options: PutOptions): Promise<PutResult> {
     const ref: PutRef = { stream: this.stream, epoch: this.record.epoch ?? 0, seq: 0, key };
-    if (this.closing) return Promise.reject(new ClientClosedError(false, { put: ref, message: 'the client is closed or closing; the put was not recorded' }));
-    if (this.stopError !== undefined) return Promise.reject(this.stoppedError(ref));
+    if (this.closePromise !== undefined)
+      return Promise.reject(new ClientClosedError(false, { put: ref, message: 'the client is closed or closing; the put was not recorded' }));
+    if (this.stoppedBecause !== undefined) return Promise.reject(this.stoppedError(ref));
 
     const keyProblem = nameProblem(key, 'key', this.limits.maxKeyBytes);
     if (keyProblem !== null) {
@@ -486,7 +490,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
       loaded = await this.outbox.load(this.stream);
     } catch (err) {
       const error = new OutboxError(`cannot load the outbox: ${(err as Error).message}`, { cause: err });
-      this.stop(error);
+      this.dispatch({ type: 'stop', error });
       throw error;
     }
     if (loaded.record !== null) this.record = { ...loaded.record };
@@ -527,7 +531,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     }
     // Positions handed out before the load finished must stay above the loaded ones.
     for (const f of this.fresh) if (f.pos < this.nextPos) (f as { pos: number }).pos = this.nextPos++;
-    if (!this.closed && this.stopError === undefined) this.connect();
+    this.dispatch({ type: 'loaded' });
     // After the constructor's caller has attached its listeners (load is asynchronous).
     for (const { entry, answer } of answered) this.deliver(entry, loadAnswer(answer, this.refOf(entry)));
   }
@@ -550,7 +554,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     const batch = this.fresh;
     this.fresh = [];
     if (batch.length === 0) return;
-    if (this.stopError !== undefined) {
+    if (this.stoppedBecause !== undefined) {
       for (const e of batch) e.waiter?.reject(this.stoppedError(this.refOf(e)));
       return;
     }
@@ -644,7 +648,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     setTimeout(() => {
       this.seenFlushScheduled = false;
       // After close() the outbox may be closed too; what is left is reported again next time.
-      if (this.closed || this.seen.length === 0 || this.settleScheduled) return;
+      if (this.phase.kind === 'closing' || this.phase.kind === 'closed' || this.seen.length === 0 || this.settleScheduled) return;
       void this.run(() => this.flushSeen());
     }, 0);
   }
@@ -663,122 +667,157 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     return { stream: this.stream, epoch: e.epoch, seq: e.seq, key: e.key };
   }
 
-  // ---- connection -------------------------------------------------------------------------
+  // ---- the lifecycle shell ----------------------------------------------------------------
 
-  private setState(state: ConnectionState, error?: SeqgateClientError): void {
-    if (this.currentState === state) return;
-    const previous = this.currentState;
-    this.currentState = state;
-    this.emit('state', error === undefined ? { state, previous } : { state, previous, error });
+  /**
+   * Feeds one event to the lifecycle (core/lifecycle.ts) and carries out its instructions.
+   * Events raised while instructions run (a send that fails inside a pump) queue behind them.
+   */
+  private dispatch(event: LifecycleEvent): void {
+    this.events.push(event);
+    if (this.dispatching) return;
+    this.dispatching = true;
+    try {
+      for (let e = this.events.shift(); e !== undefined; e = this.events.shift()) {
+        const step = transition(this.lifecycle, this.phase, e, this.now(), this.random);
+        this.phase = step.phase;
+        for (const i of step.instructions) this.carryOut(i);
+      }
+    } finally {
+      this.dispatching = false;
+    }
+    this.armTimer();
   }
 
-  private connect(): void {
-    this.reconnectAt = 0;
-    if (this.closed || this.stopError !== undefined || this.conn !== null) return;
-    this.setState('connecting');
+  private carryOut(i: Instruction): void {
+    switch (i.type) {
+      case 'open-socket':
+        this.openSocket(i.id);
+        return;
+      case 'send-hello': {
+        const hello: Record<string, string | number | readonly string[]> = { type: 'hello', protocol: PROTOCOL_VERSION, streams: [this.stream] };
+        if (this.token !== undefined) hello.token = this.token;
+        this.sendMessage(i.id, hello);
+        return;
+      }
+      case 'send-ping':
+        this.sendMessage(i.id, { type: 'ping', nonce: i.nonce });
+        return;
+      case 'close-socket':
+        this.closeSocket(i.id, i.how);
+        return;
+      case 'reconcile':
+        this.startReconcile(i.id, i.welcome, i.rebase);
+        return;
+      case 'welcomed':
+        this.emit('welcome', i.welcome);
+        return;
+      case 'pump':
+        this.pump();
+        return;
+      case 'fail-queued':
+        this.failQueued();
+        return;
+      case 'stopped':
+        this.emit('stopped', i.error);
+        return;
+      case 'report':
+        this.emit('error', i.error);
+        return;
+      case 'count-timeout':
+        this.counters.timeouts++;
+        return;
+      case 'emit-state':
+        this.emit('state', i.error === undefined ? { state: i.state, previous: i.previous } : { state: i.state, previous: i.previous, error: i.error });
+        return;
+    }
+  }
+
+  /** When the oldest put still unanswered on the socket went out; the lifecycle's put timeout counts from it. */
+  private oldestSentAt(): number | null {
+    const oldest = this.link?.inflight.values().next();
+    return oldest === undefined || oldest.done === true ? null : oldest.value.sentAt;
+  }
+
+  /** One timer for every deadline of the phase: reconnect, connect, put and pong timeouts, ping, retry pause. */
+  private armTimer(): void {
+    const at = deadline(this.phase, this.lifecycle, this.oldestSentAt());
+    if (this.timer !== undefined) {
+      if (this.timer.at === at) return;
+      clearTimeout(this.timer.handle);
+      this.timer = undefined;
+    }
+    if (at === Infinity) return;
+    const handle = setTimeout(
+      () => {
+        this.timer = undefined;
+        this.dispatch({ type: 'tick', oldestSentAt: this.oldestSentAt() });
+      },
+      Math.max(0, Math.ceil(at - this.now())),
+    );
+    this.timer = { at, handle };
+  }
+
+  private openSocket(id: number): void {
     let ws: WebSocketLike;
     try {
       ws = new this.WebSocketCtor(this.url, [SUBPROTOCOLS[this.format]]);
       ws.binaryType = 'arraybuffer';
     } catch (err) {
       const error = new ConnectionError('CONNECT_FAILED', `cannot open a WebSocket to ${this.url}: ${(err as Error).message}`, undefined, { cause: err });
-      this.emit('error', error);
-      this.setState('disconnected', error);
-      this.scheduleReconnect(false);
+      this.dispatch({ type: 'socket-failed', id, error });
       return;
     }
-    const conn: Conn = {
-      ws,
-      openedAt: this.now(),
-      welcomed: false,
-      inflight: new Map(),
-      frames: [],
-      pingNonce: 0,
-      pingSentAt: 0,
-      nextPingAt: 0,
-    };
-    this.conn = conn;
+    const link: Link = { id, ws, inflight: new Map(), frames: [] };
+    this.link = link;
     this.counters.connections++;
-    ws.onopen = () => {
-      if (conn !== this.conn) return;
-      const hello: Record<string, string | number | readonly string[]> = { type: 'hello', protocol: PROTOCOL_VERSION, streams: [this.stream] };
-      if (this.token !== undefined) hello.token = this.token;
-      this.sendRaw(conn, this.format === 'msgpack' ? msgpackMessage(hello) : JSON.stringify(hello));
-    };
+    ws.onopen = () => this.dispatch({ type: 'socket-open', id });
     ws.onmessage = (event: { data: unknown }) => {
-      if (conn !== this.conn) return;
-      this.onMessage(conn, event.data);
+      if (link === this.link) this.onMessage(link, event.data);
     };
-    ws.onclose = (event: { code?: number; reason?: string }) => {
-      if (conn !== this.conn) return;
-      this.conn = null;
-      const code = event.code ?? 1006;
-      const reason = event.reason ?? '';
-      if (code === CLOSE_CODES.UNAUTHORIZED || code === CLOSE_CODES.TOKEN_REVOKED) {
-        this.stop(
-          new AuthenticationError(
-            code === CLOSE_CODES.UNAUTHORIZED ? 'UNAUTHORIZED' : 'TOKEN_REVOKED',
-            `the server closed the connection (${code}${reason ? ' ' + reason : ''}): get a new token, retrying cannot succeed`,
-            code,
-          ),
-        );
-      }
-      this.afterDisconnect(conn, new ConnectionError('CONNECTION_CLOSED', `connection closed (${code}${reason ? ' ' + reason : ''})`, code), false);
-    };
+    ws.onclose = (event: { code?: number; reason?: string }) =>
+      this.dispatch({ type: 'socket-closed', id, code: event.code ?? 1006, reason: event.reason ?? '' });
     ws.onerror = () => undefined; // a close event always follows
-    this.armWatchdog();
   }
 
-  private sendRaw(conn: Conn, data: Uint8Array | string): boolean {
+  /** Forgets socket `id`: closes it (unless the peer did), and its unanswered puts go back to the queue. */
+  private closeSocket(id: number, how: 'dropped' | 'peer' | 'shutdown'): void {
+    const link = this.link;
+    if (link === null || link.id !== id) return;
+    this.link = null;
+    const ws = link.ws as WebSocketLike & { terminate?: () => void };
+    ws.onmessage = null;
+    if (how !== 'peer') {
+      try {
+        if (how === 'shutdown') ws.close(1000, 'client closed');
+        // `ws` can drop a dead TCP connection at once; browsers only offer the close handshake.
+        else if (typeof ws.terminate === 'function') ws.terminate();
+        else ws.close(4000, 'client gave up on this connection');
+      } catch {
+        // already closed
+      }
+    }
+    for (const e of link.inflight.values()) if (e.status === 'inflight') e.status = 'queued';
+    link.inflight.clear();
+  }
+
+  private sendMessage(id: number, message: Record<string, string | number | readonly string[]>): void {
+    const link = this.link;
+    if (link !== null && link.id === id) this.sendRaw(link, this.format === 'msgpack' ? msgpackMessage(message) : JSON.stringify(message));
+  }
+
+  private sendRaw(link: Link, data: Uint8Array | string): boolean {
     try {
-      conn.ws.send(data);
+      link.ws.send(data);
       return true;
     } catch (err) {
-      this.dropConnection(conn, new ConnectionError('SEND_FAILED', `send failed: ${(err as Error).message}`, undefined, { cause: err }), false);
+      const error = new ConnectionError('SEND_FAILED', `send failed: ${(err as Error).message}`, undefined, { cause: err });
+      this.dispatch({ type: 'lost', id: link.id, error, report: false });
       return false;
     }
   }
 
-  /** Gives up on a connection now (dead or to be replaced); its unanswered puts go back to the queue. */
-  private dropConnection(conn: Conn, error: SeqgateClientError, immediate: boolean): void {
-    if (conn !== this.conn) return;
-    this.conn = null;
-    const ws = conn.ws as WebSocketLike & { terminate?: () => void };
-    ws.onmessage = null;
-    try {
-      // `ws` can drop a dead TCP connection at once; browsers only offer the close handshake.
-      if (typeof ws.terminate === 'function') ws.terminate();
-      else ws.close(4000, 'client gave up on this connection');
-    } catch {
-      // already closed
-    }
-    this.afterDisconnect(conn, error, immediate);
-  }
-
-  private afterDisconnect(conn: Conn, error: SeqgateClientError, immediate: boolean): void {
-    const unanswered = [...conn.inflight.values()];
-    conn.inflight.clear();
-    for (const e of unanswered) if (e.status === 'inflight') e.status = 'queued';
-    if (this.closed) return;
-    if (this.stopError !== undefined) {
-      for (const e of unanswered) if (e.status === 'queued') this.settle(e, { error: this.stoppedError(this.refOf(e)) });
-      this.checkDrain();
-      return;
-    }
-    this.setState('disconnected', error);
-    this.scheduleReconnect(immediate);
-  }
-
-  private scheduleReconnect(immediate: boolean): void {
-    const base = Math.min(this.maxDelayMs, this.initialDelayMs * 2 ** Math.min(this.attempt, 30));
-    this.attempt++;
-    // Equal jitter: never hammer (at least half the base), never in lockstep with other clients.
-    const delay = immediate ? 0 : base / 2 + (this.random() * base) / 2;
-    this.reconnectAt = this.now() + delay;
-    this.armWatchdog();
-  }
-
-  private onMessage(conn: Conn, data: unknown): void {
+  private onMessage(link: Link, data: unknown): void {
     let msg: Record<string, unknown>;
     try {
       if (typeof data === 'string') msg = asRecord(JSON.parse(data));
@@ -789,66 +828,63 @@ export class SeqgateClient extends Emitter<ClientEvents> {
       } else throw new Error('unexpected frame data type');
     } catch (err) {
       const error = new ConnectionError('UNDECODABLE', `undecodable frame from the server: ${(err as Error).message}`, undefined, { cause: err });
-      this.emit('error', error);
-      this.dropConnection(conn, error, false);
+      this.dispatch({ type: 'lost', id: link.id, error, report: true });
       return;
     }
     switch (msg.type) {
       case 'welcome':
-        this.onWelcome(conn, msg);
+        this.onWelcome(link, msg);
         break;
       case 'results':
-        if (Array.isArray(msg.results)) this.onResults(conn, msg.results);
+        if (Array.isArray(msg.results)) this.onResults(link, msg.results);
         break;
       case 'pong':
-        if (msg.nonce === conn.pingNonce) {
-          conn.pingSentAt = 0;
-          conn.nextPingAt = this.now() + this.pingIntervalMs;
-        }
+        this.dispatch({ type: 'pong', id: link.id, nonce: msg.nonce });
         break;
       case 'error':
-        this.onErrorMessage(conn, msg);
+        this.onErrorMessage(link, msg);
         break;
       default:
         // Unknown message types are ignored (PROTOCOL.md §14).
         break;
     }
-    this.armWatchdog();
+    this.armTimer();
   }
 
-  private onWelcome(conn: Conn, msg: Record<string, unknown>): void {
-    if (conn.welcomed) return;
+  private onWelcome(link: Link, msg: Record<string, unknown>): void {
     const heads = Array.isArray(msg.heads) ? msg.heads.map(asRecord) : [];
     const h = heads.find((x) => x.stream === this.stream);
     if (h === undefined || typeof msg.incarnation !== 'string') {
-      const error = new ProtocolError('PROTOCOL', "welcome without this stream's head or without an incarnation", false);
-      this.emit('error', error);
-      this.dropConnection(conn, error, false);
+      const broken = new ProtocolError('PROTOCOL', "welcome without this stream's head or without an incarnation", false);
+      this.dispatch({ type: 'welcome', id: link.id, broken });
       return;
     }
     const head: Head = { stream: this.stream, epoch: num(h.epoch), seq: num(h.seq), prunedThrough: num(h.prunedThrough) };
     const limits = asRecord(msg.limits);
     const merged: Record<string, number> = { ...this.limits };
     for (const name of Object.keys(DEFAULT_LIMITS)) if (typeof limits[name] === 'number') merged[name] = limits[name] as number;
-    this.limits = merged as unknown as Limits;
-    this.contiguous = msg.contiguous === true;
-    const incarnation = msg.incarnation;
+    const welcome: WelcomeInfo = {
+      server: String(msg.server ?? ''),
+      incarnation: msg.incarnation,
+      contiguous: msg.contiguous === true,
+      head,
+      limits: merged as unknown as Limits,
+    };
+    this.dispatch({ type: 'welcome', id: link.id, welcome });
+  }
 
+  /** The lifecycle's `reconcile`: the welcome's limits apply from now, then the outbox catches up with it. */
+  private startReconcile(id: number, welcome: WelcomeInfo, rebase: boolean): void {
+    this.limits = welcome.limits;
+    this.contiguous = welcome.contiguous;
+    const current = (): boolean => this.phase.kind === 'reconciling' && this.phase.id === id;
     void this.run(async () => {
-      if (conn !== this.conn || this.closed) return;
-      await this.reconcile(head, incarnation);
-      if (conn !== this.conn || this.closed) return;
-      conn.welcomed = true;
-      conn.nextPingAt = this.now() + this.pingIntervalMs;
-      this.attempt = 0;
-      this.emit('welcome', { server: String(msg.server ?? ''), incarnation, contiguous: this.contiguous, head, limits: this.limits });
-      if (this.stopError !== undefined) return;
-      this.setState('connected');
-      this.pump();
+      if (!current()) return;
+      await this.reconcile(welcome.head, welcome.incarnation, rebase);
+      this.dispatch({ type: 'reconciled', id, welcome });
     }).catch((err: unknown) => {
       const error = err instanceof SeqgateClientError ? err : new OutboxError(`outbox write failed after a welcome: ${(err as Error).message}`, { cause: err });
-      this.emit('error', error);
-      this.dropConnection(conn, error, false);
+      this.dispatch({ type: 'lost', id, error, report: true });
     });
   }
 
@@ -857,7 +893,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
    * connection: fixes the epoch of a new record, detects a server that went back in time, and
    * re-numbers after a hole in contiguous mode.
    */
-  private async reconcile(head: Head, incarnation: string): Promise<void> {
+  private async reconcile(head: Head, incarnation: string, rebase: boolean): Promise<void> {
     const open = this.entries.filter((e) => e.status !== 'settling');
     const plan = planReconcile({
       stream: this.stream,
@@ -865,13 +901,12 @@ export class SeqgateClient extends Emitter<ClientEvents> {
       head,
       incarnation,
       policy: this.rollbackPolicy,
-      needRebase: this.needRebase,
+      needRebase: rebase,
       open: open.length,
     });
     if (plan.kind === 'reject-open') {
       await this.outbox.replace(this.stream, plan.record, []);
       this.record = plan.record;
-      this.needRebase = false;
       this.emit('rollback', plan.rollback);
       this.emit('epoch', plan.epoch);
       for (const e of open) {
@@ -902,7 +937,6 @@ export class SeqgateClient extends Emitter<ClientEvents> {
         e.wire = undefined;
         if (e.status === 'inflight') e.status = 'queued';
       });
-      this.needRebase = false;
       this.emit('epoch', plan.renumber.epoch);
       return;
     }
@@ -930,13 +964,10 @@ export class SeqgateClient extends Emitter<ClientEvents> {
   }
 
   private pump(): void {
-    const conn = this.conn;
-    if (conn === null || !conn.welcomed || this.stopError !== undefined || this.closed) return;
-    if (this.pausedUntil > 0) {
-      if (this.now() < this.pausedUntil) return;
-      this.pausedUntil = 0;
-    }
-    let room = this.window - conn.inflight.size;
+    const link = this.link;
+    // Only an open phase sends: not before the welcome is reconciled, not while paused, not once stopped.
+    if (link === null || this.phase.kind !== 'open' || this.phase.id !== link.id) return;
+    let room = this.window - link.inflight.size;
     if (room <= 0) return;
     const overhead = this.format === 'msgpack' ? MSGPACK_FRAME_OVERHEAD : JSON_FRAME_OVERHEAD;
     let batch: Live[] = [];
@@ -947,7 +978,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
       if (this.format === 'json' && e.recovered && e.wire === undefined && !this.jsonSafe(e)) continue;
       this.wireOf(e);
       if (batch.length > 0 && (bytes + e.wireBytes > this.limits.maxFrameBytes || batch.length >= this.limits.maxPutsPerFrame)) {
-        if (!this.sendFrame(conn, batch)) return;
+        if (!this.sendFrame(link, batch)) return;
         batch = [];
         bytes = overhead;
       }
@@ -955,8 +986,8 @@ export class SeqgateClient extends Emitter<ClientEvents> {
       bytes += e.wireBytes;
       room--;
     }
-    if (batch.length > 0) this.sendFrame(conn, batch);
-    this.armWatchdog();
+    if (batch.length > 0) this.sendFrame(link, batch);
+    this.armTimer();
   }
 
   /** A recovered put recorded under msgpack must survive the trip to JSON unchanged, or it is refused. */
@@ -977,49 +1008,39 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     return false;
   }
 
-  private sendFrame(conn: Conn, batch: Live[]): boolean {
+  private sendFrame(link: Link, batch: Live[]): boolean {
     const frame = this.format === 'msgpack' ? msgpackPutFrame(batch.map((e) => e.wire as Uint8Array)) : jsonPutFrame(batch.map((e) => e.wire as string));
-    if (!this.sendRaw(conn, frame)) return false;
+    if (!this.sendRaw(link, frame)) return false;
     const t = this.now();
     for (const e of batch) {
       e.status = 'inflight';
       e.sentAt = t;
-      conn.inflight.set(e.seq, e);
+      link.inflight.set(e.seq, e);
       this.counters.sent++;
       if (e.sentBefore) this.counters.resent++;
       e.sentBefore = true;
     }
-    conn.frames.push(batch);
+    link.frames.push(batch);
     return true;
   }
 
   // ---- answers ----------------------------------------------------------------------------
 
-  private onResults(conn: Conn, results: unknown[]): void {
+  private onResults(link: Link, results: unknown[]): void {
     for (const raw of results) {
       const r = asRecord(raw);
-      const entry = typeof r.id === 'number' ? conn.inflight.get(r.id) : undefined;
+      const entry = typeof r.id === 'number' ? link.inflight.get(r.id) : undefined;
       // A result for a put that is not in flight (a duplicated frame) changes nothing.
       if (entry === undefined) continue;
-      conn.inflight.delete(r.id as number);
+      link.inflight.delete(r.id as number);
       this.onResult(entry, r);
     }
-    this.afterAnswers(conn);
+    this.afterAnswers(link);
   }
 
-  private afterAnswers(conn: Conn): void {
-    while (conn.frames.length > 0 && conn.frames[0]!.every((e) => conn.inflight.get(e.seq) !== e)) conn.frames.shift();
-    if (conn !== this.conn) return;
-    if (this.stopError !== undefined) {
-      if (conn.inflight.size === 0) this.dropConnection(conn, this.stopError, false);
-      return;
-    }
-    if (this.needRebase) {
-      // Contiguous mode cannot pass the hole in this epoch: reconnect and re-number (reconcile).
-      this.dropConnection(conn, new ConnectionError('REBASE', 'moving to a new epoch past a hole'), true);
-      return;
-    }
-    this.pump();
+  private afterAnswers(link: Link): void {
+    while (link.frames.length > 0 && link.frames[0]!.every((e) => link.inflight.get(e.seq) !== e)) link.frames.shift();
+    this.dispatch({ type: 'answers', id: link.id, inflight: link.inflight.size });
   }
 
   private onResult(entry: Live, r: Record<string, unknown>): void {
@@ -1036,11 +1057,11 @@ export class SeqgateClient extends Emitter<ClientEvents> {
       case 'reject':
         if (d.acked) this.acked(entry);
         this.settle(entry, { error: d.error });
-        if (d.stop !== null) this.stop(d.stop);
+        if (d.stop !== null) this.dispatch({ type: 'stop', error: d.stop });
         if (d.hole) this.noteHole();
         return;
       case 'requeue':
-        if (d.rebase) this.needRebase = true;
+        if (d.rebase) this.dispatch({ type: 'hole' });
         entry.status = 'queued';
         return;
       case 'retry':
@@ -1051,31 +1072,28 @@ export class SeqgateClient extends Emitter<ClientEvents> {
 
   private acked(entry: Live): void {
     this.record = { ...this.record, lastAcked: later(this.record.lastAcked, { epoch: entry.epoch, seq: entry.seq }) };
-    this.transientAttempts = 0;
+    this.dispatch({ type: 'acked' });
   }
 
   /** A put refused without consuming its seq leaves a hole, which contiguous mode never passes. */
   private noteHole(): void {
-    if (this.contiguous) this.needRebase = true;
+    if (this.contiguous) this.dispatch({ type: 'hole' });
   }
 
   private retryLater(entry: Live, error: TransientError): void {
     entry.status = 'queued';
-    const base = Math.min(this.maxDelayMs, this.initialDelayMs * 2 ** Math.min(this.transientAttempts, 30));
-    this.transientAttempts++;
-    this.pausedUntil = Math.max(this.pausedUntil, this.now() + base / 2 + (this.random() * base) / 2);
+    this.dispatch({ type: 'transient' });
     this.emit('transientError', error);
-    this.armWatchdog();
   }
 
-  private onErrorMessage(conn: Conn, msg: Record<string, unknown>): void {
+  private onErrorMessage(link: Link, msg: Record<string, unknown>): void {
     const code = typeof msg.code === 'string' ? msg.code : 'UNKNOWN';
     const message = typeof msg.message === 'string' ? msg.message : code;
     const retryable = msg.retryable === true;
-    if (!conn.welcomed) {
+    if (this.phase.kind === 'authenticating' || this.phase.kind === 'reconciling') {
       // The answer to our hello.
       if (retryable) {
-        this.dropConnection(conn, new ProtocolError(code, message, true), false);
+        this.dispatch({ type: 'lost', id: link.id, error: new ProtocolError(code, message, true), report: false });
         return;
       }
       const error =
@@ -1084,14 +1102,13 @@ export class SeqgateClient extends Emitter<ClientEvents> {
           : code === 'UNAUTHORIZED' || code === 'TOKEN_REVOKED'
             ? new AuthenticationError(code, `the server refused the token: ${message}; get a new token, retrying cannot succeed`, CLOSE_CODES[code])
             : new ProtocolError(code, `the server refused the hello: ${message}`, false);
-      this.stop(error);
-      this.dropConnection(conn, error, false);
+      this.dispatch({ type: 'stop', error });
       return;
     }
     // The answer to the oldest put frame not yet answered, refused as a whole.
-    const frame = conn.frames.find((f) => f.some((e) => conn.inflight.get(e.seq) === e));
+    const frame = link.frames.find((f) => f.some((e) => link.inflight.get(e.seq) === e));
     if (frame === undefined) return;
-    for (const e of frame) conn.inflight.delete(e.seq);
+    for (const e of frame) link.inflight.delete(e.seq);
     if (code === 'TOO_MANY_PUTS' && typeof msg.max === 'number' && msg.max > 0) {
       this.limits = { ...this.limits, maxPutsPerFrame: msg.max };
       for (const e of frame) e.status = 'queued';
@@ -1101,28 +1118,26 @@ export class SeqgateClient extends Emitter<ClientEvents> {
       for (const e of frame) this.settle(e, { error: new ProtocolError(code, message, false, { put: this.refOf(e) }) });
       this.noteHole();
     }
-    this.afterAnswers(conn);
+    this.afterAnswers(link);
   }
 
   // ---- stopping ---------------------------------------------------------------------------
 
-  /** Stops writing for good. Puts in flight still get their own answers; the rest reject. */
-  private stop(error: SeqgateClientError): void {
-    if (this.stopError !== undefined) return;
-    this.stopError = error;
+  /**
+   * The lifecycle's `fail-queued`, once stopped: puts in flight keep waiting for their own
+   * answers; the rest reject with the reason.
+   */
+  private failQueued(): void {
     for (const e of this.entries) if (e.status === 'queued') this.settle(e, { error: this.stoppedError(this.refOf(e)) });
     const fresh = this.fresh;
     this.fresh = [];
     for (const e of fresh) e.waiter?.reject(this.stoppedError(this.refOf(e)));
-    this.reconnectAt = 0;
-    if (!this.closed) this.setState('stopped', error);
-    this.emit('stopped', error);
     this.checkDrain();
   }
 
   /** The error for a put refused because the client stopped; `cause` is why it stopped. */
   private stoppedError(put: PutRef): SeqgateClientError {
-    const why = this.stopError!;
+    const why = this.stoppedBecause!;
     if (why instanceof FencedError) {
       return new FencedError(why.epoch, { cause: why, put, message: `client stopped: fenced by a writer at epoch ${why.epoch}` });
     }
@@ -1132,70 +1147,6 @@ export class SeqgateClient extends Emitter<ClientEvents> {
     if (why instanceof AuthenticationError)
       return new AuthenticationError(why.code as 'UNAUTHORIZED' | 'TOKEN_REVOKED', why.message, why.closeCode, { cause: why, put });
     return new ProtocolError(why.code, `client stopped: ${why.message}`, false, { cause: why, put });
-  }
-
-  // ---- timers -----------------------------------------------------------------------------
-
-  /** One timer for every deadline: reconnect, connect, put and pong timeouts, ping, retry pause. */
-  private armWatchdog(): void {
-    if (this.closed) return;
-    let at = Infinity;
-    const conn = this.conn;
-    if (conn === null) {
-      if (this.reconnectAt > 0) at = this.reconnectAt;
-    } else if (!conn.welcomed) {
-      at = conn.openedAt + this.connectTimeoutMs;
-    } else {
-      const oldest = conn.inflight.values().next();
-      if (!oldest.done) at = Math.min(at, oldest.value.sentAt + this.putTimeoutMs);
-      at = Math.min(at, conn.pingSentAt > 0 ? conn.pingSentAt + this.pongTimeoutMs : conn.nextPingAt);
-      if (this.pausedUntil > 0) at = Math.min(at, this.pausedUntil);
-    }
-    if (at === this.timerAt && this.timer !== undefined) return;
-    if (this.timer !== undefined) clearTimeout(this.timer);
-    this.timer = undefined;
-    this.timerAt = at;
-    if (at === Infinity) return;
-    this.timer = setTimeout(
-      () => {
-        this.timer = undefined;
-        this.timerAt = Infinity;
-        this.watchdog();
-      },
-      Math.max(0, Math.ceil(at - this.now())),
-    );
-  }
-
-  private watchdog(): void {
-    if (this.closed) return;
-    const t = this.now();
-    const conn = this.conn;
-    if (conn === null) {
-      if (this.reconnectAt > 0 && t >= this.reconnectAt) this.connect();
-    } else if (!conn.welcomed) {
-      if (t - conn.openedAt >= this.connectTimeoutMs) this.timedOut(conn, 'no welcome within connectTimeoutMs');
-    } else {
-      const oldest = conn.inflight.values().next();
-      if (!oldest.done && t - oldest.value.sentAt >= this.putTimeoutMs) {
-        this.timedOut(conn, `put ${oldest.value.epoch}:${oldest.value.seq} unanswered for putTimeoutMs`);
-      } else if (conn.pingSentAt > 0 && t - conn.pingSentAt >= this.pongTimeoutMs) {
-        this.timedOut(conn, 'no pong within pongTimeoutMs');
-      } else {
-        if (conn.pingSentAt === 0 && t >= conn.nextPingAt) {
-          conn.pingNonce = ++this.nonce;
-          conn.pingSentAt = t;
-          const ping = { type: 'ping', nonce: conn.pingNonce };
-          this.sendRaw(conn, this.format === 'msgpack' ? msgpackMessage(ping) : JSON.stringify(ping));
-        }
-        if (this.pausedUntil > 0 && t >= this.pausedUntil) this.pump();
-      }
-    }
-    this.armWatchdog();
-  }
-
-  private timedOut(conn: Conn, why: string): void {
-    this.counters.timeouts++;
-    this.dropConnection(conn, new ConnectionError('TIMEOUT', `connection considered dead: ${why}`), false);
   }
 
   // ---- closing ----------------------------------------------------------------------------
@@ -1211,7 +1162,6 @@ export class SeqgateClient extends Emitter<ClientEvents> {
   }
 
   private async shutdown(timeoutMs: number): Promise<CloseReport> {
-    this.closing = true;
     await this.ready.catch(() => undefined);
     if (!this.drained()) {
       await new Promise<void>((resolve) => {
@@ -1222,19 +1172,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
         });
       });
     }
-    this.closed = true;
-    if (this.timer !== undefined) clearTimeout(this.timer);
-    this.timer = undefined;
-    const conn = this.conn;
-    this.conn = null;
-    if (conn !== null) {
-      conn.ws.onmessage = null;
-      try {
-        conn.ws.close(1000, 'client closed');
-      } catch {
-        // already closed
-      }
-    }
+    this.dispatch({ type: 'shutdown' });
     // Recordings and settlements already queued still run; whatever is unanswered after them is left.
     await this.io;
     await this.run(() => this.flushSeen()).catch(() => undefined);
@@ -1247,7 +1185,7 @@ export class SeqgateClient extends Emitter<ClientEvents> {
       this.emit('result', { put: this.refOf(e), recovered: e.recovered, error });
     }
     this.entries = [];
-    this.setState('closed');
+    this.dispatch({ type: 'closed' });
     return { drained: left.length === 0, left: left.map((e) => this.refOf(e)) };
   }
 }
