@@ -208,7 +208,7 @@ it('a page following the changefeed through a server process, reloaded twice mid
     holdIf = (r) => r.index === 3;
     expect(await subscribe()).toEqual({ saved: null });
     const first = await reloadWhileHeld('the 4th change of the catch-up batch');
-    await waitUntil(() => effects.length === 20, 10_000, 'the rest of the catch-up');
+    await waitUntil(() => effects.length >= 20, 10_000, 'the rest of the catch-up');
 
     // Live: bursts of 4 puts, one commit each, while the page tails; it is reloaded in the middle
     // of a batch after 10 live changes, and the writer goes on writing through the reload.
