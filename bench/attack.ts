@@ -1,11 +1,13 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import os, { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Packr } from 'msgpackr';
+import { ControlClient } from '../test/support/control-client.js';
+import { frame, RawWebSocket } from '../test/support/raw-websocket.js';
 import { processMemory } from './lib/proc.js';
 
 /**
@@ -79,78 +81,11 @@ async function stopServer(s: Server): Promise<void> {
   rmSync(s.dir, { recursive: true, force: true });
 }
 
-// ---- the control client, in its own process ----
+// ---- the control client (test/support/control-client.ts), in its own process ----
 
-const CONTROL_SCRIPT = `
-import WebSocket from 'ws';
-import { Packr, Unpackr } from 'msgpackr';
-import { createInterface } from 'node:readline';
-const packr = new Packr({ useRecords: false });
-const unpackr = new Unpackr({ useRecords: false, int64AsType: 'auto' });
-const out = (o) => process.stdout.write(JSON.stringify(o) + '\\n');
-const ws = new WebSocket(process.env.CONTROL_URL, 'seqgate.v1');
-let waiting;
-ws.on('message', (d) => { const m = unpackr.unpack(d); if (m.type === 'results' && waiting) { const w = waiting; waiting = undefined; w(m.results[0]); } });
-ws.on('close', (code) => { out({ closed: code }); process.exit(0); });
-ws.on('error', (err) => { out({ error: err.message }); process.exit(1); });
-await new Promise((resolve) => ws.once('open', resolve));
-out({ ready: true });
-let seq = 0;
-for await (const line of createInterface({ input: process.stdin })) {
-  const ms = Number(line);
-  const latencies = [];
-  const until = performance.now() + ms;
-  while (performance.now() < until) {
-    seq++;
-    const started = performance.now();
-    const timeout = new Promise((resolve) => setTimeout(() => resolve(undefined), 30000));
-    const r = await Promise.race([timeout, new Promise((resolve) => { waiting = resolve; ws.send(packr.pack({ type: 'put', puts: [{ id: seq, stream: 'control', epoch: 1, seq, key: 'control-doc', state: { seq } }] })); })]);
-    latencies.push(r === undefined ? 30000 : performance.now() - started);
-    await new Promise((resolve) => setTimeout(resolve, 2));
-  }
-  out({ latencies });
-}
-`;
-
-class Control {
-  private readonly proc: ChildProcess;
-  private readonly lines: Array<Record<string, unknown>> = [];
-  private waiters: Array<() => void> = [];
-
-  constructor(url: string) {
-    this.proc = spawn(process.execPath, ['--input-type=module', '-e', CONTROL_SCRIPT], {
-      cwd: resolve('.'),
-      env: { ...process.env, CONTROL_URL: url },
-      stdio: ['pipe', 'pipe', 'inherit'],
-    });
-    let buf = '';
-    this.proc.stdout!.setEncoding('utf8');
-    this.proc.stdout!.on('data', (chunk: string) => {
-      buf += chunk;
-      let nl;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        this.lines.push(JSON.parse(buf.slice(0, nl)) as Record<string, unknown>);
-        buf = buf.slice(nl + 1);
-      }
-      for (const w of this.waiters.splice(0)) w();
-    });
-  }
-
-  async next(): Promise<Record<string, unknown>> {
-    while (this.lines.length === 0) await new Promise<void>((r) => this.waiters.push(r));
-    const line = this.lines.shift()!;
-    if ('closed' in line || 'error' in line) throw new Error(`control connection ended: ${JSON.stringify(line)}`);
-    return line;
-  }
-
-  async measure(ms: number): Promise<number[]> {
-    this.proc.stdin!.write(`${ms}\n`);
-    return (await this.next()).latencies as number[];
-  }
-
-  stop(): void {
-    this.proc.kill('SIGKILL');
-  }
+/** Puts for `ms` milliseconds, 2 ms apart, an answer awaited at most 30 s; their round trips. */
+async function controlWindow(control: ControlClient, ms: number): Promise<number[]> {
+  return (await control.measure({ forMs: ms, pauseMs: 2, putTimeoutMs: 30_000 }, ms + 120_000)).latencies;
 }
 
 function percentile(xs: number[], p: number): number {
@@ -158,61 +93,7 @@ function percentile(xs: number[], p: number): number {
   return s[Math.max(0, Math.ceil(s.length * p) - 1)] ?? NaN;
 }
 
-// ---- raw sockets for rule-breaking clients ----
-
-async function rawOpen(url: string, headers: Record<string, string> = {}): Promise<Socket> {
-  const { hostname, port } = new URL(url);
-  const socket = connect(Number(port), hostname);
-  socket.on('error', () => undefined);
-  await once(socket, 'connect');
-  socket.write(
-    [
-      'GET / HTTP/1.1',
-      `Host: ${hostname}:${port}`,
-      'Upgrade: websocket',
-      'Connection: Upgrade',
-      'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==',
-      'Sec-WebSocket-Version: 13',
-      'Sec-WebSocket-Protocol: seqgate.v1',
-      ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`),
-      '',
-      '',
-    ].join('\r\n'),
-  );
-  let head = Buffer.alloc(0);
-  await new Promise<void>((resolveHead, reject) => {
-    const onData = (d: Buffer): void => {
-      head = Buffer.concat([head, d]);
-      const end = head.indexOf('\r\n\r\n');
-      if (end === -1) return;
-      socket.off('data', onData);
-      socket.pause();
-      // What followed the response (a close frame, sent at once) is the next reader's.
-      if (head.length > end + 4) socket.unshift(head.subarray(end + 4));
-      const status = head.subarray(0, end).toString('latin1');
-      if (status.startsWith('HTTP/1.1 101')) resolveHead();
-      else reject(new Error(status.split('\r\n')[0]));
-    };
-    socket.on('data', onData);
-    socket.once('close', () => reject(new Error('closed during the upgrade')));
-  });
-  return socket;
-}
-
-function frame(payload: Buffer, opcode = 2, fin = true): Buffer {
-  const len = payload.length;
-  const header = len < 126 ? Buffer.alloc(2) : len <= 0xffff ? Buffer.alloc(4) : Buffer.alloc(10);
-  header[0] = (fin ? 0x80 : 0) | opcode;
-  if (len < 126) header[1] = 0x80 | len;
-  else if (len <= 0xffff) {
-    header[1] = 0x80 | 126;
-    header.writeUInt16BE(len, 2);
-  } else {
-    header[1] = 0x80 | 127;
-    header.writeBigUInt64BE(BigInt(len), 2);
-  }
-  return Buffer.concat([header, Buffer.alloc(4), payload]);
-}
+// ---- rule-breaking clients: raw sockets (test/support/raw-websocket.ts) ----
 
 function manyKeysPut(): Buffer {
   const state: Record<string, number> = {};
@@ -231,8 +112,8 @@ interface Attack {
   run(url: string, stop: () => boolean): Promise<string>;
 }
 
-const sockets: Socket[] = [];
-const track = (s: Socket): Socket => {
+const sockets: RawWebSocket[] = [];
+const track = (s: RawWebSocket): RawWebSocket => {
   sockets.push(s);
   return s;
 };
@@ -250,32 +131,29 @@ async function flood(socket: Socket, data: Buffer, stop: () => boolean, cap = 4 
   return sent;
 }
 
+/** Pings with 1000-byte nonces, as fast as the socket takes them, on a connection that never reads. */
+async function pingFlood(url: string, headers: Record<string, string>, stop: () => boolean): Promise<string> {
+  const s = track(await RawWebSocket.open(url, headers)).socket;
+  s.pause();
+  const ping = frame(packr.pack({ type: 'ping', nonce: 'n'.repeat(1000) }));
+  const sent = await flood(s, ping, stop);
+  return `${sent} pings written; connection ${s.destroyed ? 'dropped' : 'still open'}`;
+}
+
 const ATTACKS: Attack[] = [
   {
     name: 'pings-unauthenticated',
     finding: 2,
     what: 'one client without a token sends pings with 1000-byte nonces and never reads',
     args: ['--tokens', TOKENS],
-    async run(url, stop) {
-      const s = track(await rawOpen(url));
-      s.pause();
-      const ping = frame(packr.pack({ type: 'ping', nonce: 'n'.repeat(1000) }));
-      const sent = await flood(s, ping, stop);
-      return `${sent} pings written; connection ${s.destroyed ? 'dropped' : 'still open'}`;
-    },
+    run: (url, stop) => pingFlood(url, {}, stop),
   },
   {
     name: 'pings-authenticated',
     finding: 2,
     what: 'one client with a token sends pings with 1000-byte nonces and never reads',
     args: ['--tokens', TOKENS],
-    async run(url, stop) {
-      const s = track(await rawOpen(url, { authorization: `Bearer ${TOKEN}` }));
-      s.pause();
-      const ping = frame(packr.pack({ type: 'ping', nonce: 'n'.repeat(1000) }));
-      const sent = await flood(s, ping, stop);
-      return `${sent} pings written; connection ${s.destroyed ? 'dropped' : 'still open'}`;
-    },
+    run: (url, stop) => pingFlood(url, { authorization: `Bearer ${TOKEN}` }, stop),
   },
   {
     name: 'keys-unauthenticated',
@@ -287,10 +165,9 @@ const ATTACKS: Attack[] = [
       let frames = 0;
       let connections = 0;
       while (!stop()) {
-        const s = track(await rawOpen(url));
+        const s = track(await RawWebSocket.open(url));
         connections++;
-        s.resume();
-        frames += await flood(s, put, stop, 8 * MiB);
+        frames += await flood(s.socket, put, stop, 8 * MiB);
       }
       return `${frames} frames written on ${connections} connections`;
     },
@@ -301,9 +178,8 @@ const ATTACKS: Attack[] = [
     what: 'one client with a token floods puts of a 170k-key state (just under 1 MiB), without waiting for answers',
     args: ['--tokens', TOKENS],
     async run(url, stop) {
-      const s = track(await rawOpen(url, { authorization: `Bearer ${TOKEN}` }));
-      s.resume();
-      const sent = await flood(s, frame(manyKeysPut()), stop, 8 * MiB);
+      const s = track(await RawWebSocket.open(url, { authorization: `Bearer ${TOKEN}` }));
+      const sent = await flood(s.socket, frame(manyKeysPut()), stop, 8 * MiB);
       return `${sent} frames written`;
     },
   },
@@ -314,26 +190,21 @@ const ATTACKS: Attack[] = [
     args: ['--tokens', TOKENS, '--max-connections', '51'],
     async run(url, stop) {
       // The control client holds the 51st slot: a newcomer finds the server full.
-      const held = await Promise.all(Array.from({ length: 50 }, () => rawOpen(url)));
+      const held = await Promise.all(Array.from({ length: 50 }, () => RawWebSocket.open(url)));
       held.forEach(track);
       await sleep(500);
       let admitted = 0;
       let refused = 0;
       while (!stop()) {
-        const s = await rawOpen(url, { authorization: `Bearer ${TOKEN}` }).catch(() => undefined);
+        const s = await RawWebSocket.open(url, { authorization: `Bearer ${TOKEN}` }).catch(() => undefined);
         if (s === undefined) {
           refused++;
           await sleep(200);
           continue;
         }
         track(s);
-        let closeCode: number | undefined;
-        s.on('data', (d: Buffer) => {
-          if (d[0] === 0x88 && d.length >= 4) closeCode = d.readUInt16BE(2);
-        });
-        s.resume();
         await sleep(300);
-        if (closeCode === 1013 || s.destroyed) refused++;
+        if (s.closeCodes().includes(1013) || s.socket.destroyed) refused++;
         else admitted++;
         s.destroy();
         await sleep(200);
@@ -353,19 +224,19 @@ const ATTACKS: Attack[] = [
       const more = frame(Buffer.alloc(300 * KiB, 0x62), 0, false);
       let opened = 0;
       for (let i = 0; i < 300 && !stop(); i += 50) {
-        const batch = await Promise.all(Array.from({ length: 50 }, () => rawOpen(url).catch(() => undefined)));
+        const batch = await Promise.all(Array.from({ length: 50 }, () => RawWebSocket.open(url).catch(() => undefined)));
         for (const s of batch) {
           if (s === undefined) continue;
           track(s);
           opened++;
-          s.write(first);
-          s.write(more);
-          s.write(more);
+          s.socket.write(first);
+          s.socket.write(more);
+          s.socket.write(more);
         }
         await sleep(100);
       }
       while (!stop()) await sleep(100);
-      return `${opened} connections opened, ${sockets.filter((s) => !s.destroyed).length} still open at the end`;
+      return `${opened} connections opened, ${sockets.filter((s) => !s.socket.destroyed).length} still open at the end`;
     },
   },
 ];
@@ -385,11 +256,10 @@ interface Row {
 
 async function runAttack(a: Attack): Promise<Row> {
   const server = await startServer(a.args);
-  const control = new Control(`${server.url}/?token=${TOKEN}`);
+  const control = await ControlClient.start(`${server.url}/?token=${TOKEN}`);
   try {
-    await control.next();
-    await control.measure(2000); // warm-up
-    const base = await control.measure(5000);
+    await controlWindow(control, 2000); // warm-up
+    const base = await controlWindow(control, 5000);
     const rssBase = processMemory(server.pid).rss;
     let peak = rssBase;
     const sampler = setInterval(() => {
@@ -402,7 +272,7 @@ async function runAttack(a: Attack): Promise<Row> {
     let stopped = false;
     const attack = a.run(server.url, () => stopped);
     await sleep(500);
-    const during = await control.measure(SECONDS * 1000);
+    const during = await controlWindow(control, SECONDS * 1000);
     stopped = true;
     const note = await attack;
     clearInterval(sampler);

@@ -31,7 +31,7 @@ export interface BatchReader<Id> {
   oldestAcks(streamId: Id, after: Position | null, limit: number): Position[];
 }
 
-export interface BatchOptions {
+interface BatchOptions {
   readonly contiguous: boolean;
   readonly ackCapPerStream: number;
   /** How far above the cap a stream may go before eviction takes it back down to the cap (default 0). */
@@ -39,13 +39,13 @@ export interface BatchOptions {
   readonly now: number;
 }
 
-export interface AckWrite {
+interface AckWrite {
   readonly fingerprint: Buffer;
   readonly ack: Ack;
 }
 
 /** A stream whose head moved: write its row, insert `acks`, and delete its acks up to `evictThrough`. */
-export interface StreamWrite<Id> {
+interface StreamWrite<Id> {
   readonly tenant: string;
   readonly name: string;
   /** null: the stream has no row yet; insert one. */
@@ -67,14 +67,14 @@ export type WriteOrigin =
  * One write that changes a document, in batch order: each is exactly one change (a no-op or a
  * version_conflict writes nothing). The same key may appear more than once; the last one wins.
  */
-export interface DocumentUpsert {
+interface DocumentUpsert {
   readonly tenant: string;
   readonly key: string;
   readonly row: DocumentRow;
   readonly origin: WriteOrigin;
 }
 
-export interface IdempotencyInsert {
+interface IdempotencyInsert {
   readonly tenant: string;
   readonly scope: string;
   readonly idempotencyKey: string;

@@ -22,7 +22,7 @@ export interface IdempotencyRecord {
   readonly createdAt: number;
 }
 
-export type ReplaceDecision = { readonly result: DocResult; readonly write: null } | { readonly result: DocResult; readonly write: DocumentRow };
+type ReplaceDecision = { readonly result: DocResult; readonly write: null } | { readonly result: DocResult; readonly write: DocumentRow };
 
 /**
  * PUT or DELETE /v1/docs/{key}: the precondition first (0: must not exist; N: must exist at N),
@@ -49,7 +49,7 @@ export function decideReplace(w: Extract<DocWrite, { op: 'replace' }>, doc: Docu
   };
 }
 
-export type CreateDecision =
+type CreateDecision =
   | { readonly result: DocResult; readonly write: null; readonly record: null }
   | { readonly result: DocResult; readonly write: DocumentRow; readonly record: IdempotencyRecord };
 

@@ -9,7 +9,7 @@
  * - `http`: an HTTP API answer only.
  * `status` is the HTTP status the code is answered with on the HTTP API.
  */
-export type ErrorScope = 'put' | 'message' | 'close' | 'http';
+type ErrorScope = 'put' | 'message' | 'close' | 'http';
 
 export interface ErrorSpec {
   readonly scope: ErrorScope;
@@ -280,7 +280,7 @@ export class SeqgateError extends Error {
 }
 
 /** An error as every transport sends it: code, message, and `retryable` as the registry says. */
-export interface ErrorBody {
+interface ErrorBody {
   readonly code: ErrorCode;
   readonly message: string;
   readonly retryable: boolean;

@@ -24,7 +24,7 @@ export type Decision =
   | { readonly kind: 'consume'; readonly ack: Ack; readonly write: DocumentChange | null };
 
 /** What a consumed put does to its document: the new version and state (null state: deleted). */
-export interface DocumentChange {
+interface DocumentChange {
   readonly version: number;
   readonly deleted: boolean;
   readonly state: Buffer | null;
@@ -103,7 +103,7 @@ export function advanceHead(head: Head, put: Put): Head {
 }
 
 /** The answer to one write of a batch that did not commit: nothing of it was applied or consumed. */
-export interface StorageFailure {
+interface StorageFailure {
   readonly kind: 'rejected';
   readonly outcome: 'error';
   readonly code: 'STORAGE_UNAVAILABLE';

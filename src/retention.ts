@@ -43,13 +43,13 @@ export function mayPrune(ack: Position, head: Head): boolean {
   return ack.epoch !== head.epoch || ack.seq !== head.seq;
 }
 
-export interface PruneCandidate<Id> extends Position {
+interface PruneCandidate<Id> extends Position {
   readonly streamId: Id;
   /** The stream's head, read in the same transaction (under its row lock where there are locks). */
   readonly head: Head;
 }
 
-export interface PrunePlan<Id> {
+interface PrunePlan<Id> {
   readonly deletes: ReadonlyArray<{ readonly streamId: Id } & Position>;
   /** One entry per stream that lost acks: its new mark and how many acks it lost. */
   readonly streams: ReadonlyArray<{ readonly streamId: Id; readonly prunedThrough: number; readonly removed: number }>;

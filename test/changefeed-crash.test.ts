@@ -1,6 +1,7 @@
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ChildServer, tempDb, type TempDb } from './support/child-server.js';
+import { type JsonChange, offsetPosition } from './support/json-change.js';
 
 /**
  * The change log under kill -9, with real processes: writers put (and retry) through HTTP while a
@@ -17,17 +18,7 @@ const KILLS = 3;
 let dir: TempDb;
 let server: ChildServer;
 
-interface WireChange {
-  offset: string;
-  key: string;
-  version: number;
-  deleted: boolean;
-  state: unknown;
-  origin: { stream?: string; epoch?: number; seq?: number };
-}
-
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-const position = (offset: string): number => Number(offset.slice(0, 16));
 const base = (): string => server.url.replace(/^ws/, 'http');
 
 beforeAll(async () => {
@@ -69,7 +60,7 @@ async function writer(stream: string, n: number, acked: Map<string, { key: strin
 describe('the change log across kill -9', () => {
   it('delivers every committed change once, in order, without gaps; logs nothing uncommitted; replays to the stored documents', async () => {
     const acked = new Map<string, { key: string; version: number }>();
-    const seen: WireChange[] = [];
+    const seen: JsonChange[] = [];
     const problems: string[] = [];
     let writing = true;
 
@@ -82,9 +73,9 @@ describe('the change log across kill -9', () => {
         try {
           const res = await fetch(`${base()}/v1/changes?offset=${offset}&live=long-poll`, { signal: AbortSignal.timeout(5000) });
           if (res.status === 200) {
-            for (const c of (await res.json()) as WireChange[]) {
-              if (position(c.offset) !== last + 1) problems.push(`after ${last} came ${position(c.offset)}`);
-              last = position(c.offset);
+            for (const c of (await res.json()) as JsonChange[]) {
+              if (offsetPosition(c.offset) !== last + 1) problems.push(`after ${last} came ${offsetPosition(c.offset)}`);
+              last = offsetPosition(c.offset);
               seen.push(c);
             }
           }
@@ -115,7 +106,7 @@ describe('the change log across kill -9', () => {
     const db = new Database(dir.dbPath, { readonly: true });
     try {
       // Every acked put is in the log exactly once, with the version its ack gave.
-      const byOrigin = new Map<string, WireChange>();
+      const byOrigin = new Map<string, JsonChange>();
       for (const c of seen) {
         const id = `${c.origin.stream}/${c.origin.seq}`;
         if (byOrigin.has(id)) problems.push(`${id} logged twice`);
@@ -135,7 +126,7 @@ describe('the change log across kill -9', () => {
       expect(seen.length).toBe(acked.size);
 
       // Replaying the log from the start gives exactly the stored documents.
-      const replayed = new Map<string, WireChange>();
+      const replayed = new Map<string, JsonChange>();
       for (const c of seen) replayed.set(c.key, c);
       const docs = db.prepare('SELECT key, version, deleted FROM documents').all() as Array<{ key: string; version: number; deleted: number }>;
       expect(new Map(docs.map((d) => [d.key, d.version]))).toEqual(new Map([...replayed].map(([k, c]) => [k, c.version])));

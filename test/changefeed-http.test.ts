@@ -4,22 +4,13 @@ import { join } from 'node:path';
 import { DurableStreamError, FetchError, stream, type JsonBatch } from '@durable-streams/client';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ChildServer } from './support/child-server.js';
+import { type JsonChange } from './support/json-change.js';
 
 /**
  * GET /v1/changes read by the Durable Streams reference client (@durable-streams/client), against
  * the real server as a child process: catch-up, live tailing by long-poll and SSE across a
  * restart, resume from a saved offset, grants, and the documented errors.
  */
-
-interface WireChange {
-  offset: string;
-  key: string;
-  version: number;
-  deleted: boolean;
-  state: unknown;
-  origin: { stream?: string; epoch?: number; seq?: number; route?: string };
-  committedAt: number;
-}
 
 const READER_A = 'reader-a-token-0123456789';
 const ADMIN = 'admin-token-0123456789abc';
@@ -72,13 +63,13 @@ async function raw(path: string, init: RequestInit = {}): Promise<Response> {
 }
 
 /** Collects a live session's items until `count` arrived (or fails after the timeout). */
-function collect(res: Awaited<ReturnType<typeof stream<WireChange>>>): {
-  items: WireChange[];
-  batches: Array<JsonBatch<WireChange>>;
+function collect(res: Awaited<ReturnType<typeof stream<JsonChange>>>): {
+  items: JsonChange[];
+  batches: Array<JsonBatch<JsonChange>>;
   until(n: number, ms?: number): Promise<void>;
 } {
-  const items: WireChange[] = [];
-  const batches: Array<JsonBatch<WireChange>> = [];
+  const items: JsonChange[] = [];
+  const batches: Array<JsonBatch<JsonChange>> = [];
   let waiters: Array<() => void> = [];
   res.subscribeJson((batch) => {
     batches.push(batch);
@@ -105,7 +96,7 @@ function collect(res: Awaited<ReturnType<typeof stream<WireChange>>>): {
   };
 }
 
-function expectInOrder(items: WireChange[]): void {
+function expectInOrder(items: JsonChange[]): void {
   const offsets = items.map((i) => i.offset);
   expect([...offsets].sort()).toEqual(offsets);
   expect(new Set(offsets).size).toBe(offsets.length);
@@ -117,7 +108,7 @@ describe('GET /v1/changes with @durable-streams/client', () => {
     await putDoc('a/1', { n: 1 });
     await putDoc('b/1', { n: 2 });
     await putDoc('a/1', { n: 3 });
-    const res = await stream<WireChange>({ url: `${http()}/v1/changes`, offset: '-1', live: false, headers: auth() });
+    const res = await stream<JsonChange>({ url: `${http()}/v1/changes`, offset: '-1', live: false, headers: auth() });
     const items = await res.json();
     expect(items.map((i) => [i.key, i.version, i.state])).toEqual([
       ['a/1', 1, { n: 1 }],
@@ -133,18 +124,18 @@ describe('GET /v1/changes with @durable-streams/client', () => {
   it('resumes from a saved offset with exactly the changes after it', async () => {
     await putDoc('a/1', 1);
     await putDoc('a/2', 2);
-    const first = await stream<WireChange>({ url: `${http()}/v1/changes`, offset: '-1', live: false, headers: auth() });
+    const first = await stream<JsonChange>({ url: `${http()}/v1/changes`, offset: '-1', live: false, headers: auth() });
     expect(await first.json()).toHaveLength(2);
     const saved = first.offset;
     await putDoc('a/3', 3);
     await putDoc('a/1', 4);
-    const resumed = await stream<WireChange>({ url: `${http()}/v1/changes`, offset: saved, live: false, headers: auth() });
+    const resumed = await stream<JsonChange>({ url: `${http()}/v1/changes`, offset: saved, live: false, headers: auth() });
     expect((await resumed.json()).map((i) => [i.key, i.state])).toEqual([
       ['a/3', 3],
       ['a/1', 4],
     ]);
     // At the tail: an empty page that keeps the offset.
-    const tail = await stream<WireChange>({ url: `${http()}/v1/changes`, offset: resumed.offset, live: false, headers: auth() });
+    const tail = await stream<JsonChange>({ url: `${http()}/v1/changes`, offset: resumed.offset, live: false, headers: auth() });
     expect(await tail.json()).toEqual([]);
     expect(tail.offset).toBe(resumed.offset);
   });
@@ -158,7 +149,7 @@ describe('GET /v1/changes with @durable-streams/client', () => {
   ] as const) {
     it(`tails live (${live}) across a server restart (${signal}) without gaps or repeats`, async () => {
       await putDoc('a/0', 0);
-      const res = await stream<WireChange>({
+      const res = await stream<JsonChange>({
         url: `${http()}/v1/changes`,
         offset: '-1',
         live,
@@ -185,9 +176,9 @@ describe('GET /v1/changes with @durable-streams/client', () => {
     await putDoc('a/1', 1);
     await putDoc('b/1', 2);
     await putDoc('a/2', 3);
-    const res = await stream<WireChange>({ url: `${http()}/v1/changes`, offset: '-1', live: false, headers: auth(READER_A) });
+    const res = await stream<JsonChange>({ url: `${http()}/v1/changes`, offset: '-1', live: false, headers: auth(READER_A) });
     expect((await res.json()).map((i) => i.key)).toEqual(['a/1', 'a/2']);
-    const narrowed = await stream<WireChange>({ url: `${http()}/v1/changes`, offset: '-1', live: false, headers: auth(READER_A), params: { prefix: 'a/2' } });
+    const narrowed = await stream<JsonChange>({ url: `${http()}/v1/changes`, offset: '-1', live: false, headers: auth(READER_A), params: { prefix: 'a/2' } });
     expect((await narrowed.json()).map((i) => i.key)).toEqual(['a/2']);
     await expect(stream({ url: `${http()}/v1/changes`, offset: '-1', live: false, headers: auth(READER_A), params: { prefix: 'b/' } })).rejects.toSatisfy(
       (e: unknown) => (e instanceof FetchError || e instanceof DurableStreamError) && (e as { status?: number }).status === 403,
@@ -232,7 +223,7 @@ describe('GET /v1/changes: headers and errors', () => {
     await putDoc('a/7', 7);
     const res = await waiting;
     expect(res.status).toBe(200);
-    expect(((await res.json()) as WireChange[]).map((c) => c.key)).toEqual(['a/7']);
+    expect(((await res.json()) as JsonChange[]).map((c) => c.key)).toEqual(['a/7']);
   });
 
   it('refuses malformed and foreign offsets with documented codes', async () => {
@@ -286,7 +277,7 @@ describe('retention and snapshot restart', () => {
     ]);
     expect(snap.nextKey).toBeNull();
     await putDoc('a/2', 9);
-    const after = await stream<WireChange>({ url: `${http()}/v1/changes`, offset: snap.offset, live: false, headers: auth() });
+    const after = await stream<JsonChange>({ url: `${http()}/v1/changes`, offset: snap.offset, live: false, headers: auth() });
     expect((await after.json()).map((c) => [c.key, c.version, c.state])).toEqual([['a/2', 2, 9]]);
   });
 });

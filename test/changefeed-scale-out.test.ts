@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ChildServer, tempDb, type TempDb } from './support/child-server.js';
 import { createTestDatabase, postgresAvailable, type TestDatabase } from './support/postgres.js';
 import { PutDriver, type DriverPut } from './support/put-driver.js';
+import { type JsonChange, offsetPosition } from './support/json-change.js';
 
 /**
  * The change log with three seqgate servers on one PostgreSQL database, as real processes.
@@ -20,19 +21,9 @@ let db: TestDatabase;
 let dir: TempDb;
 const servers: ChildServer[] = [];
 
-interface WireChange {
-  offset: string;
-  key: string;
-  version: number;
-  deleted: boolean;
-  state: unknown;
-}
-
-const position = (offset: string): number => Number(offset.slice(0, 16));
-
 /** Tails the log through one server until `stop()` and the reader reached `target`; records every problem. */
-function tail(server: ChildServer): { changes: WireChange[]; problems: string[]; until(target: () => number): Promise<void> } {
-  const changes: WireChange[] = [];
+function tail(server: ChildServer): { changes: JsonChange[]; problems: string[]; until(target: () => number): Promise<void> } {
+  const changes: JsonChange[] = [];
   const problems: string[] = [];
   const base = server.url.replace(/^ws/, 'http');
   return {
@@ -45,9 +36,9 @@ function tail(server: ChildServer): { changes: WireChange[]; problems: string[];
       while (Date.now() < deadline) {
         const res = await fetch(`${base}/v1/changes?offset=${offset}&live=long-poll`);
         if (res.status === 200) {
-          for (const c of (await res.json()) as WireChange[]) {
-            if (position(c.offset) !== last + 1) problems.push(`after ${last} came ${position(c.offset)}`);
-            last = position(c.offset);
+          for (const c of (await res.json()) as JsonChange[]) {
+            if (offsetPosition(c.offset) !== last + 1) problems.push(`after ${last} came ${offsetPosition(c.offset)}`);
+            last = offsetPosition(c.offset);
             changes.push(c);
           }
         } else if (res.status !== 204) {
@@ -105,11 +96,11 @@ describe.skipIf(!PG)('the change log with several servers on one PostgreSQL data
 
     for (const r of readers) expect(r.problems.slice(0, 5)).toEqual([]);
     for (const r of readers) expect(r.changes.length).toBe(applied);
-    const sequenceOf = (r: { changes: WireChange[] }) => r.changes.map((c) => `${c.offset} ${c.key} ${c.version}`);
+    const sequenceOf = (r: { changes: JsonChange[] }) => r.changes.map((c) => `${c.offset} ${c.key} ${c.version}`);
     for (const r of readers.slice(1)) expect(sequenceOf(r)).toEqual(sequenceOf(readers[0]!));
 
     // Per key, versions arrive as 1, 2, 3, … in offset order, and the last one is what is stored.
-    const latest = new Map<string, WireChange>();
+    const latest = new Map<string, JsonChange>();
     for (const c of readers[0]!.changes) {
       expect(c.version).toBe((latest.get(c.key)?.version ?? 0) + 1);
       latest.set(c.key, c);

@@ -171,4 +171,47 @@ describe('a subscriber that stops reading', () => {
     // The writer's connection is unaffected.
     await write(writer, { seq: 1000, key: 'after' });
   });
+
+  it('does not hold back a subscriber sent the same shared messages while it stops reading', async () => {
+    const warnings: string[] = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, callback) {
+        for (const line of chunk.toString('utf8').split('\n')) if (line) warnings.push((JSON.parse(line) as { msg: string }).msg);
+        callback();
+      },
+    });
+    t = await startTestServer({ outboundHighWaterBytes: 256 * 1024, slowConsumerTimeoutMs: 4000 }, { logger: pino({ level: 'warn' }, sink) });
+    const writer = await connect();
+    const big = 'x'.repeat(30_000);
+    for (let i = 0; i < 20; i++) await write(writer, ...Array.from({ length: 10 }, (_, j) => ({ seq: i * 10 + j + 1, key: `k${j}`, state: big })));
+    // Same prefix, same id, same format: both are sent the very same message bytes.
+    const slow = new WebSocket(t.url, 'seqgate.v1');
+    await new Promise((resolve) => slow.once('open', resolve));
+    let slowClosedAt: number | undefined;
+    const slowClosed = new Promise<number>((resolve) =>
+      slow.once('close', (code) => {
+        slowClosedAt = Date.now();
+        resolve(code);
+      }),
+    );
+    slow.send(new Packr({ useRecords: false }).pack({ type: 'subscribe', id: 1, from: '-1' }));
+    slow.pause();
+    const fast = await connect();
+    fast.send({ type: 'subscribe', id: 1, prefix: '', from: '-1' });
+    await fast.waitFor(() => changes(fast, 1).length === 200);
+    await write(writer, { seq: 1000, key: 'live' });
+    await fast.waitFor(() => changes(fast, 1).length === 201);
+    const liveAt = Date.now();
+    const offsets = changes(fast, 1).map((c) => c.offset as string);
+    expect(offsets).toEqual([...offsets].sort());
+    expect(new Set(offsets).size).toBe(201);
+    expect(changes(fast, 1).at(-1)).toMatchObject({ key: 'live', version: 1 });
+    // The slow one was still connected, paused, while the other read everything and a live change.
+    expect(slowClosedAt).toBeUndefined();
+    const deadline = Date.now() + 15_000;
+    while (!warnings.some((m) => /slow consumer/i.test(m)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    slow.resume();
+    expect(await slowClosed).toBe(1008);
+    expect(slowClosedAt! >= liveAt).toBe(true);
+  });
 });

@@ -1,7 +1,6 @@
-import { Writable } from 'node:stream';
-import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { guarded } from '../src/server/listener-guard.js';
+import { errorLogCapture } from './support/error-log.js';
 import { probeServing, rawExchange } from './support/raw-http.js';
 import { startTestServer, type TestServer } from './support/test-client.js';
 
@@ -9,21 +8,6 @@ import { startTestServer, type TestServer } from './support/test-client.js';
  * An unexpected throw in a listener is logged at error and answered (500, or a destroyed socket),
  * never passed on to the event loop, where it would end the process (issue 9, finding 1).
  */
-
-function capture(): { logger: pino.Logger; errors: Array<Record<string, unknown>> } {
-  const errors: Array<Record<string, unknown>> = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _enc, callback) {
-      for (const line of chunk.toString('utf8').split('\n')) {
-        if (!line) continue;
-        const record = JSON.parse(line) as Record<string, unknown>;
-        if (typeof record.level === 'number' && record.level >= 50) errors.push(record);
-      }
-      callback();
-    },
-  });
-  return { logger: pino({ level: 'warn' }, sink), errors };
-}
 
 let t: TestServer | undefined;
 afterEach(async () => {
@@ -33,7 +17,7 @@ afterEach(async () => {
 
 describe('guarded listeners', () => {
   it('log a synchronous throw and a rejection, run the recovery with the listener arguments, and survive a failing recovery', async () => {
-    const { logger, errors } = capture();
+    const { logger, errors } = errorLogCapture();
     const recovered: unknown[] = [];
     guarded(
       logger,
@@ -67,7 +51,7 @@ describe('guarded listeners', () => {
   });
 
   it('answer 500 when an HTTP handler throws after the route was handled, and the server keeps serving', async () => {
-    const { logger, errors } = capture();
+    const { logger, errors } = errorLogCapture();
     t = await startTestServer({}, { logger });
     const inc = t.server.metrics.httpRequests.inc.bind(t.server.metrics.httpRequests);
     let fail = true;
@@ -85,7 +69,7 @@ describe('guarded listeners', () => {
   });
 
   it('answer 500 and close the socket when an upgrade handler throws, and the server keeps serving', async () => {
-    const { logger, errors } = capture();
+    const { logger, errors } = errorLogCapture();
     t = await startTestServer({}, { logger });
     const auth = (t.server as unknown as { auth: { authenticate: (token?: string) => unknown } }).auth;
     const authenticate = auth.authenticate.bind(auth);
@@ -107,7 +91,7 @@ describe('guarded listeners', () => {
   });
 
   it('log an error event of the listening HTTP server (an accept failure) instead of throwing it', async () => {
-    const { logger, errors } = capture();
+    const { logger, errors } = errorLogCapture();
     t = await startTestServer({}, { logger });
     const http = (t.server as unknown as { http: import('node:http').Server }).http;
     expect(() => http.emit('error', Object.assign(new Error('accept ENOBUFS'), { code: 'ENOBUFS' }))).not.toThrow();

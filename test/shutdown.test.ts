@@ -207,24 +207,16 @@ describe.each(['SIGTERM', 'SIGINT'] as const)('seqgate stopped with %s', (signal
 });
 
 describe('seqgate refusing to start', () => {
-  it('exits with code 2 and names the option on stderr when an option value is invalid', async () => {
+  it.each<[string, string[], string[]]>([
+    ['names the option on stderr when an option value is invalid', ['--synchronous', 'sometimes'], ['--synchronous', 'sometimes', 'full, normal']],
+    ['names the flag on stderr when an option is unknown', ['--synchronus', 'full'], ['unknown option --synchronus']],
+  ])('exits with code 2 and %s', async (_what, args, stderr) => {
     db = tempDb('seqgate-badopt-');
-    const child = track(new ChildServer({ dbPath: db.dbPath, args: ['--synchronous', 'sometimes'] }));
+    const child = track(new ChildServer({ dbPath: db.dbPath, args }));
     await expect(child.start()).rejects.toBeInstanceOf(ChildExitError);
     expect(await child.waitExit()).toEqual({ code: 2, signal: null });
-    expect(child.stderr).toContain('--synchronous');
-    expect(child.stderr).toContain('sometimes');
-    expect(child.stderr).toContain('full, normal');
+    for (const text of stderr) expect(child.stderr).toContain(text);
     expect(child.stdout).not.toContain('seqgate listening');
-    expect(existsSync(db.dbPath), 'database file created by a refused start').toBe(false);
-  });
-
-  it('exits with code 2 and names the flag on stderr when an option is unknown', async () => {
-    db = tempDb('seqgate-badopt-');
-    const child = track(new ChildServer({ dbPath: db.dbPath, args: ['--synchronus', 'full'] }));
-    await expect(child.start()).rejects.toBeInstanceOf(ChildExitError);
-    expect(await child.waitExit()).toEqual({ code: 2, signal: null });
-    expect(child.stderr).toContain('unknown option --synchronus');
     expect(existsSync(db.dbPath), 'database file created by a refused start').toBe(false);
   });
 

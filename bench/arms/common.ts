@@ -4,21 +4,14 @@ import { randomUUID } from 'node:crypto';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { Config } from '../../src/config.js';
 import { ERRORS, SeqgateError } from '../../src/errors.js';
-import {
-  decodeFrame,
-  encodeMessage,
-  ENVELOPE_DEPTH,
-  PROTOCOL_VERSION,
-  SUBPROTOCOL_JSON,
-  SUBPROTOCOL_MSGPACK,
-  type WireFormat,
-} from '../../src/protocol/codec.js';
-import { limitsOf, parseMessage, type IncomingMessage } from '../../src/protocol/messages.js';
+import { encodeMessage, PROTOCOL_VERSION, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK, type WireFormat } from '../../src/protocol/codec.js';
+import { IncomingFrame } from '../../src/protocol/frame.js';
+import { limitsOf, type IncomingMessage } from '../../src/protocol/messages.js';
 import { DEFAULT_TENANT } from '../../src/store/store.js';
 
 /**
  * What the baseline arms share with seqgate's own server: the HTTP upgrade path, the ws options
- * (maxPayload, no permessage-deflate, subprotocol choice), the frame scan + decode + validation,
+ * (maxPayload, no permessage-deflate, subprotocol choice), the frame reader (scan, decode, validation),
  * and the message encoder. Only what happens to a validated put differs between arms.
  */
 
@@ -58,7 +51,6 @@ function handleHttp(_req: HttpRequest, res: ServerResponse): void {
 
 export async function startArmServer(arm: string, config: Config, handlers: ArmHandlers): Promise<string> {
   const limits = limitsOf(config);
-  const maxDepth = limits.maxStateDepth + ENVELOPE_DEPTH;
   const http = createServer(handleHttp);
   const wss = new WebSocketServer({
     noServer: true,
@@ -95,7 +87,8 @@ export async function startArmServer(arm: string, config: Config, handlers: ArmH
       ws.on('message', (data: Buffer, isBinary: boolean) => {
         let message: IncomingMessage;
         try {
-          message = parseMessage(decodeFrame(data, isBinary, format, maxDepth), limits, TENANT);
+          // The server's own reader (src/server/connection.ts): scan, then decode only what is needed.
+          message = IncomingFrame.open(data, isBinary, format, limits).message(limits, TENANT);
         } catch (err) {
           if (!(err instanceof SeqgateError)) throw err;
           handlers.message(conn, err);

@@ -1,11 +1,10 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { putFingerprint } from '../../src/protocol/canonical.js';
 import { SqliteStore } from '../../src/store/sqlite-store.js';
 import { DEFAULT_TENANT, type Put } from '../../src/store/store.js';
 import { isMain } from '../lib/paths.js';
-import { KEYS_PER_STREAM, loadStreamName, makeState } from '../lib/workload.js';
 import { main, runSuite, type MicroOptions, type MicroRow } from './common.js';
+import { freshPuts } from './fresh-puts.js';
 
 /**
  * The change log's cost on the write path: SqliteStore.apply with the log on and off (the
@@ -14,27 +13,9 @@ import { main, runSuite, type MicroOptions, type MicroRow } from './common.js';
  * per call. Then reading the log back: readChanges pages of 1000.
  */
 
-const STREAMS = 100;
-
 function storeWithPuts(dir: string, name: string, changeLog: boolean): { store: SqliteStore; batch: (n: number) => Put[] } {
   const store = new SqliteStore({ path: join(dir, `${name}.db`), synchronous: 'full', contiguous: false, ackCapPerStream: 1000, changeLog });
-  const state = makeState(200);
-  const streams = Array.from({ length: STREAMS }, (_, s) => loadStreamName(s));
-  const keys = streams.map((n) => Array.from({ length: KEYS_PER_STREAM }, (_, k) => `${n}/k${k}`));
-  const fingerprints = keys.map((ks) => ks.map((k) => putFingerprint(k, state, null)));
-  const seqs = new Array<number>(STREAMS).fill(0);
-  let cursor = 0;
-  const batch = (n: number): Put[] => {
-    const puts: Put[] = [];
-    for (let i = 0; i < n; i++) {
-      const s = cursor++ % STREAMS;
-      const seq = ++seqs[s]!;
-      const k = seq % KEYS_PER_STREAM;
-      puts.push({ tenant: DEFAULT_TENANT, stream: streams[s]!, epoch: 1, seq, key: keys[s]![k]!, state, ifVersion: null, fingerprint: fingerprints[s]![k]! });
-    }
-    return puts;
-  };
-  return { store, batch };
+  return { store, batch: freshPuts() };
 }
 
 export async function runChangefeedBench(options: MicroOptions): Promise<MicroRow[]> {

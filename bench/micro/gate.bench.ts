@@ -54,40 +54,21 @@ export async function runGateBench(options: MicroOptions): Promise<MicroRow[]> {
   ] as const) {
     if (decide(p, i).kind !== kind) throw new Error(`gate bench setup: expected ${kind}`);
   }
+  const cases = [
+    ['fresh put above the head (apply)', fresh, withoutAck],
+    ['retry of an applied put (replay)', retry, withAck],
+    ['seq reused with another payload', reused, withAck],
+    ['skipped seq (stale)', stale, withoutAck],
+    ['ifVersion mismatch (version_conflict)', conflict, withoutAck],
+  ] as const;
   return runSuite(
     'gate',
-    [
-      {
-        name: 'fresh put above the head (apply)',
-        fn: () => {
-          sink.value = decide(fresh, withoutAck);
-        },
+    cases.map(([name, p, i]) => ({
+      name,
+      fn: () => {
+        sink.value = decide(p, i);
       },
-      {
-        name: 'retry of an applied put (replay)',
-        fn: () => {
-          sink.value = decide(retry, withAck);
-        },
-      },
-      {
-        name: 'seq reused with another payload',
-        fn: () => {
-          sink.value = decide(reused, withAck);
-        },
-      },
-      {
-        name: 'skipped seq (stale)',
-        fn: () => {
-          sink.value = decide(stale, withoutAck);
-        },
-      },
-      {
-        name: 'ifVersion mismatch (version_conflict)',
-        fn: () => {
-          sink.value = decide(conflict, withoutAck);
-        },
-      },
-    ],
+    })),
     options,
   );
 }

@@ -23,6 +23,8 @@ export class ChangeFeed {
   private readonly waiters = new Map<string, Set<Waiter>>();
   /** Reads in progress or just done, shared by readers asking the same thing in the same turn. */
   private readonly shared = new Map<string, Promise<ChangePage>>();
+  /** Tails read in this turn, shared the same way (every waiter checks the tail before it waits). */
+  private readonly tails = new Map<string, Promise<number>>();
   private checking = false;
   private again = false;
   private pollTimer: NodeJS.Timeout | undefined;
@@ -40,7 +42,7 @@ export class ChangeFeed {
    */
   async waitForChange(tenant: string, after: number, timeoutMs: number, signal?: AbortSignal): Promise<boolean> {
     if (this.isStopped || signal?.aborted) return false;
-    if ((await this.log.changeTail(tenant)) > after) return true;
+    if ((await this.tail(tenant)) > after) return true;
     return new Promise<boolean>((resolve) => {
       let set = this.waiters.get(tenant);
       if (set === undefined) this.waiters.set(tenant, (set = new Set()));
@@ -75,17 +77,40 @@ export class ChangeFeed {
       page = this.log.readChanges(tenant, query);
       this.shared.set(key, page);
       const forget = (): void => {
-        setImmediate(() => this.shared.delete(key));
+        setImmediate(() => {
+          if (this.shared.get(key) === page) this.shared.delete(key);
+        });
       };
       page.then(forget, forget);
     }
     return page;
   }
 
+  /**
+   * The tenant's tail, shared like read(): 1,000 subscribers going back to wait after one commit
+   * ask the store once. A commit on this server clears it (poke), so a waiter never compares
+   * against a tail from before a commit whose wake-up it has already missed.
+   */
+  private tail(tenant: string): Promise<number> {
+    let tail = this.tails.get(tenant);
+    if (tail === undefined) {
+      tail = this.log.changeTail(tenant);
+      this.tails.set(tenant, tail);
+      const forget = (): void => {
+        setImmediate(() => {
+          if (this.tails.get(tenant) === tail) this.tails.delete(tenant);
+        });
+      };
+      tail.then(forget, forget);
+    }
+    return tail;
+  }
+
   /** A batch committed: check the tails of the tenants someone waits on. */
   poke(): void {
-    // A page read before this commit must not be handed to a reader woken by it.
+    // A page or tail read before this commit must not be handed to a reader woken by it.
     this.shared.clear();
+    this.tails.clear();
     if (this.waiters.size === 0) return;
     if (this.checking) {
       this.again = true;

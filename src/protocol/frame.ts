@@ -1,6 +1,7 @@
 import { Unpackr } from 'msgpackr';
 import { SeqgateError } from '../errors.js';
 import { ENVELOPE_DEPTH, field, isMap, type WireFormat } from './codec.js';
+import { CanonicalState, isCanonicalMsgpack } from './canonical-bytes.js';
 import { indexMsgpack, peekJsonType, scanJsonDepth, type ScannedValue as Span } from './frame-scanner.js';
 import { oversizeStateResult, parseMessage, parsePut, type IncomingMessage, type Limits, type ParsedPut } from './messages.js';
 
@@ -185,7 +186,9 @@ function putsOf(data: Buffer, span: Span | undefined, limits: Limits, tenant: st
 
 /** One put, as parsePut() would answer it; an oversize state is refused without being decoded. */
 function putOf(data: Buffer, span: Span, limits: Limits, tenant: string): ParsedPut {
-  if (span.items <= limits.maxStateBytes + PUT_ENVELOPE_ITEMS && span.payload <= limits.maxStateBytes) return parsePut(decode(data, span), limits, tenant);
+  if (span.items <= limits.maxStateBytes + PUT_ENVELOPE_ITEMS && span.payload <= limits.maxStateBytes) {
+    return (FAST_PATH ? canonicalPut(data, span, limits, tenant) : undefined) ?? parsePut(decode(data, span), limits, tenant);
+  }
   // Not a map: refused for that, whatever it holds.
   if (!isMapAt(data, span)) return parsePut([], limits, tenant);
   const fields = span.children!;
@@ -206,4 +209,91 @@ function putOf(data: Buffer, span: Span, limits: Limits, tenant: string): Parsed
   const parsed = parsePut(put, limits, tenant);
   if (!parsed.ok || !oversize) return parsed;
   return { ok: false, id: parsed.id, result: oversizeStateResult(parsed.id, limits) };
+}
+
+/**
+ * Whether puts whose state is already canonical skip decoding and re-encoding it (the default).
+ * SEQGATE_CANONICAL_FAST_PATH=0 switches it off, so that the bench can measure the lever against
+ * the slow path in the same run (bench/README.md); the answers are the same either way.
+ */
+const FAST_PATH = process.env.SEQGATE_CANONICAL_FAST_PATH !== '0';
+
+/** The eight put fields, as bytes (all short ASCII, so each is one fixstr) and as the string decoding gives. */
+const PUT_FIELD_NAMES = ['id', 'stream', 'epoch', 'seq', 'key', 'state', 'delete', 'ifVersion'] as const;
+const PUT_FIELD_BYTES = PUT_FIELD_NAMES.map((n) => Buffer.from(n, 'latin1'));
+
+/**
+ * The put at `span` read without decoding its state, when its state's bytes are already canonical
+ * (as the SDK sends them): they are then the stored state as they are, and parsePut() validates
+ * the rest as for a decoded put. Undefined for anything unusual (not a fixmap, a field name that is
+ * not one of the eight or not a fixstr, a state that is not canonical or over a limit): the caller
+ * then decodes the whole put as before, so every refusal and every non-canonical state takes the
+ * one path that defines the answer. test/canonical-bytes.test.ts checks both paths give the same
+ * answer.
+ */
+function canonicalPut(data: Buffer, span: Span, limits: Limits, tenant: string): ParsedPut | undefined {
+  const head = data[span.start]!;
+  if (head < 0x80 || head > 0x8f) return undefined;
+  const fields = span.children!;
+  const put = new Map<string, unknown>();
+  for (let i = 0; i < fields.length; i += 2) {
+    const name = putFieldName(data, fields[i]!);
+    if (name === undefined) return undefined;
+    const value = fields[i + 1]!;
+    if (name === 'state') {
+      if (!isCanonicalMsgpack(data, value.start, value.end, limits.maxStateBytes, limits.maxStateDepth)) return undefined;
+      // A copy: the stored state must not keep the whole received frame alive.
+      const bytes = Buffer.allocUnsafe(value.end - value.start);
+      data.copy(bytes, 0, value.start, value.end);
+      put.set(name, new CanonicalState(bytes));
+    } else {
+      put.set(name, scalar(data, value));
+    }
+  }
+  return parsePut(put, limits, tenant);
+}
+
+function putFieldName(data: Buffer, span: Span): string | undefined {
+  const n = span.end - span.start - 1;
+  if (n > 31 || data[span.start] !== (0xa0 | n)) return undefined;
+  for (let f = 0; f < PUT_FIELD_BYTES.length; f++) {
+    const bytes = PUT_FIELD_BYTES[f]!;
+    if (bytes.length !== n) continue;
+    let same = true;
+    for (let i = 0; i < n && same; i++) same = data[span.start + 1 + i] === bytes[i];
+    if (same) return PUT_FIELD_NAMES[f];
+  }
+  return undefined;
+}
+
+/**
+ * A field's value as the decoder gives it. The common shapes (small unsigned integers, nil,
+ * booleans, short ASCII strings) are read here, where they cost a few comparisons; anything else
+ * goes to the decoder, on its own bytes.
+ */
+function scalar(data: Buffer, span: Span): unknown {
+  const p = span.start;
+  const b = data[p]!;
+  if (b <= 0x7f) return b;
+  if (b >= 0xa0 && b <= 0xbf) {
+    const end = p + 1 + (b & 0x1f);
+    for (let i = p + 1; i < end; i++) if (data[i]! >= 0x80) return decode(data, span);
+    return data.toString('latin1', p + 1, end);
+  }
+  switch (b) {
+    case 0xc0:
+      return null;
+    case 0xc2:
+      return false;
+    case 0xc3:
+      return true;
+    case 0xcc:
+      return data[p + 1];
+    case 0xcd:
+      return data.readUInt16BE(p + 1);
+    case 0xce:
+      return data.readUInt32BE(p + 1);
+    default:
+      return decode(data, span);
+  }
 }

@@ -2,6 +2,7 @@ import type { Config } from '../config.js';
 import { errorBody, SeqgateError } from '../errors.js';
 import type { Ack, Put, PutResult, StreamHead } from '../store/store.js';
 import { CanonicalError, canonicalEncode, putFingerprint } from './canonical.js';
+import { CanonicalState } from './canonical-bytes.js';
 import { field, fieldNames, isMap } from './codec.js';
 import { nameProblem as wireNameProblem } from '@seqgate/client/wire';
 import { parseSubscribe, parseUnsubscribe, type SubscribeMessage, type UnsubscribeMessage } from './subscribe-messages.js';
@@ -153,10 +154,13 @@ export function parsePut(raw: unknown, limits: Limits, tenant: string, context: 
     const ifVersion = rawIfVersion === undefined || rawIfVersion === null ? null : integer(rawIfVersion, 'ifVersion', 0);
 
     let state: Buffer | null = null;
-    if (del !== true) {
+    const rawState = field(raw, 'state');
+    // Bytes the frame reader found canonical and within the limits are the state already.
+    if (del !== true && rawState instanceof CanonicalState) state = rawState.bytes;
+    else if (del !== true) {
       try {
         state = canonicalEncode(
-          field(raw, 'state'),
+          rawState,
           {
             maxBytes: limits.maxStateBytes,
             maxDepth: limits.maxStateDepth,

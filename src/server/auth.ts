@@ -14,7 +14,7 @@ import { DEFAULT_TENANT } from '../store/store.js';
  * A missing `write` or `read` grants every name of the tenant ("" is a prefix of every name).
  */
 
-export interface Access {
+interface Access {
   readonly streams: readonly string[];
   readonly documents: readonly string[];
 }

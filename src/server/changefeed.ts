@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { ChangeFeed } from '../feed/change-feed.js';
+import { ChangesFrames } from '../feed/changes-frames.js';
 import type { ChangeLog, ChangeRetention } from '../store/change-log.js';
 import type { Authenticator } from './auth.js';
 import type { RequestTarget } from './request-target.js';
@@ -24,6 +25,8 @@ export class Changefeed {
     private readonly config: Config,
     auth: Authenticator,
     private readonly log: Logger,
+    /** Counts a changefeed response closed as a slow consumer. */
+    onSlowReader?: () => void,
   ) {
     this.feed = new ChangeFeed(store, { pollIntervalMs: config.changesPollIntervalMs }, log);
     this.http = createChangesHandler({
@@ -36,13 +39,16 @@ export class Changefeed {
       maxResponseBytes: config.maxFrameBytes,
       longPollMs: config.changesLongPollMs,
       sseMaxMs: config.changesSseMaxMs,
+      outboundHighWaterBytes: config.outboundHighWaterBytes,
+      slowConsumerTimeoutMs: config.slowConsumerTimeoutMs,
+      onSlowReader,
     });
     this.subscriptions = {
       store,
       feed: this.feed,
       enabled: config.changefeed,
       outboundHighWaterBytes: config.outboundHighWaterBytes,
-      maxMessageBytes: Math.max(1024, Math.floor(config.maxFrameBytes / 2)),
+      frames: new ChangesFrames(store.incarnation, Math.max(1024, Math.floor(config.maxFrameBytes / 2))),
       log,
     };
   }

@@ -31,6 +31,12 @@ export interface ChangesHttpContext {
   readonly maxResponseBytes: number;
   readonly longPollMs: number;
   readonly sseMaxMs: number;
+  /** Unsent response bytes above which a live reader is read no further (outboundHighWaterBytes). */
+  readonly outboundHighWaterBytes: number;
+  /** A response held above half the mark this long is closed (slowConsumerTimeoutMs). */
+  readonly slowConsumerTimeoutMs: number;
+  /** Called once per response closed as a slow consumer (the metrics counter). */
+  readonly onSlowReader?: () => void;
 }
 
 /** Most changes in one response, and most log offsets one request looks at for a filtered read. */
@@ -38,6 +44,7 @@ const MAX_CHANGES_PER_RESPONSE = 1000;
 const MAX_SCAN = 10_000;
 const SNAPSHOT_PAGE = 1000;
 const SSE_KEEPALIVE_MS = 15_000;
+const DRAIN_POLL_MS = 10;
 /** Durable Streams cursor intervals: 20 s counted from 2024-10-09T00:00:00Z. */
 const CURSOR_EPOCH_MS = Date.UTC(2024, 9, 9);
 const CURSOR_INTERVAL_MS = 20_000;
@@ -177,6 +184,37 @@ export function createChangesHandler(ctx: ChangesHttpContext): (req: IncomingMes
     }
     res.writeHead(200, headers);
     res.end(page.body);
+    // A reader that never reads its answer must not keep it in memory for ever.
+    unsentBound(res);
+  };
+
+  /**
+   * The WebSocket's slow-consumer rule for an HTTP response: unsent bytes (the response's and its
+   * socket's buffers; not the kernel's) above the outbound high-water mark are a slow reader; one
+   * still above half of it after slowConsumerTimeoutMs has its response closed (the socket
+   * destroyed: what is unsent cannot be delivered), is logged and counted. Resolves true once the
+   * bytes are back under half the mark, false when the response is gone.
+   */
+  const drained = async (res: ServerResponse): Promise<boolean> => {
+    const high = ctx.outboundHighWaterBytes;
+    if (res.destroyed) return false;
+    if (res.writableLength <= high) return true;
+    const deadline = Date.now() + ctx.slowConsumerTimeoutMs;
+    while (!res.destroyed && res.writableLength > high / 2) {
+      if (Date.now() >= deadline) {
+        ctx.log.warn({ unsentBytes: res.writableLength }, 'closing slow changefeed reader');
+        ctx.onSlowReader?.();
+        res.destroy();
+        return false;
+      }
+      await new Promise((resolve) => setTimeout(resolve, DRAIN_POLL_MS));
+    }
+    return !res.destroyed;
+  };
+
+  /** After a whole answer was written: the same rule, so that its bytes are freed in bounded time. */
+  const unsentBound = (res: ServerResponse): void => {
+    if (res.writableLength > ctx.outboundHighWaterBytes) void drained(res);
   };
 
   const sse = async (res: ServerResponse, read: Read, start: number, cursor: string | null, abort: AbortSignal): Promise<void> => {
@@ -189,36 +227,37 @@ export function createChangesHandler(ctx: ChangesHttpContext): (req: IncomingMes
     const ends = Date.now() + ctx.sseMaxMs;
     let at = start;
     let announced = -1;
+    // Above the high-water mark the log is read no further for this reader until it has read half
+    // of it; one that does not in time is closed (drained).
     const write = async (text: string): Promise<void> => {
-      if (res.write(text)) return;
-      // The reader is slow: stop reading the log for it until its socket drains.
-      await new Promise<void>((resolve) => {
-        const done = (): void => {
-          res.off('drain', done);
-          res.off('close', done);
-          resolve();
-        };
-        res.once('drain', done);
-        res.once('close', done);
-      });
+      res.write(text);
+      await drained(res);
     };
-    while (!abort.aborted && !ctx.feed.stopped && Date.now() < ends) {
+    /** The next page as SSE events; the page itself is not kept while the reader is waited for. */
+    const nextEvents = async (): Promise<{ text: string; next: number; upToDate: boolean }> => {
       const page = await readPage(read, at);
-      if (page.changes.length > 0) await write(`event: data\ndata: ${page.body}\n\n`);
+      let text = page.changes.length > 0 ? `event: data\ndata: ${page.body}\n\n` : '';
       if (page.changes.length > 0 || page.next !== announced) {
         const control = { streamNextOffset: offset(page.next), streamCursor: nextCursor(cursor), ...(page.upToDate ? { upToDate: true } : {}) };
-        await write(`event: control\ndata: ${JSON.stringify(control)}\n\n`);
-        announced = page.next;
+        text += `event: control\ndata: ${JSON.stringify(control)}\n\n`;
       }
-      at = page.next;
-      if (!page.upToDate) continue;
+      return { text, next: page.next, upToDate: page.upToDate };
+    };
+    while (!abort.aborted && !res.destroyed && !ctx.feed.stopped && Date.now() < ends) {
+      const { text, next, upToDate } = await nextEvents();
+      announced = next;
+      at = next;
+      if (text !== '') await write(text);
+      if (!upToDate) continue;
       const wait = Math.min(SSE_KEEPALIVE_MS, ends - Date.now());
       if (wait <= 0) break;
       if (!(await ctx.feed.waitForChange(read.tenant, at, wait, abort)) && !abort.aborted && Date.now() < ends) {
         await write(': keepalive\n\n');
       }
     }
+    if (res.destroyed) return;
     res.end();
+    unsentBound(res);
   };
 
   const snapshot = async (res: ServerResponse, query: URLSearchParams, principal: Principal): Promise<void> => {

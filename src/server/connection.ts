@@ -588,6 +588,7 @@ export class Connection {
     this.slowTimer = undefined;
     if (this.ws.bufferedAmount <= this.outboundLimit / 2) return;
     this.ctx.log.warn({ bufferedBytes: this.ws.bufferedAmount, authenticated: this.authenticated }, 'closing slow consumer');
+    this.ctx.metrics.slowConsumers.inc({ transport: 'ws' });
     this.close(ERRORS.SLOW_CONSUMER.closeCode, 'SLOW_CONSUMER');
   }
 

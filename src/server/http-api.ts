@@ -22,7 +22,7 @@ import { isChangesPath } from './changes-http.js';
  * over the other is recognised. protocol/HTTP.md documents every route and status.
  */
 
-export interface HttpContext {
+interface HttpContext {
   readonly store: Store;
   readonly committer: Committer;
   readonly limits: Limits;

@@ -13,6 +13,7 @@ export class Metrics {
   readonly commitSeconds: Histogram;
   readonly prunedAcks: Counter;
   readonly httpRequests: Counter<'route' | 'status'>;
+  readonly slowConsumers: Counter<'transport'>;
 
   constructor(sources: { connections: () => number; putsInFlight: () => number }) {
     const registers = [this.registry];
@@ -50,6 +51,12 @@ export class Metrics {
       name: 'seqgate_http_requests_total',
       help: 'HTTP API requests by route and status.',
       labelNames: ['route', 'status'],
+      registers,
+    });
+    this.slowConsumers = new Counter({
+      name: 'seqgate_slow_consumers_total',
+      help: 'Connections (ws) and changefeed responses (http) closed because their reader left too many bytes unread for too long.',
+      labelNames: ['transport'],
       registers,
     });
     new Gauge({

@@ -2,13 +2,13 @@ import type { Logger } from 'pino';
 import type WebSocket from 'ws';
 import { errorBody, SeqgateError, type ErrorCode } from '../errors.js';
 import type { ChangeFeed } from '../feed/change-feed.js';
-import { changeForMsgpack, changeJson } from '../feed/change-wire.js';
+import type { ChangesFrames } from '../feed/changes-frames.js';
 import { formatOffset, incarnationTag, parseOffset } from '../feed/offset.js';
 import { readablePrefixes } from '../feed/read-scope.js';
 import { encodeMessage, type WireFormat } from '../protocol/codec.js';
 import type { CorrelationId } from '../protocol/messages.js';
 import type { SubscribeMessage } from '../protocol/subscribe-messages.js';
-import type { Change, ChangeLog } from '../store/change-log.js';
+import type { ChangeLog } from '../store/change-log.js';
 import type { Principal } from './auth.js';
 
 /**
@@ -25,8 +25,8 @@ export interface SubscriptionContext {
   readonly feed: ChangeFeed;
   readonly enabled: boolean;
   readonly outboundHighWaterBytes: number;
-  /** Byte budget of one `changes` message (at least one change is always sent). */
-  readonly maxMessageBytes: number;
+  /** Encodes each page's `changes` messages once for every subscriber reading that page. */
+  readonly frames: ChangesFrames;
   readonly log: Logger;
 }
 
@@ -40,13 +40,6 @@ export interface SubscriptionHost {
 
 const MAX_SUBSCRIPTIONS_PER_CONNECTION = 64;
 
-/** Subscribers sharing a page (ChangeFeed.read) share its changes' JSON too: encoded once, sent to all. */
-const encoded = new WeakMap<Change, string>();
-function jsonOf(change: Change, incarnation: string): string {
-  let text = encoded.get(change);
-  if (text === undefined) encoded.set(change, (text = changeJson(change, incarnation)));
-  return text;
-}
 const PAGE_CHANGES = 1000;
 const MAX_SCAN = 10_000;
 /** A subscription at the tail re-checks at least this often, whatever the feed says. */
@@ -144,8 +137,10 @@ export class Subscriptions {
       }
       const upToDate = page.next >= page.tail;
       if (page.changes.length > 0) {
-        at = this.sendChanges(sub.id, page.changes, page.next, upToDate);
-        announcedUpToDate = at >= page.tail;
+        // Subscribers woken by the same commit read the same page and are sent the same bytes.
+        for (const message of this.ctx.frames.messages(page, this.host.format)) this.sendFrame(message.frame(sub.id));
+        at = page.next;
+        announcedUpToDate = upToDate;
         continue;
       }
       at = page.next;
@@ -159,35 +154,6 @@ export class Subscriptions {
       // Shutting down: the connection closes next, and its client resubscribes elsewhere.
       if (feed.stopped) return;
     }
-  }
-
-  /** Sends the page as one or more messages within the byte budget; returns the offset sent through. */
-  private sendChanges(id: CorrelationId, changes: Parameters<typeof changeJson>[0][], next: number, upToDate: boolean): number {
-    const incarnation = this.ctx.store.incarnation;
-    const offset = (n: number): string => formatOffset(n, incarnation);
-    const json = this.host.format === 'json';
-    let start = 0;
-    while (start < changes.length) {
-      let end = start;
-      let bytes = 0;
-      while (end < changes.length) {
-        const size = (changes[end]!.state?.length ?? 0) * (json ? 2 : 1) + changes[end]!.key.length + 200;
-        if (end > start && bytes + size > this.ctx.maxMessageBytes) break;
-        bytes += size;
-        end++;
-      }
-      const last = end === changes.length;
-      const through = last ? next : changes[end - 1]!.offset;
-      const slice = changes.slice(start, end);
-      if (json) {
-        const body = slice.map((c) => jsonOf(c, incarnation)).join(',');
-        this.sendFrame(`{"type":"changes","id":${JSON.stringify(id)},"changes":[${body}],"next":"${offset(through)}","upToDate":${last && upToDate}}`);
-      } else {
-        this.send({ type: 'changes', id, changes: slice.map((c) => changeForMsgpack(c, incarnation)), next: offset(through), upToDate: last && upToDate });
-      }
-      start = end;
-    }
-    return next;
   }
 
   /**
@@ -215,7 +181,8 @@ export class Subscriptions {
 
   private sendFrame(frame: string | Buffer): void {
     if (this.host.ws.readyState !== this.host.ws.OPEN) return;
-    this.host.ws.send(frame, () => this.host.updateFlow());
+    // JSON travels in text frames even when it comes as shared bytes.
+    this.host.ws.send(frame, { binary: this.host.format === 'msgpack' }, () => this.host.updateFlow());
     this.host.updateFlow();
   }
 }

@@ -22,7 +22,7 @@ import { guarded } from './listener-guard.js';
  * here may throw into a timer or an event: the process must not exit because of a file system.
  */
 
-export interface TokensFileWatchOptions {
+interface TokensFileWatchOptions {
   readonly pollMs: number;
   /** Events within this window are coalesced into one check (editors write in several steps). */
   readonly debounceMs?: number;

@@ -138,7 +138,7 @@ export class SeqgateServer {
           }));
     let committer: Committer | undefined;
     const metrics = new Metrics({ connections: () => server.connectionCount, putsInFlight: () => committer?.inFlight ?? 0 });
-    const changefeed = new Changefeed(store, config, auth, log);
+    const changefeed = new Changefeed(store, config, auth, log, () => metrics.slowConsumers.inc({ transport: 'http' }));
     committer = new Committer(
       store,
       config.maxBatchPuts,

@@ -99,6 +99,35 @@ export interface ChangeLog {
   trimChanges(policy: ChangeRetention, maxRows: number): Promise<{ removed: number; done: boolean }>;
 }
 
+/**
+ * A change as both stores read it from their change table: the same columns in SQLite and
+ * PostgreSQL, but SQLite has no boolean, so there `deleted` is 0 or 1.
+ */
+export interface ChangeRow {
+  offset: number;
+  key: string;
+  version: number;
+  deleted: boolean | number;
+  state: Buffer | null;
+  stream: string | null;
+  epoch: number | null;
+  seq: number | null;
+  route: string | null;
+  committed_at: number;
+}
+
+export function changeFromRow(r: ChangeRow): Change {
+  return {
+    offset: r.offset,
+    key: r.key,
+    version: r.version,
+    deleted: r.deleted === true || r.deleted === 1,
+    state: r.state,
+    origin: r.stream !== null ? { stream: r.stream, epoch: r.epoch!, seq: r.seq! } : { route: r.route ?? '' },
+    committedAt: r.committed_at,
+  };
+}
+
 /** The origin a change records for a document write of the batch gate. */
 export function changeOrigin(origin: WriteOrigin, deleted: boolean): ChangeOrigin {
   if (origin.kind === 'put') return { stream: origin.stream, epoch: origin.epoch, seq: origin.seq };
@@ -107,7 +136,7 @@ export function changeOrigin(origin: WriteOrigin, deleted: boolean): ChangeOrigi
 }
 
 /** One change as the retention pass sees it, oldest first. */
-export interface TrimCandidate {
+interface TrimCandidate {
   readonly offset: number;
   readonly version: number;
   readonly committedAt: number;
@@ -115,7 +144,7 @@ export interface TrimCandidate {
   readonly currentVersion: number | undefined;
 }
 
-export interface TrimPlan {
+interface TrimPlan {
   /** Offsets to delete. */
   readonly remove: number[];
   /** The highest offset retention (not compaction) removed: raise trimmed_through to it (0: none). */

@@ -6,7 +6,7 @@ import type { DocumentRow, IdempotencyRecord } from '../document-gate.js';
 import { storageUnavailable, type StoredAck } from '../gate.js';
 import { comparePositions, planPrune, type Position } from '../retention.js';
 import { migratePostgres } from './postgres-schema.js';
-import { changeOrigin, planTrim, type Change, type ChangePage, type ChangeQuery, type ChangeRetention, type Snapshot } from './change-log.js';
+import { changeFromRow, changeOrigin, planTrim, type ChangeRow, type ChangePage, type ChangeQuery, type ChangeRetention, type Snapshot } from './change-log.js';
 import { isDocWrite, type Ack, type DocResult, type Put, type PutResult, type Store, type StoredDocument, type StreamHead, type Write } from './store.js';
 import { processClock } from './retention-clock.js';
 
@@ -26,7 +26,7 @@ import { processClock } from './retention-clock.js';
  * as "nothing consumed" without knowing.
  */
 
-export interface PostgresStoreOptions {
+interface PostgresStoreOptions {
   readonly connectionString: string;
   readonly contiguous: boolean;
   readonly ackCapPerStream: number;
@@ -374,7 +374,7 @@ export class PostgresStore implements Store {
    * the row's last_offset is committed (offsets are handed out under the row's lock, see write_batch).
    */
   async readChanges(tenant: string, q: ChangeQuery): Promise<ChangePage> {
-    const { rows } = await this.pool.query<ChangeRowPg & { last_offset: number; trimmed_through: number }>(
+    const { rows } = await this.pool.query<ChangeRow & { last_offset: number; trimmed_through: number }>(
       `SELECT l.last_offset, l.trimmed_through, c."offset", c.key, c.version, c.deleted, c.state, c.stream, c.epoch, c.seq, c.route, c.committed_at
          FROM seqgate.change_logs l
          LEFT JOIN LATERAL (
@@ -388,7 +388,7 @@ export class PostgresStore implements Store {
     const tail = rows[0]?.last_offset ?? 0;
     const trimmedThrough = rows[0]?.trimmed_through ?? 0;
     if (q.after < trimmedThrough) return { expired: true, changes: [], next: q.after, tail, trimmedThrough };
-    const changes = rows.filter((r) => r.offset !== null).map(toChange);
+    const changes = rows.filter((r) => r.offset !== null).map(changeFromRow);
     const end = Math.min(tail, q.after + Math.max(1, q.maxScan));
     const next = q.limit > 0 && changes.length >= q.limit ? changes[changes.length - 1]!.offset : Math.max(q.after, end);
     return { expired: false, changes, next, tail, trimmedThrough };
@@ -664,29 +664,4 @@ function writeRequest(plan: BatchPlan<number>, logChanges: boolean): unknown {
     }
   }
   return { s, a, d: [...docs.values()], i, c };
-}
-
-interface ChangeRowPg {
-  offset: number;
-  key: string;
-  version: number;
-  deleted: boolean;
-  state: Buffer | null;
-  stream: string | null;
-  epoch: number | null;
-  seq: number | null;
-  route: string | null;
-  committed_at: number;
-}
-
-function toChange(r: ChangeRowPg): Change {
-  return {
-    offset: r.offset,
-    key: r.key,
-    version: r.version,
-    deleted: r.deleted,
-    state: r.state,
-    origin: r.stream !== null ? { stream: r.stream, epoch: r.epoch!, seq: r.seq! } : { route: r.route ?? '' },
-    committedAt: r.committed_at,
-  };
 }

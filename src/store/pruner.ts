@@ -19,7 +19,7 @@ const MAX_STEP_PAUSE_MS = 50;
 /** The pause is this many times the step it follows: the step gets about 1 / (1 + 3) of the loop. */
 const PAUSE_PER_STEP_TIME = 3;
 
-export interface PrunerOptions {
+interface PrunerOptions {
   readonly retentionMs: number;
   /** Idempotency-Key record retention; records are not pruned when absent. */
   readonly idempotencyRetentionMs?: number;

@@ -1,9 +1,11 @@
 import type Database from 'better-sqlite3';
 import {
+  changeFromRow,
   planTrim,
   underPrefixes,
   type Change,
   type ChangeOrigin,
+  type ChangeRow,
   type ChangePage,
   type ChangeQuery,
   type ChangeRetention,
@@ -47,19 +49,6 @@ export function createChangeLogTables(db: Database.Database): void {
   `);
 }
 
-interface ChangeRow {
-  offset: number;
-  key: string;
-  version: number;
-  deleted: number;
-  state: Buffer | null;
-  stream: string | null;
-  epoch: number | null;
-  seq: number | null;
-  route: string | null;
-  committed_at: number;
-}
-
 interface LogRow {
   last_offset: number;
   trimmed_through: number;
@@ -69,19 +58,6 @@ interface LogRow {
 interface Counter {
   last: number;
   readonly existed: boolean;
-}
-
-function toChange(r: ChangeRow): Change {
-  const origin: ChangeOrigin = r.stream !== null ? { stream: r.stream, epoch: r.epoch!, seq: r.seq! } : { route: r.route ?? '' };
-  return {
-    offset: r.offset,
-    key: r.key,
-    version: r.version,
-    deleted: r.deleted === 1,
-    state: r.state,
-    origin,
-    committedAt: r.committed_at,
-  };
 }
 
 /** Prefixes none of which lies under another, in SQLite's (UTF-8 byte) order: their key ranges are disjoint and ordered. */
@@ -184,7 +160,7 @@ export class SqliteChangeLog {
     if (q.prefixes.length > 0 && q.limit > 0 && end > q.after) {
       for (const row of this.stmt.window.iterate(tenant, q.after, end)) {
         if (!underPrefixes(row.key, q.prefixes)) continue;
-        changes.push(toChange(row));
+        changes.push(changeFromRow(row));
         if (changes.length >= q.limit) {
           next = row.offset;
           break;

@@ -90,7 +90,7 @@ export type DocWrite =
       readonly state: Buffer;
     };
 
-export interface DocumentVersion {
+interface DocumentVersion {
   readonly key: string;
   readonly version: number;
   readonly deleted: boolean;

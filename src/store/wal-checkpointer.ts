@@ -22,7 +22,7 @@ import { Worker } from 'node:worker_threads';
  * continuous writes that gap rarely comes.)
  */
 
-export interface WalCheckpointerOptions {
+interface WalCheckpointerOptions {
   readonly path: string;
   readonly synchronous: 'full' | 'normal';
   /** Least time between two checkpoints while writes continue, ms (fewer, larger checkpoints). */
@@ -31,7 +31,7 @@ export interface WalCheckpointerOptions {
   readonly onError?: (err: Error) => void;
 }
 
-export interface CheckpointReport {
+interface CheckpointReport {
   readonly busy: number;
   readonly log: number;
   readonly checkpointed: number;

@@ -1,17 +1,15 @@
 import { isUtf8 } from 'node:buffer';
-import { randomBytes } from 'node:crypto';
-import { Writable } from 'node:stream';
 import Database from 'better-sqlite3';
 import fc from 'fast-check';
 import { Packr } from 'msgpackr';
-import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { ERRORS, type ErrorCode } from '../../src/errors.js';
 import { DbChecker } from '../support/db-checker.js';
+import { errorLogCapture } from '../support/error-log.js';
 import { mulberry32 } from '../support/random.js';
 import { startTestServer, TestClient, type Msg, type TestServer } from '../support/test-client.js';
-import { runProperty } from './harness.js';
+import { CONTROL_TOKEN, FUZZ_TOKEN, runProperty, TOKENS } from './harness.js';
 import { Ext, forge, mutate, Raw, type Mutation } from './msgpack-forge.js';
 
 /**
@@ -32,14 +30,6 @@ import { Ext, forge, mutate, Raw, type Mutation } from './msgpack-forge.js';
 // Huge frames are about size, not encoding variety: msgpackr builds them quickly.
 const packr = new Packr({ useRecords: false });
 
-const FUZZ_TOKEN = `F${randomBytes(18).toString('base64url')}`;
-const CONTROL_TOKEN = `C${randomBytes(18).toString('base64url')}`;
-const TOKENS = JSON.stringify({
-  tokens: [
-    { token: FUZZ_TOKEN, tenant: 'fuzz' },
-    { token: CONTROL_TOKEN, tenant: 'control' },
-  ],
-});
 /** How long the server may take to answer the probe after a fuzzed frame. */
 const PROBE_TIMEOUT_MS = 10_000;
 /** Generous bound on each control put's round trip, and on the time between two of its answers. */
@@ -47,7 +37,8 @@ const CONTROL_BOUND_MS = 5_000;
 
 let t: TestServer;
 let maxFrameBytes = 0;
-const errorLogs: Array<Record<string, unknown>> = [];
+const logs = errorLogCapture();
+const errorLogs = logs.errors;
 
 // ---------------------------------------------------------------------------------------------
 // The control client: sequential puts on two streams of its own tenant, timed.
@@ -367,18 +358,8 @@ const mutationArb: fc.Arbitrary<Mutation> = fc.oneof(
 // ---------------------------------------------------------------------------------------------
 
 beforeAll(async () => {
-  const sink = new Writable({
-    write(chunk: Buffer, _encoding, callback) {
-      for (const line of chunk.toString('utf8').split('\n')) {
-        if (!line) continue;
-        const record = JSON.parse(line) as Record<string, unknown>;
-        if (typeof record.level === 'number' && record.level >= 50) errorLogs.push(record);
-      }
-      callback();
-    },
-  });
   process.on('uncaughtException', onUncaught);
-  t = await startTestServer({ tokens: TOKENS }, { logger: pino({ level: 'warn' }, sink) });
+  t = await startTestServer({ tokens: TOKENS }, { logger: logs.logger });
   maxFrameBytes = t.server.limits.maxFrameBytes;
   control.done = controlLoop();
 });

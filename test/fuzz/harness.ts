@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,6 +17,19 @@ import { expect } from 'vitest';
  * - SEQGATE_FUZZ_RUNS_FACTOR=<n>: run n times the stated number of cases (longer fuzzing);
  * - SEQGATE_FUZZ_SUMMARY=<file>: where the summary goes (default test/fuzz/.last-run.json).
  */
+
+/**
+ * The tokens a fuzzed server runs with (`--tokens`, or the `tokens` option), fresh each run: the fuzzer's
+ * own tenant, and another for the control client, whose data the fuzzer can therefore never reach.
+ */
+export const FUZZ_TOKEN = `F${randomBytes(18).toString('base64url')}`;
+export const CONTROL_TOKEN = `C${randomBytes(18).toString('base64url')}`;
+export const TOKENS = JSON.stringify({
+  tokens: [
+    { token: FUZZ_TOKEN, tenant: 'fuzz' },
+    { token: CONTROL_TOKEN, tenant: 'control' },
+  ],
+});
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const SUMMARY_PATH = process.env.SEQGATE_FUZZ_SUMMARY ?? resolve(REPO, 'test', 'fuzz', '.last-run.json');

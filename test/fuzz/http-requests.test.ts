@@ -1,10 +1,9 @@
-import { randomBytes } from 'node:crypto';
 import { connect } from 'node:net';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ChildServer, tempDb, type TempDb } from '../support/child-server.js';
 import { TestClient } from '../support/test-client.js';
-import { runProperty } from './harness.js';
+import { CONTROL_TOKEN, FUZZ_TOKEN, runProperty, TOKENS } from './harness.js';
 import { mutate, type Mutation } from './msgpack-forge.js';
 
 /**
@@ -22,14 +21,6 @@ import { mutate, type Mutation } from './msgpack-forge.js';
  * `npm run fuzz:http` (SEQGATE_FUZZ_RUNS_FACTOR=20, both modes), or set the factor yourself.
  */
 
-const FUZZ_TOKEN = `F${randomBytes(18).toString('base64url')}`;
-const CONTROL_TOKEN = `C${randomBytes(18).toString('base64url')}`;
-const TOKENS = JSON.stringify({
-  tokens: [
-    { token: FUZZ_TOKEN, tenant: 'fuzz' },
-    { token: CONTROL_TOKEN, tenant: 'control' },
-  ],
-});
 const FACTOR = Number(process.env.SEQGATE_FUZZ_RUNS_FACTOR || 1);
 /**
  * How long a case waits for the server to answer and close before the probes run anyway: after a
