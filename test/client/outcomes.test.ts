@@ -38,6 +38,21 @@ async function rawPut(url: string, fields: Record<string, unknown>): Promise<Rec
 }
 
 /**
+ * A client that has written one put to `stream` when another writer puts at `at`; then the
+ * client's next put, and what it rejects with. `stopped` collects the client's stopped events.
+ */
+async function overtaken(stream: string, at: { epoch: number; seq: number }) {
+  const t = await cleanup.server();
+  const c = client(t.url, stream);
+  const stopped: Error[] = [];
+  c.on('stopped', (e) => stopped.push(e));
+  await c.put('k', 1);
+  await rawPut(t.url, { stream, ...at });
+  const err = await failure(c.put('k', 2));
+  return { t, c, stopped, err };
+}
+
+/**
  * A store whose first batch fails after a pause, so that a later put (sent meanwhile, in its own
  * frame) lands in the next batch and commits while the first is being refused.
  */
@@ -132,13 +147,7 @@ describe('client outcomes against a real server', () => {
   });
 
   it('stops when fenced: this put and every later one reject with FencedError naming the new epoch', async () => {
-    const t = await cleanup.server();
-    const c = client(t.url, 'dev-f');
-    const stopped: Error[] = [];
-    c.on('stopped', (e) => stopped.push(e));
-    await c.put('k', 1);
-    await rawPut(t.url, { stream: 'dev-f', epoch: 7, seq: 1 });
-    const fenced = await failure(c.put('k', 2));
+    const { t, c, stopped, err: fenced } = await overtaken('dev-f', { epoch: 7, seq: 1 });
     expect(fenced).toBeInstanceOf(FencedError);
     expect(fenced.epoch).toBe(7);
     expect(c.state).toBe('stopped');
@@ -150,13 +159,7 @@ describe('client outcomes against a real server', () => {
   });
 
   it('reports a stale answer to its own put as another writer, and stops writing', async () => {
-    const t = await cleanup.server();
-    const c = client(t.url, 'dev-s');
-    const stopped: Error[] = [];
-    c.on('stopped', (e) => stopped.push(e));
-    await c.put('k', 1);
-    await rawPut(t.url, { stream: 'dev-s', epoch: 1, seq: 5 });
-    const err = await failure(c.put('k', 2));
+    const { c, stopped, err } = await overtaken('dev-s', { epoch: 1, seq: 5 });
     expect(err).toBeInstanceOf(StaleError);
     expect(err.ownSkip).toBe(false);
     expect(err.head).toEqual({ epoch: 1, seq: 5 });
