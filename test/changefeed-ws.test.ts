@@ -1,9 +1,8 @@
-import { Writable } from 'node:stream';
 import { Packr } from 'msgpackr';
-import pino from 'pino';
 import WebSocket from 'ws';
 import { afterEach, describe, expect, it } from 'vitest';
 import { canonicalEncode } from '../src/protocol/canonical.js';
+import { captureLogs } from './support/log-capture.js';
 import { put, startTestServer, TestClient, type Msg, type TestServer } from './support/test-client.js';
 
 /**
@@ -147,14 +146,8 @@ describe('subscribe', () => {
 
 describe('a subscriber that stops reading', () => {
   it('is closed with 1008 like any slow consumer, and the writer is unaffected', async () => {
-    const warnings: string[] = [];
-    const sink = new Writable({
-      write(chunk: Buffer, _encoding, callback) {
-        for (const line of chunk.toString('utf8').split('\n')) if (line) warnings.push((JSON.parse(line) as { msg: string }).msg);
-        callback();
-      },
-    });
-    t = await startTestServer({ outboundHighWaterBytes: 256 * 1024, slowConsumerTimeoutMs: 500 }, { logger: pino({ level: 'warn' }, sink) });
+    const { logger, messages: warnings } = captureLogs();
+    t = await startTestServer({ outboundHighWaterBytes: 256 * 1024, slowConsumerTimeoutMs: 500 }, { logger });
     const writer = await connect();
     const big = 'x'.repeat(60_000);
     for (let i = 0; i < 20; i++) await write(writer, ...Array.from({ length: 10 }, (_, j) => ({ seq: i * 10 + j + 1, key: `k${j}`, state: big })));
@@ -190,14 +183,8 @@ describe('a subscriber that stops reading', () => {
   });
 
   it('does not hold back a subscriber sent the same shared messages while it stops reading', async () => {
-    const warnings: string[] = [];
-    const sink = new Writable({
-      write(chunk: Buffer, _encoding, callback) {
-        for (const line of chunk.toString('utf8').split('\n')) if (line) warnings.push((JSON.parse(line) as { msg: string }).msg);
-        callback();
-      },
-    });
-    t = await startTestServer({ outboundHighWaterBytes: 256 * 1024, slowConsumerTimeoutMs: 4000 }, { logger: pino({ level: 'warn' }, sink) });
+    const { logger, messages: warnings } = captureLogs();
+    t = await startTestServer({ outboundHighWaterBytes: 256 * 1024, slowConsumerTimeoutMs: 4000 }, { logger });
     const writer = await connect();
     const big = 'x'.repeat(30_000);
     for (let i = 0; i < 20; i++) await write(writer, ...Array.from({ length: 10 }, (_, j) => ({ seq: i * 10 + j + 1, key: `k${j}`, state: big })));

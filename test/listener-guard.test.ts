@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { guarded } from '../src/server/listener-guard.js';
-import { errorLogCapture } from './support/error-log.js';
+import { captureLogs } from './support/log-capture.js';
 import { probeServing, rawExchange } from './support/raw-http.js';
 import { startTestServer, type TestServer } from './support/test-client.js';
 
@@ -17,7 +17,7 @@ afterEach(async () => {
 
 describe('guarded listeners', () => {
   it('log a synchronous throw and a rejection, run the recovery with the listener arguments, and survive a failing recovery', async () => {
-    const { logger, errors } = errorLogCapture();
+    const { logger, errors } = captureLogs();
     const recovered: unknown[] = [];
     guarded(
       logger,
@@ -51,7 +51,7 @@ describe('guarded listeners', () => {
   });
 
   it('answer 500 when an HTTP handler throws after the route was handled, and the server keeps serving', async () => {
-    const { logger, errors } = errorLogCapture();
+    const { logger, errors } = captureLogs();
     t = await startTestServer({}, { logger });
     const inc = t.server.metrics.httpRequests.inc.bind(t.server.metrics.httpRequests);
     let fail = true;
@@ -69,7 +69,7 @@ describe('guarded listeners', () => {
   });
 
   it('answer 500 and close the socket when an upgrade handler throws, and the server keeps serving', async () => {
-    const { logger, errors } = errorLogCapture();
+    const { logger, errors } = captureLogs();
     t = await startTestServer({}, { logger });
     const auth = (t.server as unknown as { auth: { authenticate: (token?: string) => unknown } }).auth;
     const authenticate = auth.authenticate.bind(auth);
@@ -91,7 +91,7 @@ describe('guarded listeners', () => {
   });
 
   it('log an error event of the listening HTTP server (an accept failure) instead of throwing it', async () => {
-    const { logger, errors } = errorLogCapture();
+    const { logger, errors } = captureLogs();
     t = await startTestServer({}, { logger });
     const http = (t.server as unknown as { http: import('node:http').Server }).http;
     expect(() => http.emit('error', Object.assign(new Error('accept ENOBUFS'), { code: 'ENOBUFS' }))).not.toThrow();

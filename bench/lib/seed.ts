@@ -4,6 +4,7 @@ import pg from 'pg';
 import { PostgresStore } from '../../src/store/postgres-store.js';
 import { SqliteStore } from '../../src/store/sqlite-store.js';
 import { DEFAULT_TENANT } from '../../src/store/store.js';
+import { scratchDatabase } from '../../test/support/postgres.js';
 import { KEYS_PER_STREAM } from './workload.js';
 
 /**
@@ -76,26 +77,7 @@ export function countAcksBefore(path: string, before: number): number {
  * the ack cap, so every put also evicts), written with one SQL statement per group.
  */
 export async function createPostgresSeed(adminUrl: string, groups: readonly SeedGroup[]): Promise<{ url: string; rows: number; drop(): Promise<void> }> {
-  const name = `seqgate_bench_${randomBytes(5).toString('hex')}`;
-  const admin = new pg.Client({ connectionString: adminUrl });
-  await admin.connect();
-  try {
-    await admin.query(`CREATE DATABASE ${name}`);
-  } finally {
-    await admin.end();
-  }
-  const u = new URL(adminUrl);
-  u.pathname = `/${name}`;
-  const url = u.toString();
-  const drop = async (): Promise<void> => {
-    const a = new pg.Client({ connectionString: adminUrl });
-    await a.connect();
-    try {
-      await a.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-    } finally {
-      await a.end();
-    }
-  };
+  const { url, drop } = await scratchDatabase(adminUrl, 'seqgate_bench');
   let rows = 0;
   try {
     const store = await PostgresStore.open({ connectionString: url, contiguous: false, ackCapPerStream: 1000, poolSize: 1 });

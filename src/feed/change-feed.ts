@@ -14,7 +14,7 @@ interface Waiter {
   readonly finish: (changed: boolean) => void;
 }
 
-export interface ChangeFeedOptions {
+interface ChangeFeedOptions {
   /** How often tenants with waiters are checked for changes made elsewhere; 0 turns polling off. */
   readonly pollIntervalMs: number;
 }

@@ -10,7 +10,7 @@ import { formatOffset } from './offset.js';
  * exactly as stored, so that a reader can fingerprint or store it without re-encoding.
  */
 
-export interface WireChange {
+interface WireChange {
   readonly offset: string;
   readonly key: string;
   readonly version: number;

@@ -14,8 +14,7 @@ const OFFSET_DIGITS = 16;
 const MAX_POSITION = 10 ** OFFSET_DIGITS - 1;
 const TOKEN = /^(\d{16})_([0-9a-f]{8})$/;
 
-export type OffsetRequest =
-  { readonly kind: 'start' } | { readonly kind: 'now' } | { readonly kind: 'at'; readonly position: number; readonly incarnation: string };
+type OffsetRequest = { readonly kind: 'start' } | { readonly kind: 'now' } | { readonly kind: 'at'; readonly position: number; readonly incarnation: string };
 
 /** The 8-hex-digit database tag an offset carries. */
 export function incarnationTag(incarnation: string): string {

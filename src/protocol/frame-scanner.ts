@@ -8,7 +8,7 @@
  * allowed. Only frames that pass are handed to the decoder.
  */
 
-export type ScanFault = { fault: 'malformed'; reason: string } | { fault: 'too_deep'; depth: number };
+type ScanFault = { fault: 'malformed'; reason: string } | { fault: 'too_deep'; depth: number };
 
 /** Where one value of a scanned msgpack frame lies, and how many values it holds (itself included). */
 export interface ScannedValue {

@@ -118,7 +118,7 @@ function correlationId(value: unknown, limits: Limits): CorrelationId {
   return null;
 }
 
-export interface PutContext {
+interface PutContext {
   /** HTTP puts name the stream in the path; a body that names another one is invalid. */
   readonly stream?: string;
   /** HTTP puts need no correlation id: the response answers the request. */

@@ -19,7 +19,7 @@ import type { RequestTarget } from './request-target.js';
  * Streams protocol is implemented.
  */
 
-export interface ChangesHttpContext {
+interface ChangesHttpContext {
   readonly store: ChangeLog & { readonly incarnation: string };
   readonly feed: ChangeFeed;
   readonly auth: Authenticator;

@@ -31,15 +31,15 @@ import { Subscriptions, type SubscriptionContext } from './subscription.js';
  */
 
 /** Frame bytes one connection may have handled per event-loop turn before yielding. */
-export const TURN_BUDGET_BYTES = 64 * 1024;
+const TURN_BUDGET_BYTES = 64 * 1024;
 /** Frames one connection may have handled per event-loop turn before yielding. */
-export const TURN_BUDGET_FRAMES = 64;
+const TURN_BUDGET_FRAMES = 64;
 /**
  * Time one connection's frames may take in one turn, in ms. A connection whose frames took longer
  * (frames that are expensive to scan, such as a megabyte of tiny map entries) is not read from for
  * as long again, so that it gets at most about half of the event loop while others wait.
  */
-export const TURN_BUDGET_MS = 10;
+const TURN_BUDGET_MS = 10;
 /** The longest such pause, in ms. */
 const MAX_COOLDOWN_MS = 1000;
 /** How long a connection the server closes has to complete the close handshake, in ms. */
@@ -48,15 +48,15 @@ export const CLOSE_GRACE_MS = 1000;
  * Bytes a closing connection is still read (never handled) to find the client's close frame behind
  * what it had in flight; a client that sends more is not read from again before it is dropped.
  */
-export const CLOSING_READ_BYTES = 64 * 1024;
+const CLOSING_READ_BYTES = 64 * 1024;
 /**
  * Unsent bytes an unauthenticated connection may have queued (its pongs and errors) before the
  * server stops reading from it: it has no results to wait for, so it needs far less than
  * outboundHighWaterBytes, and many of them must not add up to much.
  */
-export const UNAUTHENTICATED_OUTBOUND_BYTES = 16 * 1024;
+const UNAUTHENTICATED_OUTBOUND_BYTES = 16 * 1024;
 
-export interface FlowLimits {
+interface FlowLimits {
   readonly connectionInFlightBytes: number;
   readonly outboundHighWaterBytes: number;
   readonly slowConsumerTimeoutMs: number;
@@ -77,7 +77,7 @@ export interface InFlightBudget {
   readonly unauthenticatedWaiting: Set<Connection>;
 }
 
-export interface ConnectionContext {
+interface ConnectionContext {
   readonly store: Store;
   readonly committer: Committer;
   readonly limits: Limits;

@@ -31,7 +31,7 @@ export interface SubscriptionContext {
 }
 
 /** What a subscription needs of its connection. */
-export interface SubscriptionHost {
+interface SubscriptionHost {
   readonly ws: WebSocket;
   readonly format: WireFormat;
   /** Re-evaluates backpressure after a send: pauses reading and arms the slow-consumer timer. */

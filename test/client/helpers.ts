@@ -1,5 +1,6 @@
 import WebSocket from 'ws';
 import { SeqgateClient, type ClientOptions } from '@seqgate/client';
+import type { Cleanup } from '../support/cleanup.js';
 
 /** A client on `url` writing `stream`, with `ws` as its WebSocket and short test timeouts. */
 export function newClient(url: string, stream: string, options: Partial<ClientOptions> = {}): SeqgateClient {
@@ -12,6 +13,20 @@ export function newClient(url: string, stream: string, options: Partial<ClientOp
     reconnect: { initialDelayMs: 20, maxDelayMs: 500 },
     ...options,
   });
+}
+
+/**
+ * `newClient`, but each client is closed after the test, given `closeTimeoutMs` to drain its outbox
+ * (a test that leaves puts unanswered would otherwise hold the teardown for the default).
+ */
+export function closedAfterTest(cleanup: Cleanup, closeTimeoutMs: number): typeof newClient {
+  return (url, stream, options = {}) => {
+    const c = newClient(url, stream, options);
+    cleanup.push(async () => {
+      await c.close({ timeoutMs: closeTimeoutMs });
+    });
+    return c;
+  };
 }
 
 export async function waitUntil(predicate: () => boolean, timeoutMs = 10_000, what = 'condition'): Promise<void> {

@@ -208,18 +208,18 @@ it('a page following the changefeed through a server process, reloaded twice mid
     holdIf = (r) => r.index === 3;
     expect(await subscribe()).toEqual({ saved: null });
     const first = await reloadWhileHeld('the 4th change of the catch-up batch');
-    await waitUntil(() => effects.length === 20, 10_000, 'the rest of the catch-up');
+    await waitUntil(() => effects.length >= 20, 10_000, 'the rest of the catch-up');
 
     // Live: bursts of 4 puts, one commit each, while the page tails; it is reloaded in the middle
-    // of a batch after 12 live changes, and the writer goes on writing through the reload.
-    holdIf = (r) => r.index === 2 && effects.length >= 32;
+    // of a batch after 10 live changes, and the writer goes on writing through the reload.
+    holdIf = (r) => r.index >= 1 && effects.length >= 30;
     const live = (async () => {
       for (let burst = 0; burst < 10; burst++) {
         await Promise.all(Array.from({ length: 4 }, (_, i) => write(21 + burst * 4 + i)));
         await new Promise((r) => setTimeout(r, 40));
       }
     })();
-    const second = await reloadWhileHeld('a live batch of at least 3 changes');
+    const second = await reloadWhileHeld('a live batch of at least 2 changes');
     await live;
     await waitUntil(() => effects.length >= expected.length, 15_000, 'every live change');
     await new Promise((r) => setTimeout(r, 200));

@@ -1,27 +1,18 @@
-import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ClientClosedError, MemoryOutbox, type PutSettlement } from '@seqgate/client';
 import { SqliteOutbox } from '@seqgate/client/node';
 import { KeyValueOutbox, type KeyValueStore } from '@seqgate/client/async-storage';
 import { ERRORS } from '../../src/errors.js';
 import { FaultProxy } from '../support/fault-proxy.js';
-import { startTestServer } from '../support/test-client.js';
+import { Cleanup } from '../support/cleanup.js';
 import { failure, newClient, waitUntil } from './helpers.js';
 import { entry, offsetContract, outboxContract, record, type OutboxMaker } from './outbox-contract.js';
 
-const cleanups: Array<() => Promise<unknown> | unknown> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
-
-function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'seqgate-outbox-'));
-  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
+const cleanup = new Cleanup();
+const tempDir = (): string => cleanup.tempDir('seqgate-outbox-');
 
 /** The third field: the outbox keeps subscriptions' offsets and applied versions (offsetContract). */
 const kinds: Array<[string, OutboxMaker, boolean]> = [
@@ -31,19 +22,19 @@ const kinds: Array<[string, OutboxMaker, boolean]> = [
     {
       make: () => {
         const o = new SqliteOutbox(join(tempDir(), 'outbox.sqlite'));
-        cleanups.push(() => o.close());
+        cleanup.push(() => o.close());
         return o;
       },
       reopen: (o) => {
         const path = (o as SqliteOutbox).path;
         (o as SqliteOutbox).close();
         const again = new SqliteOutbox(path);
-        cleanups.push(() => again.close());
+        cleanup.push(() => again.close());
         return again;
       },
       share: (o) => {
         const twin = new SqliteOutbox((o as SqliteOutbox).path);
-        cleanups.push(() => twin.close());
+        cleanup.push(() => twin.close());
         return twin;
       },
     },
@@ -103,7 +94,7 @@ describe('SqliteOutbox', () => {
     await a.append('s', record(), [entry(1), entry(2, { state: Uint8Array.of(0xc0) }), entry(3, { state: null })]);
     a.close();
     const b = new SqliteOutbox(path);
-    cleanups.push(() => b.close());
+    cleanup.push(() => b.close());
     const loaded = await b.load('s');
     expect(loaded.record).toEqual(record());
     // A state of nil (c0) and a delete (null) stay distinct.
@@ -113,10 +104,9 @@ describe('SqliteOutbox', () => {
 
 describe('a client on a durable outbox', () => {
   it('keeps unanswered puts when closed, and the next client resends them and reports them as recovered', async () => {
-    const t = await startTestServer();
-    cleanups.push(() => t.stop());
+    const t = await cleanup.server();
     const proxy = await FaultProxy.start(t.url);
-    cleanups.push(() => proxy.close());
+    cleanup.push(() => proxy.close());
     // The puts commit, but their answers never arrive on the first connection.
     proxy.onFrame = (f) => (f.connection.id === 1 && f.direction === 'toClient' && f.index >= 1 ? 'stall' : undefined);
     const path = join(tempDir(), 'o.sqlite');
@@ -140,9 +130,11 @@ describe('a client on a durable outbox', () => {
     first.close();
 
     const second = new SqliteOutbox(path);
-    cleanups.push(() => second.close());
+    cleanup.push(() => second.close());
     const b = newClient(proxy.url, 'dev-o', { outbox: second });
-    cleanups.push(() => b.close({ timeoutMs: 100 }));
+    cleanup.push(async () => {
+      await b.close({ timeoutMs: 100 });
+    });
     const recovered: PutSettlement[] = [];
     b.on('result', (s) => recovered.push(s));
     await waitUntil(() => recovered.length === 2);
@@ -193,8 +185,7 @@ describe('the core client entry', () => {
 
 describe('answers the application has not confirmed', () => {
   it('stay in the outbox with confirmResults manual, are reported again by the next client, and leave once confirmed', async () => {
-    const t = await startTestServer();
-    cleanups.push(() => t.stop());
+    const t = await cleanup.server();
     const path = join(tempDir(), 'o.sqlite');
     const first = new SqliteOutbox(path);
     const a = newClient(t.url, 'dev-m', { outbox: first, confirmResults: 'manual' });
@@ -209,7 +200,7 @@ describe('answers the application has not confirmed', () => {
     first.close();
 
     const second = new SqliteOutbox(path);
-    cleanups.push(() => second.close());
+    cleanup.push(() => second.close());
     expect((await second.load('dev-m')).entries.map((e) => [e.seq, e.answer?.ok])).toEqual([[2, true]]);
     const b = newClient(t.url, 'dev-m', { outbox: second, confirmResults: 'manual' });
     const seenByB: PutSettlement[] = [];

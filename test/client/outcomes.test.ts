@@ -1,7 +1,5 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
   AuthenticationError,
   ClientClosedError,
@@ -16,33 +14,19 @@ import {
   WriterConflictError,
   type EpochChange,
   type PutResult,
-  type SeqgateClient,
   type TransientError,
 } from '@seqgate/client';
 import { storageUnavailable } from '../../src/gate.js';
 import { SqliteStore } from '../../src/store/sqlite-store.js';
 import type { Store } from '../../src/store/store.js';
+import { Cleanup } from '../support/cleanup.js';
 import { withDb } from '../support/db-checker.js';
 import { FaultProxy } from '../support/fault-proxy.js';
-import { startTestServer, TestClient, type TestServer } from '../support/test-client.js';
-import { failure, newClient, waitUntil } from './helpers.js';
+import { TestClient } from '../support/test-client.js';
+import { closedAfterTest, failure, newClient, waitUntil } from './helpers.js';
 
-const cleanups: Array<() => Promise<unknown> | unknown> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
-
-async function server(overrides: Parameters<typeof startTestServer>[0] = {}, options: Parameters<typeof startTestServer>[1] = {}): Promise<TestServer> {
-  const t = await startTestServer(overrides, options);
-  cleanups.push(() => t.stop());
-  return t;
-}
-
-function client(url: string, stream: string, options: Parameters<typeof newClient>[2] = {}): SeqgateClient {
-  const c = newClient(url, stream, options);
-  cleanups.push(() => c.close({ timeoutMs: 200 }));
-  return c;
-}
+const cleanup = new Cleanup();
+const client = closedAfterTest(cleanup, 200);
 
 /** Writes one put on a raw connection, as another writer of the stream would. */
 async function rawPut(url: string, fields: Record<string, unknown>): Promise<Record<string, unknown>> {
@@ -51,6 +35,21 @@ async function rawPut(url: string, fields: Record<string, unknown>): Promise<Rec
   const [result] = await raw.waitResults(1);
   await raw.close();
   return result;
+}
+
+/**
+ * A client that has written one put to `stream` when another writer puts at `at`; then the
+ * client's next put, and what it rejects with. `stopped` collects the client's stopped events.
+ */
+async function overtaken(stream: string, at: { epoch: number; seq: number }) {
+  const t = await cleanup.server();
+  const c = client(t.url, stream);
+  const stopped: Error[] = [];
+  c.on('stopped', (e) => stopped.push(e));
+  await c.put('k', 1);
+  await rawPut(t.url, { stream, ...at });
+  const err = await failure(c.put('k', 2));
+  return { t, c, stopped, err };
 }
 
 /**
@@ -80,7 +79,7 @@ function storeFailingFirstBatch(dir: string, contiguous: boolean): Store {
 
 describe('client outcomes against a real server', () => {
   it('resolves a put once the server applied it, with the ack the server stored', async () => {
-    const t = await server();
+    const t = await cleanup.server();
     const c = client(t.url, 'dev-1');
     const r = await c.put('k', { temp: 21.5, unit: 'C' });
     expect(r.outcome).toBe('applied');
@@ -95,7 +94,7 @@ describe('client outcomes against a real server', () => {
   });
 
   it('refuses an invalid put locally, before it gets a seq, so the next put takes seq 1', async () => {
-    const t = await server();
+    const t = await cleanup.server();
     const c = client(t.url, 'dev-inv');
     const bad = await Promise.all([
       failure(c.put('', 1)),
@@ -115,14 +114,14 @@ describe('client outcomes against a real server', () => {
   });
 
   it('refuses, after the welcome, states above the limits the server announced', async () => {
-    const t = await server({ maxStateBytes: 100 });
+    const t = await cleanup.server({ maxStateBytes: 100 });
     const c = client(t.url, 'dev-lim');
     await c.put('k', 'small');
     expect(await failure(c.put('k', 'y'.repeat(200)))).toMatchObject({ name: 'InvalidPutError', code: 'LIMIT_EXCEEDED', max: 100, local: true });
   });
 
   it('refuses a put that could not fit in a frame on its own, in either encoding', async () => {
-    const t = await server({ maxFrameBytes: 2048 });
+    const t = await cleanup.server({ maxFrameBytes: 2048 });
     const c = client(t.url, 'dev-frame');
     await c.put('k', 'small');
     expect(await failure(c.put('k', 'z'.repeat(3000)))).toMatchObject({ code: 'LIMIT_EXCEEDED', limit: 'maxFrameBytes', local: true });
@@ -134,7 +133,7 @@ describe('client outcomes against a real server', () => {
   });
 
   it('rejects a put whose ifVersion does not match with VersionConflictError carrying the stored ack', async () => {
-    const t = await server();
+    const t = await cleanup.server();
     const c = client(t.url, 'dev-vc');
     await c.put('doc', { v: 1 });
     const err = await failure(c.put('doc', { v: 2 }, { ifVersion: 5 }));
@@ -148,13 +147,7 @@ describe('client outcomes against a real server', () => {
   });
 
   it('stops when fenced: this put and every later one reject with FencedError naming the new epoch', async () => {
-    const t = await server();
-    const c = client(t.url, 'dev-f');
-    const stopped: Error[] = [];
-    c.on('stopped', (e) => stopped.push(e));
-    await c.put('k', 1);
-    await rawPut(t.url, { stream: 'dev-f', epoch: 7, seq: 1 });
-    const fenced = await failure(c.put('k', 2));
+    const { t, c, stopped, err: fenced } = await overtaken('dev-f', { epoch: 7, seq: 1 });
     expect(fenced).toBeInstanceOf(FencedError);
     expect(fenced.epoch).toBe(7);
     expect(c.state).toBe('stopped');
@@ -166,13 +159,7 @@ describe('client outcomes against a real server', () => {
   });
 
   it('reports a stale answer to its own put as another writer, and stops writing', async () => {
-    const t = await server();
-    const c = client(t.url, 'dev-s');
-    const stopped: Error[] = [];
-    c.on('stopped', (e) => stopped.push(e));
-    await c.put('k', 1);
-    await rawPut(t.url, { stream: 'dev-s', epoch: 1, seq: 5 });
-    const err = await failure(c.put('k', 2));
+    const { c, stopped, err } = await overtaken('dev-s', { epoch: 1, seq: 5 });
     expect(err).toBeInstanceOf(StaleError);
     expect(err.ownSkip).toBe(false);
     expect(err.head).toEqual({ epoch: 1, seq: 5 });
@@ -183,7 +170,7 @@ describe('client outcomes against a real server', () => {
   });
 
   it('reports a position consumed by another payload as SequenceReusedError, and stops writing', async () => {
-    const t = await server();
+    const t = await cleanup.server();
     const c = client(t.url, 'dev-r');
     await c.put('k', 1);
     await rawPut(t.url, { stream: 'dev-r', epoch: 1, seq: 2, key: 'k', state: 'not mine' });
@@ -192,9 +179,9 @@ describe('client outcomes against a real server', () => {
   });
 
   it('rejects a resent put whose ack was pruned with ExpiredError, and replays the one still stored', async () => {
-    const t = await server({ ackCapPerStream: 1, ackCapSlack: 0 });
+    const t = await cleanup.server({ ackCapPerStream: 1, ackCapSlack: 0 });
     const proxy = await FaultProxy.start(t.url);
-    cleanups.push(() => proxy.close());
+    cleanup.push(() => proxy.close());
     // The first connection loses its first results frame: the three puts commit, their answers vanish.
     proxy.onFrame = (f) => (f.connection.id === 1 && f.direction === 'toClient' && f.index === 1 ? 'cut' : undefined);
     const c = client(proxy.url, 'dev-e');
@@ -206,8 +193,7 @@ describe('client outcomes against a real server', () => {
   });
 
   it('resends a put after a transient storage error, and reports the error to listeners', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'seqgate-client-'));
-    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const dir = cleanup.tempDir('seqgate-client-');
     const inner = new SqliteStore({ path: join(dir, 'db.sqlite'), synchronous: 'normal', contiguous: false, ackCapPerStream: 1000 });
     let failures = 2;
     const store = new Proxy(inner, {
@@ -222,7 +208,7 @@ describe('client outcomes against a real server', () => {
         return typeof v === 'function' ? v.bind(target) : v;
       },
     }) as Store;
-    const t = await server({}, { store });
+    const t = await cleanup.server({}, { store });
     const c = client(t.url, 'dev-t');
     const transient: TransientError[] = [];
     c.on('transientError', (e) => transient.push(e));
@@ -233,9 +219,8 @@ describe('client outcomes against a real server', () => {
   });
 
   it('reports a put overtaken by its own later put after a transient error as StaleError with ownSkip, and keeps writing', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'seqgate-client-'));
-    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-    const t = await server({}, { store: storeFailingFirstBatch(dir, false) });
+    const dir = cleanup.tempDir('seqgate-client-');
+    const t = await cleanup.server({}, { store: storeFailingFirstBatch(dir, false) });
     const c = client(t.url, 'dev-skip');
     await c.ready;
     const first = failure(c.put('a', 1));
@@ -251,9 +236,8 @@ describe('client outcomes against a real server', () => {
   });
 
   it('in contiguous mode, a put after a transient error waits for the failed one and both apply in order', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'seqgate-client-'));
-    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-    const t = await server({ contiguous: true }, { store: storeFailingFirstBatch(dir, true) });
+    const dir = cleanup.tempDir('seqgate-client-');
+    const t = await cleanup.server({ contiguous: true }, { store: storeFailingFirstBatch(dir, true) });
     const c = client(t.url, 'dev-cskip');
     await c.ready;
     const first = c.put('a', 1);
@@ -267,7 +251,7 @@ describe('client outcomes against a real server', () => {
   it('sends its token in the hello; a put the token may not write is ForbiddenError, a bad token stops the client', async () => {
     const token = 'tok-0123456789abcdef';
     const tokens = JSON.stringify({ tokens: [{ token, tenant: 'default', write: { streams: ['dev-'], documents: ['dev-'] } }] });
-    const t = await server({ tokens });
+    const t = await cleanup.server({ tokens });
     const c = client(t.url, 'dev-auth', { token });
     expect((await c.put('dev-doc', 1)).ack.seq).toBe(1);
     const forbidden = await failure(c.put('other-doc', 2));
@@ -284,7 +268,7 @@ describe('client outcomes against a real server', () => {
   });
 
   it('in contiguous mode, steps over a hole it left by moving to a new epoch', async () => {
-    const t = await server({ contiguous: true });
+    const t = await cleanup.server({ contiguous: true });
     // An outbox from an earlier run whose record says seq 5 comes next: the server expects seq 1.
     const outbox = new MemoryOutbox();
     await outbox.append('dev-g', { epoch: 1, nextSeq: 5, lastAcked: null, incarnation: null, checkpoint: undefined }, []);
@@ -297,7 +281,7 @@ describe('client outcomes against a real server', () => {
   });
 
   it('in contiguous mode, a put the server refuses as invalid does not block the ones after it', async () => {
-    const t = await server({ contiguous: true });
+    const t = await cleanup.server({ contiguous: true });
     // A recovered entry the client never validated (written by an older client, say).
     const outbox = new MemoryOutbox();
     const state = Uint8Array.of(0x01);
@@ -319,9 +303,9 @@ describe('client outcomes against a real server', () => {
   });
 
   it('matches answers by id: duplicated and reordered answer frames settle each put exactly once', async () => {
-    const t = await server();
+    const t = await cleanup.server();
     const proxy = await FaultProxy.start(t.url, { duplicate: 0.3, reorder: 0.3 });
-    cleanups.push(() => proxy.close());
+    cleanup.push(() => proxy.close());
     const c = client(proxy.url, 'dev-d', { window: 8 });
     let settledEvents = 0;
     c.on('result', () => settledEvents++);
@@ -334,7 +318,7 @@ describe('client outcomes against a real server', () => {
   });
 
   it('speaks the JSON subprotocol, and refuses states JSON cannot carry before sending', async () => {
-    const t = await server();
+    const t = await cleanup.server();
     const c = client(t.url, 'dev-j', { format: 'json' });
     const r = await c.put('k', { list: [1, 2.5, 'x', null, true], nested: { a: {} } });
     expect(r.ack.version).toBe(1);
@@ -343,9 +327,9 @@ describe('client outcomes against a real server', () => {
   });
 
   it('notices a dead connection by its ping while idle, and reconnects once the network is back', async () => {
-    const t = await server();
+    const t = await cleanup.server();
     const proxy = await FaultProxy.start(t.url);
-    cleanups.push(() => proxy.close());
+    cleanup.push(() => proxy.close());
     const c = client(proxy.url, 'dev-p', { pingIntervalMs: 100, pongTimeoutMs: 300 });
     await c.put('k', 1);
     proxy.stallAll();
@@ -357,7 +341,7 @@ describe('client outcomes against a real server', () => {
   });
 
   it('close() drains what was accepted, then reports nothing left', async () => {
-    const t = await server();
+    const t = await cleanup.server();
     const c = newClient(t.url, 'dev-c');
     const puts = Array.from({ length: 50 }, (_, i) => c.put(`k${i}`, i));
     const report = await c.close();

@@ -1,38 +1,24 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { pino } from 'pino';
-import { afterEach, describe, expect, it } from 'vitest';
-import { FencedError, MemoryOutbox, ServerRollbackError, type EpochChange, type RollbackInfo, type SeqgateClient } from '@seqgate/client';
+import { describe, expect, it } from 'vitest';
+import { FencedError, MemoryOutbox, ServerRollbackError, type EpochChange, type RollbackInfo } from '@seqgate/client';
 import { SqliteOutbox } from '@seqgate/client/node';
 import { SeqgateServer } from '../../src/server/websocket-server.js';
+import { Cleanup } from '../support/cleanup.js';
 import { withDb } from '../support/db-checker.js';
 import { FaultProxy } from '../support/fault-proxy.js';
-import { failure, newClient, waitUntil } from './helpers.js';
+import { closedAfterTest, failure, newClient, waitUntil } from './helpers.js';
 
-const cleanups: Array<() => Promise<unknown> | unknown> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
-
-function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'seqgate-client-'));
-  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
+const cleanup = new Cleanup();
+const tempDir = (): string => cleanup.tempDir('seqgate-client-');
+const client = closedAfterTest(cleanup, 100);
 
 /** A server on `dbPath`; stop() only closes it, so the file can be copied or reused. */
 async function serverOn(dbPath: string): Promise<SeqgateServer> {
   const s = await SeqgateServer.start({ port: 0, dbPath, pruneIntervalMs: 3_600_000 }, { logger: pino({ level: 'silent' }) });
-  cleanups.push(() => s.close());
+  cleanup.push(() => s.close());
   return s;
-}
-
-function client(url: string, stream: string, options: Parameters<typeof newClient>[2] = {}): SeqgateClient {
-  const c = newClient(url, stream, options);
-  cleanups.push(() => c.close({ timeoutMs: 100 }));
-  return c;
 }
 
 describe('counter loss', () => {
@@ -71,7 +57,7 @@ describe('counter loss', () => {
     first.close();
 
     const second = new SqliteOutbox(outboxPath);
-    cleanups.push(() => second.close());
+    cleanup.push(() => second.close());
     const b = client(s.url, 'sensor-1', { outbox: second });
     const epochs: EpochChange[] = [];
     b.on('epoch', (e) => epochs.push(e));
@@ -87,7 +73,7 @@ describe('server rollback', () => {
     const dir = tempDir();
     const first = await serverOn(join(dir, 'db.sqlite'));
     const proxy = await FaultProxy.start(first.url);
-    cleanups.push(() => proxy.close());
+    cleanup.push(() => proxy.close());
     const c = client(proxy.url, 'meter-1', { onRollback: policy, outbox: new MemoryOutbox() });
     const rollbacks: RollbackInfo[] = [];
     c.on('rollback', (r) => rollbacks.push(r));

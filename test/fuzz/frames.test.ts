@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { ERRORS, type ErrorCode } from '../../src/errors.js';
 import { DbChecker } from '../support/db-checker.js';
-import { errorLogCapture } from '../support/error-log.js';
+import { captureLogs } from '../support/log-capture.js';
 import { mulberry32 } from '../support/random.js';
 import { startTestServer, TestClient, type Msg, type TestServer } from '../support/test-client.js';
 import { CONTROL_TOKEN, FUZZ_TOKEN, runProperty, TOKENS } from './harness.js';
@@ -37,7 +37,7 @@ const CONTROL_BOUND_MS = 5_000;
 
 let t: TestServer;
 let maxFrameBytes = 0;
-const logs = errorLogCapture();
+const logs = captureLogs();
 const errorLogs = logs.errors;
 
 // ---------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 import { isDeepStrictEqual } from 'node:util';
 import Database from 'better-sqlite3';
-import { DbChecker, DEFAULT_TENANT } from '../support/db-checker.js';
+import { DbChecker, DEFAULT_TENANT, type AckRow as DbAckRow } from '../support/db-checker.js';
 import { canonical, fingerprint } from './canonical.js';
 import { EPOCH, stateOf, type PutRecord, type StreamBook } from './workload.js';
 
@@ -29,16 +29,9 @@ export interface CheckResult {
   readonly unresolved: number;
 }
 
-interface AckRow {
+interface AckRow extends DbAckRow {
   epoch: number;
   seq: number;
-  fingerprint: Buffer;
-  outcome: number;
-  key: string;
-  version: number;
-  deleted: number;
-  if_version: number | null;
-  committed_at: number;
 }
 
 const MAX_LISTED = 200;

@@ -2,6 +2,7 @@ import { rmSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import pg from 'pg';
 import { SqliteStore } from '../../src/store/sqlite-store.js';
+import { scratchDatabase } from '../support/postgres.js';
 
 /**
  * The soak's checker reads a SQLite file. For `--store postgres` the database's rows are copied,
@@ -75,27 +76,6 @@ export async function snapshotPostgres(url: string, path: string): Promise<void>
 }
 
 /** A database of its own for one soak run, on the PostgreSQL at `adminUrl`. */
-export async function createSoakDatabase(adminUrl: string): Promise<{ url: string; drop(): Promise<void> }> {
-  const name = `seqgate_soak_${Date.now().toString(36)}${Math.floor(Math.random() * 1e6).toString(36)}`;
-  const admin = new pg.Client({ connectionString: adminUrl });
-  await admin.connect();
-  try {
-    await admin.query(`CREATE DATABASE ${name}`);
-  } finally {
-    await admin.end();
-  }
-  const u = new URL(adminUrl);
-  u.pathname = `/${name}`;
-  return {
-    url: u.toString(),
-    async drop() {
-      const a = new pg.Client({ connectionString: adminUrl });
-      await a.connect();
-      try {
-        await a.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-      } finally {
-        await a.end();
-      }
-    },
-  };
+export function createSoakDatabase(adminUrl: string): Promise<{ url: string; drop(): Promise<void> }> {
+  return scratchDatabase(adminUrl, 'seqgate_soak');
 }

@@ -61,7 +61,8 @@ interface DocRow {
   state: Buffer | null;
   updated_at: number;
 }
-interface AckRow {
+/** An acks row as raw SQL returns it (the columns every reader of acks selects). */
+export interface AckRow {
   outcome: number;
   key: string;
   version: number;

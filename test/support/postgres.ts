@@ -42,8 +42,32 @@ export interface TestDatabase {
  * not a PostgreSQL crash. For suites that never crash PostgreSQL, so that they run in seconds.
  */
 export async function createTestDatabase(prefix = 'seqgate_test', options: { fastCommits?: boolean } = {}): Promise<TestDatabase> {
+  const { name, url, drop } = await scratchDatabase(PG_ADMIN_URL, prefix, options);
+  const pool = new pg.Pool({ connectionString: url, max: 2 });
+  pool.on('error', () => undefined);
+  return {
+    name,
+    url,
+    query: (text, values) => pool.query(text, values),
+    drop: async () => {
+      await pool.end().catch(() => undefined);
+      await drop();
+    },
+  };
+}
+
+/**
+ * An empty database with a random name (`prefix` and 12 hex digits) on the server at `adminUrl`,
+ * and how to drop it again (closing whatever is still connected): for tests, the soak and the
+ * benchmark's PostgreSQL arms.
+ */
+export async function scratchDatabase(
+  adminUrl: string,
+  prefix: string,
+  options: { fastCommits?: boolean } = {},
+): Promise<{ name: string; url: string; drop(): Promise<void> }> {
   const name = `${prefix}_${randomBytes(6).toString('hex')}`;
-  const admin = new pg.Client({ connectionString: PG_ADMIN_URL });
+  const admin = new pg.Client({ connectionString: adminUrl });
   await admin.connect();
   try {
     await admin.query(`CREATE DATABASE ${name}`);
@@ -51,17 +75,13 @@ export async function createTestDatabase(prefix = 'seqgate_test', options: { fas
   } finally {
     await admin.end();
   }
-  const url = new URL(PG_ADMIN_URL);
+  const url = new URL(adminUrl);
   url.pathname = `/${name}`;
-  const pool = new pg.Pool({ connectionString: url.toString(), max: 2 });
-  pool.on('error', () => undefined);
   return {
     name,
     url: url.toString(),
-    query: (text, values) => pool.query(text, values),
     drop: async () => {
-      await pool.end().catch(() => undefined);
-      const a = new pg.Client({ connectionString: PG_ADMIN_URL });
+      const a = new pg.Client({ connectionString: adminUrl });
       await a.connect();
       try {
         await a.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);

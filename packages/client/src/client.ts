@@ -234,9 +234,11 @@ export class SeqgateClient extends Emitter<ClientEvents> {
 
   /** The connection lifecycle (core/lifecycle.ts); changed only by dispatch(). */
   private phase: Phase = INITIAL_PHASE;
-  /** Events raised while an earlier one's instructions run wait here, so each sees a settled phase. */
+  /**
+   * The event being handled, then those raised while its instructions run: they wait their turn,
+   * so each sees a settled phase.
+   */
   private readonly events: LifecycleEvent[] = [];
-  private dispatching = false;
   /** The socket the phase holds, with its in-flight puts. */
   private link: Link | null = null;
   /** The one platform timer, set for deadline(phase). */
@@ -674,17 +676,17 @@ export class SeqgateClient extends Emitter<ClientEvents> {
    * Events raised while instructions run (a send that fails inside a pump) queue behind them.
    */
   private dispatch(event: LifecycleEvent): void {
-    this.events.push(event);
-    if (this.dispatching) return;
-    this.dispatching = true;
+    if (this.events.push(event) > 1) return;
     try {
-      for (let e = this.events.shift(); e !== undefined; e = this.events.shift()) {
+      for (let e: LifecycleEvent | undefined = event; e !== undefined; e = this.events[0]) {
         const step = transition(this.lifecycle, this.phase, e, this.now(), this.random);
         this.phase = step.phase;
         for (const i of step.instructions) this.carryOut(i);
+        this.events.shift();
       }
     } finally {
-      this.dispatching = false;
+      // Only a bug throws here; the events behind it must not wedge every later dispatch.
+      this.events.length = 0;
     }
     this.armTimer();
   }

@@ -184,7 +184,7 @@ export function stoppedBecause(phase: Phase): SeqgateClientError | undefined {
 }
 
 /** The socket the phase holds, if any. */
-export function socketOf(phase: Phase): number | null {
+function socketOf(phase: Phase): number | null {
   switch (phase.kind) {
     case 'connecting':
     case 'authenticating':

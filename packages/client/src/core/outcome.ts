@@ -32,7 +32,7 @@ export type OutcomeInstruction =
   /** Nothing committed; resend after a backoff. */
   | { readonly kind: 'retry'; readonly error: TransientError };
 
-export interface OutcomeContext {
+interface OutcomeContext {
   readonly put: PutRef;
   /** The highest position the server acked to this client. */
   readonly lastAcked: Position | null;

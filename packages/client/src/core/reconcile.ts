@@ -20,7 +20,7 @@ export interface ReconcileInput {
   readonly open: number;
 }
 
-export type ReconcilePlan =
+type ReconcilePlan =
   /** Rollback with policy `reject`: store `record` with no open puts; reject every open put. */
   | { readonly kind: 'reject-open'; readonly rollback: RollbackInfo; readonly record: StreamRecord; readonly epoch: EpochChange }
   | {
