@@ -421,6 +421,18 @@ describe('indexMsgpack', () => {
 });
 
 describe('IncomingFrame', () => {
+  it('counts payload bytes as sent: a state whose repeated key would collapse under the limit is still refused (PROTOCOL.md appendix)', () => {
+    const limits = limitsOf(defaultConfig());
+    const half = 'x'.repeat(40_000);
+    const frame = Buffer.from(packr.pack({ type: 'put', puts: [{ id: 1, stream: 's', epoch: 1, seq: 1, key: 'k', state: { a: half, b: half } }] }));
+    // Rename key "b" to "a": decoding would keep one 40,000-byte string, under maxStateBytes (65,536).
+    const at = frame.indexOf(Buffer.from([0xa1, 0x62, 0xda]));
+    expect(at).toBeGreaterThan(0);
+    frame[at + 1] = 0x61;
+    const message = IncomingFrame.open(frame, true, 'msgpack', limits).message(limits, 'default');
+    expect(message).toMatchObject({ type: 'put', puts: [{ ok: false, id: 1, result: { error: { code: 'LIMIT_EXCEEDED', field: 'state' } } }] });
+  });
+
   it('refuses a put whose state is one long string by its payload, without decoding that string', () => {
     const limits = limitsOf(defaultConfig());
     const big = 's'.repeat(1024 * 1024 - 200);
