@@ -33,6 +33,7 @@ const { values: args } = parseArgs({
     cap: { type: 'string', default: '1000' },
     slack: { type: 'string', default: '64' },
     wal: { type: 'string', default: 'background' },
+    'settle-rows': { type: 'string', default: '16384' },
     rounds: { type: 'string', default: '2' },
     variants: { type: 'string', default: 'slack0=--slack 0;slack64=--slack 64' },
     'work-dir': { type: 'string' },
@@ -67,6 +68,7 @@ async function child(): Promise<RunResult> {
     ackCapPerStream: Number(args.cap),
     ackCapSlack: Number(args.slack),
     walCheckpoint: args.wal === 'commit' ? 'commit' : 'background',
+    ackSettleRows: Number(args['settle-rows']),
     startupCheck: 'off',
   });
   try {
@@ -130,6 +132,8 @@ async function runVariant(extra: readonly string[]): Promise<RunResult> {
     args.slack!,
     '--wal',
     args.wal!,
+    '--settle-rows',
+    args['settle-rows']!,
     '--work-dir',
     workDir,
   ];

@@ -59,6 +59,13 @@ export const OPTIONS = {
     unit: 'bytes',
     doc: 'walCheckpoint background: WAL size past which the server finishes a checkpoint between two batches so the WAL rewinds to its start.',
   },
+  ackSettleRows: {
+    kind: 'integer',
+    default: 16_384,
+    min: 0,
+    unit: 'acks',
+    doc: 'SQLite: new acks are written in commit order and moved to the per-stream table, sorted, once this many have gathered (one transaction between two batches); 0 writes each ack straight to the per-stream table.',
+  },
   startupCheck: {
     kind: 'enum',
     default: 'quick',

@@ -5,7 +5,7 @@
  * committed), after-commit (committed, results not yet handed to connections), after-ack (a results
  * frame was written to the socket). Unset in production: `reach` then costs one comparison.
  */
-type CrashPoint = 'before-commit' | 'after-commit' | 'after-ack';
+type CrashPoint = 'before-commit' | 'after-commit' | 'after-ack' | 'settle-before-commit';
 
 const spec = process.env.SEQGATE_TEST_CRASH_AT;
 const [armedPoint, countText] = spec === undefined ? [undefined, undefined] : spec.split(':');

@@ -24,7 +24,7 @@ function snapshot(dbPath: string): Snapshot {
   const db = new Database(dbPath, { readonly: true, fileMustExist: true });
   try {
     return {
-      acks: (db.prepare('SELECT count(*) AS n FROM acks').get() as { n: number }).n,
+      acks: (db.prepare('SELECT count(*) AS n FROM acks_all').get() as { n: number }).n,
       streams: db.prepare('SELECT name, epoch, seq FROM streams ORDER BY name').all() as Snapshot['streams'],
       documents: db.prepare('SELECT key, version, deleted FROM documents ORDER BY key').all() as Snapshot['documents'],
     };

@@ -117,7 +117,7 @@ describe('the change log across kill -9', () => {
         if (c === undefined || c.key !== a.key || c.version !== a.version) problems.push(`${id}: acked ${JSON.stringify(a)}, logged ${JSON.stringify(c)}`);
       }
       // Nothing logged for a put that did not commit: each logged put has its stored ack.
-      const ack = db.prepare('SELECT a.key, a.version FROM acks a JOIN streams s ON s.id = a.stream_id WHERE s.name = ? AND a.seq = ?');
+      const ack = db.prepare('SELECT a.key, a.version FROM acks_all a JOIN streams s ON s.id = a.stream_id WHERE s.name = ? AND a.seq = ?');
       for (const c of seen) {
         const row = ack.get(c.origin.stream, c.origin.seq) as { key: string; version: number } | undefined;
         if (row === undefined || row.key !== c.key || row.version !== c.version) problems.push(`logged without a matching stored ack: ${JSON.stringify(c)}`);

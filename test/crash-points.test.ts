@@ -1,4 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
+import Database from 'better-sqlite3';
 import { ackBytes } from './conformance/client.js';
 import { ChildServer, tempDb, type TempDb } from './support/child-server.js';
 import { withDb, type DbAck } from './support/db-checker.js';
@@ -312,5 +313,100 @@ describe.each(Object.keys(SHAPES) as Shape[])('crash points with %s in flight', 
       expect(r.ackBytes, 'an ack was found in the frame').toBeDefined();
     });
     await expectReplaysWroteNothing(c, puts);
+  });
+});
+
+/**
+ * SQLite moves recent acks (commit order) into the per-stream table in one transaction between
+ * batches (`--ack-settle-rows`). Killed inside that transaction, the move must roll back whole:
+ * every ack still stored once, every retry a replay of the ack the client got; and the next
+ * move, after the restart, must lose nothing either.
+ */
+describe('crash point inside the move of recent acks (settle-before-commit)', () => {
+  const SETTLE = ['--ack-settle-rows', '3'];
+  const rows = (path: string): { recent: number; settled: number } => {
+    const raw = new Database(path, { readonly: true, fileMustExist: true });
+    try {
+      const n = (table: string): number => (raw.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n;
+      return { recent: n('recent_acks'), settled: n('acks') };
+    } finally {
+      raw.close();
+    }
+  };
+
+  it('rolls the move back whole: every ack replays, byte for byte, before and after the next move', async () => {
+    const db = tempDb('seqgate-crash-settle-');
+    cleanups.push(() => db.remove());
+    const crashing = new ChildServer({ dbPath: db.dbPath, args: SETTLE, env: { SEQGATE_TEST_CRASH_AT: 'settle-before-commit:1' } });
+    cleanups.push(() => crashing.dispose());
+    await crashing.start();
+    const { client } = await helloed(crashing.url);
+    const { puts } = SHAPES['a batch of three puts in one frame'];
+    const all = [FIRST, ...puts];
+    client.send({ type: 'put', puts: [FIRST] });
+    await client.waitResults(1, 15_000);
+    // Four acks pass the threshold of three: the move starts after this batch commits.
+    client.send({ type: 'put', puts });
+    const exit = await crashing.waitExit(30_000);
+    expect(exit, `the server killed itself inside the move\n${crashing.stderr}`).toEqual({ code: null, signal: 'SIGKILL' });
+    await client.closed;
+    const sent = received(client);
+
+    const afterCrash = snapshot(
+      db.dbPath,
+      all.map((p) => p.seq),
+    );
+    expect(afterCrash.integrity).toEqual(['ok']);
+    expect(rows(db.dbPath), 'the move rolled back: every ack still in recent_acks').toEqual({ recent: 4, settled: 0 });
+    expect(afterCrash.head).toEqual({ epoch: EPOCH, seq: 4, ackCount: 4 });
+    expect(afterCrash.acks.every((a) => a !== undefined)).toBe(true);
+
+    const server = new ChildServer({ dbPath: db.dbPath, args: SETTLE });
+    cleanups.push(() => server.dispose());
+    await server.start();
+    const { client: again } = await helloed(server.url);
+    const crash: Crash = { db, beforeCrash: sent, firstAck: sent[0]!.result.ack, afterCrash, server, client: again, welcomeHead: undefined as unknown as Msg };
+
+    const expectReplays = async (): Promise<void> => {
+      const results = await retry(crash, all);
+      results.forEach((r, i) => {
+        const stored = afterCrash.acks[i]!;
+        expect(r.result, `retry of seq ${all[i]!.seq}`).toEqual({
+          id: all[i]!.id,
+          outcome: 'applied',
+          replay: true,
+          ack: { stream: STREAM, epoch: EPOCH, seq: all[i]!.seq, key: stored.key, version: stored.version, deleted: false, committedAt: stored.committedAt },
+        });
+        // What the client received before the crash (the first put always; the batch if its frame got out).
+        const original = sent.find((s) => s.result.id === all[i]!.id);
+        if (original !== undefined) expect(r.ackBytes?.toString('hex'), `ack bytes of seq ${all[i]!.seq}`).toBe(original.ackBytes?.toString('hex'));
+      });
+    };
+    await expectReplays();
+
+    // The restarted server counted the four acks it found; its next batch (those replays) moves them.
+    const settled = async (want: { recent: number; settled: number }): Promise<void> => {
+      const deadline = Date.now() + 10_000;
+      while (JSON.stringify(rows(db.dbPath)) !== JSON.stringify(want) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      expect(rows(db.dbPath)).toEqual(want);
+    };
+    await settled({ recent: 0, settled: 4 });
+    expect(
+      snapshot(
+        db.dbPath,
+        all.map((p) => p.seq),
+      ).acks,
+      'the moved acks are the acks that were stored',
+    ).toEqual(afterCrash.acks);
+    await expectReplays();
+
+    // A new ack lands in recent_acks beside the moved ones; retries find acks in both tables.
+    const next = put('p5', 5, 'doc-b', 5);
+    const [fresh] = await retry(crash, [next]);
+    expect(fresh!.result).toMatchObject({ outcome: 'applied', replay: false });
+    await settled({ recent: 1, settled: 4 });
+    await expectReplays();
+    const [again5] = await retry(crash, [next]);
+    expect(again5!.result).toEqual({ ...fresh!.result, replay: true });
   });
 });

@@ -316,7 +316,7 @@ describe('POST /v1/streams/{stream}/puts', () => {
       });
       expect(chunked.status).toBe(413);
       expect(JSON.parse(chunked.body).error.code).toBe('PAYLOAD_TOO_LARGE');
-      expect(countRows(small.dbPath, 'SELECT COUNT(*) AS n FROM acks')).toBe(0);
+      expect(countRows(small.dbPath, 'SELECT COUNT(*) AS n FROM acks_all')).toBe(0);
     } finally {
       await small.stop();
     }

@@ -3,7 +3,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { canonicalEncode, putFingerprint } from '../src/protocol/canonical.js';
 import { PostgresStore } from '../src/store/postgres-store.js';
 import { SqliteStore } from '../src/store/sqlite-store.js';
-import type { Put, PutResult, Store, Write } from '../src/store/store.js';
+import type { DocResult, Put, PutResult, Store, Write } from '../src/store/store.js';
 import type { Change } from '../src/store/change-log.js';
 import { createTestDatabase, postgresAvailable, type TestDatabase } from './support/postgres.js';
 import { ReferenceModel } from './support/reference-model.js';
@@ -56,6 +56,8 @@ interface Harness {
   clock: { now: number };
   fail(): Promise<void> | void;
   heal(): Promise<void> | void;
+  /** SQLite: move recent acks to the per-stream table now (the model-based test interleaves it). */
+  settle?(): void;
 }
 
 const PG = await postgresAvailable();
@@ -108,29 +110,43 @@ async function freshPostgres(o: StoreOptions): Promise<Harness> {
   return { store, clock, fail, heal };
 }
 
+/**
+ * SQLite keeps new acks in commit order (recent_acks) and moves them to the per-stream table in
+ * passes. `layout` picks where the acks of a test are: 'recent' (the default threshold is never
+ * reached here, so all of them stay recent), 'settled' (moved after every committed batch) or
+ * 'direct' (ackSettleRows 0: written straight to the per-stream table).
+ */
+function sqliteHarness(o: StoreOptions, layout: 'recent' | 'settled' | 'direct'): Harness {
+  const clock = { now: 1_000_000 };
+  const store = new SqliteStore({
+    path: ':memory:',
+    synchronous: 'full',
+    contiguous: o.contiguous ?? false,
+    ackCapPerStream: o.ackCapPerStream ?? 1000,
+    ackCapSlack: o.ackCapSlack ?? 0,
+    now: () => clock.now,
+    ...(layout === 'direct' ? { ackSettleRows: 0 } : {}),
+  });
+  if (layout === 'settled') {
+    const apply = store.apply.bind(store) as (batch: readonly Write[]) => Promise<Array<PutResult | DocResult>>;
+    store.apply = (async (batch: readonly Write[]) => {
+      const results = await apply(batch);
+      store.settleAcks();
+      return results;
+    }) as SqliteStore['apply'];
+  }
+  // A real storage fault: the connection refuses writes (SQLITE_READONLY) inside the transaction.
+  const fail = () => {
+    store.database.pragma('query_only = ON');
+  };
+  const heal = () => {
+    store.database.pragma('query_only = OFF');
+  };
+  return { store, clock, fail, heal, settle: () => store.settleAcks() };
+}
+
 const stores: Array<[string, (o: StoreOptions) => Harness | Promise<Harness>]> = [
-  [
-    'SqliteStore',
-    (o) => {
-      const clock = { now: 1_000_000 };
-      const store = new SqliteStore({
-        path: ':memory:',
-        synchronous: 'full',
-        contiguous: o.contiguous ?? false,
-        ackCapPerStream: o.ackCapPerStream ?? 1000,
-        ackCapSlack: o.ackCapSlack ?? 0,
-        now: () => clock.now,
-      });
-      // A real storage fault: the connection refuses writes (SQLITE_READONLY) inside the transaction.
-      const fail = () => {
-        store.database.pragma('query_only = ON');
-      };
-      const heal = () => {
-        store.database.pragma('query_only = OFF');
-      };
-      return { store, clock, fail, heal };
-    },
-  ],
+  ['SqliteStore', (o) => sqliteHarness(o, 'recent')],
   [
     'ReferenceModel',
     (o) => {
@@ -154,6 +170,8 @@ const stores: Array<[string, (o: StoreOptions) => Harness | Promise<Harness>]> =
       };
     },
   ],
+  ['SqliteStore (acks settled after every batch)', (o) => sqliteHarness(o, 'settled')],
+  ['SqliteStore (ackSettleRows 0)', (o) => sqliteHarness(o, 'direct')],
   ...(PG ? [['PostgresStore', freshPostgres] as [string, (o: StoreOptions) => Promise<Harness>]] : []),
 ];
 
@@ -166,7 +184,7 @@ async function run(store: Store, ...specs: PutSpec[]): Promise<PutResult[]> {
 }
 
 /** Stores that take `ackCapSlack`: all of them. */
-const SLACK_STORES = new Set(['SqliteStore', 'ReferenceModel', 'PostgresStore']);
+const SLACK_STORES = new Set(stores.map(([name]) => name));
 
 describe.each(stores)('%s store contract', (name, make) => {
   it('applies a first put and acks stream, epoch, seq, key, version 1 and commit time', async () => {
@@ -448,6 +466,7 @@ describe('every store against the reference model', () => {
       fc.record({ kind: fc.constant('batch' as const), puts: fc.array(putArb, { minLength: 1, maxLength: 6 }) }),
       fc.record({ kind: fc.constant('tick' as const), ms: fc.integer({ min: 1, max: 2000 }) }),
       fc.record({ kind: fc.constant('prune' as const), windowMs: fc.integer({ min: 0, max: 3000 }) }),
+      fc.constant({ kind: 'settle' as const }),
     );
     await fc.assert(
       fc.asyncProperty(
@@ -465,6 +484,7 @@ describe('every store against the reference model', () => {
             for (const side of sides) {
               if (step.kind === 'batch') answers.push(await side.store.apply(step.puts.map((p) => mk({ ...p, delete: p.delete }))));
               else if (step.kind === 'tick') side.clock.now += step.ms;
+              else if (step.kind === 'settle') side.settle?.();
               else {
                 let done = false;
                 while (!done) done = (await side.store.prune(side.clock.now - step.windowMs, 3)).done;
@@ -473,7 +493,7 @@ describe('every store against the reference model', () => {
             if (step.kind === 'batch') for (const other of answers.slice(1)) expect(other).toEqual(answers[0]);
           }
           const streams = ['a', 'b'];
-          const model = await sides[1]!.store.heads('default', streams);
+          const model = await sides.find((s) => s.store instanceof ReferenceModel)!.store.heads('default', streams);
           for (const side of sides) expect(await side.store.heads('default', streams)).toEqual(model);
         },
       ),

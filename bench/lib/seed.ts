@@ -18,7 +18,12 @@ export interface SeedGroup {
   readonly streams: number;
   /** Acks of stream `index`; the head sits at the last one (epoch 1, seq = that count). */
   readonly acksPerStream: number | ((index: number) => number);
-  /** committed_at of every seeded ack, ms since the Unix epoch. */
+  /**
+   * committed_at of each stream's newest seeded ack, ms since the Unix epoch; each older ack is
+   * 1 ms older, as if every stream had put once per millisecond. Distinct times matter: the commit
+   * time index then interleaves streams as a long run leaves it, and evicting a stream's oldest
+   * acks touches it where a real server would.
+   */
   readonly committedAt: number;
 }
 
@@ -47,7 +52,7 @@ export async function seedDatabase(path: string, groups: readonly SeedGroup[]): 
           const { id } = insertStream.get(DEFAULT_TENANT, name, count, count)!;
           for (let seq = 1; seq <= count; seq++) {
             fingerprint.writeUInt32BE(seq, 0);
-            insertAck.run(id, seq, fingerprint, `${name}/k${seq % KEYS_PER_STREAM}`, Math.floor(seq / KEYS_PER_STREAM) + 1, g.committedAt);
+            insertAck.run(id, seq, fingerprint, `${name}/k${seq % KEYS_PER_STREAM}`, Math.floor(seq / KEYS_PER_STREAM) + 1, g.committedAt - (count - seq));
             rows++;
           }
         }
@@ -64,7 +69,7 @@ export function countAcksBefore(path: string, before: number): number {
   const db = new Database(path, { readonly: true, fileMustExist: true });
   try {
     db.pragma('busy_timeout = 5000');
-    const row = db.prepare<[number], { n: number }>('SELECT count(*) AS n FROM acks WHERE committed_at < ?').get(before);
+    const row = db.prepare<[number], { n: number }>('SELECT count(*) AS n FROM acks_all WHERE committed_at < ?').get(before);
     return row?.n ?? 0;
   } finally {
     db.close();
@@ -97,7 +102,7 @@ export async function createPostgresSeed(adminUrl: string, groups: readonly Seed
         const res = await c.query(
           `INSERT INTO seqgate.acks (stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at)
            SELECT s.id, 1, q, decode(lpad(to_hex(q), 8, '0') || repeat('ab', 12), 'hex'), 0,
-                  s.name || '/k' || (q % $2), q / $2 + 1, false, NULL, $3
+                  s.name || '/k' || (q % $2), q / $2 + 1, false, NULL, $3 - (s.seq - q)
              FROM seqgate.streams s CROSS JOIN LATERAL generate_series(1, s.seq::int) AS q WHERE s.name = ANY($1::text[])`,
           [names, KEYS_PER_STREAM, g.committedAt],
         );

@@ -127,6 +127,8 @@ export class SeqgateServer {
             walCheckpoint: config.walCheckpoint,
             maxWalBytes: config.maxWalBytes,
             onCheckpointError: (err) => log.warn({ err }, 'WAL checkpoint failed; the next one retries'),
+            ackSettleRows: config.ackSettleRows,
+            onSettleError: (err) => log.warn({ err }, 'moving recent acks to the per-stream table failed; the next batch retries'),
             startupCheck: config.startupCheck,
             maxPages: config.maxDbPages,
             changeLog: config.changefeed,

@@ -76,6 +76,31 @@ const MIGRATIONS: ReadonlyArray<(db: Database.Database) => void> = [
   },
   // The change log (transactional outbox) of the changefeed.
   createChangeLogTables,
+  (db) => {
+    // New acks land here, in commit order, so one batch's acks share pages whichever streams they
+    // belong to; the store moves them into `acks` (ordered by stream) in large sorted passes. In
+    // `acks` every put would dirty a page of its own stream. `acks_all` is every stored ack.
+    db.exec(`
+      CREATE TABLE recent_acks (
+        id           INTEGER PRIMARY KEY,
+        stream_id    INTEGER NOT NULL,
+        epoch        INTEGER NOT NULL,
+        seq          INTEGER NOT NULL,
+        fingerprint  BLOB    NOT NULL,
+        outcome      INTEGER NOT NULL,
+        key          TEXT    NOT NULL,
+        version      INTEGER NOT NULL,
+        deleted      INTEGER NOT NULL,
+        if_version   INTEGER,
+        committed_at INTEGER NOT NULL
+      );
+      CREATE UNIQUE INDEX recent_acks_by_stream ON recent_acks (stream_id, epoch, seq);
+      CREATE VIEW acks_all AS
+        SELECT stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at FROM acks
+        UNION ALL
+        SELECT stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at FROM recent_acks;
+    `);
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -44,6 +44,13 @@ export interface SqliteStoreOptions {
   readonly onFileLost?: (lost: FileLostError | undefined) => void;
   /** Append every document change to the change log (default true; false only to measure its cost). */
   readonly changeLog?: boolean;
+  /**
+   * Acks held in commit order (`recent_acks`) before one pass moves them into the per-stream
+   * table (default 16384; 0: every ack goes straight to the per-stream table, as before v4).
+   */
+  readonly ackSettleRows?: number;
+  /** Told when moving recent acks fails (the next batch tries again). */
+  readonly onSettleError?: (err: Error) => void;
 }
 
 interface StreamRow {
@@ -73,6 +80,8 @@ const OUTCOME_CODES = { applied: 0, version_conflict: 1 } as const;
 const BUSY_TIMEOUT_MS = 5000;
 /** maxWalBytes when the options leave it out (the option's default, src/config.ts). */
 const DEFAULT_MAX_WAL_BYTES = 64 * 1024 * 1024;
+/** ackSettleRows when the options leave it out (the option's default, src/config.ts). */
+const DEFAULT_ACK_SETTLE_ROWS = 16_384;
 
 class ProbeDone extends Error {}
 
@@ -97,6 +106,13 @@ export class SqliteStore implements Store {
   private rewinding = false;
   /** The files SQLite has open; checked before every commit and readiness answer. */
   private readonly files: FileIdentity | undefined;
+  private readonly settleRows: number;
+  /** Rows in recent_acks, counted by this connection (the only writer); a pass moves them all. */
+  private recentRows = 0;
+  private settling = false;
+  /** Change to recentRows made by the batch in progress; counted only once it commits. */
+  private batchRecentRows = 0;
+  private readonly runSettle: () => number;
 
   constructor(private readonly options: SqliteStoreOptions) {
     if (options.path !== ':memory:') mkdirSync(dirname(options.path), { recursive: true });
@@ -145,17 +161,37 @@ export class SqliteStore implements Store {
       updateStream: db.prepare<[number, number, number, number, number]>(
         'UPDATE streams SET epoch = ?, seq = ?, pruned_through = ?, ack_count = ? WHERE id = ?',
       ),
+      getRecentAck: db.prepare<[number, number, number], AckRow>(
+        'SELECT fingerprint, outcome, key, version, deleted, if_version, committed_at FROM recent_acks WHERE stream_id = ? AND epoch = ? AND seq = ?',
+      ),
       getAck: db.prepare<[number, number, number], AckRow>(
         'SELECT fingerprint, outcome, key, version, deleted, if_version, committed_at FROM acks WHERE stream_id = ? AND epoch = ? AND seq = ?',
       ),
       insertAck: db.prepare<[number, number, number, Buffer, number, string, number, number, number | null, number]>(
-        'INSERT INTO acks (stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+        `INSERT INTO ${this.settleRowsOption() === 0 ? 'acks' : 'recent_acks'} (stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       ),
-      oldestAcks: db.prepare<[number, number, number, number], { epoch: number; seq: number }>(
-        'SELECT epoch, seq FROM acks WHERE stream_id = ? AND (epoch, seq) > (?, ?) ORDER BY epoch, seq LIMIT ?',
+      // A stream's acks are in one table or the other (recent ones newer), so both are read.
+      oldestAcks: db.prepare<[number, number, number, number, number, number, number, number, number], { epoch: number; seq: number }>(
+        `SELECT epoch, seq FROM (
+           SELECT epoch, seq FROM (SELECT epoch, seq FROM acks WHERE stream_id = ? AND (epoch, seq) > (?, ?) ORDER BY epoch, seq LIMIT ?)
+           UNION ALL
+           SELECT epoch, seq FROM (SELECT epoch, seq FROM recent_acks WHERE stream_id = ? AND (epoch, seq) > (?, ?) ORDER BY epoch, seq LIMIT ?)
+         ) ORDER BY epoch, seq LIMIT ?`,
       ),
       deleteAcksThrough: db.prepare<[number, number, number]>('DELETE FROM acks WHERE stream_id = ? AND (epoch, seq) <= (?, ?)'),
+      deleteRecentAcksThrough: db.prepare<[number, number, number]>('DELETE FROM recent_acks WHERE stream_id = ? AND (epoch, seq) <= (?, ?)'),
       deleteAck: db.prepare<[number, number, number]>('DELETE FROM acks WHERE stream_id = ? AND epoch = ? AND seq = ?'),
+      recentCount: db.prepare<[], { n: number }>('SELECT count(*) AS n FROM recent_acks'),
+      oldestRecentCommit: db.prepare<[], { committed_at: number }>('SELECT committed_at FROM recent_acks ORDER BY id LIMIT 1'),
+      lastRecentId: db.prepare<[], { id: number | null }>('SELECT max(id) AS id FROM recent_acks'),
+      // Sorted by the target's key, so each stream's acks go into its pages together.
+      settleCopy: db.prepare<[number]>(
+        `INSERT INTO acks (stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at)
+         SELECT stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at
+           FROM recent_acks WHERE id <= ? ORDER BY stream_id, epoch, seq`,
+      ),
+      settleDelete: db.prepare<[number]>('DELETE FROM recent_acks WHERE id <= ?'),
       getDoc: db.prepare<[string, string], { version: number; deleted: number }>('SELECT version, deleted FROM documents WHERE tenant = ? AND key = ?'),
       upsertDoc: db.prepare<[string, string, number, number, Buffer | null, number]>(
         `INSERT INTO documents (tenant, key, version, deleted, state, updated_at) VALUES (?, ?, ?, ?, ?, ?)
@@ -216,9 +252,14 @@ export class SqliteStore implements Store {
         const row = stmt.getIdempotency.get(tenant, scope, key);
         return row === undefined ? undefined : { fingerprint: row.fingerprint, key: row.doc_key, version: row.version, createdAt: row.created_at };
       },
-      oldestAcks: (streamId, after, limit) => stmt.oldestAcks.all(streamId, after?.epoch ?? -1, after?.seq ?? -1, limit),
+      oldestAcks: (streamId, after, limit) => {
+        const epoch = after?.epoch ?? -1;
+        const seq = after?.seq ?? -1;
+        return stmt.oldestAcks.all(streamId, epoch, seq, limit, streamId, epoch, seq, limit, limit);
+      },
     };
     this.runBatch = this.db.transaction((batch: readonly Write[]) => {
+      this.batchRecentRows = 0;
       const plan = planBatch(batch, this.reader, {
         contiguous: this.options.contiguous,
         ackCapPerStream: this.options.ackCapPerStream,
@@ -232,6 +273,47 @@ export class SqliteStore implements Store {
       return plan.results;
     }).immediate;
     this.runPrune = this.db.transaction((olderThan: number, maxRows: number) => this.pruneInTransaction(olderThan, maxRows)).immediate;
+    this.settleRows = this.settleRowsOption();
+    this.recentRows = stmt.recentCount.get()!.n;
+    this.runSettle = this.db.transaction(() => {
+      const last = stmt.lastRecentId.get()!.id;
+      if (last === null) return 0;
+      stmt.settleCopy.run(last);
+      const moved = stmt.settleDelete.run(last).changes;
+      reach('settle-before-commit');
+      this.files?.assertSame();
+      return moved;
+    }).immediate;
+  }
+
+  private settleRowsOption(): number {
+    return this.options.ackSettleRows ?? DEFAULT_ACK_SETTLE_ROWS;
+  }
+
+  /**
+   * Moves every recent ack into the per-stream table in one transaction. Run between batches once
+   * `ackSettleRows` have gathered, and before pruning reaches recent acks; a failure leaves both
+   * tables as they were.
+   */
+  settleAcks(): number {
+    const moved = this.runSettle();
+    this.recentRows = 0;
+    if (moved > 0) this.checkpointer?.committed();
+    return moved;
+  }
+
+  private scheduleSettle(): void {
+    if (this.settleRows === 0 || this.settling || this.recentRows < this.settleRows) return;
+    this.settling = true;
+    setImmediate(() => {
+      this.settling = false;
+      if (!this.db.open) return;
+      try {
+        this.settleAcks();
+      } catch (err) {
+        this.options.onSettleError?.(err as Error);
+      }
+    });
   }
 
   /** Refuses to serve a damaged file: better down with a clear message than acking into it. */
@@ -255,7 +337,9 @@ export class SqliteStore implements Store {
     try {
       const results = this.runBatch(batch);
       this.lastWriteFailed = false;
+      this.recentRows += this.batchRecentRows;
       if (this.checkpointer !== undefined) this.afterCommit(this.checkpointer);
+      this.scheduleSettle();
       return results;
     } catch (err) {
       this.lastWriteFailed = true;
@@ -296,7 +380,10 @@ export class SqliteStore implements Store {
       } else {
         id = s.id;
         stmt.updateStream.run(s.head.epoch, s.head.seq, s.head.prunedThrough, s.ackCount, id);
-        if (s.evictThrough !== null) stmt.deleteAcksThrough.run(id, s.evictThrough.epoch, s.evictThrough.seq);
+        if (s.evictThrough !== null) {
+          stmt.deleteAcksThrough.run(id, s.evictThrough.epoch, s.evictThrough.seq);
+          this.batchRecentRows -= stmt.deleteRecentAcksThrough.run(id, s.evictThrough.epoch, s.evictThrough.seq).changes;
+        }
       }
       for (const { fingerprint, ack } of s.acks) {
         stmt.insertAck.run(
@@ -312,6 +399,7 @@ export class SqliteStore implements Store {
           ack.committedAt,
         );
       }
+      if (this.settleRows > 0) this.batchRecentRows += s.acks.length;
     }
     this.changes.beginBatch();
     for (const d of plan.documents) {
@@ -328,7 +416,7 @@ export class SqliteStore implements Store {
   }
 
   private readAck(streamId: number, put: Put): StoredAck | undefined {
-    const row = this.stmt.getAck.get(streamId, put.epoch, put.seq);
+    const row = this.stmt.getRecentAck.get(streamId, put.epoch, put.seq) ?? this.stmt.getAck.get(streamId, put.epoch, put.seq);
     if (row === undefined) return undefined;
     const ack: Ack = {
       outcome: row.outcome === OUTCOME_CODES.applied ? 'applied' : 'version_conflict',
@@ -383,6 +471,9 @@ export class SqliteStore implements Store {
   }
 
   async prune(olderThan: number, maxRows: number): Promise<{ pruned: number; done: boolean }> {
+    // Pruning reads the per-stream table by commit time; acks old enough must be there first.
+    const oldestRecent = this.stmt.oldestRecentCommit.get();
+    if (oldestRecent !== undefined && oldestRecent.committed_at < olderThan) this.settleAcks();
     const step = this.runPrune(olderThan, maxRows);
     if (step.pruned > 0) this.checkpointer?.committed();
     return step;

@@ -757,7 +757,7 @@ function fuzzTenantFootprint(): { streams: number; documents: number; acks: numb
     return {
       streams: one('SELECT count(*) AS n FROM streams WHERE tenant = ?'),
       documents: one('SELECT count(*) AS n FROM documents WHERE tenant = ?'),
-      acks: one('SELECT count(*) AS n FROM acks JOIN streams ON streams.id = acks.stream_id WHERE streams.tenant = ?'),
+      acks: one('SELECT count(*) AS n FROM acks_all JOIN streams ON streams.id = acks_all.stream_id WHERE streams.tenant = ?'),
     };
   } finally {
     db.close();
@@ -766,7 +766,7 @@ function fuzzTenantFootprint(): { streams: number; documents: number; acks: numb
 
 /**
  * The store's invariants, read with raw SQL: every ack at or below its stream's head, the head's
- * own ack present, ack_count equal to the rows, no ack without a stream, versions at least 1.
+ * own ack present, ack_count equal to the rows, no ack without a stream or stored twice, versions at least 1.
  */
 function storeInvariantViolations(dbPath: string): string[] {
   const db = new Database(dbPath, { readonly: true, fileMustExist: true });
@@ -779,20 +779,21 @@ function storeInvariantViolations(dbPath: string): string[] {
     };
     check(
       'acks above their head',
-      'SELECT s.tenant, s.name, a.epoch, a.seq FROM acks a JOIN streams s ON s.id = a.stream_id WHERE (a.epoch, a.seq) > (s.epoch, s.seq)',
+      'SELECT s.tenant, s.name, a.epoch, a.seq FROM acks_all a JOIN streams s ON s.id = a.stream_id WHERE (a.epoch, a.seq) > (s.epoch, s.seq)',
     );
     check(
       'heads without their own ack',
-      'SELECT s.tenant, s.name FROM streams s WHERE NOT EXISTS (SELECT 1 FROM acks a WHERE a.stream_id = s.id AND a.epoch = s.epoch AND a.seq = s.seq)',
+      'SELECT s.tenant, s.name FROM streams s WHERE NOT EXISTS (SELECT 1 FROM acks_all a WHERE a.stream_id = s.id AND a.epoch = s.epoch AND a.seq = s.seq)',
     );
     check(
       'ack_count differing from the rows',
-      'SELECT s.tenant, s.name, s.ack_count, (SELECT count(*) FROM acks a WHERE a.stream_id = s.id) AS n FROM streams s WHERE s.ack_count != (SELECT count(*) FROM acks a WHERE a.stream_id = s.id)',
+      'SELECT s.tenant, s.name, s.ack_count, (SELECT count(*) FROM acks_all a WHERE a.stream_id = s.id) AS n FROM streams s WHERE s.ack_count != (SELECT count(*) FROM acks_all a WHERE a.stream_id = s.id)',
     );
-    check('acks of no stream', 'SELECT a.stream_id FROM acks a WHERE NOT EXISTS (SELECT 1 FROM streams s WHERE s.id = a.stream_id)');
+    check('acks of no stream', 'SELECT a.stream_id FROM acks_all a WHERE NOT EXISTS (SELECT 1 FROM streams s WHERE s.id = a.stream_id)');
     check('pruned-through above the head', 'SELECT tenant, name FROM streams WHERE pruned_through > seq');
     check('documents below version 1', 'SELECT tenant, key FROM documents WHERE version < 1');
-    check('fingerprints not 16 bytes', 'SELECT stream_id, epoch, seq FROM acks WHERE length(fingerprint) != 16');
+    check('acks stored twice (in recent_acks and acks)', 'SELECT stream_id, epoch, seq FROM acks_all GROUP BY stream_id, epoch, seq HAVING count(*) > 1');
+    check('fingerprints not 16 bytes', 'SELECT stream_id, epoch, seq FROM acks_all WHERE length(fingerprint) != 16');
     return out;
   } finally {
     db.close();

@@ -69,7 +69,9 @@ describe('the soak checker', () => {
   it('reports an acked put whose ack row is gone', () => {
     const rec = acked()[10]!;
     const v = checkDamaged((db) => {
-      db.prepare('DELETE FROM acks WHERE stream_id = ? AND epoch = ? AND seq = ?').run(streamId(db, rec.stream), EPOCH, rec.seq);
+      // The ack may not have been moved out of recent_acks yet.
+      for (const table of ['acks', 'recent_acks'])
+        db.prepare(`DELETE FROM ${table} WHERE stream_id = ? AND epoch = ? AND seq = ?`).run(streamId(db, rec.stream), EPOCH, rec.seq);
     });
     expect(v.join('\n')).toContain(`${rec.label} was acked`);
     expect(v.join('\n')).toContain('an acked put was lost');
@@ -90,7 +92,13 @@ describe('the soak checker', () => {
   it('reports a stored ack whose fingerprint is not that of the put sent', () => {
     const rec = acked()[20]!;
     const v = checkDamaged((db) => {
-      db.prepare('UPDATE acks SET fingerprint = zeroblob(16) WHERE stream_id = ? AND epoch = ? AND seq = ?').run(streamId(db, rec.stream), EPOCH, rec.seq);
+      for (const table of ['acks', 'recent_acks']) {
+        db.prepare(`UPDATE ${table} SET fingerprint = zeroblob(16) WHERE stream_id = ? AND epoch = ? AND seq = ?`).run(
+          streamId(db, rec.stream),
+          EPOCH,
+          rec.seq,
+        );
+      }
     });
     expect(v.join('\n')).toContain(`stored ack ${rec.stream}#${rec.seq} (epoch ${EPOCH}): fingerprint 00000000000000000000000000000000 matches none`);
   });
@@ -99,7 +107,7 @@ describe('the soak checker', () => {
     const late = result.books.flatMap((b) => b.records).find((r) => r.kind === 'late');
     expect(late, 'the run sent a late put').toBeDefined();
     const v = checkDamaged((db) => {
-      const original = db.prepare('SELECT * FROM acks WHERE stream_id = ? ORDER BY seq LIMIT 1').get(streamId(db, late!.stream)) as Record<string, unknown>;
+      const original = db.prepare('SELECT * FROM acks_all WHERE stream_id = ? ORDER BY seq LIMIT 1').get(streamId(db, late!.stream)) as Record<string, unknown>;
       const fp = checkFingerprintOf(late!);
       db.prepare(
         `INSERT INTO acks (stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at)
@@ -112,7 +120,13 @@ describe('the soak checker', () => {
   it('reports a stored ack that differs from the ack the client received', () => {
     const rec = acked()[30]!;
     const v = checkDamaged((db) => {
-      db.prepare('UPDATE acks SET committed_at = committed_at + 1 WHERE stream_id = ? AND epoch = ? AND seq = ?').run(streamId(db, rec.stream), EPOCH, rec.seq);
+      for (const table of ['acks', 'recent_acks']) {
+        db.prepare(`UPDATE ${table} SET committed_at = committed_at + 1 WHERE stream_id = ? AND epoch = ? AND seq = ?`).run(
+          streamId(db, rec.stream),
+          EPOCH,
+          rec.seq,
+        );
+      }
     });
     expect(v.join('\n')).toContain(`stored ack ${rec.stream}#${rec.seq} (epoch ${EPOCH}) is {`);
   });

@@ -62,7 +62,7 @@ export function checkDatabase(path: string, seed: number, books: readonly Stream
     // One stream at a time: a long run's rows and indexes need not all be in memory at once.
     const rowsOf = raw.prepare(
       `SELECT a.epoch, a.seq, a.fingerprint, a.outcome, a.key, a.version, a.deleted, a.if_version, a.committed_at
-         FROM acks AS a JOIN streams AS s ON s.id = a.stream_id WHERE s.tenant = ? AND s.name = ?`,
+         FROM acks_all AS a JOIN streams AS s ON s.id = a.stream_id WHERE s.tenant = ? AND s.name = ?`,
     );
     let ackRows = 0;
     let documents = 0;
@@ -182,7 +182,7 @@ export function checkDatabase(path: string, seed: number, books: readonly Stream
     }
 
     // Rows of streams no client wrote, or orphaned from their stream, escape the per-stream reads above.
-    const totalRows = (raw.prepare('SELECT count(*) AS n FROM acks').get() as { n: number }).n;
+    const totalRows = (raw.prepare('SELECT count(*) AS n FROM acks_all').get() as { n: number }).n;
     if (totalRows !== ackRows) fail(`${totalRows} ack rows in the database, ${ackRows} of them belong to the clients' streams`);
     const expectedStreams = books
       .filter((b) => b.maxOk > 0)

@@ -147,7 +147,7 @@ export class DbChecker {
   ack(stream: string, epoch: number, seq: number, tenant = DEFAULT_TENANT): DbAck | undefined {
     const row = this.q(
       `SELECT a.outcome, a.key, a.version, a.deleted, a.if_version, a.committed_at, a.fingerprint
-         FROM acks AS a JOIN streams AS s ON s.id = a.stream_id
+         FROM acks_all AS a JOIN streams AS s ON s.id = a.stream_id
         WHERE s.tenant = ? AND s.name = ? AND a.epoch = ? AND a.seq = ?`,
     ).get(tenant, stream, epoch, seq) as AckRow | undefined;
     if (row === undefined) return undefined;
@@ -165,7 +165,7 @@ export class DbChecker {
   /** How many ack rows the stream has (compare with its head's ackCount). */
   countAcks(stream: string, tenant = DEFAULT_TENANT): number {
     return (
-      this.q('SELECT count(*) AS n FROM acks AS a JOIN streams AS s ON s.id = a.stream_id WHERE s.tenant = ? AND s.name = ?').get(tenant, stream) as {
+      this.q('SELECT count(*) AS n FROM acks_all AS a JOIN streams AS s ON s.id = a.stream_id WHERE s.tenant = ? AND s.name = ?').get(tenant, stream) as {
         n: number;
       }
     ).n;
