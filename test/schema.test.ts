@@ -3,8 +3,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { SCHEMA_VERSION } from '../src/store/sqlite-schema.js';
+import { migrate, SCHEMA_VERSION } from '../src/store/sqlite-schema.js';
 import { SqliteStore } from '../src/store/sqlite-store.js';
+import { canonicalEncode, putFingerprint } from '../src/protocol/canonical.js';
+
+const LIMITS = { maxBytes: 65536, maxDepth: 32, bytesLimitName: 'maxStateBytes', depthLimitName: 'maxStateDepth' };
 
 let dir: string;
 beforeEach(() => {
@@ -47,6 +50,68 @@ describe('on-disk schema', () => {
     const store = open(path);
     expect(store.openedSchemaVersion).toBe(0);
     expect(store.database.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
+    await store.close();
+  });
+
+  it('moves a version 3 file (acks indexed by commit time) to oldest_ack_at per stream: pruning and replays as before', async () => {
+    const path = join(dir, 'v3.db');
+    const raw = new Database(path);
+    migrate(raw, 3);
+    const stream = raw.prepare("INSERT INTO streams (tenant, name, epoch, seq, pruned_through, ack_count) VALUES ('default', ?, ?, ?, 0, ?) RETURNING id");
+    const ack = raw.prepare(
+      "INSERT INTO acks (stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at) VALUES (?, ?, ?, ?, 0, 'k', ?, 0, NULL, ?)",
+    );
+    const state = canonicalEncode({ v: 1 }, LIMITS, 'state');
+    const fp = putFingerprint('k', state, null);
+    // old: acks at t = 100, 200, 300 (head seq 3); lone: only its head's ack; epochs: epoch 1 acks, then the head in epoch 2.
+    const old = (stream.get('old', 1, 3, 3) as { id: number }).id;
+    for (const seq of [1, 2, 3]) ack.run(old, 1, seq, fp, seq, seq * 100);
+    const lone = (stream.get('lone', 1, 1, 1) as { id: number }).id;
+    ack.run(lone, 1, 1, fp, 1, 100);
+    const epochs = (stream.get('epochs', 2, 1, 3) as { id: number }).id;
+    ack.run(epochs, 1, 1, fp, 1, 50);
+    ack.run(epochs, 1, 2, fp, 2, 60);
+    ack.run(epochs, 2, 1, fp, 3, 400);
+    raw.close();
+
+    const store = new SqliteStore({ path, synchronous: 'full', contiguous: false, ackCapPerStream: 10, now: () => 1000 });
+    expect(store.openedSchemaVersion).toBe(3);
+    const oldest = store.database.prepare('SELECT name, oldest_ack_at AS at FROM streams ORDER BY name').all();
+    expect(oldest).toEqual([
+      { name: 'epochs', at: 50 },
+      { name: 'lone', at: null },
+      { name: 'old', at: 100 },
+    ]);
+    expect(store.database.prepare("SELECT count(*) AS n FROM sqlite_master WHERE name = 'acks_by_commit_time'").get()).toEqual({ n: 0 });
+
+    // Everything committed before 250 goes, except a head's own ack.
+    let pruned = 0;
+    for (let done = false; !done;) {
+      const step = await store.prune(250, 1);
+      pruned += step.pruned;
+      done = step.done;
+    }
+    expect(pruned).toBe(4);
+    const left = store.database.prepare('SELECT s.name, a.epoch, a.seq FROM acks_all a JOIN streams s ON s.id = a.stream_id ORDER BY 1, 2, 3').all();
+    expect(left).toEqual([
+      { name: 'epochs', epoch: 2, seq: 1 },
+      { name: 'lone', epoch: 1, seq: 1 },
+      { name: 'old', epoch: 1, seq: 3 },
+    ]);
+    expect(await store.heads('default', ['old', 'epochs'])).toEqual([
+      { stream: 'old', epoch: 1, seq: 3, prunedThrough: 2 },
+      { stream: 'epochs', epoch: 2, seq: 1, prunedThrough: 0 },
+    ]);
+    expect(store.database.prepare('SELECT name, oldest_ack_at AS at FROM streams ORDER BY name').all()).toEqual([
+      { name: 'epochs', at: null },
+      { name: 'lone', at: null },
+      { name: 'old', at: null },
+    ]);
+    // The head's ack still replays, and once a new put moves the head, it becomes prunable.
+    const put = (seq: number) => ({ tenant: 'default', stream: 'old', epoch: 1, seq, key: 'k', state, ifVersion: null, fingerprint: fp });
+    expect((await store.apply([put(3)]))[0]).toMatchObject({ kind: 'ack', replay: true });
+    expect((await store.apply([put(4)]))[0]).toMatchObject({ kind: 'ack', replay: false });
+    expect(store.database.prepare("SELECT oldest_ack_at AS at FROM streams WHERE name = 'old'").get()).toEqual({ at: 300 });
     await store.close();
   });
 

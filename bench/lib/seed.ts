@@ -35,8 +35,8 @@ export async function seedDatabase(path: string, groups: readonly SeedGroup[]): 
     db.pragma('journal_mode = WAL');
     // Seeding is preparation, not measurement: durability of the seed itself does not matter.
     db.pragma('synchronous = OFF');
-    const insertStream = db.prepare<[string, string, number, number], { id: number }>(
-      'INSERT INTO streams (tenant, name, epoch, seq, pruned_through, ack_count) VALUES (?, ?, 1, ?, 0, ?) RETURNING id',
+    const insertStream = db.prepare<[string, string, number, number, number | null], { id: number }>(
+      'INSERT INTO streams (tenant, name, epoch, seq, pruned_through, ack_count, oldest_ack_at) VALUES (?, ?, 1, ?, 0, ?, ?) RETURNING id',
     );
     const insertAck = db.prepare<[number, number, Buffer, string, number, number]>(
       `INSERT INTO acks (stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at)
@@ -49,7 +49,8 @@ export async function seedDatabase(path: string, groups: readonly SeedGroup[]): 
         for (let i = 0; i < g.streams; i++) {
           const name = g.streamName(i);
           const count = typeof g.acksPerStream === 'number' ? g.acksPerStream : g.acksPerStream(i);
-          const { id } = insertStream.get(DEFAULT_TENANT, name, count, count)!;
+          // The oldest ack that pruning may take: seq 1, unless it is the head's own.
+          const { id } = insertStream.get(DEFAULT_TENANT, name, count, count, count > 1 ? g.committedAt - (count - 1) : null)!;
           for (let seq = 1; seq <= count; seq++) {
             fingerprint.writeUInt32BE(seq, 0);
             insertAck.run(id, seq, fingerprint, `${name}/k${seq % KEYS_PER_STREAM}`, Math.floor(seq / KEYS_PER_STREAM) + 1, g.committedAt - (count - seq));

@@ -101,6 +101,20 @@ const MIGRATIONS: ReadonlyArray<(db: Database.Database) => void> = [
         SELECT stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at FROM recent_acks;
     `);
   },
+  (db) => {
+    // Time-based pruning finds streams by the commit time of their oldest prunable ack (NULL: only
+    // the head's own ack is stored, which is never pruned). The index on acks(committed_at) it
+    // replaces was updated at every ack insert and, scattered over old pages, at every eviction.
+    db.exec(`
+      ALTER TABLE streams ADD COLUMN oldest_ack_at INTEGER;
+      UPDATE streams SET oldest_ack_at = (
+        SELECT a.committed_at FROM acks_all AS a
+         WHERE a.stream_id = streams.id AND (a.epoch, a.seq) < (streams.epoch, streams.seq)
+         ORDER BY a.epoch, a.seq LIMIT 1);
+      CREATE INDEX streams_by_oldest_ack ON streams (oldest_ack_at) WHERE oldest_ack_at IS NOT NULL;
+      DROP INDEX acks_by_commit_time;
+    `);
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -109,13 +123,13 @@ export class DatabaseUnusableError extends Error {
   override readonly name = 'DatabaseUnusableError';
 }
 
-/** Brings the file to SCHEMA_VERSION; returns the version it found. */
-export function migrate(db: Database.Database): number {
+/** Brings the file to SCHEMA_VERSION (tests: to an older `target`, to build old files); returns the version it found. */
+export function migrate(db: Database.Database, target = SCHEMA_VERSION): number {
   const found = db.pragma('user_version', { simple: true }) as number;
   if (found > SCHEMA_VERSION) {
     throw new DatabaseUnusableError(`database schema version ${found} is newer than this seqgate understands (${SCHEMA_VERSION}); refusing to open it`);
   }
-  for (let v = found; v < SCHEMA_VERSION; v++) {
+  for (let v = found; v < target; v++) {
     db.transaction(() => {
       MIGRATIONS[v]!(db);
       db.pragma(`user_version = ${v + 1}`);

@@ -3,7 +3,7 @@ import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { planBatch, type BatchPlan, type BatchReader } from '../batch-gate.js';
 import { storageUnavailable, type StoredAck } from '../gate.js';
-import { planPrune } from '../retention.js';
+import { afterForgetting, planPrune } from '../retention.js';
 import { reach } from '../crash-points.js';
 import { DatabaseUnusableError, migrate } from './sqlite-schema.js';
 import { WalCheckpointer } from './wal-checkpointer.js';
@@ -59,6 +59,13 @@ interface StreamRow {
   seq: number;
   pruned_through: number;
   ack_count: number;
+  oldest_ack_at: number | null;
+}
+
+interface StoredPosition {
+  epoch: number;
+  seq: number;
+  committed_at: number;
 }
 
 interface AckRow {
@@ -97,7 +104,8 @@ export class SqliteStore implements Store {
   private readonly runBatch: (batch: readonly Write[]) => Array<PutResult | DocResult>;
   private readonly reader: BatchReader<number>;
   private readonly runPrune: (olderThan: number, maxRows: number) => { pruned: number; done: boolean };
-  private pruneCursor: [number, number, number, number] = [-1, -1, -1, -1];
+  /** oldest_ack_at of each stream the batch in progress read, by id. */
+  private readonly batchOldest = new Map<number, number | null>();
   /** Whether the last batch failed to commit; readiness then needs a probe that really commits. */
   private lastWriteFailed = false;
   private readonly checkpointer: WalCheckpointer | undefined;
@@ -154,7 +162,9 @@ export class SqliteStore implements Store {
     this.changes = new SqliteChangeLog(db);
     this.logChanges = options.changeLog ?? true;
     this.stmt = {
-      getStream: db.prepare<[string, string], StreamRow>('SELECT id, epoch, seq, pruned_through, ack_count FROM streams WHERE tenant = ? AND name = ?'),
+      getStream: db.prepare<[string, string], StreamRow>(
+        'SELECT id, epoch, seq, pruned_through, ack_count, oldest_ack_at FROM streams WHERE tenant = ? AND name = ?',
+      ),
       insertStream: db.prepare<[string, string, number, number, number, number], { id: number }>(
         'INSERT INTO streams (tenant, name, epoch, seq, pruned_through, ack_count) VALUES (?, ?, ?, ?, ?, ?) RETURNING id',
       ),
@@ -172,18 +182,19 @@ export class SqliteStore implements Store {
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       ),
       // A stream's acks are in one table or the other (recent ones newer), so both are read.
-      oldestAcks: db.prepare<[number, number, number, number, number, number, number, number, number], { epoch: number; seq: number }>(
-        `SELECT epoch, seq FROM (
-           SELECT epoch, seq FROM (SELECT epoch, seq FROM acks WHERE stream_id = ? AND (epoch, seq) > (?, ?) ORDER BY epoch, seq LIMIT ?)
+      oldestAcks: db.prepare<[number, number, number, number, number, number, number, number, number], StoredPosition>(
+        `SELECT epoch, seq, committed_at FROM (
+           SELECT * FROM (SELECT epoch, seq, committed_at FROM acks WHERE stream_id = ? AND (epoch, seq) > (?, ?) ORDER BY epoch, seq LIMIT ?)
            UNION ALL
-           SELECT epoch, seq FROM (SELECT epoch, seq FROM recent_acks WHERE stream_id = ? AND (epoch, seq) > (?, ?) ORDER BY epoch, seq LIMIT ?)
+           SELECT * FROM (SELECT epoch, seq, committed_at FROM recent_acks WHERE stream_id = ? AND (epoch, seq) > (?, ?) ORDER BY epoch, seq LIMIT ?)
          ) ORDER BY epoch, seq LIMIT ?`,
       ),
+      setOldestAck: db.prepare<[number | null, number]>('UPDATE streams SET oldest_ack_at = ? WHERE id = ?'),
+      deleteRecentAck: db.prepare<[number, number, number]>('DELETE FROM recent_acks WHERE stream_id = ? AND epoch = ? AND seq = ?'),
       deleteAcksThrough: db.prepare<[number, number, number]>('DELETE FROM acks WHERE stream_id = ? AND (epoch, seq) <= (?, ?)'),
       deleteRecentAcksThrough: db.prepare<[number, number, number]>('DELETE FROM recent_acks WHERE stream_id = ? AND (epoch, seq) <= (?, ?)'),
       deleteAck: db.prepare<[number, number, number]>('DELETE FROM acks WHERE stream_id = ? AND epoch = ? AND seq = ?'),
       recentCount: db.prepare<[], { n: number }>('SELECT count(*) AS n FROM recent_acks'),
-      oldestRecentCommit: db.prepare<[], { committed_at: number }>('SELECT committed_at FROM recent_acks ORDER BY id LIMIT 1'),
       lastRecentId: db.prepare<[], { id: number | null }>('SELECT max(id) AS id FROM recent_acks'),
       // Sorted by the target's key, so each stream's acks go into its pages together.
       settleCopy: db.prepare<[number]>(
@@ -213,22 +224,9 @@ export class SqliteStore implements Store {
       ),
       insertProbe: db.prepare<[string]>("INSERT INTO meta (name, value) VALUES ('readiness_probe', ?)"),
       deleteProbe: db.prepare("DELETE FROM meta WHERE name = 'readiness_probe'"),
-      pruneCandidates: db.prepare<
-        [number, number, number, number, number, number],
-        {
-          stream_id: number;
-          epoch: number;
-          seq: number;
-          committed_at: number;
-          head_epoch: number;
-          head_seq: number;
-          pruned_through: number;
-        }
-      >(
-        `SELECT a.stream_id, a.epoch, a.seq, a.committed_at, s.epoch AS head_epoch, s.seq AS head_seq, s.pruned_through
-           FROM acks AS a INDEXED BY acks_by_commit_time JOIN streams AS s ON s.id = a.stream_id
-          WHERE a.committed_at < ? AND (a.committed_at, a.stream_id, a.epoch, a.seq) > (?, ?, ?, ?)
-          ORDER BY a.committed_at, a.stream_id, a.epoch, a.seq LIMIT ?`,
+      streamsToPrune: db.prepare<[number, number], { id: number; epoch: number; seq: number; pruned_through: number }>(
+        `SELECT id, epoch, seq, pruned_through FROM streams INDEXED BY streams_by_oldest_ack
+          WHERE oldest_ack_at IS NOT NULL AND oldest_ack_at < ? ORDER BY oldest_ack_at LIMIT ?`,
       ),
       notePruned: db.prepare<[number, number, number]>('UPDATE streams SET ack_count = ack_count - ?, pruned_through = ? WHERE id = ?'),
     };
@@ -237,7 +235,9 @@ export class SqliteStore implements Store {
     this.reader = {
       stream: (tenant, name) => {
         const row = stmt.getStream.get(tenant, name);
-        return row && { id: row.id, epoch: row.epoch, seq: row.seq, prunedThrough: row.pruned_through, ackCount: row.ack_count };
+        if (row === undefined) return undefined;
+        this.batchOldest.set(row.id, row.oldest_ack_at);
+        return { id: row.id, epoch: row.epoch, seq: row.seq, prunedThrough: row.pruned_through, ackCount: row.ack_count };
       },
       ack: (streamId, put) => this.readAck(streamId, put),
       documentMeta: (tenant, key) => {
@@ -260,6 +260,7 @@ export class SqliteStore implements Store {
     };
     this.runBatch = this.db.transaction((batch: readonly Write[]) => {
       this.batchRecentRows = 0;
+      this.batchOldest.clear();
       const plan = planBatch(batch, this.reader, {
         contiguous: this.options.contiguous,
         ackCapPerStream: this.options.ackCapPerStream,
@@ -292,8 +293,7 @@ export class SqliteStore implements Store {
 
   /**
    * Moves every recent ack into the per-stream table in one transaction. Run between batches once
-   * `ackSettleRows` have gathered, and before pruning reaches recent acks; a failure leaves both
-   * tables as they were.
+   * `ackSettleRows` have gathered; a failure leaves both tables as they were.
    */
   settleAcks(): number {
     const moved = this.runSettle();
@@ -400,6 +400,10 @@ export class SqliteStore implements Store {
         );
       }
       if (this.settleRows > 0) this.batchRecentRows += s.acks.length;
+      // Only these can change which ack is the oldest prunable one: a new stream, an eviction, and
+      // a stream that held only its head's ack (that ack became prunable when the head moved).
+      const known = s.id === null ? undefined : this.batchOldest.get(id);
+      if (known === undefined || known === null || s.evictThrough !== null) this.noteOldestAck(id, s.head, known ?? null);
     }
     this.changes.beginBatch();
     for (const d of plan.documents) {
@@ -413,6 +417,17 @@ export class SqliteStore implements Store {
     for (const i of plan.idempotency) {
       stmt.insertIdempotency.run(i.tenant, i.scope, i.idempotencyKey, i.record.fingerprint, i.record.key, i.record.version, i.record.createdAt);
     }
+  }
+
+  /**
+   * Keeps streams.oldest_ack_at equal to the commit time of the stream's oldest ack that may be
+   * pruned: NULL when only the head's own ack is stored (it is never pruned). Returns the value.
+   */
+  private noteOldestAck(streamId: number, head: { epoch: number; seq: number }, known: number | null): number | null {
+    const first = this.stmt.oldestAcks.get(streamId, -1, -1, 1, streamId, -1, -1, 1, 1);
+    const at = first === undefined || (first.epoch === head.epoch && first.seq === head.seq) ? null : first.committed_at;
+    if (at !== known) this.stmt.setOldestAck.run(at, streamId);
+    return at;
   }
 
   private readAck(streamId: number, put: Put): StoredAck | undefined {
@@ -471,30 +486,52 @@ export class SqliteStore implements Store {
   }
 
   async prune(olderThan: number, maxRows: number): Promise<{ pruned: number; done: boolean }> {
-    // Pruning reads the per-stream table by commit time; acks old enough must be there first.
-    const oldestRecent = this.stmt.oldestRecentCommit.get();
-    if (oldestRecent !== undefined && oldestRecent.committed_at < olderThan) this.settleAcks();
     const step = this.runPrune(olderThan, maxRows);
     if (step.pruned > 0) this.checkpointer?.committed();
     return step;
   }
 
+  /**
+   * One step: the streams whose oldest prunable ack is older than the cutoff, oldest first; of
+   * each, the acks older than the cutoff from its oldest on, up to the first younger one (a
+   * stream's acks are in commit order by position; after a backward clock step a younger stamp
+   * may come first, and the acks behind it are then kept longer, never pruned early).
+   */
   private pruneInTransaction(olderThan: number, maxRows: number): { pruned: number; done: boolean } {
-    const rows = this.stmt.pruneCandidates.all(olderThan, ...this.pruneCursor, maxRows);
-    const plan = planPrune(
-      rows.map((r) => ({
-        streamId: r.stream_id,
-        epoch: r.epoch,
-        seq: r.seq,
-        head: { epoch: r.head_epoch, seq: r.head_seq, prunedThrough: r.pruned_through },
-      })),
-    );
-    for (const d of plan.deletes) this.stmt.deleteAck.run(d.streamId, d.epoch, d.seq);
-    for (const s of plan.streams) this.stmt.notePruned.run(s.removed, s.prunedThrough, s.streamId);
-    const done = rows.length < maxRows;
-    const last = rows[rows.length - 1];
-    this.pruneCursor = done || last === undefined ? [-1, -1, -1, -1] : [last.committed_at, last.stream_id, last.epoch, last.seq];
-    return { pruned: plan.deletes.length, done };
+    const { stmt } = this;
+    const streams = stmt.streamsToPrune.all(olderThan, maxRows);
+    let budget = maxRows;
+    let pruned = 0;
+    let done = streams.length < maxRows;
+    for (const st of streams) {
+      if (budget <= 0) {
+        done = false;
+        break;
+      }
+      const head = { epoch: st.epoch, seq: st.seq, prunedThrough: st.pruned_through };
+      // One more than the budget: the head's own ack may be among them and is never deleted.
+      const rows = stmt.oldestAcks.all(st.id, -1, -1, budget + 1, st.id, -1, -1, budget + 1, budget + 1);
+      const old: StoredPosition[] = [];
+      for (const r of rows) {
+        if (r.committed_at >= olderThan) break;
+        old.push(r);
+      }
+      const plan = planPrune(old.map((r) => ({ streamId: st.id, epoch: r.epoch, seq: r.seq, head })));
+      const deletes = plan.deletes.slice(0, budget);
+      if (deletes.length < plan.deletes.length) done = false;
+      for (const d of deletes) {
+        stmt.deleteAck.run(d.streamId, d.epoch, d.seq);
+        stmt.deleteRecentAck.run(d.streamId, d.epoch, d.seq);
+      }
+      if (deletes.length > 0) {
+        const last = deletes[deletes.length - 1]!;
+        stmt.notePruned.run(deletes.length, afterForgetting(head, last).prunedThrough, st.id);
+      }
+      budget -= deletes.length;
+      pruned += deletes.length;
+      this.noteOldestAck(st.id, st, -1);
+    }
+    return { pruned, done };
   }
 
   /** For tests and operational tooling inside this package: the underlying connection. */
