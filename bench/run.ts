@@ -7,7 +7,7 @@ import { parseArgs } from 'node:util';
 import { Histogram } from './lib/histogram.js';
 import type { FromGenerator, GeneratorConfig, GeneratorResult, ToGenerator } from './lib/ipc.js';
 import { machineInfo, openFileLimit, processCpuMs, processMemory, processWriteBytes } from './lib/proc.js';
-import { repoRoot } from './lib/paths.js';
+import { productionNodeFlags, repoRoot } from './lib/paths.js';
 import { countAcksBefore, createPostgresSeed, seedDatabase } from './lib/seed.js';
 import { backlogStreamName, loadStreamName } from './lib/workload.js';
 import { ARM_LABEL, cellTag, parseVariants, plan, POSTGRES_ARMS, type Arm, type Cell } from './lib/cells.js';
@@ -59,7 +59,7 @@ if (args.help) {
   --idle-connections N    idle connections scenario (default 10000, quick 1000)
   --out-dir DIR           where RESULTS.md and throughput.svg go (default bench/)
   --work-dir DIR          databases and seeds (default bench/.work; must be a real disk, not tmpfs)
-  --server-node-args=ARGS node flags for every server process (note the =), e.g. --server-node-args="--cpu-prof --cpu-prof-dir=bench/.work/prof"
+  --server-node-args=ARGS node flags for every server process (note the =), after those of npm start, e.g. --server-node-args="--cpu-prof --cpu-prof-dir=bench/.work/prof"
   --pg-url URL            PostgreSQL for the (p) and (p2) arms, as an admin user that may create databases
                           (default SEQGATE_BENCH_PG_URL or postgres://postgres@127.0.0.1:5432/postgres)
   --skip-postgres         leave out the PostgreSQL arms
@@ -132,6 +132,9 @@ for (const script of Object.values(SCRIPTS)) {
   }
 }
 
+/** Every server arm runs with the node flags of `npm start` (README.md, "Node flags"). */
+const PRODUCTION_NODE_FLAGS = productionNodeFlags();
+
 const RETENTION_MS = 86_400_000;
 const startedAt = new Date();
 const log = (line: string): void => {
@@ -173,7 +176,7 @@ async function startServer(
   env: Readonly<Record<string, string>> = {},
 ): Promise<ServerProc> {
   const argv = ['--port', '0', '--log-format', 'json', '--log-level', logLevel, ...(dbPath ? ['--db-path', dbPath] : []), ...extra];
-  const child = spawn(process.execPath, [...opts.serverNodeArgs, SCRIPTS[arm], ...argv], {
+  const child = spawn(process.execPath, [...PRODUCTION_NODE_FLAGS, ...opts.serverNodeArgs, SCRIPTS[arm], ...argv], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...env },
   });
