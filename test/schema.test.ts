@@ -115,6 +115,35 @@ describe('on-disk schema', () => {
     await store.close();
   });
 
+  it('with ackSettleRows 0, moves recent acks left by an earlier run before writing straight to acks', async () => {
+    const path = join(dir, 'switch.db');
+    const state = canonicalEncode({ v: 1 }, LIMITS, 'state');
+    const put = (seq: number) => ({
+      tenant: 'default',
+      stream: 's',
+      epoch: 1,
+      seq,
+      key: 'k',
+      state,
+      ifVersion: null,
+      fingerprint: putFingerprint('k', state, null),
+    });
+    const count = (store: SqliteStore, table: string) => (store.database.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n;
+    const first = new SqliteStore({ path, synchronous: 'full', contiguous: false, ackCapPerStream: 3 });
+    for (const seq of [1, 2, 3]) await first.apply([put(seq)]);
+    expect(count(first, 'recent_acks')).toBe(3);
+    await first.close();
+
+    const direct = new SqliteStore({ path, synchronous: 'full', contiguous: false, ackCapPerStream: 3, ackSettleRows: 0 });
+    expect([count(direct, 'recent_acks'), count(direct, 'acks')]).toEqual([0, 3]);
+    // The cap evicts the oldest (seq 1), not the newest: the order of the two tables held.
+    expect((await direct.apply([put(4)]))[0]).toMatchObject({ kind: 'ack', replay: false });
+    const seqs = direct.database.prepare('SELECT seq FROM acks_all ORDER BY seq').all();
+    expect(seqs).toEqual([{ seq: 2 }, { seq: 3 }, { seq: 4 }]);
+    expect((await direct.apply([put(2)]))[0]).toMatchObject({ kind: 'ack', replay: true });
+    await direct.close();
+  });
+
   it('refuses a file written by a newer seqgate instead of guessing', () => {
     const path = join(dir, 'new.db');
     const raw = new Database(path);

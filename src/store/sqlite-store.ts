@@ -3,7 +3,7 @@ import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { planBatch, type BatchPlan, type BatchReader } from '../batch-gate.js';
 import { storageUnavailable, type StoredAck } from '../gate.js';
-import { afterForgetting, planPrune } from '../retention.js';
+import { afterForgetting, planPrune, type Position } from '../retention.js';
 import { reach } from '../crash-points.js';
 import { DatabaseUnusableError, migrate } from './sqlite-schema.js';
 import { WalCheckpointer } from './wal-checkpointer.js';
@@ -181,19 +181,21 @@ export class SqliteStore implements Store {
         `INSERT INTO ${this.settleRowsOption() === 0 ? 'acks' : 'recent_acks'} (stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       ),
-      // A stream's acks are in one table or the other (recent ones newer), so both are read.
-      oldestAcks: db.prepare<[number, number, number, number, number, number, number, number, number], StoredPosition>(
-        `SELECT epoch, seq, committed_at FROM (
-           SELECT * FROM (SELECT epoch, seq, committed_at FROM acks WHERE stream_id = ? AND (epoch, seq) > (?, ?) ORDER BY epoch, seq LIMIT ?)
-           UNION ALL
-           SELECT * FROM (SELECT epoch, seq, committed_at FROM recent_acks WHERE stream_id = ? AND (epoch, seq) > (?, ?) ORDER BY epoch, seq LIMIT ?)
-         ) ORDER BY epoch, seq LIMIT ?`,
+      // A stream's recent acks are all newer than its acks in `acks` (see oldestAcks), so the
+      // oldest are read from `acks` first and from recent_acks only for what is missing.
+      settledOldest: db.prepare<[number, number, number, number], StoredPosition>(
+        'SELECT epoch, seq, committed_at FROM acks WHERE stream_id = ? AND (epoch, seq) > (?, ?) ORDER BY epoch, seq LIMIT ?',
+      ),
+      recentOldest: db.prepare<[number, number, number, number], StoredPosition>(
+        'SELECT epoch, seq, committed_at FROM recent_acks WHERE stream_id = ? AND (epoch, seq) > (?, ?) ORDER BY epoch, seq LIMIT ?',
+      ),
+      // What the gate needs, read from the index alone.
+      recentPositions: db.prepare<[number, number, number, number], Position>(
+        'SELECT epoch, seq FROM recent_acks WHERE stream_id = ? AND (epoch, seq) > (?, ?) ORDER BY epoch, seq LIMIT ?',
       ),
       setOldestAck: db.prepare<[number | null, number]>('UPDATE streams SET oldest_ack_at = ? WHERE id = ?'),
-      deleteRecentAck: db.prepare<[number, number, number]>('DELETE FROM recent_acks WHERE stream_id = ? AND epoch = ? AND seq = ?'),
       deleteAcksThrough: db.prepare<[number, number, number]>('DELETE FROM acks WHERE stream_id = ? AND (epoch, seq) <= (?, ?)'),
       deleteRecentAcksThrough: db.prepare<[number, number, number]>('DELETE FROM recent_acks WHERE stream_id = ? AND (epoch, seq) <= (?, ?)'),
-      deleteAck: db.prepare<[number, number, number]>('DELETE FROM acks WHERE stream_id = ? AND epoch = ? AND seq = ?'),
       recentCount: db.prepare<[], { n: number }>('SELECT count(*) AS n FROM recent_acks'),
       lastRecentId: db.prepare<[], { id: number | null }>('SELECT max(id) AS id FROM recent_acks'),
       // Sorted by the target's key, so each stream's acks go into its pages together.
@@ -252,11 +254,7 @@ export class SqliteStore implements Store {
         const row = stmt.getIdempotency.get(tenant, scope, key);
         return row === undefined ? undefined : { fingerprint: row.fingerprint, key: row.doc_key, version: row.version, createdAt: row.created_at };
       },
-      oldestAcks: (streamId, after, limit) => {
-        const epoch = after?.epoch ?? -1;
-        const seq = after?.seq ?? -1;
-        return stmt.oldestAcks.all(streamId, epoch, seq, limit, streamId, epoch, seq, limit, limit);
-      },
+      oldestAcks: (streamId, after, limit) => this.oldestAcks(streamId, after, limit, false),
     };
     this.runBatch = this.db.transaction((batch: readonly Write[]) => {
       this.batchRecentRows = 0;
@@ -285,6 +283,9 @@ export class SqliteStore implements Store {
       this.files?.assertSame();
       return moved;
     }).immediate;
+    // Writing straight to `acks`: recent acks left by an earlier run move first, so that every
+    // stream's recent acks stay newer than its others (oldestAcks relies on it).
+    if (this.settleRows === 0 && this.recentRows > 0) this.settleAcks();
   }
 
   private settleRowsOption(): number {
@@ -424,10 +425,25 @@ export class SqliteStore implements Store {
    * pruned: NULL when only the head's own ack is stored (it is never pruned). Returns the value.
    */
   private noteOldestAck(streamId: number, head: { epoch: number; seq: number }, known: number | null): number | null {
-    const first = this.stmt.oldestAcks.get(streamId, -1, -1, 1, streamId, -1, -1, 1, 1);
+    const first = this.oldestAcks(streamId, null, 1, true)[0];
     const at = first === undefined || (first.epoch === head.epoch && first.seq === head.seq) ? null : first.committed_at;
     if (at !== known) this.stmt.setOldestAck.run(at, streamId);
     return at;
+  }
+
+  /**
+   * A stream's oldest acks after `after`, in position order. Its acks in recent_acks are newer than
+   * those in `acks`: a move takes all recent acks, new acks go to recent_acks (or, with
+   * ackSettleRows 0, to `acks` once the constructor has moved any recent ones).
+   */
+  private oldestAcks(streamId: number, after: Position | null, limit: number, withTime: true): StoredPosition[];
+  private oldestAcks(streamId: number, after: Position | null, limit: number, withTime: false): Position[];
+  private oldestAcks(streamId: number, after: Position | null, limit: number, withTime: boolean): Position[] {
+    const rows: Position[] = this.stmt.settledOldest.all(streamId, after?.epoch ?? -1, after?.seq ?? -1, limit);
+    if (rows.length >= limit) return rows;
+    const from = rows[rows.length - 1] ?? after;
+    const recent = withTime ? this.stmt.recentOldest : this.stmt.recentPositions;
+    return rows.concat(recent.all(streamId, from?.epoch ?? -1, from?.seq ?? -1, limit - rows.length));
   }
 
   private readAck(streamId: number, put: Put): StoredAck | undefined {
@@ -510,7 +526,7 @@ export class SqliteStore implements Store {
       }
       const head = { epoch: st.epoch, seq: st.seq, prunedThrough: st.pruned_through };
       // One more than the budget: the head's own ack may be among them and is never deleted.
-      const rows = stmt.oldestAcks.all(st.id, -1, -1, budget + 1, st.id, -1, -1, budget + 1, budget + 1);
+      const rows = this.oldestAcks(st.id, null, budget + 1, true);
       const old: StoredPosition[] = [];
       for (const r of rows) {
         if (r.committed_at >= olderThan) break;
@@ -519,12 +535,12 @@ export class SqliteStore implements Store {
       const plan = planPrune(old.map((r) => ({ streamId: st.id, epoch: r.epoch, seq: r.seq, head })));
       const deletes = plan.deletes.slice(0, budget);
       if (deletes.length < plan.deletes.length) done = false;
-      for (const d of deletes) {
-        stmt.deleteAck.run(d.streamId, d.epoch, d.seq);
-        stmt.deleteRecentAck.run(d.streamId, d.epoch, d.seq);
-      }
       if (deletes.length > 0) {
+        // The deletes are every ack of the stream up to the last of them (a prefix in position
+        // order; only the head's, the newest, is ever left out): one range delete per table.
         const last = deletes[deletes.length - 1]!;
+        stmt.deleteAcksThrough.run(st.id, last.epoch, last.seq);
+        this.recentRows -= stmt.deleteRecentAcksThrough.run(st.id, last.epoch, last.seq).changes;
         stmt.notePruned.run(deletes.length, afterForgetting(head, last).prunedThrough, st.id);
       }
       budget -= deletes.length;
