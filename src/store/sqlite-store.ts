@@ -336,6 +336,9 @@ export class SqliteStore implements Store {
   apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>>;
   async apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>> {
     try {
+      // Also first: reads from a replaced file (or from its old -wal beside a new file) can fail in
+      // any way, and the refusal should name the cause.
+      this.files?.assertSame();
       const results = this.runBatch(batch);
       this.lastWriteFailed = false;
       this.recentRows += this.batchRecentRows;
