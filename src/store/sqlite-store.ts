@@ -159,6 +159,7 @@ export class SqliteStore implements Store {
           new FileIdentity([options.path, `${options.path}-wal`], options.onFileLost);
 
     const db = this.db;
+    this.settleRows = options.ackSettleRows ?? DEFAULT_ACK_SETTLE_ROWS;
     this.changes = new SqliteChangeLog(db);
     this.logChanges = options.changeLog ?? true;
     this.stmt = {
@@ -178,7 +179,7 @@ export class SqliteStore implements Store {
         'SELECT fingerprint, outcome, key, version, deleted, if_version, committed_at FROM acks WHERE stream_id = ? AND epoch = ? AND seq = ?',
       ),
       insertAck: db.prepare<[number, number, number, Buffer, number, string, number, number, number | null, number]>(
-        `INSERT INTO ${this.settleRowsOption() === 0 ? 'acks' : 'recent_acks'} (stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at)
+        `INSERT INTO ${this.settleRows === 0 ? 'acks' : 'recent_acks'} (stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       ),
       // A stream's recent acks are all newer than its acks in `acks` (see oldestAcks), so the
@@ -226,8 +227,8 @@ export class SqliteStore implements Store {
       ),
       insertProbe: db.prepare<[string]>("INSERT INTO meta (name, value) VALUES ('readiness_probe', ?)"),
       deleteProbe: db.prepare("DELETE FROM meta WHERE name = 'readiness_probe'"),
-      streamsToPrune: db.prepare<[number, number], { id: number; epoch: number; seq: number; pruned_through: number }>(
-        `SELECT id, epoch, seq, pruned_through FROM streams INDEXED BY streams_by_oldest_ack
+      streamsToPrune: db.prepare<[number, number], { id: number; epoch: number; seq: number; pruned_through: number; oldest_ack_at: number }>(
+        `SELECT id, epoch, seq, pruned_through, oldest_ack_at FROM streams INDEXED BY streams_by_oldest_ack
           WHERE oldest_ack_at IS NOT NULL AND oldest_ack_at < ? ORDER BY oldest_ack_at LIMIT ?`,
       ),
       notePruned: db.prepare<[number, number, number]>('UPDATE streams SET ack_count = ack_count - ?, pruned_through = ? WHERE id = ?'),
@@ -272,7 +273,6 @@ export class SqliteStore implements Store {
       return plan.results;
     }).immediate;
     this.runPrune = this.db.transaction((olderThan: number, maxRows: number) => this.pruneInTransaction(olderThan, maxRows)).immediate;
-    this.settleRows = this.settleRowsOption();
     this.recentRows = stmt.recentCount.get()!.n;
     this.runSettle = this.db.transaction(() => {
       const last = stmt.lastRecentId.get()!.id;
@@ -286,10 +286,6 @@ export class SqliteStore implements Store {
     // Writing straight to `acks`: recent acks left by an earlier run move first, so that every
     // stream's recent acks stay newer than its others (oldestAcks relies on it).
     if (this.settleRows === 0 && this.recentRows > 0) this.settleAcks();
-  }
-
-  private settleRowsOption(): number {
-    return this.options.ackSettleRows ?? DEFAULT_ACK_SETTLE_ROWS;
   }
 
   /**
@@ -548,7 +544,7 @@ export class SqliteStore implements Store {
       }
       budget -= deletes.length;
       pruned += deletes.length;
-      this.noteOldestAck(st.id, st, -1);
+      this.noteOldestAck(st.id, st, st.oldest_ack_at);
     }
     return { pruned, done };
   }
