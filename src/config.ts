@@ -46,6 +46,12 @@ export const OPTIONS = {
     values: ['full', 'normal'],
     doc: 'full: every acked put survives power loss. normal: survives a process crash, not power loss.',
   },
+  walSync: {
+    kind: 'enum',
+    default: 'background',
+    values: ['background', 'commit'],
+    doc: "synchronous full: background: commits write the WAL and a thread-pool fdatasync makes them durable; no answer reflecting a commit (ack, replay, head, document, change) goes out before that sync ends; commit: SQLite's own fsync inside every COMMIT, on the event loop.",
+  },
   walCheckpoint: {
     kind: 'enum',
     default: 'background',

@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { canonicalEncode, putFingerprint } from '../src/protocol/canonical.js';
@@ -116,10 +119,13 @@ async function freshPostgres(o: StoreOptions): Promise<Harness> {
  * reached here, so all of them stay recent), 'settled' (moved after every committed batch) or
  * 'direct' (ackSettleRows 0: written straight to the per-stream table).
  */
-function sqliteHarness(o: StoreOptions, layout: 'recent' | 'settled' | 'direct'): Harness {
+function sqliteHarness(o: StoreOptions, layout: 'recent' | 'settled' | 'direct' | 'synced'): Harness {
   const clock = { now: 1_000_000 };
   const store = new SqliteStore({
-    path: ':memory:',
+    path: layout === 'synced' ? fileDb() : ':memory:',
+    // 'synced': a file whose WAL is synced off the event loop (--wal-sync background), so every
+    // result and read also waits for a real fdatasync.
+    ...(layout === 'synced' ? { walSync: 'background' as const, walCheckpoint: 'background' as const } : {}),
     synchronous: 'full',
     contiguous: o.contiguous ?? false,
     ackCapPerStream: o.ackCapPerStream ?? 1000,
@@ -142,7 +148,18 @@ function sqliteHarness(o: StoreOptions, layout: 'recent' | 'settled' | 'direct')
   const heal = () => {
     store.database.pragma('query_only = OFF');
   };
+  if (layout === 'synced') opened.push(store);
   return { store, clock, fail, heal, settle: () => store.settleAcks() };
+}
+
+const fileDirs: string[] = [];
+afterAll(() => {
+  for (const d of fileDirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+function fileDb(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'seqgate-contract-'));
+  fileDirs.push(dir);
+  return join(dir, 'db');
 }
 
 const stores: Array<[string, (o: StoreOptions) => Harness | Promise<Harness>]> = [
@@ -172,6 +189,7 @@ const stores: Array<[string, (o: StoreOptions) => Harness | Promise<Harness>]> =
   ],
   ['SqliteStore (acks settled after every batch)', (o) => sqliteHarness(o, 'settled')],
   ['SqliteStore (ackSettleRows 0)', (o) => sqliteHarness(o, 'direct')],
+  ['SqliteStore (file, WAL synced off the event loop)', (o) => sqliteHarness(o, 'synced')],
   ...(PG ? [['PostgresStore', freshPostgres] as [string, (o: StoreOptions) => Promise<Harness>]] : []),
 ];
 

@@ -124,6 +124,7 @@ export class SeqgateServer {
             contiguous: config.contiguous,
             ackCapPerStream: config.ackCapPerStream,
             ackCapSlack: config.ackCapSlack,
+            walSync: config.walSync,
             walCheckpoint: config.walCheckpoint,
             maxWalBytes: config.maxWalBytes,
             onCheckpointError: (err) => log.warn({ err }, 'WAL checkpoint failed; the next one retries'),

@@ -5,8 +5,10 @@ import { planBatch, type BatchPlan, type BatchReader } from '../batch-gate.js';
 import { storageUnavailable, type StoredAck } from '../gate.js';
 import { afterForgetting, planPrune, type Position } from '../retention.js';
 import { reach } from '../crash-points.js';
+import { SeqgateError } from '../errors.js';
 import { DatabaseUnusableError, migrate } from './sqlite-schema.js';
 import { WalCheckpointer } from './wal-checkpointer.js';
+import { WalSync, type SyncFile } from './wal-sync.js';
 import { changeOrigin, type ChangePage, type ChangeQuery, type ChangeRetention, type Snapshot } from './change-log.js';
 import { SqliteChangeLog } from './sqlite-change-log.js';
 import { FileIdentity, type FileLostError } from './file-identity.js';
@@ -30,6 +32,15 @@ export interface SqliteStoreOptions {
    * thread running PASSIVE checkpoints beside the commits (see wal-checkpointer.ts).
    */
   readonly walCheckpoint?: 'commit' | 'background';
+  /**
+   * synchronous 'full' only: who syncs the WAL after a commit. 'commit' (default) is SQLite's own
+   * fsync inside COMMIT, on the event loop; 'background' commits with synchronous=NORMAL and runs
+   * fdatasync of the WAL on libuv's pool, and nothing a commit changed leaves the store (batch
+   * results, heads, documents, changes) before a sync that started after it ends (wal-sync.ts).
+   */
+  readonly walSync?: 'commit' | 'background';
+  /** walSync 'background': replaces fdatasync, for tests that hold or fail a sync. */
+  readonly syncFile?: SyncFile;
   /** 'background' only: WAL size in bytes above which a checkpoint rewinds the WAL (default 64 MiB). */
   readonly maxWalBytes?: number;
   /** Integrity check at open: 'quick' (default), 'full' (slow on large files) or 'off'. */
@@ -121,6 +132,7 @@ export class SqliteStore implements Store {
   /** Change to recentRows made by the batch in progress; counted only once it commits. */
   private batchRecentRows = 0;
   private readonly runSettle: () => number;
+  private readonly walSync: WalSync | undefined;
 
   constructor(private readonly options: SqliteStoreOptions) {
     if (options.path !== ':memory:') mkdirSync(dirname(options.path), { recursive: true });
@@ -132,16 +144,19 @@ export class SqliteStore implements Store {
       this.db.close();
       throw err;
     }
+    const fileBacked = options.path !== ':memory:' && options.path !== '';
+    // With walSync 'background' the connection commits without syncing and WalSync syncs instead.
+    const syncInCommit = options.synchronous === 'full' && !(options.walSync === 'background' && fileBacked);
     // better-sqlite3 defaults WAL to synchronous=NORMAL, so FULL must be explicit.
     this.db.pragma('journal_mode = WAL');
-    this.db.pragma(`synchronous = ${options.synchronous === 'full' ? 'FULL' : 'NORMAL'}`);
+    this.db.pragma(`synchronous = ${syncInCommit ? 'FULL' : 'NORMAL'}`);
     this.db.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`);
     if (options.maxPages) this.db.pragma(`max_page_count = ${options.maxPages}`);
     this.openedSchemaVersion = migrate(this.db);
     this.incarnation = (this.db.prepare("SELECT value FROM meta WHERE name = 'incarnation'").get() as { value: string }).value;
     const maxWalBytes = options.maxWalBytes ?? DEFAULT_MAX_WAL_BYTES;
     this.maxWalBytes = maxWalBytes;
-    if (options.walCheckpoint === 'background' && options.path !== ':memory:' && options.path !== '') {
+    if (options.walCheckpoint === 'background' && fileBacked) {
       this.db.pragma('wal_autocheckpoint = 0');
       // After a checkpoint rewinds the WAL, the file is truncated back to this size.
       this.db.pragma(`journal_size_limit = ${maxWalBytes}`);
@@ -157,6 +172,7 @@ export class SqliteStore implements Store {
         ? undefined
         : // The files a restart reads acks from. A lost -shm is rebuilt from the WAL at the next open.
           new FileIdentity([options.path, `${options.path}-wal`], options.onFileLost);
+    if (options.synchronous === 'full' && !syncInCommit) this.walSync = new WalSync(`${options.path}-wal`, options.syncFile);
 
     const db = this.db;
     this.settleRows = options.ackSettleRows ?? DEFAULT_ACK_SETTLE_ROWS;
@@ -295,7 +311,7 @@ export class SqliteStore implements Store {
   settleAcks(): number {
     const moved = this.runSettle();
     this.recentRows = 0;
-    if (moved > 0) this.checkpointer?.committed();
+    if (moved > 0) this.noteCommit();
     return moved;
   }
 
@@ -331,32 +347,55 @@ export class SqliteStore implements Store {
   apply(batch: readonly Put[]): Promise<PutResult[]>;
   apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>>;
   async apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>> {
+    let results: Array<PutResult | DocResult>;
     try {
+      // A failed WAL sync is final (wal-sync.ts): no commit after it could be made durable.
+      if (this.walSync?.failed) throw this.walSync.failed;
       // Also first: reads from a replaced file (or from its old -wal beside a new file) can fail in
       // any way, and the refusal should name the cause.
       this.files?.assertSame();
-      const results = this.runBatch(batch);
+      results = this.runBatch(batch);
       this.lastWriteFailed = false;
       this.recentRows += this.batchRecentRows;
-      if (this.checkpointer !== undefined) this.afterCommit(this.checkpointer);
+      this.noteCommit();
+      if (this.checkpointer !== undefined) this.rewindIfLong(this.checkpointer);
       this.scheduleSettle();
-      return results;
     } catch (err) {
       this.lastWriteFailed = true;
       // The transaction rolled back: nothing of the batch was applied or consumed.
       throw storageUnavailable(err);
     }
+    // The batch committed but may not be on disk yet. If the sync fails its outcome is unknown
+    // (PROTOCOL.md §8.3): answered STORAGE_UNAVAILABLE like a batch that failed, the store refuses
+    // every write from then on, and a resent put finds its stored ack after the restart if it survived.
+    reach('before-sync');
+    await this.durable();
+    return results;
+  }
+
+  /** Waits until everything committed so far is on disk (walSync 'background'); rejects retryably if it cannot be. */
+  private durable(): Promise<void> {
+    if (this.walSync === undefined) return Promise.resolve();
+    return this.walSync.durable().catch((err: unknown) => {
+      this.lastWriteFailed = true;
+      throw new SeqgateError('STORAGE_UNAVAILABLE', `commit not made durable: ${(err as Error).message}`, {}, { cause: err });
+    });
+  }
+
+  /** Tells those who follow this connection's commits that one happened. */
+  private noteCommit(): void {
+    this.checkpointer?.committed();
+    this.walSync?.committed();
   }
 
   /**
-   * Hands the new WAL frames to the background checkpointer. Once the WAL file passes its bound,
+   * Once the WAL file passes its bound (the background checkpointer has been told of the new frames),
    * this connection runs one PASSIVE checkpoint after the batch's answers are out: the worker has
    * copied nearly every frame by then, so it is short, and when it leaves no frame behind the next
    * write rewinds the WAL (truncated to journal_size_limit). Busy (the worker is mid-checkpoint):
    * the next commit tries again.
    */
-  private afterCommit(checkpointer: WalCheckpointer): void {
-    checkpointer.committed();
+  private rewindIfLong(checkpointer: WalCheckpointer): void {
     if (this.rewinding || checkpointer.walBytes() <= this.maxWalBytes) return;
     this.rewinding = true;
     setImmediate(() => {
@@ -462,21 +501,28 @@ export class SqliteStore implements Store {
     return { fingerprint: row.fingerprint, ack };
   }
 
+  // Every read below answers only once what it read is on disk (walSync 'background'): a head or
+  // a document seen by a client must not go back after a power loss, any more than an ack may.
+
   async heads(tenant: string, streams: readonly string[]): Promise<StreamHead[]> {
-    return streams.map((stream) => {
+    const heads = streams.map((stream) => {
       const row = this.stmt.getStream.get(tenant, stream);
       const head: Head = row ? { epoch: row.epoch, seq: row.seq, prunedThrough: row.pruned_through } : { epoch: 0, seq: 0, prunedThrough: 0 };
       return { stream, ...head };
     });
+    await this.durable();
+    return heads;
   }
 
   async document(tenant: string, key: string): Promise<StoredDocument | undefined> {
     const row = this.stmt.getDocFull.get(tenant, key);
+    await this.durable();
     if (row === undefined) return undefined;
     return { key, version: row.version, deleted: row.deleted === 1, state: row.state, updatedAt: row.updated_at };
   }
 
   async ready(): Promise<void> {
+    if (this.walSync?.failed) throw this.walSync.failed;
     this.files?.assertSame();
     // A write that allocates pages (refused at max_page_count, like a put that needs room) and
     // leaves every row as it was. Normally it is rolled back: /readyz needs no token, so a probe
@@ -493,15 +539,23 @@ export class SqliteStore implements Store {
     } catch (err) {
       if (!(err instanceof ProbeDone)) throw err;
     }
+    if (commit) {
+      this.walSync?.committed();
+      await this.walSync?.durable();
+    }
     this.lastWriteFailed = false;
   }
 
   async pruneIdempotency(olderThan: number, maxRows: number): Promise<number> {
-    return this.stmt.pruneIdempotency.run(olderThan, maxRows).changes;
+    const removed = this.stmt.pruneIdempotency.run(olderThan, maxRows).changes;
+    this.walSync?.committed();
+    return removed;
   }
 
   async prune(olderThan: number, maxRows: number): Promise<{ pruned: number; done: boolean }> {
     const step = this.runPrune(olderThan, maxRows);
+    // Even a step that deleted nothing may have rewritten streams.oldest_ack_at.
+    this.walSync?.committed();
     if (step.pruned > 0) this.checkpointer?.committed();
     return step;
   }
@@ -560,25 +614,33 @@ export class SqliteStore implements Store {
   }
 
   async readChanges(tenant: string, query: ChangeQuery): Promise<ChangePage> {
-    return this.changes.read(tenant, query);
+    const page = this.changes.read(tenant, query);
+    await this.durable();
+    return page;
   }
 
   async changeTail(tenant: string): Promise<number> {
-    return this.changes.tail(tenant);
+    const tail = this.changes.tail(tenant);
+    await this.durable();
+    return tail;
   }
 
   async snapshot(tenant: string, prefixes: readonly string[], afterKey: string | null, limit: number): Promise<Snapshot> {
     // One read transaction: the documents and the offset come from the same moment.
-    return this.db.transaction(() => this.changes.snapshot(tenant, prefixes, afterKey, limit))();
+    const snap = this.db.transaction(() => this.changes.snapshot(tenant, prefixes, afterKey, limit))();
+    await this.durable();
+    return snap;
   }
 
   async trimChanges(policy: ChangeRetention, maxRows: number): Promise<{ removed: number; done: boolean }> {
     const step = this.db.transaction(() => this.changes.trim(policy, maxRows)).immediate();
+    this.walSync?.committed();
     if (step.removed > 0) this.checkpointer?.committed();
     return step;
   }
 
   async close(): Promise<void> {
+    await this.walSync?.close();
     // The worker's connection closes first, so the store's is the last and checkpoints at close.
     await this.checkpointer?.close();
     if (this.db.open) this.db.close();
