@@ -110,7 +110,8 @@ function sqlite(t: TestServer): SqliteStore {
 
 let t: TestServer;
 beforeEach(async () => {
-  t = await startTestServer();
+  // storeThread main: the storage-fault tests reach into the store's SQLite connection.
+  t = await startTestServer({ storeThread: 'main' });
 });
 afterEach(async () => {
   await t.stop();

@@ -170,7 +170,8 @@ const cases: Case[] = [
 let main: TestServer;
 let contiguous: TestServer;
 beforeAll(async () => {
-  main = await startTestServer({ tokens, ackCapPerStream: 1, ackCapSlack: 0 });
+  // storeThread main: the storage-fault case reaches into the store's SQLite connection.
+  main = await startTestServer({ tokens, ackCapPerStream: 1, ackCapSlack: 0, storeThread: 'main' });
   contiguous = await startTestServer({ contiguous: true, tokens });
 });
 afterAll(async () => {

@@ -8,7 +8,8 @@ import { HeldStore } from './support/held-store.js';
 
 let t: TestServer;
 beforeEach(async () => {
-  t = await startTestServer();
+  // storeThread main: the storage-fault test reaches into the store's SQLite connection.
+  t = await startTestServer({ storeThread: 'main' });
 });
 afterEach(async () => {
   await t.stop();
