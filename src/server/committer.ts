@@ -27,8 +27,13 @@ export interface BatchInfo {
 
 export class Committer {
   private queue: Submission[] = [];
-  private running = false;
+  /** A batch is with the store and has not committed yet: the next one waits. */
+  private committing = false;
+  /** Batches handed to the store whose results are not delivered yet. */
+  private unanswered = 0;
   private runningSize = 0;
+  /** Settles when the last batch handed over has delivered its results: delivery is in order. */
+  private delivered: Promise<void> = Promise.resolve();
   private scheduled = false;
   private waitTimer: NodeJS.Timeout | undefined;
   private queued = 0;
@@ -60,11 +65,11 @@ export class Committer {
 
   /** Resolves when the queue is empty and no batch is running. */
   idle(): Promise<void> {
-    if (!this.running && this.queue.length === 0) return Promise.resolve();
+    if (!this.committing && this.unanswered === 0 && this.queue.length === 0) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
-  /** Writes received and not yet committed: queued plus the batch being committed. */
+  /** Writes received and not yet answered: queued plus the batches with the store. */
   get inFlight(): number {
     return this.queuedPuts + this.runningSize;
   }
@@ -75,7 +80,7 @@ export class Committer {
 
   /** `fromIdle`: a put arrived while no batch ran; only then may the batch wait to fill. */
   private schedule(fromIdle: boolean): void {
-    if (this.running) return;
+    if (this.committing) return;
     if (this.scheduled) {
       // A batch waiting to fill stops waiting once it is full.
       if (this.waitTimer !== undefined && this.queued >= this.maxBatchPuts) {
@@ -104,8 +109,8 @@ export class Committer {
   }
 
   private async run(): Promise<void> {
-    if (this.running) return;
-    this.running = true;
+    if (this.committing) return;
+    this.committing = true;
     // One splice per batch: shift() per submission is quadratic when thousands are queued.
     let count = 0;
     let size = 0;
@@ -119,17 +124,34 @@ export class Committer {
     this.queued -= size;
     const batch: Write[] = [];
     for (const s of taken) for (const p of s.puts) batch.push(p);
-    this.runningSize = batch.length;
+    this.runningSize += batch.length;
+    this.unanswered++;
     const started = performance.now();
+    // A store that says when the batch committed (before it is durable) lets the next batch go to
+    // it while this one waits for its sync; the store answers batches in the order it got them.
+    let committed = false;
+    const onCommitted = (): void => {
+      if (committed) return;
+      committed = true;
+      this.committing = false;
+      if (this.queue.length > 0) this.schedule(false);
+    };
     let results: Array<PutResult | DocResult>;
     try {
-      results = batch.length > 0 ? await this.store.apply(batch) : [];
+      results = batch.length > 0 ? await this.store.apply(batch, onCommitted) : [];
     } catch (err) {
       // A store throws only when the batch did not commit, so every write gets the same
       // retryable answer; the cause goes to the log, since clients see only the summary.
       this.log?.warn({ err, writes: batch.length }, 'batch not committed; answered STORAGE_UNAVAILABLE');
       results = failedBatch(batch.length, err);
     }
+    onCommitted();
+    // In order, even when a later batch failed before an earlier one became durable: a connection's
+    // answers follow the order of its frames (PROTOCOL.md §8.1).
+    const prior = this.delivered;
+    let release!: () => void;
+    this.delivered = new Promise((resolve) => (release = resolve));
+    await prior;
     if (results.some((r) => r.kind !== 'rejected' || r.outcome !== 'error')) reach('after-commit');
     this.onBatch?.({ puts: batch.length, submissions: taken.length, durationMs: performance.now() - started });
     let offset = 0;
@@ -137,9 +159,10 @@ export class Committer {
       s.resolve(results.slice(offset, offset + s.puts.length));
       offset += s.puts.length;
     }
-    this.running = false;
-    this.runningSize = 0;
+    release();
+    this.unanswered--;
+    this.runningSize -= batch.length;
     if (this.queue.length > 0) this.schedule(false);
-    else for (const w of this.idleWaiters.splice(0)) w();
+    else if (!this.committing && this.unanswered === 0) for (const w of this.idleWaiters.splice(0)) w();
   }
 }

@@ -344,9 +344,9 @@ export class SqliteStore implements Store {
     }
   }
 
-  apply(batch: readonly Put[]): Promise<PutResult[]>;
-  apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>>;
-  async apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>> {
+  apply(batch: readonly Put[], committed?: () => void): Promise<PutResult[]>;
+  apply(batch: readonly Write[], committed?: () => void): Promise<Array<PutResult | DocResult>>;
+  async apply(batch: readonly Write[], committed?: () => void): Promise<Array<PutResult | DocResult>> {
     let results: Array<PutResult | DocResult>;
     try {
       // A failed WAL sync is final (wal-sync.ts): no commit after it could be made durable.
@@ -369,6 +369,9 @@ export class SqliteStore implements Store {
     // (PROTOCOL.md §8.3): answered STORAGE_UNAVAILABLE like a batch that failed, the store refuses
     // every write from then on, and a resent put finds its stored ack after the restart if it survived.
     reach('before-sync');
+    // The next batch may be decided now (every call runs its transaction at once, in call order);
+    // the sync that covers this one is already started or will be by the wait below.
+    if (this.walSync !== undefined) committed?.();
     await this.durable();
     return results;
   }

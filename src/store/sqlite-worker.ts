@@ -5,7 +5,8 @@ import { errorInfo, packMessage, STORE_METHODS, unpackMessage, type StoreMethod 
 /**
  * The store's thread (see store-thread.ts): one SqliteStore, driven by messages from the server's
  * thread. Requests are [id, method, args, now]; answers [id, true, value] or [id, false, error];
- * notices [0, name, detail]. `now` is the server thread's clock, sent with every batch, so commit
+ * an apply's [id, 'committed'] when its transaction committed, before it is durable; notices
+ * [0, name, detail]. `now` is the server thread's clock, sent with every batch, so commit
  * times and pruning cutoffs come from one RetentionClock.
  */
 type SerializableOptions = Omit<SqliteStoreOptions, 'now' | 'onCheckpointError' | 'onFileLost' | 'onSettleError' | 'syncFile'>;
@@ -44,7 +45,9 @@ port.on('message', (bytes: Uint8Array) => {
   // The synchronous part of the call (a whole batch, up to its COMMIT) runs here, in arrival order.
   let answer: Promise<unknown>;
   try {
-    answer = (store[method] as (...a: unknown[]) => Promise<unknown>).apply(store, args);
+    // apply's progress notice [id, 'committed'] lets the server's thread send the next batch.
+    const call = method === 'apply' ? [...args, () => post([id, 'committed'])] : args;
+    answer = (store[method] as (...a: unknown[]) => Promise<unknown>).apply(store, call);
   } catch (err) {
     answer = Promise.reject(err);
   }

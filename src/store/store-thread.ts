@@ -28,6 +28,7 @@ export type StoreThreadOptions = Omit<SqliteStoreOptions, 'now' | 'syncFile'>;
 interface Pending {
   readonly resolve: (value: unknown) => void;
   readonly reject: (err: Error) => void;
+  readonly committed?: () => void;
 }
 
 export class StoreThread implements Store {
@@ -69,10 +70,10 @@ export class StoreThread implements Store {
     });
   }
 
-  apply(batch: readonly Put[]): Promise<PutResult[]>;
-  apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>>;
-  apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>> {
-    return this.call('apply', [batch], processClock.now()) as Promise<Array<PutResult | DocResult>>;
+  apply(batch: readonly Put[], committed?: () => void): Promise<PutResult[]>;
+  apply(batch: readonly Write[], committed?: () => void): Promise<Array<PutResult | DocResult>>;
+  apply(batch: readonly Write[], committed?: () => void): Promise<Array<PutResult | DocResult>> {
+    return this.call('apply', [batch], processClock.now(), committed) as Promise<Array<PutResult | DocResult>>;
   }
   document(tenant: string, key: string): Promise<StoredDocument | undefined> {
     return this.call('document', [tenant, key]) as Promise<StoredDocument | undefined>;
@@ -110,7 +111,7 @@ export class StoreThread implements Store {
     return this.closing;
   }
 
-  private call(method: StoreMethod, args: unknown[], now?: number): Promise<unknown> {
+  private call(method: StoreMethod, args: unknown[], now?: number, committed?: () => void): Promise<unknown> {
     if (this.failure !== undefined) return Promise.reject(this.failure);
     const id = this.nextId++;
     let bytes: Uint8Array;
@@ -120,7 +121,7 @@ export class StoreThread implements Store {
       return Promise.reject(err as Error);
     }
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
+      this.pending.set(id, committed === undefined ? { resolve, reject } : { resolve, reject, committed });
       this.worker.postMessage(bytes, [bytes.buffer as ArrayBuffer]);
     });
   }
@@ -132,6 +133,10 @@ export class StoreThread implements Store {
     }
     const p = this.pending.get(id);
     if (p === undefined) return;
+    if (ok === 'committed') {
+      p.committed?.();
+      return;
+    }
     this.pending.delete(id);
     if (ok === true) p.resolve(value);
     else p.reject(errorFrom(value as ErrorInfo));

@@ -124,9 +124,14 @@ export interface Store extends ChangeLog {
    * resolves with one result per write after it committed. When the batch did not commit it
    * changes nothing and rejects (see storageUnavailable in src/gate.ts); the committer answers
    * every write STORAGE_UNAVAILABLE. A store never rejects a batch whose outcome it does not know.
+   *
+   * `committed`, if the store calls it, says the batch's transaction has committed but may not be
+   * durable yet: the committer may then hand over the next batch, which the store must decide after
+   * this one, and the store must settle the two calls in the order it got them. A store that never
+   * calls it gets the next batch only once this call has settled.
    */
-  apply(batch: readonly Put[]): Promise<PutResult[]>;
-  apply(batch: readonly Write[]): Promise<Array<PutResult | DocResult>>;
+  apply(batch: readonly Put[], committed?: () => void): Promise<PutResult[]>;
+  apply(batch: readonly Write[], committed?: () => void): Promise<Array<PutResult | DocResult>>;
   /** A document as stored, or undefined if it was never written. */
   document(tenant: string, key: string): Promise<StoredDocument | undefined>;
   /** Resolves when the store can commit a write; rejects with the reason otherwise. */
