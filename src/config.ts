@@ -46,12 +46,6 @@ export const OPTIONS = {
     values: ['full', 'normal'],
     doc: 'full: every acked put survives power loss. normal: survives a process crash, not power loss.',
   },
-  storeThread: {
-    kind: 'enum',
-    default: 'worker',
-    values: ['worker', 'main'],
-    doc: "SQLite: worker: the store runs on a thread of its own and batches cross as one transferred buffer, so the server's thread reads frames while a batch commits; main: the store runs on the server's thread.",
-  },
   walSync: {
     kind: 'enum',
     default: 'background',

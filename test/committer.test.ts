@@ -54,3 +54,75 @@ describe('Committer batch formation', () => {
     expect(performance.now() - started).toBeLessThan(5000);
   });
 });
+
+/**
+ * A store that says when a batch committed (Store.apply's `committed`) and settles it later, by
+ * hand: the committer may hand over the next batch at once, and must still deliver in order.
+ */
+function pipelinedStore(): {
+  store: Store;
+  calls: Array<{ size: number; committed: () => void; settle: () => void; fail: () => void }>;
+} {
+  const calls: Array<{ size: number; committed: () => void; settle: () => void; fail: () => void }> = [];
+  const store = {
+    apply(batch: readonly Write[], committed?: () => void): Promise<Array<PutResult | DocResult>> {
+      return new Promise((resolve, reject) => {
+        calls.push({
+          size: batch.length,
+          committed: () => committed?.(),
+          settle: () =>
+            resolve(batch.map((w) => ({ kind: 'rejected', outcome: 'stale', code: 'STALE', head: { epoch: 0, seq: (w as Put).seq, prunedThrough: 0 } }))),
+          fail: () => reject(new Error('disk on fire')),
+        });
+      });
+    },
+  } as unknown as Store;
+  return { store, calls };
+}
+
+describe('Committer with a store that reports commits before they are durable', () => {
+  it('hands the next batch over only once the previous one committed, and not before', async () => {
+    const { store, calls } = pipelinedStore();
+    const c = new Committer(store, 100);
+    const first = c.submit([put(1)]);
+    await sleep(5);
+    const second = c.submit([put(2)]);
+    await sleep(10);
+    expect(
+      calls.map((x) => x.size),
+      'the second batch waits while the first has not committed',
+    ).toEqual([1]);
+    calls[0]!.committed();
+    await sleep(10);
+    expect(
+      calls.map((x) => x.size),
+      'committed: the next batch goes to the store',
+    ).toEqual([1, 1]);
+    expect(c.inFlight, 'both batches count as in flight until answered').toBe(2);
+    calls[1]!.settle();
+    calls[0]!.settle();
+    expect((await first).map((r) => (r as { head: { seq: number } }).head.seq)).toEqual([1]);
+    expect((await second).map((r) => (r as { head: { seq: number } }).head.seq)).toEqual([2]);
+    await c.idle();
+    expect(c.inFlight).toBe(0);
+  });
+
+  it('delivers results in the order the batches went to the store, even when a later one settles first', async () => {
+    const { store, calls } = pipelinedStore();
+    const c = new Committer(store, 100);
+    const order: string[] = [];
+    const first = c.submit([put(1)]).then(() => order.push('first'));
+    await sleep(5);
+    calls[0]!.committed();
+    const second = c.submit([put(2)]).then(() => order.push('second'));
+    await sleep(10);
+    expect(calls).toHaveLength(2);
+    // The later batch fails at once (its answers are ready) while the earlier one waits for its sync.
+    calls[1]!.fail();
+    await sleep(10);
+    expect(order, 'nothing delivered before the earlier batch').toEqual([]);
+    calls[0]!.settle();
+    await Promise.all([first, second]);
+    expect(order).toEqual(['first', 'second']);
+  });
+});

@@ -110,8 +110,7 @@ function sqlite(t: TestServer): SqliteStore {
 
 let t: TestServer;
 beforeEach(async () => {
-  // storeThread main: the storage-fault tests reach into the store's SQLite connection.
-  t = await startTestServer({ storeThread: 'main' });
+  t = await startTestServer();
 });
 afterEach(async () => {
   await t.stop();

@@ -170,8 +170,7 @@ const cases: Case[] = [
 let main: TestServer;
 let contiguous: TestServer;
 beforeAll(async () => {
-  // storeThread main: the storage-fault case reaches into the store's SQLite connection.
-  main = await startTestServer({ tokens, ackCapPerStream: 1, ackCapSlack: 0, storeThread: 'main' });
+  main = await startTestServer({ tokens, ackCapPerStream: 1, ackCapSlack: 0 });
   contiguous = await startTestServer({ contiguous: true, tokens });
 });
 afterAll(async () => {

@@ -8,8 +8,7 @@ import { HeldStore } from './support/held-store.js';
 
 let t: TestServer;
 beforeEach(async () => {
-  // storeThread main: the storage-fault test reaches into the store's SQLite connection.
-  t = await startTestServer({ storeThread: 'main' });
+  t = await startTestServer();
 });
 afterEach(async () => {
   await t.stop();

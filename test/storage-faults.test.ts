@@ -94,8 +94,7 @@ function expectStored(db: DbChecker, stream: string, acked: Array<{ put: SentPut
 
 describe('a database at its size cap (maxDbPages)', () => {
   it('fails new puts retryably while replays are still answered, loses nothing acked, and applies each retried put exactly once after the cap is raised', async () => {
-    // storeThread main: the operator's raise of the cap is done on the store's connection.
-    const t = await serve({ maxDbPages: 32, storeThread: 'main' });
+    const t = await serve({ maxDbPages: 32 });
     const c = await connect(t.url);
     const other = await connect(t.url);
 
@@ -150,7 +149,7 @@ describe('a database at its size cap (maxDbPages)', () => {
 
 describe('a database that refuses writes (query_only)', () => {
   it('answers puts STORAGE_UNAVAILABLE during the fault; writers that retry lose nothing and apply each put exactly once', async () => {
-    const t = await serve({ synchronous: 'normal', storeThread: 'main' });
+    const t = await serve({ synchronous: 'normal' });
     const store = t.server.store as SqliteStore;
     const WRITERS = 6;
     const MIN_PUTS_PER_WRITER = 30;

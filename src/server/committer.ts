@@ -8,7 +8,9 @@ import type { DocResult, Put, PutResult, Store, Write } from '../store/store.js'
  * in one store batch; batches run one at a time in arrival order, so two puts of one stream (or
  * two streams writing one key) behave exactly as if sent one by one.
  *
- * Batch formation: under load a batch is whatever arrived while the previous one committed. When
+ * Batch formation: under load a batch is whatever arrived while the previous one committed. A
+ * store that reports the commit before the batch is durable (Store.apply's `committed`) gets the
+ * next batch while the previous one waits for its sync; results still go out in batch order. When
  * the committer is idle, the first put starts a batch at the end of its event-loop turn, or, with
  * `batchWaitMs` > 0, after waiting that long for others to join (fewer, larger commits at low
  * rates, for that much latency). A full batch (`maxBatchPuts`) never waits.
@@ -127,8 +129,13 @@ export class Committer {
     this.runningSize += batch.length;
     this.unanswered++;
     const started = performance.now();
-    // A store that says when the batch committed (before it is durable) lets the next batch go to
-    // it while this one waits for its sync; the store answers batches in the order it got them.
+    // Results are delivered in hand-over order, even when a later batch fails before an earlier one
+    // is durable: a connection's answers follow the order of its frames (PROTOCOL.md §8.1).
+    const prior = this.delivered;
+    let release!: () => void;
+    this.delivered = new Promise((resolve) => (release = resolve));
+    // A store that says when the batch committed (before it is durable) gets the next batch then,
+    // while this one waits for its sync.
     let committed = false;
     const onCommitted = (): void => {
       if (committed) return;
@@ -146,11 +153,6 @@ export class Committer {
       results = failedBatch(batch.length, err);
     }
     onCommitted();
-    // In order, even when a later batch failed before an earlier one became durable: a connection's
-    // answers follow the order of its frames (PROTOCOL.md §8.1).
-    const prior = this.delivered;
-    let release!: () => void;
-    this.delivered = new Promise((resolve) => (release = resolve));
     await prior;
     if (results.some((r) => r.kind !== 'rejected' || r.outcome !== 'error')) reach('after-commit');
     this.onBatch?.({ puts: batch.length, submissions: taken.length, durationMs: performance.now() - started });

@@ -9,8 +9,7 @@ import { PROTOCOL_VERSION, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK } from '../prot
 import { limitsOf, type Limits } from '../protocol/messages.js';
 import { Pruner } from '../store/pruner.js';
 import { PostgresStore } from '../store/postgres-store.js';
-import { SqliteStore, type SqliteStoreOptions } from '../store/sqlite-store.js';
-import { StoreThread } from '../store/store-thread.js';
+import { SqliteStore } from '../store/sqlite-store.js';
 import type { Store } from '../store/store.js';
 import { SEQGATE_VERSION } from '../version.js';
 import { Authenticator, bearerToken, isLoopbackHost } from './auth.js';
@@ -119,7 +118,7 @@ export class SeqgateServer {
               else log.info({ txid: e.txid, status: e.status }, 'outcome of a batch resolved');
             },
           })
-        : await openSqlite(config.storeThread, {
+        : new SqliteStore({
             path: config.dbPath,
             synchronous: config.synchronous,
             contiguous: config.contiguous,
@@ -520,9 +519,4 @@ function withoutPassword(url: string): string {
   } catch {
     return '(unparsable URL)';
   }
-}
-
-/** The SQLite store on its own thread (default) or on the server's (`--store-thread main`). */
-async function openSqlite(thread: 'worker' | 'main', options: SqliteStoreOptions): Promise<Store> {
-  return thread === 'worker' ? StoreThread.open(options) : new SqliteStore(options);
 }
