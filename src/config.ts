@@ -58,6 +58,13 @@ export const OPTIONS = {
     values: ['background', 'commit'],
     doc: "background: a worker thread copies the WAL into the database file beside the commits; commit: SQLite's own checkpoint, inside the commit that fills 1000 pages.",
   },
+  walCheckpointIntervalMs: {
+    kind: 'integer',
+    default: 500,
+    min: 10,
+    unit: 'ms',
+    doc: 'walCheckpoint background: least time between two checkpoints of the worker thread; longer copies a page rewritten by several batches once, and lets the WAL hold more.',
+  },
   maxWalBytes: {
     kind: 'integer',
     default: 64 * MiB,

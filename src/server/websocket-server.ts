@@ -126,6 +126,7 @@ export class SeqgateServer {
             ackCapSlack: config.ackCapSlack,
             walSync: config.walSync,
             walCheckpoint: config.walCheckpoint,
+            checkpointIntervalMs: config.walCheckpointIntervalMs,
             maxWalBytes: config.maxWalBytes,
             onCheckpointError: (err) => log.warn({ err }, 'WAL checkpoint failed; the next one retries'),
             ackSettleRows: config.ackSettleRows,

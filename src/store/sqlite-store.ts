@@ -41,6 +41,12 @@ export interface SqliteStoreOptions {
   readonly walSync?: 'commit' | 'background';
   /** walSync 'background': replaces fdatasync, for tests that hold or fail a sync. */
   readonly syncFile?: SyncFile;
+  /**
+   * 'background' only: least time between two checkpoints of the worker (default 500 ms). Longer
+   * copies a page that several batches rewrote once instead of once per checkpoint; the WAL holds
+   * that much more.
+   */
+  readonly checkpointIntervalMs?: number;
   /** 'background' only: WAL size in bytes above which a checkpoint rewinds the WAL (default 64 MiB). */
   readonly maxWalBytes?: number;
   /** Integrity check at open: 'quick' (default), 'full' (slow on large files) or 'off'. */
@@ -98,6 +104,8 @@ const OUTCOME_CODES = { applied: 0, version_conflict: 1 } as const;
 const BUSY_TIMEOUT_MS = 5000;
 /** maxWalBytes when the options leave it out (the option's default, src/config.ts). */
 const DEFAULT_MAX_WAL_BYTES = 64 * 1024 * 1024;
+/** checkpointIntervalMs when the options leave it out (the option's default, src/config.ts). */
+const DEFAULT_CHECKPOINT_INTERVAL_MS = 500;
 /** ackSettleRows when the options leave it out (the option's default, src/config.ts). */
 const DEFAULT_ACK_SETTLE_ROWS = 16_384;
 
@@ -163,7 +171,7 @@ export class SqliteStore implements Store {
       this.checkpointer = new WalCheckpointer({
         path: options.path,
         synchronous: options.synchronous,
-        intervalMs: 100,
+        intervalMs: options.checkpointIntervalMs ?? DEFAULT_CHECKPOINT_INTERVAL_MS,
         ...(options.onCheckpointError ? { onError: options.onCheckpointError } : {}),
       });
     }
