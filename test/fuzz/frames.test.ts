@@ -398,7 +398,7 @@ describe('fuzzed frames against a live server', () => {
           await exchange(link, [{ data: bytes, binary: textChance !== 0 }], counters);
         },
       ),
-      { fileUrl: import.meta.url, name: 'mutated msgpack frames', numRuns: 1500, counters },
+      { fileUrl: import.meta.url, name: 'mutated msgpack frames', numRuns: 800, counters },
     );
     link.dispose();
   }, 120_000);
@@ -481,7 +481,7 @@ describe('fuzzed frames against a live server', () => {
       fc.asyncProperty(jsonFrameArb, async (frame) => {
         await exchange(link, [frame], counters);
       }),
-      { fileUrl: import.meta.url, name: 'JSON text frames', numRuns: 600, counters },
+      { fileUrl: import.meta.url, name: 'JSON text frames', numRuns: 300, counters },
     );
     link.dispose();
   }, 120_000);
