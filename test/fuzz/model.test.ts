@@ -421,10 +421,10 @@ function projectModel(m: PutResult): Record<string, unknown> {
 // ---------------------------------------------------------------------------------------------
 
 describe.each([
-  // 150 and 75 keep `npm test` within its 10 minutes on a slow 2-core machine; SEQGATE_FUZZ_RUNS_FACTOR
+  // 120 and 60 keep `npm test` near its 10 minutes on a slow 2-core machine; SEQGATE_FUZZ_RUNS_FACTOR
   // multiplies them for a longer search (test/fuzz/harness.ts).
-  { mode: 'default', store: 'sqlite' as const, contiguous: false, numRuns: 150 },
-  { mode: 'contiguous', store: 'sqlite' as const, contiguous: true, numRuns: 75 },
+  { mode: 'default', store: 'sqlite' as const, contiguous: false, numRuns: 120 },
+  { mode: 'contiguous', store: 'sqlite' as const, contiguous: true, numRuns: 60 },
   // Fewer runs on PostgreSQL: each command is a round trip to a database server, not a file.
   ...(PG
     ? [
