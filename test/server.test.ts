@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { SqliteStore } from '../src/store/sqlite-store.js';
 import { put, startTestServer, TestClient, type Msg, type TestServer } from './support/test-client.js';
 import { HeldStore } from './support/held-store.js';
+import { until } from './support/until.js';
 
 let t: TestServer;
 beforeEach(async () => {
@@ -43,14 +44,6 @@ describe('WebSocket ingestion', () => {
     await c.close();
   });
 });
-
-async function until(condition: () => boolean, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error('condition not reached');
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}
 
 describe('group commit', () => {
   let held: HeldStore;

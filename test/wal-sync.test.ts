@@ -6,6 +6,7 @@ import { putFingerprint } from '../src/protocol/canonical.js';
 import { SqliteStore, type SqliteStoreOptions } from '../src/store/sqlite-store.js';
 import type { Put, PutResult } from '../src/store/store.js';
 import { put as wirePut, startTestServer, TestClient, type TestServer } from './support/test-client.js';
+import { until } from './support/until.js';
 
 /**
  * The WAL's fsync off the event loop (--wal-sync background, ADR 0011): the connection commits
@@ -79,14 +80,6 @@ function watch<T>(p: Promise<T>): { readonly done: boolean; readonly value: Prom
     () => (w.done = true),
   );
   return w;
-}
-
-async function until(cond: () => boolean, timeoutMs = 5000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('timed out');
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
 }
 
 describe('--wal-sync background: the store answers only what is on disk', () => {

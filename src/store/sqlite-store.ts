@@ -154,10 +154,10 @@ export class SqliteStore implements Store {
     }
     const fileBacked = options.path !== ':memory:' && options.path !== '';
     // With walSync 'background' the connection commits without syncing and WalSync syncs instead.
-    const syncInCommit = options.synchronous === 'full' && !(options.walSync === 'background' && fileBacked);
+    const syncAfterCommit = options.synchronous === 'full' && options.walSync === 'background' && fileBacked;
     // better-sqlite3 defaults WAL to synchronous=NORMAL, so FULL must be explicit.
     this.db.pragma('journal_mode = WAL');
-    this.db.pragma(`synchronous = ${syncInCommit ? 'FULL' : 'NORMAL'}`);
+    this.db.pragma(`synchronous = ${options.synchronous === 'full' && !syncAfterCommit ? 'FULL' : 'NORMAL'}`);
     this.db.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`);
     if (options.maxPages) this.db.pragma(`max_page_count = ${options.maxPages}`);
     this.openedSchemaVersion = migrate(this.db);
@@ -175,12 +175,9 @@ export class SqliteStore implements Store {
         ...(options.onCheckpointError ? { onError: options.onCheckpointError } : {}),
       });
     }
-    this.files =
-      options.path === ':memory:' || options.path === ''
-        ? undefined
-        : // The files a restart reads acks from. A lost -shm is rebuilt from the WAL at the next open.
-          new FileIdentity([options.path, `${options.path}-wal`], options.onFileLost);
-    if (options.synchronous === 'full' && !syncInCommit) this.walSync = new WalSync(`${options.path}-wal`, options.syncFile);
+    // The files a restart reads acks from. A lost -shm is rebuilt from the WAL at the next open.
+    this.files = fileBacked ? new FileIdentity([options.path, `${options.path}-wal`], options.onFileLost) : undefined;
+    if (syncAfterCommit) this.walSync = new WalSync(`${options.path}-wal`, options.syncFile);
 
     const db = this.db;
     this.settleRows = options.ackSettleRows ?? DEFAULT_ACK_SETTLE_ROWS;
