@@ -203,7 +203,9 @@ function onResult(conn: Conn, r: { id?: unknown; outcome?: unknown; replay?: unk
       if (cfg.expectReplay && r.replay !== true) error('retry not answered as a replay');
     } else {
       if (r.replay === true) error('fresh put answered as a replay');
-      conn.remember(f.ids[i]!, f.bufs[i]!);
+      // Kept only to resend as a retry: with no retries, holding 64 sent frames per connection
+      // keeps every frame alive for seconds, and the generator's GC pauses then show as latency.
+      if (cfg.dupShare > 0) conn.remember(f.ids[i]!, f.bufs[i]!);
     }
   } else {
     error(`outcome ${String(r.outcome)} ${String(r.error?.code ?? '')}`.trim());

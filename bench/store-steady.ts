@@ -19,6 +19,10 @@ import { KEYS_PER_STREAM, loadStreamName, makeState } from './lib/workload.js';
  *   npm run build && npx tsc -p bench/tsconfig.json
  *   node dist/bench/store-steady.js --rounds 3 --variants 'slack0=--slack 0;slack64=--slack 64'
  *
+ * Options a variant may set: --slack, --cap, --wal (background|commit checkpoints), --wal-sync
+ * (commit, the default here, or background: the server's default, fdatasync on the thread pool),
+ * --settle-rows, --page-size (the seed is rebuilt with that page size by VACUUM first; 0 keeps 4096).
+ *
  * Each variant runs in a process of its own, variants alternate within each round. Reported per
  * run: batch commit time (p50, p90), puts/s, process CPU per put (all threads, so a checkpoint
  * worker counts) and bytes written to storage per put (/proc/self/io).
@@ -34,6 +38,8 @@ const { values: args } = parseArgs({
     slack: { type: 'string', default: '64' },
     wal: { type: 'string', default: 'background' },
     'settle-rows': { type: 'string', default: '16384' },
+    'page-size': { type: 'string', default: '0' },
+    'wal-sync': { type: 'string', default: 'commit' },
     rounds: { type: 'string', default: '2' },
     variants: { type: 'string', default: 'slack0=--slack 0;slack64=--slack 64' },
     'work-dir': { type: 'string' },
@@ -61,6 +67,15 @@ async function child(): Promise<RunResult> {
   const seed = join(workDir, `store-steady-seed-${streams}.db`);
   const path = join(workDir, `store-steady-${process.pid}.db`);
   copyFileSync(seed, path);
+  if (Number(args['page-size']) > 0) {
+    const { default: Database } = await import('better-sqlite3');
+    const db = new Database(path);
+    db.pragma('journal_mode = DELETE');
+    db.pragma(`page_size = ${Number(args['page-size'])}`);
+    db.exec('VACUUM');
+    db.pragma('journal_mode = WAL');
+    db.close();
+  }
   const store = new SqliteStore({
     path,
     synchronous: 'full',
@@ -70,6 +85,7 @@ async function child(): Promise<RunResult> {
     walCheckpoint: args.wal === 'commit' ? 'commit' : 'background',
     ackSettleRows: Number(args['settle-rows']),
     startupCheck: 'off',
+    walSync: args['wal-sync'] === 'background' ? 'background' : 'commit',
   });
   try {
     const names = Array.from({ length: streams }, (_, i) => loadStreamName(i));
