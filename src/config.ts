@@ -70,7 +70,7 @@ export const OPTIONS = {
     default: 64 * MiB,
     min: 1 * MiB,
     unit: 'bytes',
-    doc: 'walCheckpoint background: WAL size past which the server finishes a checkpoint between two batches so the WAL rewinds to its start.',
+    doc: 'walCheckpoint background: WAL size past which new batches wait while the checkpoint worker copies the last frames, so the next batch rewinds the WAL to its start; the WAL may pass it by what is written during one checkpoint.',
   },
   ackSettleRows: {
     kind: 'integer',

@@ -60,18 +60,25 @@ describe('background WAL checkpoints', () => {
     });
     expect(store.database.pragma('wal_autocheckpoint', { simple: true })).toBe(0);
     let maxWal = 0;
+    let lastWal = 0;
+    let truncations = 0;
     // 300 batches × 10 puts × ~3 KiB: about 9 MiB of pages through a WAL bounded at 1 MiB.
     await writeBatches(store, 300, 10, () => {
-      maxWal = Math.max(maxWal, statSync(`${path}-wal`).size);
+      const size = statSync(`${path}-wal`).size;
+      if (size < lastWal) truncations++;
+      lastWal = size;
+      maxWal = Math.max(maxWal, size);
     });
     const checkpointer = store.walCheckpointer!;
     const deadline = Date.now() + 5000;
     while (checkpointer.productive === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
     expect(checkpointer.checkpoints).toBeGreaterThan(0);
     expect(checkpointer.productive).toBeGreaterThan(0);
-    // Past the bound the store finishes a checkpoint between batches and the WAL rewinds: a few
-    // batches (about 150 KiB each here) over the bound at most, against 9 MiB written.
-    expect(maxWal).toBeLessThan(2 * MAX_WAL);
+    // Past the bound, batches wait while the worker copies the last frames, and the next batch
+    // rewinds the WAL (then truncated to the bound): it passes the bound by what is written during
+    // one checkpoint of the worker (batches of about 150 KiB here), against 9 MiB written.
+    expect(truncations).toBeGreaterThanOrEqual(2);
+    expect(maxWal).toBeLessThan(4 * MAX_WAL);
     await store.close();
 
     const again = new SqliteStore({ path, synchronous: 'full', contiguous: false, ackCapPerStream: 100_000 });
@@ -82,6 +89,46 @@ describe('background WAL checkpoints', () => {
       expect(r).toMatchObject({ kind: 'ack', replay: true });
     } finally {
       await again.close();
+    }
+  });
+
+  it('holds batches for the worker at most REWIND_WAIT_MS, then checkpoints on its own connection', async () => {
+    const path = tempPath();
+    const store = new SqliteStore({
+      path,
+      synchronous: 'full',
+      contiguous: false,
+      ackCapPerStream: 100_000,
+      walCheckpoint: 'background',
+      maxWalBytes: MAX_WAL,
+    });
+    try {
+      // A worker that answers the first checkpoint of each rewind (so batches are held) and never the second.
+      const checkpointer = store.walCheckpointer!;
+      let asked = 0;
+      checkpointer.afterNextCheckpoint = (then) => {
+        if (asked++ % 2 === 0) setImmediate(then);
+      };
+      const started = performance.now();
+      let maxWal = 0;
+      let lastWal = 0;
+      let truncations = 0;
+      // 30 batches of about 150 KiB: past the 1 MiB bound two or three times.
+      await writeBatches(store, 30, 10, () => {
+        const size = statSync(`${path}-wal`).size;
+        if (size < lastWal) truncations++;
+        lastWal = size;
+        maxWal = Math.max(maxWal, size);
+      });
+      const elapsed = performance.now() - started;
+      expect(asked).toBeGreaterThanOrEqual(4);
+      // Held for the 1 s fallback each time, and let go each time.
+      expect(elapsed).toBeGreaterThan(1000 * Math.floor(asked / 2) - 100);
+      // The store's own checkpoint let the WAL rewind.
+      expect(truncations).toBeGreaterThanOrEqual(1);
+      expect(maxWal).toBeLessThan(2 * MAX_WAL);
+    } finally {
+      await store.close();
     }
   });
 

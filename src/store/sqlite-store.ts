@@ -104,6 +104,8 @@ const OUTCOME_CODES = { applied: 0, version_conflict: 1 } as const;
 const BUSY_TIMEOUT_MS = 5000;
 /** maxWalBytes when the options leave it out (the option's default, src/config.ts). */
 const DEFAULT_MAX_WAL_BYTES = 64 * 1024 * 1024;
+/** Longest wait for the worker's two checkpoints before this connection checkpoints itself, ms. */
+const REWIND_WAIT_MS = 1000;
 /** checkpointIntervalMs when the options leave it out (the option's default, src/config.ts). */
 const DEFAULT_CHECKPOINT_INTERVAL_MS = 500;
 /** ackSettleRows when the options leave it out (the option's default, src/config.ts). */
@@ -131,6 +133,8 @@ export class SqliteStore implements Store {
   private readonly maxWalBytes: number;
   /** A checkpoint on this connection is scheduled, to let the WAL rewind. */
   private rewinding = false;
+  /** Set while the worker copies the WAL's last frames: batches wait for it (rewindIfLong). */
+  private batchesHeld: Promise<void> | undefined;
   /** The files SQLite has open; checked before every commit and readiness answer. */
   private readonly files: FileIdentity | undefined;
   private readonly settleRows: number;
@@ -352,6 +356,8 @@ export class SqliteStore implements Store {
   apply(batch: readonly Put[], committed?: () => void): Promise<PutResult[]>;
   apply(batch: readonly Write[], committed?: () => void): Promise<Array<PutResult | DocResult>>;
   async apply(batch: readonly Write[], committed?: () => void): Promise<Array<PutResult | DocResult>> {
+    // The worker is copying the WAL's last frames so that the next write rewinds it (rewindIfLong).
+    if (this.batchesHeld !== undefined) await this.batchesHeld;
     let results: Array<PutResult | DocResult>;
     try {
       // A failed WAL sync is final (wal-sync.ts): no commit after it could be made durable.
@@ -397,23 +403,41 @@ export class SqliteStore implements Store {
   }
 
   /**
-   * Once the WAL file passes its bound (the background checkpointer has been told of the new frames),
-   * this connection runs one PASSIVE checkpoint after the batch's answers are out: the worker has
-   * copied nearly every frame by then, so it is short, and when it leaves no frame behind the next
-   * write rewinds the WAL (truncated to journal_size_limit). Busy (the worker is mid-checkpoint):
-   * the next commit tries again.
+   * Once the WAL file passes its bound it is rewound to its start, which SQLite does at the start
+   * of a write once every frame has been copied into the database file (and that file synced). Under
+   * continuous writes the worker's checkpoints never catch the last frames, so: ask the worker for a
+   * checkpoint at once; when it ends, hold new batches and ask for one more, which has only the
+   * frames written meanwhile to copy; then let batches go, and the next one rewinds the WAL
+   * (truncated to journal_size_limit). The event loop stays free throughout: run on this
+   * connection, that last checkpoint spent 30-60 ms in its two fsyncs. If the two checkpoints have
+   * not both ended within REWIND_WAIT_MS, this connection checkpoints itself and lets batches go.
    */
   private rewindIfLong(checkpointer: WalCheckpointer): void {
     if (this.rewinding || checkpointer.walBytes() <= this.maxWalBytes) return;
     this.rewinding = true;
-    setImmediate(() => {
-      this.rewinding = false;
-      if (!this.db.open) return;
-      try {
-        this.db.pragma('wal_checkpoint(PASSIVE)');
-      } catch (err) {
-        this.options.onCheckpointError?.(err as Error);
+    let release: (() => void) | undefined;
+    let done = false;
+    const finish = (answered: boolean): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(fallback);
+      if (!answered && this.db.open) {
+        try {
+          this.db.pragma('wal_checkpoint(PASSIVE)');
+        } catch (err) {
+          this.options.onCheckpointError?.(err as Error);
+        }
       }
+      this.batchesHeld = undefined;
+      this.rewinding = false;
+      release?.();
+    };
+    const fallback = setTimeout(() => finish(false), REWIND_WAIT_MS);
+    fallback.unref();
+    checkpointer.afterNextCheckpoint(() => {
+      if (done) return;
+      this.batchesHeld = new Promise((resolve) => (release = resolve));
+      checkpointer.afterNextCheckpoint(() => finish(true));
     });
   }
 

@@ -71,6 +71,7 @@ export class WalCheckpointer {
   /** Commits happened since the last request was sent. */
   private dirty = false;
   private lastSent = 0;
+  private afterNext: Array<() => void> = [];
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
   private readonly exited: Promise<void>;
@@ -98,8 +99,26 @@ export class WalCheckpointer {
         this.checkpoints++;
         if (m.checkpointed > 0) this.productive++;
       }
+      for (const f of this.afterNext.splice(0)) f();
       if (this.dirty) this.request();
     });
+  }
+
+  /**
+   * Runs `then` once the worker's next checkpoint has ended (failed ones too), asking for it now
+   * rather than after the interval. A checkpoint right behind the worker's has only the frames
+   * written meanwhile left to copy.
+   */
+  afterNextCheckpoint(then: () => void): void {
+    if (this.closed) return;
+    this.afterNext.push(then);
+    if (this.outstanding) return;
+    if (this.timer !== undefined) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    }
+    this.lastSent = -Infinity;
+    this.request();
   }
 
   /**
