@@ -70,7 +70,7 @@ export const OPTIONS = {
     default: 64 * MiB,
     min: 1 * MiB,
     unit: 'bytes',
-    doc: 'walCheckpoint background: WAL size past which new batches wait while the checkpoint worker copies the last frames, so the next batch rewinds the WAL to its start; the WAL may pass it by what is written during one checkpoint.',
+    doc: 'walCheckpoint background: WAL size past which new batches wait while the checkpoint worker copies the last frames, so the next batch rewinds the WAL to its start; the WAL stays under twice this.',
   },
   ackSettleRows: {
     kind: 'integer',

@@ -75,10 +75,10 @@ describe('background WAL checkpoints', () => {
     expect(checkpointer.checkpoints).toBeGreaterThan(0);
     expect(checkpointer.productive).toBeGreaterThan(0);
     // Past the bound, batches wait while the worker copies the last frames, and the next batch
-    // rewinds the WAL (then truncated to the bound): it passes the bound by what is written during
-    // one checkpoint of the worker (batches of about 150 KiB here), against 9 MiB written.
+    // rewinds the WAL (then truncated to the bound). Batches are held at twice the bound at the
+    // latest, so it stays under that plus one batch (about 150 KiB here), against 9 MiB written.
     expect(truncations).toBeGreaterThanOrEqual(2);
-    expect(maxWal).toBeLessThan(4 * MAX_WAL);
+    expect(maxWal).toBeLessThan(2.5 * MAX_WAL);
     await store.close();
 
     const again = new SqliteStore({ path, synchronous: 'full', contiguous: false, ackCapPerStream: 100_000 });

@@ -135,6 +135,7 @@ export class SqliteStore implements Store {
   private rewinding = false;
   /** Set while the worker copies the WAL's last frames: batches wait for it (rewindIfLong). */
   private batchesHeld: Promise<void> | undefined;
+  private releaseBatches: (() => void) | undefined;
   /** The files SQLite has open; checked before every commit and readiness answer. */
   private readonly files: FileIdentity | undefined;
   private readonly settleRows: number;
@@ -409,13 +410,18 @@ export class SqliteStore implements Store {
    * checkpoint at once; when it ends, hold new batches and ask for one more, which has only the
    * frames written meanwhile to copy; then let batches go, and the next one rewinds the WAL
    * (truncated to journal_size_limit). The event loop stays free throughout: run on this
-   * connection, that last checkpoint spent 30-60 ms in its two fsyncs. If the two checkpoints have
-   * not both ended within REWIND_WAIT_MS, this connection checkpoints itself and lets batches go.
+   * connection, that last checkpoint spent 30-60 ms in its two fsyncs. Batches are held early if
+   * the WAL reaches twice its bound before the first checkpoint ends (a slow disk), so it stays
+   * under that. If the two checkpoints have not both ended within REWIND_WAIT_MS, this connection
+   * checkpoints itself and lets batches go.
    */
   private rewindIfLong(checkpointer: WalCheckpointer): void {
-    if (this.rewinding || checkpointer.walBytes() <= this.maxWalBytes) return;
+    if (this.rewinding) {
+      if (this.batchesHeld === undefined && checkpointer.walBytes() > 2 * this.maxWalBytes) this.holdBatches();
+      return;
+    }
+    if (checkpointer.walBytes() <= this.maxWalBytes) return;
     this.rewinding = true;
-    let release: (() => void) | undefined;
     let done = false;
     const finish = (answered: boolean): void => {
       if (done) return;
@@ -428,17 +434,24 @@ export class SqliteStore implements Store {
           this.options.onCheckpointError?.(err as Error);
         }
       }
-      this.batchesHeld = undefined;
       this.rewinding = false;
+      const release = this.releaseBatches;
+      this.batchesHeld = undefined;
+      this.releaseBatches = undefined;
       release?.();
     };
     const fallback = setTimeout(() => finish(false), REWIND_WAIT_MS);
     fallback.unref();
     checkpointer.afterNextCheckpoint(() => {
       if (done) return;
-      this.batchesHeld = new Promise((resolve) => (release = resolve));
+      this.holdBatches();
       checkpointer.afterNextCheckpoint(() => finish(true));
     });
+  }
+
+  private holdBatches(): void {
+    if (this.batchesHeld !== undefined) return;
+    this.batchesHeld = new Promise((resolve) => (this.releaseBatches = resolve));
   }
 
   /** Carries out a plan of the gate, inside the batch's transaction. */
