@@ -124,8 +124,9 @@ function sqliteHarness(o: StoreOptions, layout: 'recent' | 'settled' | 'direct' 
   const store = new SqliteStore({
     path: layout === 'synced' ? fileDb() : ':memory:',
     // 'synced': a file whose WAL is synced off the event loop (--wal-sync background), so every
-    // result and read also waits for a real fdatasync.
-    ...(layout === 'synced' ? { walSync: 'background' as const, walCheckpoint: 'background' as const } : {}),
+    // result and read also waits for a real fdatasync, and whose WAL is bounded small enough that
+    // the longer tests hold batches for the checkpoint worker and rewind it.
+    ...(layout === 'synced' ? { walSync: 'background' as const, walCheckpoint: 'background' as const, maxWalBytes: 128 * 1024 } : {}),
     synchronous: 'full',
     contiguous: o.contiguous ?? false,
     ackCapPerStream: o.ackCapPerStream ?? 1000,

@@ -689,5 +689,7 @@ export class SqliteStore implements Store {
     // The worker's connection closes first, so the store's is the last and checkpoints at close.
     await this.checkpointer?.close();
     if (this.db.open) this.db.close();
+    // A batch held for a rewind the closed worker will never finish fails now, not after REWIND_WAIT_MS.
+    this.releaseBatches?.();
   }
 }
