@@ -47,28 +47,39 @@ async function writeBatches(store: SqliteStore, batches: number, perBatch: numbe
   }
 }
 
+/** A store with background checkpoints and its WAL bounded at MAX_WAL. */
+function boundedStore(path: string): SqliteStore {
+  return new SqliteStore({
+    path,
+    synchronous: 'full',
+    contiguous: false,
+    ackCapPerStream: 100_000,
+    walCheckpoint: 'background',
+    maxWalBytes: MAX_WAL,
+  });
+}
+
+/** Batches of 10 puts (about 150 KiB), watching the WAL file after each: its largest size, and how often it shrank (a rewind truncated it). */
+async function writeWatchingWal(store: SqliteStore, path: string, batches: number): Promise<{ maxWal: number; truncations: number }> {
+  let maxWal = 0;
+  let lastWal = 0;
+  let truncations = 0;
+  await writeBatches(store, batches, 10, () => {
+    const size = statSync(`${path}-wal`).size;
+    if (size < lastWal) truncations++;
+    lastWal = size;
+    maxWal = Math.max(maxWal, size);
+  });
+  return { maxWal, truncations };
+}
+
 describe('background WAL checkpoints', () => {
   it('checkpoint on a worker, keep the WAL bounded under continuous writes, and lose nothing across a reopen', async () => {
     const path = tempPath();
-    const store = new SqliteStore({
-      path,
-      synchronous: 'full',
-      contiguous: false,
-      ackCapPerStream: 100_000,
-      walCheckpoint: 'background',
-      maxWalBytes: MAX_WAL,
-    });
+    const store = boundedStore(path);
     expect(store.database.pragma('wal_autocheckpoint', { simple: true })).toBe(0);
-    let maxWal = 0;
-    let lastWal = 0;
-    let truncations = 0;
     // 300 batches × 10 puts × ~3 KiB: about 9 MiB of pages through a WAL bounded at 1 MiB.
-    await writeBatches(store, 300, 10, () => {
-      const size = statSync(`${path}-wal`).size;
-      if (size < lastWal) truncations++;
-      lastWal = size;
-      maxWal = Math.max(maxWal, size);
-    });
+    const { maxWal, truncations } = await writeWatchingWal(store, path, 300);
     const checkpointer = store.walCheckpointer!;
     const deadline = Date.now() + 5000;
     while (checkpointer.productive === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
@@ -94,14 +105,7 @@ describe('background WAL checkpoints', () => {
 
   it('holds batches for the worker at most REWIND_WAIT_MS, then checkpoints on its own connection', async () => {
     const path = tempPath();
-    const store = new SqliteStore({
-      path,
-      synchronous: 'full',
-      contiguous: false,
-      ackCapPerStream: 100_000,
-      walCheckpoint: 'background',
-      maxWalBytes: MAX_WAL,
-    });
+    const store = boundedStore(path);
     try {
       // A worker that answers the first checkpoint of each rewind (so batches are held) and never the second.
       const checkpointer = store.walCheckpointer!;
@@ -110,16 +114,8 @@ describe('background WAL checkpoints', () => {
         if (asked++ % 2 === 0) setImmediate(then);
       };
       const started = performance.now();
-      let maxWal = 0;
-      let lastWal = 0;
-      let truncations = 0;
       // 30 batches of about 150 KiB: past the 1 MiB bound two or three times.
-      await writeBatches(store, 30, 10, () => {
-        const size = statSync(`${path}-wal`).size;
-        if (size < lastWal) truncations++;
-        lastWal = size;
-        maxWal = Math.max(maxWal, size);
-      });
+      const { maxWal, truncations } = await writeWatchingWal(store, path, 30);
       const elapsed = performance.now() - started;
       expect(asked).toBeGreaterThanOrEqual(4);
       // Held for the 1 s fallback each time, and let go each time.
