@@ -107,6 +107,55 @@ describe('Committer with a store that reports commits before they are durable', 
     expect(c.inFlight).toBe(0);
   });
 
+  it('with pipelineMinPuts, a small next batch waits for the previous sync, and one that gathers enough goes at once', async () => {
+    const { store, calls } = pipelinedStore();
+    const c = new Committer(store, 100, undefined, undefined, 0, 3);
+    const first = c.submit([put(1)]);
+    await sleep(5);
+    calls[0]!.committed();
+    const small = c.submit([put(2)]);
+    await sleep(10);
+    expect(
+      calls.map((x) => x.size),
+      'one put behind a batch waiting for its sync: it waits too',
+    ).toEqual([1]);
+    const more = c.submit([put(3), put(4)]);
+    await sleep(10);
+    expect(
+      calls.map((x) => x.size),
+      'three puts gathered: they commit while the first batch still waits for its sync',
+    ).toEqual([1, 3]);
+    calls[1]!.committed();
+    const last = c.submit([put(5)]);
+    await sleep(10);
+    expect(calls).toHaveLength(2);
+    calls[0]!.settle();
+    await sleep(10);
+    expect(calls, "the sync the held put waited for is the second batch's, not the first").toHaveLength(2);
+    calls[1]!.settle();
+    await sleep(10);
+    expect(
+      calls.map((x) => x.size),
+      'the sync ended: the held put commits',
+    ).toEqual([1, 3, 1]);
+    calls[2]!.committed();
+    calls[2]!.settle();
+    const seqs = async (p: Promise<Array<PutResult | DocResult>>) => (await p).map((r) => (r as { head: { seq: number } }).head.seq);
+    expect([await seqs(first), await seqs(small), await seqs(more), await seqs(last)]).toEqual([[1], [2], [3, 4], [5]]);
+    await c.idle();
+    expect(c.inFlight).toBe(0);
+  });
+
+  it('with pipelineMinPuts, a store that never reports the commit early still gets every batch', async () => {
+    const sizes: number[] = [];
+    const c = new Committer(recordingStore(sizes), 100, undefined, undefined, 0, 1000);
+    await c.submit([put(1)]);
+    await Promise.all([c.submit([put(2)]), c.submit([put(3)])]);
+    await c.submit([put(4)]);
+    expect(sizes).toEqual([1, 2, 1]);
+    await c.idle();
+  });
+
   it('delivers results in the order the batches went to the store, even when a later one settles first', async () => {
     const { store, calls } = pipelinedStore();
     const c = new Committer(store, 100);

@@ -144,6 +144,53 @@ describe('on-disk schema', () => {
     await direct.close();
   });
 
+  it('moves recent acks itself in steps of whole streams, one per event-loop turn, with batches between them', async () => {
+    const state = canonicalEncode({ v: 1 }, LIMITS, 'state');
+    const put = (stream: string, seq: number) => ({
+      tenant: 'default',
+      stream,
+      epoch: 1,
+      seq,
+      key: `k-${stream}`,
+      state,
+      ifVersion: null,
+      fingerprint: putFingerprint(`k-${stream}`, state, null),
+    });
+    const store = new SqliteStore({
+      path: join(dir, 'steps.db'),
+      synchronous: 'full',
+      contiguous: false,
+      ackCapPerStream: 100,
+      ackSettleRows: 12,
+      settleStepRows: 4,
+    });
+    const count = (table: string) => (store.database.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n;
+    const turn = () => new Promise<void>((resolve) => setImmediate(resolve));
+    // Six streams with two acks each reach the threshold: the move is planned at the next turn.
+    for (const seq of [1, 2]) await store.apply(['a', 'b', 'c', 'd', 'e', 'f'].map((s) => put(s, seq)));
+    expect(count('recent_acks')).toBe(12);
+    const moved: number[] = [];
+    await turn();
+    moved.push(count('acks'));
+    // A batch between two steps: its acks are newer than every planned one and stay recent.
+    await store.apply([put('a', 3), put('f', 3)]);
+    for (let i = 0; i < 4; i++) {
+      await turn();
+      moved.push(count('acks'));
+    }
+    // Two streams (4 acks) per step, one step per turn, then nothing more to move.
+    expect(moved).toEqual([4, 8, 12, 12, 12]);
+    expect(count('recent_acks')).toBe(2);
+    const recent = store.database.prepare('SELECT s.name, r.seq FROM recent_acks r JOIN streams s ON s.id = r.stream_id ORDER BY s.name').all();
+    expect(recent).toEqual([
+      { name: 'a', seq: 3 },
+      { name: 'f', seq: 3 },
+    ]);
+    // Every ack still replays, from whichever table holds it.
+    for (const s of ['a', 'f']) for (const seq of [1, 2, 3]) expect((await store.apply([put(s, seq)]))[0]).toMatchObject({ kind: 'ack', replay: true });
+    await store.close();
+  });
+
   it('refuses a file written by a newer seqgate instead of guessing', () => {
     const path = join(dir, 'new.db');
     const raw = new Database(path);

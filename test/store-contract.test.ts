@@ -66,12 +66,16 @@ interface Harness {
 const PG = await postgresAvailable();
 let pgDb: TestDatabase | undefined;
 const opened: Store[] = [];
+/** Failed moves of the 'stepped' layout: only the tests' injected faults (a read-only connection) may cause one. */
+const settleErrors: Error[] = [];
 const reusable = new Map<string, { store: PostgresStore; clock: { now: number } }>();
 beforeAll(async () => {
   if (PG) pgDb = await createTestDatabase('seqgate_contract', { fastCommits: true });
 });
 afterEach(async () => {
   for (const s of opened.splice(0)) await s.close();
+  const unexpected = settleErrors.splice(0).filter((e) => !/readonly/i.test(e.message));
+  expect(unexpected).toEqual([]);
 });
 afterAll(async () => {
   for (const { store } of reusable.values()) await store.close();
@@ -116,10 +120,12 @@ async function freshPostgres(o: StoreOptions): Promise<Harness> {
 /**
  * SQLite keeps new acks in commit order (recent_acks) and moves them to the per-stream table in
  * passes. `layout` picks where the acks of a test are: 'recent' (the default threshold is never
- * reached here, so all of them stay recent), 'settled' (moved after every committed batch) or
- * 'direct' (ackSettleRows 0: written straight to the per-stream table).
+ * reached here, so all of them stay recent), 'settled' (moved after every committed batch),
+ * 'stepped' (the store's own moves, started once 6 have gathered and made in steps of about 2 acks,
+ * whole streams each, between the test's batches) or 'direct' (ackSettleRows 0: written straight
+ * to the per-stream table).
  */
-function sqliteHarness(o: StoreOptions, layout: 'recent' | 'settled' | 'direct' | 'synced'): Harness {
+function sqliteHarness(o: StoreOptions, layout: 'recent' | 'settled' | 'stepped' | 'direct' | 'synced'): Harness {
   const clock = { now: 1_000_000 };
   const store = new SqliteStore({
     path: layout === 'synced' ? fileDb() : ':memory:',
@@ -133,6 +139,7 @@ function sqliteHarness(o: StoreOptions, layout: 'recent' | 'settled' | 'direct' 
     ackCapSlack: o.ackCapSlack ?? 0,
     now: () => clock.now,
     ...(layout === 'direct' ? { ackSettleRows: 0 } : {}),
+    ...(layout === 'stepped' ? { ackSettleRows: 6, settleStepRows: 2, onSettleError: (err: Error) => settleErrors.push(err) } : {}),
   });
   if (layout === 'settled') {
     const apply = store.apply.bind(store) as (batch: readonly Write[]) => Promise<Array<PutResult | DocResult>>;
@@ -149,7 +156,7 @@ function sqliteHarness(o: StoreOptions, layout: 'recent' | 'settled' | 'direct' 
   const heal = () => {
     store.database.pragma('query_only = OFF');
   };
-  if (layout === 'synced') opened.push(store);
+  if (layout === 'synced' || layout === 'stepped') opened.push(store);
   return { store, clock, fail, heal, settle: () => store.settleAcks() };
 }
 
@@ -189,6 +196,7 @@ const stores: Array<[string, (o: StoreOptions) => Harness | Promise<Harness>]> =
     },
   ],
   ['SqliteStore (acks settled after every batch)', (o) => sqliteHarness(o, 'settled')],
+  ['SqliteStore (acks moved by the store, in steps between batches)', (o) => sqliteHarness(o, 'stepped')],
   ['SqliteStore (ackSettleRows 0)', (o) => sqliteHarness(o, 'direct')],
   ['SqliteStore (file, WAL synced off the event loop)', (o) => sqliteHarness(o, 'synced')],
   ...(PG ? [['PostgresStore', freshPostgres] as [string, (o: StoreOptions) => Promise<Harness>]] : []),

@@ -40,6 +40,9 @@ export class Committer {
   private waitTimer: NodeJS.Timeout | undefined;
   private queued = 0;
   private idleWaiters: Array<() => void> = [];
+  /** The batch (by hand-over number) whose sync the queue waits for, if any: see run(). */
+  private heldFor: number | undefined;
+  private handedOver = 0;
 
   constructor(
     private readonly store: Store,
@@ -47,6 +50,7 @@ export class Committer {
     private readonly onBatch?: (info: BatchInfo) => void,
     private readonly log?: Logger,
     private readonly batchWaitMs = 0,
+    private readonly pipelineMinPuts = 0,
   ) {}
 
   /** Resolves after the batch holding these puts has committed (or failed as a whole). */
@@ -82,7 +86,11 @@ export class Committer {
 
   /** `fromIdle`: a put arrived while no batch ran; only then may the batch wait to fill. */
   private schedule(fromIdle: boolean): void {
-    if (this.committing) return;
+    if (this.committing) {
+      // Enough has gathered behind a batch waiting for its sync to be worth a commit of its own.
+      if (this.heldFor !== undefined && this.queued >= this.pipelineMinPuts) this.releaseHold();
+      return;
+    }
     if (this.scheduled) {
       // A batch waiting to fill stops waiting once it is full.
       if (this.waitTimer !== undefined && this.queued >= this.maxBatchPuts) {
@@ -102,6 +110,12 @@ export class Committer {
     }
     // setImmediate runs after the I/O phase, so every frame read in this turn joins the batch.
     setImmediate(() => this.fire());
+  }
+
+  private releaseHold(): void {
+    this.heldFor = undefined;
+    this.committing = false;
+    if (this.queue.length > 0) this.schedule(false);
   }
 
   private fire(): void {
@@ -128,18 +142,26 @@ export class Committer {
     for (const s of taken) for (const p of s.puts) batch.push(p);
     this.runningSize += batch.length;
     this.unanswered++;
+    const number = ++this.handedOver;
     const started = performance.now();
     // Results are delivered in hand-over order, even when a later batch fails before an earlier one
     // is durable: a connection's answers follow the order of its frames (PROTOCOL.md §8.1).
     const prior = this.delivered;
     let release!: () => void;
     this.delivered = new Promise((resolve) => (release = resolve));
-    // A store that says when the batch committed (before it is durable) gets the next batch then,
-    // while this one waits for its sync.
+    // A store that says when the batch committed (before it is durable) may get the next batch
+    // then, while this one waits for its sync. Only if that batch is large: puts committed during a
+    // sync wait for the next sync anyway, so holding them until this sync ends costs them only the
+    // time of their own commit, and one commit of everything that arrived during the sync costs
+    // far less than one per event-loop turn (each commit rewrites the pages its puts share).
     let committed = false;
     const onCommitted = (): void => {
       if (committed) return;
       committed = true;
+      if (this.queued < this.pipelineMinPuts) {
+        this.heldFor = number;
+        return;
+      }
       this.committing = false;
       if (this.queue.length > 0) this.schedule(false);
     };
@@ -153,6 +175,7 @@ export class Committer {
       results = failedBatch(batch.length, err);
     }
     onCommitted();
+    if (this.heldFor === number) this.releaseHold();
     await prior;
     if (results.some((r) => r.kind !== 'rejected' || r.outcome !== 'error')) reach('after-commit');
     this.onBatch?.({ puts: batch.length, submissions: taken.length, durationMs: performance.now() - started });

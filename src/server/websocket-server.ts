@@ -130,6 +130,7 @@ export class SeqgateServer {
             maxWalBytes: config.maxWalBytes,
             onCheckpointError: (err) => log.warn({ err }, 'WAL checkpoint failed; the next one retries'),
             ackSettleRows: config.ackSettleRows,
+            settleStepRows: config.ackSettleStepRows,
             onSettleError: (err) => log.warn({ err }, 'moving recent acks to the per-stream table failed; the next batch retries'),
             startupCheck: config.startupCheck,
             maxPages: config.maxDbPages,
@@ -153,6 +154,7 @@ export class SeqgateServer {
       }),
       log,
       config.batchWaitMs,
+      config.pipelineMinPuts,
     );
     const pruner = new Pruner(
       store,

@@ -62,12 +62,14 @@ export interface SqliteStoreOptions {
   /** Append every document change to the change log (default true; false only to measure its cost). */
   readonly changeLog?: boolean;
   /**
-   * Acks held in commit order (`recent_acks`) before one pass moves them into the per-stream
-   * table (default 16384; 0: every ack goes straight to the per-stream table, as before v4).
+   * Acks held in commit order (`recent_acks`) before they are moved into the per-stream table, in
+   * steps (default 16384; 0: every ack goes straight to the per-stream table, as before v4).
    */
   readonly ackSettleRows?: number;
   /** Told when moving recent acks fails (the next batch tries again). */
   readonly onSettleError?: (err: Error) => void;
+  /** Recent acks one step of a scheduled move takes, about (whole streams); default 2048 (src/config.ts). */
+  readonly settleStepRows?: number;
 }
 
 interface StreamRow {
@@ -110,6 +112,12 @@ const REWIND_WAIT_MS = 1000;
 const DEFAULT_CHECKPOINT_INTERVAL_MS = 500;
 /** ackSettleRows when the options leave it out (the option's default, src/config.ts). */
 const DEFAULT_ACK_SETTLE_ROWS = 16_384;
+/**
+ * settleStepRows when the options leave it out (src/config.ts). Moving all 16k recent acks at once
+ * held the event loop for 80-120 ms (bench/README.md, lever (r)); steps of whole streams keep each
+ * stream's acks going into its pages together, and batches run between them.
+ */
+const DEFAULT_SETTLE_STEP_ROWS = 2048;
 
 class ProbeDone extends Error {}
 
@@ -139,12 +147,13 @@ export class SqliteStore implements Store {
   /** The files SQLite has open; checked before every commit and readiness answer. */
   private readonly files: FileIdentity | undefined;
   private readonly settleRows: number;
-  /** Rows in recent_acks, counted by this connection (the only writer); a pass moves them all. */
+  /** Rows in recent_acks, counted by this connection (the only writer). */
   private recentRows = 0;
-  private settling = false;
+  /** A move is under way: its steps, each a range of stream ids, of the acks up to `last` (by id). */
+  private settling: { readonly last: number; readonly ranges: Array<readonly [number, number]> } | 'planning' | undefined;
   /** Change to recentRows made by the batch in progress; counted only once it commits. */
   private batchRecentRows = 0;
-  private readonly runSettle: () => number;
+  private readonly runSettle: (last: number, streams: readonly [number, number] | null) => number;
   private readonly walSync: WalSync | undefined;
 
   constructor(private readonly options: SqliteStoreOptions) {
@@ -232,6 +241,16 @@ export class SqliteStore implements Store {
            FROM recent_acks WHERE id <= ? ORDER BY stream_id, epoch, seq`,
       ),
       settleDelete: db.prepare<[number]>('DELETE FROM recent_acks WHERE id <= ?'),
+      // One step of a scheduled move: the streams in an id range, from the index.
+      settleRangeCopy: db.prepare<[number, number, number]>(
+        `INSERT INTO acks (stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at)
+         SELECT stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at
+           FROM recent_acks WHERE stream_id BETWEEN ? AND ? AND id <= ? ORDER BY stream_id, epoch, seq`,
+      ),
+      settleRangeDelete: db.prepare<[number, number, number]>('DELETE FROM recent_acks WHERE stream_id BETWEEN ? AND ? AND id <= ?'),
+      recentPerStream: db.prepare<[number], { stream_id: number; n: number }>(
+        'SELECT stream_id, count(*) AS n FROM recent_acks INDEXED BY recent_acks_by_stream WHERE id <= ? GROUP BY stream_id ORDER BY stream_id',
+      ),
       getDoc: db.prepare<[string, string], { version: number; deleted: number }>('SELECT version, deleted FROM documents WHERE tenant = ? AND key = ?'),
       upsertDoc: db.prepare<[string, string, number, number, Buffer | null, number]>(
         `INSERT INTO documents (tenant, key, version, deleted, state, updated_at) VALUES (?, ?, ?, ?, ?, ?)
@@ -300,11 +319,15 @@ export class SqliteStore implements Store {
     }).immediate;
     this.runPrune = this.db.transaction((olderThan: number, maxRows: number) => this.pruneInTransaction(olderThan, maxRows)).immediate;
     this.recentRows = stmt.recentCount.get()!.n;
-    this.runSettle = this.db.transaction(() => {
-      const last = stmt.lastRecentId.get()!.id;
-      if (last === null) return 0;
-      stmt.settleCopy.run(last);
-      const moved = stmt.settleDelete.run(last).changes;
+    this.runSettle = this.db.transaction((last: number, streams: readonly [number, number] | null) => {
+      let moved: number;
+      if (streams === null) {
+        stmt.settleCopy.run(last);
+        moved = stmt.settleDelete.run(last).changes;
+      } else {
+        stmt.settleRangeCopy.run(streams[0], streams[1], last);
+        moved = stmt.settleRangeDelete.run(streams[0], streams[1], last).changes;
+      }
       reach('settle-before-commit');
       this.files?.assertSame();
       return moved;
@@ -315,28 +338,76 @@ export class SqliteStore implements Store {
   }
 
   /**
-   * Moves every recent ack into the per-stream table in one transaction. Run between batches once
-   * `ackSettleRows` have gathered; a failure leaves both tables as they were.
+   * Moves every recent ack into the per-stream table in one transaction; a failure leaves both
+   * tables as they were. Between batches the store moves them itself, in steps (scheduleSettle).
    */
   settleAcks(): number {
-    const moved = this.runSettle();
+    const last = this.stmt.lastRecentId.get()!.id;
+    if (last === null) return 0;
+    const moved = this.runSettle(last, null);
     this.recentRows = 0;
     if (moved > 0) this.noteCommit();
     return moved;
   }
 
+  /**
+   * Once `ackSettleRows` have gathered, moves the recent acks committed so far in steps of whole
+   * streams (about `settleStepRows` acks each), one transaction per step and one step per event-loop
+   * turn, so that batches commit between them. Each stream's recent acks stay newer than its moved
+   * ones (what oldestAcks relies on): a step moves all of a stream's acks up to the same id, and
+   * every later ack has a higher id. A failed step ends the move; the next batch starts another.
+   */
   private scheduleSettle(): void {
-    if (this.settleRows === 0 || this.settling || this.recentRows < this.settleRows) return;
-    this.settling = true;
-    setImmediate(() => {
-      this.settling = false;
-      if (!this.db.open) return;
-      try {
-        this.settleAcks();
-      } catch (err) {
-        this.options.onSettleError?.(err as Error);
+    if (this.settleRows === 0 || this.settling !== undefined || this.recentRows < this.settleRows) return;
+    this.settling = 'planning';
+    setImmediate(() => this.settleStep());
+  }
+
+  private settleStep(): void {
+    if (!this.db.open) {
+      this.settling = undefined;
+      return;
+    }
+    try {
+      if (this.settling === 'planning') this.settling = this.planSettle();
+      const move = this.settling;
+      const range = move?.ranges.shift();
+      if (move !== undefined && range !== undefined) {
+        const moved = this.runSettle(move.last, range);
+        this.recentRows -= moved;
+        if (moved > 0) this.noteCommit();
+        if (move.ranges.length > 0) {
+          setImmediate(() => this.settleStep());
+          return;
+        }
       }
-    });
+    } catch (err) {
+      this.options.onSettleError?.(err as Error);
+    }
+    this.settling = undefined;
+  }
+
+  /** The steps of a move: ranges of stream ids holding about settleStepRows recent acks each. */
+  private planSettle(): { last: number; ranges: Array<readonly [number, number]> } | undefined {
+    const last = this.stmt.lastRecentId.get()!.id;
+    if (last === null) return undefined;
+    const step = this.options.settleStepRows ?? DEFAULT_SETTLE_STEP_ROWS;
+    const ranges: Array<readonly [number, number]> = [];
+    let from: number | undefined;
+    let rows = 0;
+    let to = 0;
+    for (const { stream_id: id, n } of this.stmt.recentPerStream.iterate(last)) {
+      if (from !== undefined && rows + n > step) {
+        ranges.push([from, to]);
+        from = undefined;
+        rows = 0;
+      }
+      from ??= id;
+      to = id;
+      rows += n;
+    }
+    if (from !== undefined) ranges.push([from, to]);
+    return { last, ranges };
   }
 
   /** Refuses to serve a damaged file: better down with a clear message than acking into it. */
