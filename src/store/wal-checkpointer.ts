@@ -14,12 +14,12 @@ import { Worker } from 'node:worker_threads';
  *
  * Bounded WAL: under continuous writes a PASSIVE checkpoint rarely finds every frame copied at the
  * moment the next write begins, and the WAL only rewinds to its start then. So the store watches
- * the WAL file (`walBytes()`); past its bound it runs one PASSIVE checkpoint on its own connection
- * between two batches. The worker has copied nearly every frame by then, so that checkpoint is
- * short, and it leaves none behind: the store's next write rewinds the WAL, and
- * `journal_size_limit` truncates the file. (A RESTART checkpoint in the worker would instead wait
- * for a gap between the writer's transactions while holding the checkpoint lock, and under
- * continuous writes that gap rarely comes.)
+ * the WAL file (`walBytes()`); past its bound it asks for a checkpoint at once
+ * (`afterNextCheckpoint`), then holds new batches while one more copies what was written
+ * meanwhile, so that none is left behind: the store's next write rewinds the WAL, and
+ * `journal_size_limit` truncates the file (SqliteStore.rewindIfLong). (A RESTART checkpoint in
+ * the worker would instead wait for a gap between the writer's transactions while holding the
+ * checkpoint lock, and under continuous writes that gap rarely comes.)
  */
 
 interface WalCheckpointerOptions {
