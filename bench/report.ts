@@ -4,6 +4,7 @@ import {
   ARM_LABEL,
   cellTag,
   DEVICE_OPEN,
+  DEVICE_OPEN_TARGET_RATE,
   DEVICE_SHAPES,
   deviceClosedId,
   deviceOpenId,
@@ -99,7 +100,7 @@ function measuredOk(r: CellResult | undefined): r is CellResult & { ackedPerSec:
 /** An open-loop run whose acked rate stays below this share of its target fell behind. */
 const KEPT_UP = 0.97;
 
-type Verdict = 'PASS' | 'MISS' | 'NOT MEASURED' | 'INVALID';
+type Verdict = 'PASS' | 'MISS' | 'NOT MEASURED' | 'NOT JUDGED' | 'INVALID';
 
 interface Check {
   readonly target: string;
@@ -224,7 +225,10 @@ function deviceChecks(report: RunReport): Check[] {
   ratioCheck('device shape: (b)/(a) ≥ 0.75 at 100 connections × window 64, steady state', 0.75, 100, 64, 'a');
   ratioCheck('ack cap costs ≤ 10 %: (b)/(b without cap) ≥ 0.9 at 1,000 × 1', 0.9, 1000, 1, 'nocap');
 
-  const openTarget = `device shape: open-loop p99 ≤ 10 ms at ${int(DEVICE_OPEN.rate)} puts/s with ${int(DEVICE_OPEN.connections)} connections`;
+  const openTarget =
+    DEVICE_OPEN.rate === DEVICE_OPEN_TARGET_RATE
+      ? `device shape: open-loop p99 ≤ 10 ms at ${int(DEVICE_OPEN.rate)} puts/s with ${int(DEVICE_OPEN.connections)} connections`
+      : `device shape: open-loop p99 at ${int(DEVICE_OPEN.rate)} puts/s with ${int(DEVICE_OPEN.connections)} connections (the target, ≤ 10 ms, is at ${int(DEVICE_OPEN_TARGET_RATE)})`;
   const opens = v.rounds.map((round) => v.byId.get(deviceOpenId('b', round))).filter(measuredOk);
   if (opens.length > 0) {
     const p99s = opens.map((r) => pct(r, 99));
@@ -237,7 +241,8 @@ function deviceChecks(report: RunReport): Check[] {
     out.push({
       target: openTarget,
       measured: `p99 ${ms(m)} ms median of ${opens.length} round(s)${range(p99s, (x) => ms(x))}`,
-      verdict: verdictOf(m <= 10_000 && served >= KEPT_UP, ...opens),
+      // The target is set at its own rate; another rate (--device-open-rate) is for reading, not judging.
+      verdict: DEVICE_OPEN.rate === DEVICE_OPEN_TARGET_RATE ? verdictOf(m <= 10_000 && served >= KEPT_UP, ...opens) : 'NOT JUDGED',
       note: [
         `acked ${fixed(served * 100, 1)} % of the target rate`,
         echo.length ? `(a) at the same schedule: p99 ${ms(median(echo))} ms` : undefined,

@@ -10,7 +10,7 @@ import { machineInfo, openFileLimit, processCpuMs, processMemory, processWriteBy
 import { productionNodeFlags, repoRoot } from './lib/paths.js';
 import { countAcksBefore, createPostgresSeed, seedDatabase } from './lib/seed.js';
 import { backlogStreamName, loadStreamName } from './lib/workload.js';
-import { ARM_LABEL, cellTag, parseVariants, plan, POSTGRES_ARMS, type Arm, type Cell } from './lib/cells.js';
+import { ARM_LABEL, cellTag, DEVICE_OPEN, parseVariants, plan, POSTGRES_ARMS, type Arm, type Cell } from './lib/cells.js';
 import { renderResults, renderSvg, type CellResult, type PruneEvent, type RunReport } from './report.js';
 import type { MicroRow } from './micro/common.js';
 
@@ -32,6 +32,7 @@ const { values: args } = parseArgs({
     'open-measure-ms': { type: 'string' },
     'drain-ms': { type: 'string' },
     'open-rate': { type: 'string' },
+    'device-open-rate': { type: 'string' },
     backlog: { type: 'string' },
     'idle-connections': { type: 'string' },
     'out-dir': { type: 'string' },
@@ -55,6 +56,7 @@ if (args.help) {
   --generators N          load-generator processes per cell (default 1; the machine has 2 cores)
   --warmup-ms N / --measure-ms N / --open-measure-ms N / --drain-ms N
   --open-rate N           puts/s for open-loop cells instead of half of (b)'s measured peak
+  --device-open-rate N    puts/s of the device-shape open-loop cell instead of the target's 10000 (no target is judged then)
   --backlog N             expired acks for the pruning scenario (default 1000000, quick 100000)
   --idle-connections N    idle connections scenario (default 10000, quick 1000)
   --out-dir DIR           where RESULTS.md and throughput.svg go (default bench/)
@@ -99,6 +101,8 @@ const opts = {
   pgUrl: args['pg-url'] ?? process.env.SEQGATE_BENCH_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres',
   postgres: !args['skip-postgres'],
 };
+if (args['device-open-rate'] !== undefined) DEVICE_OPEN.rate = num(args['device-open-rate'], DEVICE_OPEN.rate);
+
 const planOptions = {
   quick,
   backlog: opts.backlog,

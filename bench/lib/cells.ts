@@ -129,7 +129,14 @@ export const DEVICE_SHAPES = [
   { connections: 100, window: 64 },
 ] as const;
 
-export const DEVICE_OPEN = { connections: 1000, rate: 10_000 } as const;
+/** The rate of issue 13's open-loop target, puts/s. */
+export const DEVICE_OPEN_TARGET_RATE = 10_000;
+/**
+ * The device-shape open-loop cell. Its rate is the target's unless `--device-open-rate` sets
+ * another before the plan is made (to see where the p99 stands below saturation); the report then
+ * judges no target for it.
+ */
+export const DEVICE_OPEN: { readonly connections: number; rate: number } = { connections: 1000, rate: DEVICE_OPEN_TARGET_RATE };
 
 export function deviceClosedId(arm: Arm, connections: number, window: number, round: number, variant?: Variant | string): string {
   const tag = variant === undefined ? arm : `${arm}.${typeof variant === 'string' ? variant : variant.name}`;
