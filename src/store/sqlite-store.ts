@@ -119,6 +119,9 @@ const DEFAULT_ACK_SETTLE_ROWS = 16_384;
  */
 const DEFAULT_SETTLE_STEP_ROWS = 2048;
 
+/** Every stream id (ids are SQLite rowids, from 1), for a move of all recent acks at once. */
+const EVERY_STREAM = [0, Number.MAX_SAFE_INTEGER] as const;
+
 class ProbeDone extends Error {}
 
 export class SqliteStore implements Store {
@@ -153,7 +156,7 @@ export class SqliteStore implements Store {
   private settling: { readonly last: number; readonly ranges: Array<readonly [number, number]> } | 'planning' | undefined;
   /** Change to recentRows made by the batch in progress; counted only once it commits. */
   private batchRecentRows = 0;
-  private readonly runSettle: (last: number, streams: readonly [number, number] | null) => number;
+  private readonly runSettle: (last: number, streams: readonly [number, number]) => number;
   private readonly walSync: WalSync | undefined;
 
   constructor(private readonly options: SqliteStoreOptions) {
@@ -234,20 +237,14 @@ export class SqliteStore implements Store {
       deleteRecentAcksThrough: db.prepare<[number, number, number]>('DELETE FROM recent_acks WHERE stream_id = ? AND (epoch, seq) <= (?, ?)'),
       recentCount: db.prepare<[], { n: number }>('SELECT count(*) AS n FROM recent_acks'),
       lastRecentId: db.prepare<[], { id: number | null }>('SELECT max(id) AS id FROM recent_acks'),
-      // Sorted by the target's key, so each stream's acks go into its pages together.
-      settleCopy: db.prepare<[number]>(
-        `INSERT INTO acks (stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at)
-         SELECT stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at
-           FROM recent_acks WHERE id <= ? ORDER BY stream_id, epoch, seq`,
-      ),
-      settleDelete: db.prepare<[number]>('DELETE FROM recent_acks WHERE id <= ?'),
-      // One step of a scheduled move: the streams in an id range, from the index.
-      settleRangeCopy: db.prepare<[number, number, number]>(
+      // The acks of the streams in an id range, up to an ack id, from the index: sorted by the
+      // target's key, so each stream's acks go into its pages together.
+      settleCopy: db.prepare<[number, number, number]>(
         `INSERT INTO acks (stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at)
          SELECT stream_id, epoch, seq, fingerprint, outcome, key, version, deleted, if_version, committed_at
            FROM recent_acks WHERE stream_id BETWEEN ? AND ? AND id <= ? ORDER BY stream_id, epoch, seq`,
       ),
-      settleRangeDelete: db.prepare<[number, number, number]>('DELETE FROM recent_acks WHERE stream_id BETWEEN ? AND ? AND id <= ?'),
+      settleDelete: db.prepare<[number, number, number]>('DELETE FROM recent_acks WHERE stream_id BETWEEN ? AND ? AND id <= ?'),
       recentPerStream: db.prepare<[number], { stream_id: number; n: number }>(
         'SELECT stream_id, count(*) AS n FROM recent_acks INDEXED BY recent_acks_by_stream WHERE id <= ? GROUP BY stream_id ORDER BY stream_id',
       ),
@@ -319,15 +316,9 @@ export class SqliteStore implements Store {
     }).immediate;
     this.runPrune = this.db.transaction((olderThan: number, maxRows: number) => this.pruneInTransaction(olderThan, maxRows)).immediate;
     this.recentRows = stmt.recentCount.get()!.n;
-    this.runSettle = this.db.transaction((last: number, streams: readonly [number, number] | null) => {
-      let moved: number;
-      if (streams === null) {
-        stmt.settleCopy.run(last);
-        moved = stmt.settleDelete.run(last).changes;
-      } else {
-        stmt.settleRangeCopy.run(streams[0], streams[1], last);
-        moved = stmt.settleRangeDelete.run(streams[0], streams[1], last).changes;
-      }
+    this.runSettle = this.db.transaction((last: number, streams: readonly [number, number]) => {
+      stmt.settleCopy.run(streams[0], streams[1], last);
+      const moved = stmt.settleDelete.run(streams[0], streams[1], last).changes;
       reach('settle-before-commit');
       this.files?.assertSame();
       return moved;
@@ -344,7 +335,7 @@ export class SqliteStore implements Store {
   settleAcks(): number {
     const last = this.stmt.lastRecentId.get()!.id;
     if (last === null) return 0;
-    const moved = this.runSettle(last, null);
+    const moved = this.runSettle(last, EVERY_STREAM);
     this.recentRows = 0;
     if (moved > 0) this.noteCommit();
     return moved;
